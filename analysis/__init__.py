@@ -1,0 +1,1 @@
+"""kdsweep.analysis: tables, plots and reports built from a finished sweep."""

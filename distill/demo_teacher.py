@@ -1,0 +1,123 @@
+"""The CPU demo teacher: a small GPT-2 trained on the bundled proteins.
+
+ProtGPT2 (774M parameters) cannot run on a 2-core laptop, so the demo sweep
+distills this one instead. It uses a character-level amino-acid tokenizer (a
+real `PreTrainedTokenizerFast`, 27 tokens: `<|endoftext|>` = 0 as bos/eos/unk
+like ProtGPT2, newline, and the 25 IUPAC letters), the same ProtGPT2 text
+format, and the same hash split, so everything downstream runs unchanged.
+
+Rebuild (reproducible from the seed; the committed weights came from this):
+
+    kdsweep demo-teacher --out distill/assets/demo-teacher
+
+Its figures (held-out NLL per residue against the unigram entropy of the data)
+are written to `demo_teacher.json` beside the weights and to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from distill.data import prepare_data
+from distill.metrics import student_ppl
+from distill.optim import make_optimizer, make_scheduler
+from distill.seeding import seed_everything
+
+AA_LETTERS = "ACDEFGHIKLMNPQRSTVWYBXZUO"  # 20 standard first, then B X Z U O
+EOS = "<|endoftext|>"
+
+# Architecture and budget of the committed teacher (about 0.86M parameters). n_positions equals
+# the training block: positions never trained would make held-out scoring of long proteins
+# (truncated at n_positions) meaningless.
+DEMO_ARCH = {"n_layer": 4, "n_head": 4, "n_embd": 128, "n_positions": 512}
+DEMO_TRAIN = {"steps": 2000, "batch_size": 16, "block_size": 512, "lr": 3e-3, "warmup_steps": 100, "seed": 0}
+
+
+def build_aa_tokenizer() -> PreTrainedTokenizerFast:
+    """Character-level tokenizer over eos, newline and the 25 IUPAC letters."""
+    vocab = {EOS: 0, "\n": 1, **{c: i + 2 for i, c in enumerate(AA_LETTERS)}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=EOS))
+    # Split every character (newline included) into its own token.
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens([EOS])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=EOS)
+
+
+def unigram_entropy(sequences: list[str]) -> float:
+    """Entropy (nats) of the residue frequencies: the NLL of a model that knows only composition."""
+    counts = np.unique(np.frombuffer("".join(sequences).encode(), dtype=np.uint8), return_counts=True)[1]
+    p = counts / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def train_demo_teacher(out_dir: str | Path, *, steps: int = DEMO_TRAIN["steps"], log=print) -> Path:
+    """Train the demo teacher on the bundled train split; save weights + tokenizer to `out_dir`."""
+    cfg = DEMO_TRAIN | {"steps": steps}
+    seed_everything(cfg["seed"])
+    tokenizer = build_aa_tokenizer()
+    blocks = prepare_data("bundled", tokenizer, block_size=cfg["block_size"]).train_blocks  # (N, block)
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=len(tokenizer), bos_token_id=0, eos_token_id=0, activation_function="gelu_new",
+                   resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **DEMO_ARCH)
+    )
+    opt = make_optimizer(model, cfg["lr"])
+    sched = make_scheduler(opt, cfg["warmup_steps"], steps)
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    t0 = time.time()
+    model.train()
+    for step in range(steps):
+        x = blocks[torch.randint(len(blocks), (cfg["batch_size"],), generator=gen)]  # (B, block)
+        loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if step % 100 == 0 or step == steps - 1:
+            log(f"demo teacher step {step}/{steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    (out / "train_record.json").write_text(json.dumps(
+        {"train": cfg, "arch": DEMO_ARCH, "train_seconds": round(time.time() - t0, 1), "torch": torch.__version__},
+        indent=2) + "\n")
+    return out
+
+
+def measure_demo_teacher(teacher_dir: str | Path) -> dict:
+    """Held-out NLL per residue of a saved demo teacher against the data's unigram entropy."""
+    teacher_dir = Path(teacher_dir)
+    model = GPT2LMHeadModel.from_pretrained(teacher_dir).eval()
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(teacher_dir)
+    data = prepare_data("bundled", tokenizer, block_size=DEMO_TRAIN["block_size"])
+    n_pos = model.config.n_positions
+    val = student_ppl(model, data.val.batches(16, n_pos, tokenizer.eos_token_id), device="cpu")
+    test = student_ppl(model, data.test.batches(16, n_pos, tokenizer.eos_token_id), device="cpu")
+    figures = {
+        "val_nll_per_residue": val["nll_per_residue"],
+        "test_nll_per_residue": test["nll_per_residue"],
+        "test_nll_per_token": test["nll_per_token"],
+        "unigram_entropy_nats": unigram_entropy(data.test.sequences),
+        "params": sum(p.numel() for p in model.parameters()),
+        **json.loads((teacher_dir / "train_record.json").read_text()),
+    }
+    (teacher_dir / "demo_teacher.json").write_text(json.dumps(figures, indent=2) + "\n")
+    return figures
+
+
+def build_demo_teacher(out_dir: str | Path, *, steps: int = DEMO_TRAIN["steps"], log=print) -> dict:
+    """`kdsweep demo-teacher`: train, save, then measure and record the figures."""
+    figures = measure_demo_teacher(train_demo_teacher(out_dir, steps=steps, log=log))
+    log(json.dumps(figures, indent=2))
+    if not figures["test_nll_per_residue"] < figures["unigram_entropy_nats"] - 0.1:
+        log("WARNING: the demo teacher is not clearly better than the unigram baseline")
+    return figures

@@ -1,0 +1,242 @@
+"""Sampling proteins from a model: amino-acid composition KL and generation throughput
+(SPEC §5).
+
+Sampling follows ProtGPT2's recipe: every sample starts from the prompt "<|endoftext|>"
+(one token, bos = eos) and is drawn with top-k 950 and repetition penalty 1.2 until the
+next <|endoftext|>. Sampling runs under a fixed seed in a forked RNG, so the same seed,
+batch size and device give the same proteins, and the caller's RNG stream (e.g. a
+training run's) is left exactly as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import time
+from typing import Iterator, Sequence
+
+import torch
+
+from distill.metrics import (
+    UNIPROT_BACKGROUND,
+    aa_composition,
+    aa_counts,
+    aa_kl,
+    autocast_context,
+    eval_mode,
+)
+
+PROTGPT2_TOP_K = 950
+PROTGPT2_REPETITION_PENALTY = 1.2
+
+_NON_LETTERS = re.compile(r"[^A-Za-z]")
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch's RNGs for the duration of the block, then restore them."""
+    if device.type == "cpu":
+        forked = torch.random.fork_rng(devices=[])  # the CPU RNG is always forked
+    else:
+        # torch.manual_seed seeds every device of the type, so fork them all.
+        n_devices = torch.get_device_module(device.type).device_count()
+        forked = torch.random.fork_rng(devices=range(n_devices), device_type=device.type)
+    with forked:
+        torch.manual_seed(seed)
+        yield
+
+
+def _check_length(model: torch.nn.Module, new_tokens: int) -> None:
+    """The prompt token plus `new_tokens` must fit the model's position embeddings."""
+    if new_tokens < 1:
+        raise ValueError(f"the number of new tokens must be at least 1, got {new_tokens}")
+    n_positions = getattr(model.config, "max_position_embeddings", None)
+    if n_positions is not None and new_tokens + 1 > n_positions:
+        raise ValueError(
+            f"{new_tokens} new tokens + 1 prompt token exceed the model's {n_positions} positions"
+        )
+
+
+def _sample(
+    model: torch.nn.Module,
+    *,
+    prompt_id: int,
+    eos_id: int,
+    batch_size: int,
+    max_new_tokens: int,
+    min_new_tokens: int,
+    top_k: int,
+    repetition_penalty: float,
+    device: torch.device,
+) -> torch.Tensor:
+    """One `generate` call from a (batch_size, 1) prompt; returns (batch_size, 1 + T) ids
+    with T ≤ max_new_tokens, rows that stopped early padded with eos."""
+    prompt = torch.full((batch_size, 1), prompt_id, dtype=torch.long, device=device)
+    return model.generate(
+        input_ids=prompt,
+        attention_mask=torch.ones_like(prompt),
+        do_sample=True,
+        top_k=min(top_k, model.config.vocab_size),
+        repetition_penalty=repetition_penalty,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+    )
+
+
+def sample_proteins(
+    model: torch.nn.Module,
+    tokenizer,
+    *,
+    num_sequences: int,
+    max_new_tokens: int,
+    seed: int,
+    top_k: int = PROTGPT2_TOP_K,
+    repetition_penalty: float = PROTGPT2_REPETITION_PENALTY,
+    device: torch.device | str,
+    batch_size: int = 32,
+) -> list[str]:
+    """Sample `num_sequences` proteins with ProtGPT2's recipe.
+
+    Each sample is cut at its first <|endoftext|> (or after `max_new_tokens` tokens),
+    decoded, and stripped of everything but letters (newlines, special tokens), then
+    upper-cased. Returns exactly `num_sequences` strings; one that ended at once is "".
+    `model` must already be on `device`; it runs in eval mode (its mode is restored).
+    Same seed, batch size and device ⇒ same proteins.
+    """
+    device = torch.device(device)
+    _check_length(model, max_new_tokens)
+    eos_id = tokenizer.eos_token_id
+    if eos_id is None:
+        raise ValueError("the tokenizer has no eos token (ProtGPT2's is <|endoftext|>)")
+    prompt_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos_id
+    proteins: list[str] = []
+    with _seeded(seed, device), eval_mode(model), torch.no_grad():
+        for start in range(0, num_sequences, batch_size):
+            ids = _sample(
+                model, prompt_id=prompt_id, eos_id=eos_id,
+                batch_size=min(batch_size, num_sequences - start),
+                max_new_tokens=max_new_tokens, min_new_tokens=0, top_k=top_k,
+                repetition_penalty=repetition_penalty, device=device,
+            )  # (b, 1 + T)
+            for row in ids[:, 1:].tolist():
+                # A protein ends at its first <|endoftext|> (generate pads finished rows
+                # with it), whatever the tokenizer's special-token flags say.
+                if eos_id in row:
+                    row = row[:row.index(eos_id)]
+                text = tokenizer.decode(row, skip_special_tokens=True)
+                proteins.append(_NON_LETTERS.sub("", text).upper())
+    return proteins
+
+
+def aa_kl_natural(
+    model: torch.nn.Module,
+    tokenizer,
+    heldout_sequences: Sequence[str],
+    *,
+    seed: int,
+    num_sequences: int,
+    max_new_tokens: int,
+    device: torch.device | str,
+    batch_size: int = 32,
+    top_k: int = PROTGPT2_TOP_K,
+    repetition_penalty: float = PROTGPT2_REPETITION_PENALTY,
+) -> dict:
+    """Amino-acid composition KL of sampled proteins (SPEC §5).
+
+    Returns `aa_kl_natural` = KL(p_gen ‖ held-out composition), `aa_kl_uniprot` =
+    KL(p_gen ‖ UNIPROT_BACKGROUND), `aa_gen_residues` (standard residues sampled) and
+    `aa_note` (None, or why the KLs are NaN: no standard residue was generated). A KL is
+    +inf if the held-out split lacks an amino acid that was generated.
+    """
+    q_natural = aa_composition(heldout_sequences)  # (20,); raises if no residues
+    proteins = sample_proteins(
+        model, tokenizer, num_sequences=num_sequences, max_new_tokens=max_new_tokens,
+        seed=seed, top_k=top_k, repetition_penalty=repetition_penalty, device=device,
+        batch_size=batch_size,
+    )
+    n_residues = int(aa_counts(proteins).sum())
+    if n_residues == 0:
+        return {
+            "aa_kl_natural": math.nan,
+            "aa_kl_uniprot": math.nan,
+            "aa_gen_residues": 0,
+            "aa_note": f"no standard amino-acid residue in {num_sequences} sampled sequences",
+        }
+    p_gen = aa_composition(proteins)  # (20,)
+    return {
+        "aa_kl_natural": aa_kl(p_gen, q_natural),
+        "aa_kl_uniprot": aa_kl(p_gen, UNIPROT_BACKGROUND),
+        "aa_gen_residues": n_residues,
+        "aa_note": None,
+    }
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    """torch.bfloat16 -> "bfloat16" (JSON-friendly)."""
+    return str(dtype).removeprefix("torch.")
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued kernels so wall-clock timing covers the work."""
+    if device.type != "cpu":
+        torch.get_device_module(device.type).synchronize(device)
+
+
+def generation_throughput(
+    model: torch.nn.Module,
+    *,
+    batch_size: int,
+    new_tokens: int,
+    device: torch.device | str,
+    autocast_dtype: torch.dtype | None = None,
+    seed: int = 0,
+    warmup_tokens: int = 16,
+) -> dict:
+    """Generated tokens per second at a fixed batch size, length and dtype.
+
+    Samples with ProtGPT2's settings and `min_new_tokens = max_new_tokens = new_tokens`,
+    so every row is exactly `new_tokens` long whatever the model emits. One untimed
+    warm-up call (same batch size, `warmup_tokens` tokens) comes first. `model` must
+    already be on `device`; weights keep their dtype (`param_dtype`), computation runs
+    under `torch.autocast(autocast_dtype)` if one is given.
+
+    Returns tokens_per_s, seconds, batch_size, new_tokens, device, param_dtype,
+    autocast_dtype.
+    """
+    device = torch.device(device)
+    _check_length(model, new_tokens)
+    eos_id = model.config.eos_token_id
+    prompt_id = model.config.bos_token_id if model.config.bos_token_id is not None else eos_id
+    if prompt_id is None:
+        raise ValueError("the model config has neither bos_token_id nor eos_token_id")
+
+    def run(n_tokens: int) -> torch.Tensor:
+        return _sample(
+            model, prompt_id=prompt_id, eos_id=eos_id, batch_size=batch_size,
+            max_new_tokens=n_tokens, min_new_tokens=n_tokens, top_k=PROTGPT2_TOP_K,
+            repetition_penalty=PROTGPT2_REPETITION_PENALTY, device=device,
+        )
+
+    with _seeded(seed, device), eval_mode(model), torch.no_grad(), \
+            autocast_context(device, autocast_dtype):
+        run(min(warmup_tokens, new_tokens))
+        _synchronize(device)
+        start = time.perf_counter()
+        ids = run(new_tokens)  # (batch_size, 1 + new_tokens)
+        _synchronize(device)
+        seconds = time.perf_counter() - start
+    if ids.shape != (batch_size, 1 + new_tokens):
+        raise RuntimeError(f"generate returned shape {tuple(ids.shape)}, "
+                           f"expected {(batch_size, 1 + new_tokens)}")
+    return {
+        "tokens_per_s": batch_size * new_tokens / seconds,
+        "seconds": seconds,
+        "batch_size": batch_size,
+        "new_tokens": new_tokens,
+        "device": str(device),
+        "param_dtype": _dtype_name(next(model.parameters()).dtype),
+        "autocast_dtype": None if autocast_dtype is None else _dtype_name(autocast_dtype),
+    }

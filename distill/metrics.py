@@ -1,0 +1,402 @@
+"""Held-out metrics of SPEC §5: perplexity, KL to the teacher, calibration, compression
+and amino-acid composition.
+
+Scoring convention (shared by every metric here). A batch holds one protein per row,
+right-padded: `input_ids` (B, L), `attention_mask` (B, L) with 1 on real tokens, and
+`n_residues` (B,) = amino-acid residues in that (possibly truncated) protein. Logits at
+position i predict `input_ids[i + 1]`; position i is *scored* iff
+`attention_mask[i + 1] == 1`. A row with n real tokens therefore has n − 1 scored
+positions (**fix**: the study counted L, not L − 1, and scored a position past the end).
+
+Everything is streamed: `HeldOutScorer.update` turns one batch into a handful of sums
+(fp32 within a chunk of positions, float64 across chunks and batches), so no logits are
+kept between batches and at most a few (chunk, V) fp32 tensors exist at once.
+
+The teacher is only ever seen through `teacher_logits_fn(input_ids, attention_mask) ->
+(B, L, V)`, so a logits cache can stand in for the live model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, Iterable, Iterator, Mapping
+
+import numpy as np
+import torch
+
+TeacherLogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+# (chunk positions × V) elements per fp32 temporary: 2**24 floats = 64 MiB, i.e. 333
+# positions at ProtGPT2's V = 50,257. A chunk needs about six such temporaries.
+DEFAULT_CHUNK_ELEMENTS = 2**24
+N_ECE_BINS = 10
+
+STANDARD_AA = "ACDEFGHIKLMNPQRSTVWY"
+# UniProtKB/Swiss-Prot amino-acid composition, release 2013_04, in percent
+# (shared/data/SOURCES.md). It sums to 99.89, hence the renormalization below.
+_SWISSPROT_PERCENT = {
+    "A": 8.25, "R": 5.53, "N": 4.06, "D": 5.45, "C": 1.37, "Q": 3.93, "E": 6.75,
+    "G": 7.07, "H": 2.27, "I": 5.96, "L": 9.66, "K": 5.84, "M": 2.42, "F": 3.86,
+    "P": 4.70, "S": 6.56, "T": 5.34, "W": 1.08, "Y": 2.92, "V": 6.87,
+}
+# (20,) background frequencies in STANDARD_AA order, summing to 1.
+UNIPROT_BACKGROUND = np.array([_SWISSPROT_PERCENT[a] for a in STANDARD_AA], dtype=np.float64)
+UNIPROT_BACKGROUND /= UNIPROT_BACKGROUND.sum()
+UNIPROT_BACKGROUND.setflags(write=False)
+
+
+# --------------------------------------------------------------------------------------
+# Model-running helpers (shared with distill.generation)
+# --------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run `model` in eval mode (no dropout), then restore the caller's train/eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None):
+    """`torch.autocast` to `dtype` on `device`, or a no-op when dtype is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------
+# Streaming accumulators
+# --------------------------------------------------------------------------------------
+
+
+def _exp(x: float) -> float:
+    """exp that saturates to inf instead of raising (a diverged model has huge NLL)."""
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf
+
+
+class _Calibration:
+    """Per-bin sums for ECE over `n_bins` equal-width confidence bins.
+
+    Bin b holds confidences in [b/n, (b+1)/n); a confidence of exactly 1.0 goes in the
+    last bin, so every scored position lands in exactly one bin.
+    """
+
+    def __init__(self, n_bins: int):
+        self.n_bins = n_bins
+        self.count = np.zeros(n_bins, dtype=np.int64)
+        self.correct = np.zeros(n_bins, dtype=np.int64)
+        self.conf_sum = np.zeros(n_bins, dtype=np.float64)
+
+    def add(self, log_probs: torch.Tensor, targets: torch.Tensor) -> None:
+        """log_probs: (C, V) fp32 log-softmax; targets: (C,) next-token ids."""
+        max_log_prob, pred = log_probs.max(dim=-1)  # (C,), (C,)
+        conf = max_log_prob.exp()  # (C,) = max probability
+        # In float64 the product conf·n_bins cannot round a confidence just below an
+        # edge (e.g. the fp32 number nearest below 0.3) up into the next bin.
+        bins = (conf.double() * self.n_bins).floor().long().clamp_(0, self.n_bins - 1)
+        correct = (pred == targets).double()
+        # (3, n_bins): one transfer to the host per chunk.
+        sums = torch.stack([
+            torch.bincount(bins, minlength=self.n_bins).double(),
+            torch.bincount(bins, weights=correct, minlength=self.n_bins),
+            torch.bincount(bins, weights=conf.double(), minlength=self.n_bins),
+        ]).cpu().numpy()
+        self.count += sums[0].round().astype(np.int64)
+        self.correct += sums[1].round().astype(np.int64)
+        self.conf_sum += sums[2]
+
+    def summary(self) -> dict:
+        """accuracy, confidence, ece and the per-bin table (empty bins: None)."""
+        n = int(self.count.sum())
+        table = []
+        ece = 0.0
+        for b in range(self.n_bins):
+            count = int(self.count[b])
+            acc = self.correct[b] / count if count else None
+            conf = self.conf_sum[b] / count if count else None
+            if count:
+                ece += count / n * abs(acc - conf)
+            table.append({
+                "lo": b / self.n_bins,
+                "hi": (b + 1) / self.n_bins,
+                "count": count,
+                "accuracy": None if acc is None else float(acc),
+                "confidence": None if conf is None else float(conf),
+            })
+        return {
+            "accuracy": float(self.correct.sum() / n),
+            "confidence": float(self.conf_sum.sum() / n),
+            "ece": float(ece),
+            "ece_bins": table,
+        }
+
+
+class HeldOutScorer:
+    """Accumulates the held-out metrics of SPEC §5 over batches of logits.
+
+    `with_teacher=False` scores the student alone (no ppl_ratio / kl_teacher); then
+    `update` must get `teacher_logits=None`.
+    """
+
+    def __init__(
+        self,
+        *,
+        with_teacher: bool = True,
+        n_bins: int = N_ECE_BINS,
+        chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    ):
+        self.with_teacher = with_teacher
+        self.chunk_elements = chunk_elements
+        self.n_sequences = 0
+        self.n_tokens = 0
+        self.n_residues = 0
+        self.nll_sum = 0.0
+        self.calibration = _Calibration(n_bins)
+        self.nll_sum_teacher = 0.0
+        self.kl_sum = 0.0
+        self.calibration_teacher = _Calibration(n_bins)
+
+    @torch.no_grad()
+    def update(
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor | None,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        n_residues: torch.Tensor,
+    ) -> None:
+        """Add one batch.
+
+        student_logits, teacher_logits: (B, L, V) in any float dtype, on one device;
+        input_ids, attention_mask: (B, L) on that device; n_residues: (B,).
+        """
+        self._check(student_logits, teacher_logits, input_ids, attention_mask, n_residues)
+        # Scored positions, as (row, position) index pairs: position i predicts token i+1.
+        rows, cols = attention_mask[:, 1:].bool().nonzero(as_tuple=True)  # (N,), (N,)
+        targets = input_ids[rows, cols + 1]  # (N,)
+        vocab = student_logits.shape[-1]
+        chunk = max(1, self.chunk_elements // vocab)
+        for start in range(0, rows.numel(), chunk):
+            r, c = rows[start:start + chunk], cols[start:start + chunk]
+            y = targets[start:start + chunk]  # (C,)
+            # Advanced indexing copies only the C scored rows: (C, V), upcast to fp32.
+            log_q = torch.log_softmax(student_logits[r, c].float(), dim=-1)
+            self.nll_sum += -log_q.gather(1, y[:, None]).sum().item()
+            self.calibration.add(log_q, y)
+            if teacher_logits is not None:
+                log_p = torch.log_softmax(teacher_logits[r, c].float(), dim=-1)  # (C, V)
+                self.nll_sum_teacher += -log_p.gather(1, y[:, None]).sum().item()
+                self.calibration_teacher.add(log_p, y)
+                p = log_p.exp()
+                # KL(p ‖ q) = Σ_v p (log p − log q), with 0·log 0 = 0 where p underflows.
+                kl = torch.where(p > 0, p * (log_p - log_q), 0.0).sum(dim=-1)  # (C,)
+                self.kl_sum += kl.sum().item()
+                del log_p, p, kl
+            del log_q
+        self.n_sequences += input_ids.shape[0]
+        self.n_tokens += rows.numel()
+        self.n_residues += int(n_residues.sum())
+
+    def _check(self, student_logits, teacher_logits, input_ids, attention_mask, n_residues):
+        if (teacher_logits is not None) != self.with_teacher:
+            got = "None" if teacher_logits is None else "a tensor"
+            raise ValueError(f"this scorer was built with with_teacher={self.with_teacher}, "
+                             f"but update() got teacher_logits={got}")
+        b, length = input_ids.shape
+        if attention_mask.shape != (b, length) or student_logits.shape[:2] != (b, length):
+            raise ValueError(
+                f"shape mismatch: input_ids {tuple(input_ids.shape)}, attention_mask "
+                f"{tuple(attention_mask.shape)}, student logits {tuple(student_logits.shape)}"
+            )
+        if teacher_logits is not None and teacher_logits.shape != student_logits.shape:
+            raise ValueError(
+                f"teacher logits {tuple(teacher_logits.shape)} do not match student "
+                f"logits {tuple(student_logits.shape)} (same sequences, same vocabulary)"
+            )
+        if n_residues.shape != (b,):
+            raise ValueError(f"n_residues must have shape ({b},), got {tuple(n_residues.shape)}")
+        # Right padding only: a real token after a padded one would be scored against
+        # the wrong context.
+        if (attention_mask[:, 1:] > attention_mask[:, :-1]).any():
+            raise ValueError("attention_mask must be right-padded (1…1 0…0 per row)")
+
+    def result(self) -> dict:
+        """The metrics so far. Raises ValueError if no position was scored."""
+        if self.n_tokens == 0:
+            raise ValueError("no scored positions: every protein had fewer than 2 real tokens")
+        nll_per_token = self.nll_sum / self.n_tokens
+        out = {
+            "n_sequences": self.n_sequences,
+            "n_tokens": self.n_tokens,
+            "n_residues": self.n_residues,
+            "ppl": _exp(nll_per_token),
+            "nll_per_token": nll_per_token,
+            # Σ NLL / Σ residues charges the NLL of newline and <|endoftext|> tokens to
+            # the residues too, so it is an upper bound on the residues' own NLL.
+            "nll_per_residue": self.nll_sum / self.n_residues if self.n_residues else math.nan,
+        }
+        out.update(self.calibration.summary())
+        # accuracy == 0 makes ECE equal the mean confidence; the study reported that
+        # as calibration without saying so.
+        out["accuracy_is_zero"] = bool(self.calibration.correct.sum() == 0)
+        if self.with_teacher:
+            nll_teacher = self.nll_sum_teacher / self.n_tokens
+            teacher_cal = self.calibration_teacher.summary()
+            out.update({
+                "ppl_teacher": _exp(nll_teacher),
+                "nll_per_token_teacher": nll_teacher,
+                "nll_per_residue_teacher": (
+                    self.nll_sum_teacher / self.n_residues if self.n_residues else math.nan
+                ),
+                # ppl / ppl_teacher, as exp of the difference so inf/inf cannot occur.
+                "ppl_ratio": _exp(nll_per_token - nll_teacher),
+                "kl_teacher": self.kl_sum / self.n_tokens,
+                "accuracy_teacher": teacher_cal["accuracy"],
+                "confidence_teacher": teacher_cal["confidence"],
+                "ece_teacher": teacher_cal["ece"],
+                "ece_bins_teacher": teacher_cal["ece_bins"],
+            })
+        return out
+
+
+# --------------------------------------------------------------------------------------
+# Drivers
+# --------------------------------------------------------------------------------------
+
+
+def _run_scorer(
+    model: torch.nn.Module,
+    teacher_logits_fn: TeacherLogitsFn | None,
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    *,
+    device: torch.device | str,
+    autocast_dtype: torch.dtype | None,
+    chunk_elements: int,
+) -> HeldOutScorer:
+    device = torch.device(device)
+    scorer = HeldOutScorer(with_teacher=teacher_logits_fn is not None,
+                           chunk_elements=chunk_elements)
+    with eval_mode(model), torch.no_grad():
+        for batch in batches:
+            input_ids = batch["input_ids"].to(device)  # (B, L)
+            attention_mask = batch["attention_mask"].to(device)  # (B, L)
+            with autocast_context(device, autocast_dtype):
+                student_logits = model(
+                    input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+                ).logits  # (B, L, V)
+            # The teacher function owns its precision (it may be a cache on the host).
+            teacher_logits = (
+                teacher_logits_fn(input_ids, attention_mask).to(device)
+                if teacher_logits_fn is not None
+                else None
+            )
+            scorer.update(student_logits, teacher_logits, input_ids, attention_mask,
+                          batch["n_residues"])
+            del student_logits, teacher_logits
+    return scorer
+
+
+def score_heldout(
+    student_model: torch.nn.Module,
+    teacher_logits_fn: TeacherLogitsFn,
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    *,
+    device: torch.device | str,
+    autocast_dtype: torch.dtype | None = None,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+) -> dict:
+    """Every held-out metric of SPEC §5 that needs logits, student vs teacher.
+
+    `student_model` must already be on `device`; it runs in eval mode (its previous mode
+    is restored) under `torch.autocast(autocast_dtype)` if one is given.
+    `teacher_logits_fn(input_ids, attention_mask)` gets the batch on `device` and returns
+    (B, L, V) logits (any device/dtype). Returns `HeldOutScorer.result()`.
+    """
+    return _run_scorer(student_model, teacher_logits_fn, batches, device=device,
+                       autocast_dtype=autocast_dtype, chunk_elements=chunk_elements).result()
+
+
+def student_ppl(
+    model: torch.nn.Module,
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    *,
+    device: torch.device | str,
+    autocast_dtype: torch.dtype | None = None,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+) -> dict:
+    """Held-out perplexity of one model at τ = 1, no teacher (early-stopping validation).
+
+    Returns ppl, nll_per_token, nll_per_residue, n_tokens, n_residues, n_sequences.
+    """
+    result = _run_scorer(model, None, batches, device=device, autocast_dtype=autocast_dtype,
+                         chunk_elements=chunk_elements).result()
+    keys = ("ppl", "nll_per_token", "nll_per_residue", "n_tokens", "n_residues", "n_sequences")
+    return {k: result[k] for k in keys}
+
+
+# --------------------------------------------------------------------------------------
+# Size
+# --------------------------------------------------------------------------------------
+
+
+def count_params(model: torch.nn.Module) -> int:
+    """Parameter count as HF reports it: `parameters()` yields tied weights once."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def compression(teacher_params: int, student_params: int) -> float:
+    """Compression factor = teacher parameters / student parameters."""
+    if student_params <= 0:
+        raise ValueError(f"student_params must be positive, got {student_params}")
+    return teacher_params / student_params
+
+
+# --------------------------------------------------------------------------------------
+# Amino-acid composition
+# --------------------------------------------------------------------------------------
+
+_AA_CODES = np.frombuffer(STANDARD_AA.encode("ascii"), dtype=np.uint8)  # (20,)
+
+
+def aa_counts(sequences: Iterable[str]) -> np.ndarray:
+    """(20,) int64 counts of the standard amino acids (STANDARD_AA order).
+
+    Case-insensitive; every other character (B, X, Z, U, O, gaps, newlines) is ignored.
+    """
+    text = "".join(sequences).upper().encode("ascii", errors="ignore")
+    byte_counts = np.bincount(np.frombuffer(text, dtype=np.uint8), minlength=256)  # (256,)
+    return byte_counts[_AA_CODES].astype(np.int64)
+
+
+def aa_composition(sequences: Iterable[str]) -> np.ndarray:
+    """(20,) frequencies of the standard amino acids over all `sequences` (sum 1).
+
+    Raises ValueError if there is no standard residue at all.
+    """
+    counts = aa_counts(sequences)
+    total = counts.sum()
+    if total == 0:
+        raise ValueError("no standard amino-acid residue in the sequences")
+    return counts / total
+
+
+def aa_kl(p_gen: np.ndarray, q: np.ndarray) -> float:
+    """KL(p_gen ‖ q) = Σ p_gen · log(p_gen / q) in nats, with 0 · log 0 = 0.
+
+    It is +inf where q is 0 for an amino acid that p_gen has.
+    """
+    p_gen = np.asarray(p_gen, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    if p_gen.shape != q.shape:
+        raise ValueError(f"shape mismatch: p_gen {p_gen.shape}, q {q.shape}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p_gen > 0, p_gen * np.log(p_gen / q), 0.0)
+    return float(terms.sum())

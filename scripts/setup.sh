@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Create ./.venv and install kdsweep with its test extras. Idempotent; safe on a fresh machine.
+# torch is pinned first to 2.13.0: on these machines a CPU wheel of it is cached locally,
+# and any other version would pull gigabytes of CUDA packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet "torch==2.13.0"
+.venv/bin/python -m pip install --quiet -e ".[dev]"
+echo "kdsweep installed in $(pwd)/.venv"

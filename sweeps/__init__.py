@@ -1,0 +1,1 @@
+"""kdsweep.sweeps: Ray Tune + Optuna orchestration, CLI and export."""

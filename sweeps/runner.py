@@ -1,0 +1,123 @@
+"""Run or resume a sweep: Ray Tune + per-study Optuna TPE + per-study ASHA (SPEC §6).
+
+One Tune experiment holds every (scale, arm) study: the searcher hands out
+trials round-robin across studies, a ConcurrencyLimiter caps trials in flight,
+and on a cluster with room several studies' trials run at once. A killed
+driver is resumed with `Tuner.restore` (finished trials stay finished; running
+ones restart from their last checkpoint; the Optuna studies live in storage).
+"""
+
+from __future__ import annotations
+
+
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+from distill.errors import ConfigError
+from sweeps.layout import SweepDir, git_commit, storage_root
+from sweeps.space import SearchSpace, dump_space, load_space
+
+Log = Callable[[str], None]
+
+
+def _init_ray(address: str | None, log: Log):
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        log(f"joining Ray cluster at {address}")
+        ray.init(address=address)
+    else:
+        # Embedded local Ray: nothing to start by hand; quiet logs, no dashboard process.
+        ray.init(include_dashboard=False, configure_logging=True, logging_level="WARNING", log_to_driver=False)
+
+
+def _tuner(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool, log: Log):
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    from distill.train import total_steps
+    from sweeps.live import LiveTable
+    from sweeps.scheduler import PerStudyASHA
+    from sweeps.searcher import StudySearcher
+    from sweeps.trial import EXECUTORS, trial_resources
+
+    executor = EXECUTORS[space.search["executor"]]
+    trainable = tune.with_resources(tune.with_parameters(executor, space=space, sweep_dir=str(sd.root)),
+                                    trial_resources(space))
+    if restore:
+        return tune.Tuner.restore(str(sd.tune), trainable=trainable, resume_unfinished=True, resume_errored=False)
+    probe = space.trial_config(space.studies[0], {}, "unused")
+    searcher = ConcurrencyLimiter(StudySearcher(space, sd.name, storage_url), max_concurrent=space.search["max_concurrent"])
+    scheduler = PerStudyASHA([s.name for s in space.studies], max_t=total_steps(probe),
+                             grace_period=space.search["grace_period"],
+                             reduction_factor=space.search["reduction_factor"])
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=space.total_trials,
+                                    trial_dirname_creator=lambda t: t.trial_id, trial_name_creator=lambda t: t.trial_id),
+        run_config=tune.RunConfig(
+            name=sd.tune.name,
+            storage_path=str(sd.root),
+            failure_config=tune.FailureConfig(max_failures=space.search["max_failures"]),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=[LiveTable(print_fn=lambda s, flush=True: log(s))],
+            verbose=0,
+        ),
+    )
+
+
+def run_sweep(space: SearchSpace, *, name: str | None = None, storage: str | None = None,
+              address: str | None = None, log: Log = print) -> SweepDir:
+    """Start a new sweep; refuses to overwrite an existing one (resume it instead)."""
+    name = name or space.name
+    sd = SweepDir(storage_root(storage) / name)
+    if sd.meta_path.exists():
+        raise ConfigError(f"sweep {name!r} already exists in {sd.root.parent}; "
+                          f"resume it with `kdsweep sweep resume {name}` or pick another --name")
+    sd.root.mkdir(parents=True, exist_ok=True)
+    storage_url = space.search["storage_url"] or f"sqlite:///{sd.root / 'optuna.db'}"
+    dump_space(space, sd.space)
+    sd.write_meta({"name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git_commit(),
+                   "storage_url": storage_url, "executor": space.search["executor"], "source": space.source,
+                   "total_trials": space.total_trials, "state": "running"})
+    return _fit(space, sd, storage_url, restore=False, address=address, log=log)
+
+
+def resume_sweep(name: str, *, storage: str | None = None, address: str | None = None, log: Log = print) -> SweepDir:
+    """Continue a sweep whose driver was killed or interrupted."""
+    sd = SweepDir(storage_root(storage) / name)
+    meta = sd.meta()
+    if not sd.tune.is_dir():
+        raise ConfigError(f"sweep {name!r} has no Tune experiment to resume in {sd.tune}")
+    space = load_space(sd.space)
+    return _fit(space, sd, meta["storage_url"], restore=True, address=address, log=log)
+
+
+def _fit(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool, address: str | None, log: Log) -> SweepDir:
+    _init_ray(address, log)
+    log(f"sweep {sd.name}: {len(space.studies)} studies x {space.search['trials_per_study']} trials "
+        f"({space.search['executor']} executor) -> {sd.root}")
+    tuner = _tuner(space, sd, storage_url, restore=restore, log=log)
+    tuner.fit()
+    meta = sd.meta()
+    meta["state"] = "finished"
+    meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    sd.write_meta(meta)
+    return sd
+
+
+def next_steps(sd: SweepDir, storage: str | None) -> str:
+    flag = f" --storage {storage}" if storage else ""
+    return "\n".join([
+        f"results: {sd.root}",
+        f"  kdsweep sweep status {sd.name}{flag}          # trials per (scale, arm), best val_ppl and params",
+        f"  kdsweep sweep export {sd.name}{flag} --out best_configs/   # one train config per (scale, arm)",
+        f"  kdsweep dashboard {sd.name}{flag}             # optuna-dashboard + TensorBoard",
+    ])
+
+

@@ -1,0 +1,363 @@
+"""Search-space YAML: typed, validated before Ray starts (SPEC §6).
+
+A space says what to distill (teacher, data, scales, enhancement arms), which
+hyperparameters to search and how (distributions, per scale and per arm),
+the fixed training settings every trial shares, and the search settings
+(trials per (scale, arm) study, concurrency, ASHA, seed) and resources.
+`load_space` reports every problem at once, each naming its key.
+
+Every (scale, arm) pair is its own Optuna study with the same trial budget:
+the study's central confound was that only the enhanced runs were re-tuned.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distill.config import FIELDS as TRAIN_FIELDS
+from distill.config import TrainConfig, config_from_dict, read_yaml_mapping
+from distill.errors import ConfigError
+from distill.models import load_scales
+
+SEARCH_SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+
+# arm -> (uncertainty weighting on, calibration smoothing on)   SPEC §6
+ARMS = {"baseline": (False, False), "uncertainty": (True, False), "calibration": (False, True), "both": (True, True)}
+SEARCHABLE = ("lr", "warmup_steps", "temperature", "alpha", "smoothing")
+DIST_TYPES = ("loguniform", "uniform", "int", "choice")
+EXECUTORS = ("local", "ray_train")
+TOP_KEYS = ("name", "description", "teacher", "tokenizer", "data", "scales", "arms", "params", "scale_params",
+            "arm_params", "train", "search", "resources")
+SEARCH_DEFAULTS = {"trials_per_study": 4, "max_concurrent": 2, "seed": 0, "grace_period": 20, "reduction_factor": 2,
+                   "max_failures": 2, "executor": "local", "storage_url": None}
+RESOURCE_DEFAULTS = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0.0}
+# Keys the sweep itself sets per trial: not allowed under `train:`.
+TRIAL_SET = ("teacher", "tokenizer", "data", "scale", "uncertainty", "output_dir", "provenance") + SEARCHABLE
+
+
+@dataclass(frozen=True)
+class Dist:
+    """One hyperparameter distribution."""
+
+    type: str
+    low: float | None = None
+    high: float | None = None
+    values: tuple | None = None
+
+    def to_dict(self) -> dict:
+        if self.type == "choice":
+            return {"type": "choice", "values": list(self.values)}
+        return {"type": self.type, "low": self.low, "high": self.high}
+
+
+@dataclass(frozen=True)
+class Study:
+    """One (scale, arm) study: its name and its own distributions."""
+
+    scale: str
+    arm: str
+    params: dict[str, Dist]
+
+    @property
+    def name(self) -> str:
+        return f"{self.scale}/{self.arm}"
+
+    @property
+    def uncertainty(self) -> bool:
+        return ARMS[self.arm][0]
+
+    @property
+    def smooths(self) -> bool:
+        return ARMS[self.arm][1]
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    teacher: str
+    tokenizer: str | None
+    data: str
+    scales: tuple[str, ...]
+    arms: tuple[str, ...]
+    studies: tuple[Study, ...]
+    train: dict[str, Any]  # fixed TrainConfig keys
+    search: dict[str, Any]
+    resources: dict[str, Any]
+    source: str = ""
+    raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def trial_config(self, study: Study, params: dict[str, Any], output_dir: str, **extra) -> TrainConfig:
+        """The TrainConfig of one trial: fixed settings + scale + arm + sampled params."""
+        values = {
+            **self.train,
+            "teacher": self.teacher,
+            "tokenizer": self.tokenizer,
+            "data": self.data,
+            "scale": study.scale,
+            "uncertainty": study.uncertainty,
+            "smoothing": None,
+            **params,
+            "output_dir": output_dir,
+            **extra,
+        }
+        if not study.smooths:
+            values["smoothing"] = None
+        return config_from_dict(values, source=f"trial config of {study.name}")
+
+    def study(self, name: str) -> Study:
+        return next(s for s in self.studies if s.name == name)
+
+    @property
+    def total_trials(self) -> int:
+        return len(self.studies) * self.search["trials_per_study"]
+
+
+class _Problems(list):
+    def unknown(self, where: str, key: str, allowed) -> None:
+        close = difflib.get_close_matches(str(key), list(allowed), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        self.append(f"{where}{key}: unknown key{hint}; allowed: {', '.join(allowed)}")
+
+
+def _num(v) -> float | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, str):  # YAML 1.1 reads 1e-3 as a string
+        try:
+            return float(v)
+        except ValueError:
+            return None
+    return float(v) if isinstance(v, (int, float)) else None
+
+
+def _parse_dist(key: str, raw: Any, p: _Problems) -> Dist | None:
+    if not isinstance(raw, dict):
+        p.append(f"{key}: expected a mapping like {{type: loguniform, low: 1e-4, high: 1e-3}}, got {raw!r}")
+        return None
+    kind = raw.get("type")
+    if kind not in DIST_TYPES:
+        p.append(f"{key}.type: got {kind!r}, allowed: {', '.join(DIST_TYPES)}")
+        return None
+    allowed = ("type", "values") if kind == "choice" else ("type", "low", "high")
+    for k in raw:
+        if k not in allowed:
+            p.unknown(f"{key}.", k, allowed)
+    if kind == "choice":
+        values = raw.get("values")
+        if not isinstance(values, list) or not values:
+            p.append(f"{key}.values: choice needs a non-empty list of values")
+            return None
+        return Dist("choice", values=tuple(values))
+    low, high = _num(raw.get("low")), _num(raw.get("high"))
+    if low is None or high is None:
+        p.append(f"{key}: {kind} needs numeric low and high (got low={raw.get('low')!r}, high={raw.get('high')!r})")
+        return None
+    if low > high:
+        p.append(f"{key}: low {low} > high {high}")
+        return None
+    if kind == "loguniform" and low <= 0:
+        p.append(f"{key}.low: loguniform needs low > 0 (got {low})")
+        return None
+    if kind == "int" and (low != int(low) or high != int(high)):
+        p.append(f"{key}: int needs whole-number low and high (got {low}, {high})")
+        return None
+    return Dist(kind, low, high)
+
+
+def _check_param_values(key: str, name: str, dist: Dist, p: _Problems) -> None:
+    """The distribution's support must be valid TrainConfig values (e.g. alpha within [0, 1])."""
+    probes = list(dist.values) if dist.type == "choice" else [dist.low, dist.high]
+    for v in probes:
+        try:
+            config_from_dict({name: int(v) if dist.type == "int" else v, "smoothing": 0.1} if name != "smoothing" else {name: v})
+        except ConfigError as e:
+            p.append(f"{key}: value {v!r} out of range ({str(e).split(': ', 2)[-1].strip()})")
+            return
+
+
+def _parse_params(where: str, raw: Any, p: _Problems) -> dict[str, Dist]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        p.append(f"{where}: expected a mapping of parameter: distribution")
+        return {}
+    out = {}
+    for name, spec in raw.items():
+        if name not in SEARCHABLE:
+            p.unknown(f"{where}.", name, SEARCHABLE)
+            continue
+        d = _parse_dist(f"{where}.{name}", spec, p)
+        if d is not None:
+            _check_param_values(f"{where}.{name}", name, d, p)
+            out[name] = d
+    return out
+
+
+def _merged(raw: dict, key: str, allowed: dict, p: _Problems) -> dict:
+    section = raw.get(key) or {}
+    if not isinstance(section, dict):
+        p.append(f"{key}: expected a mapping")
+        return dict(allowed)
+    for k in section:
+        if k not in allowed:
+            p.unknown(f"{key}.", k, list(allowed))
+    return {**allowed, **{k: v for k, v in section.items() if k in allowed}}
+
+
+def parse_space(raw: Any, source: str = "search space") -> SearchSpace:
+    """Validate a search-space mapping; raise ConfigError listing every problem."""
+    p = _Problems()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    for k in raw:
+        if k not in TOP_KEYS:
+            p.unknown("", k, TOP_KEYS)
+
+    known_scales = load_scales()
+    scales = raw.get("scales")
+    if not isinstance(scales, list) or not scales:
+        p.append("scales: required, a non-empty list of scale names; known: " + ", ".join(known_scales))
+        scales = []
+    for i, s in enumerate(scales):
+        if s not in known_scales:
+            p.append(f"scales[{i}]: unknown scale {s!r}; known: {', '.join(known_scales)}")
+    arms = raw.get("arms", list(ARMS))
+    if not isinstance(arms, list) or not arms:
+        p.append(f"arms: a non-empty list; allowed: {', '.join(ARMS)}")
+        arms = []
+    for i, a in enumerate(arms):
+        if a not in ARMS:
+            p.append(f"arms[{i}]: unknown arm {a!r}; allowed: {', '.join(ARMS)}")
+    for key in ("scales", "arms"):
+        seq = raw.get(key) or []
+        if isinstance(seq, list) and len(set(map(str, seq))) != len(seq):
+            p.append(f"{key}: listed twice: {sorted({x for x in seq if seq.count(x) > 1})}")
+
+    base = _parse_params("params", raw.get("params"), p)
+    missing = [k for k in ("lr", "warmup_steps", "temperature", "alpha") if k not in base]
+    if missing:
+        p.append(f"params: must give a distribution for {', '.join(missing)} (searched in every arm)")
+    per_scale = {}
+    for s, spec in (raw.get("scale_params") or {}).items():
+        if s not in scales:
+            p.append(f"scale_params.{s}: not one of this space's scales ({', '.join(map(str, scales))})")
+        per_scale[s] = _parse_params(f"scale_params.{s}", spec, p)
+    per_arm = {}
+    for a, spec in (raw.get("arm_params") or {}).items():
+        if a not in ARMS:
+            p.append(f"arm_params.{a}: unknown arm; allowed: {', '.join(ARMS)}")
+            continue
+        per_arm[a] = _parse_params(f"arm_params.{a}", spec, p)
+        if "smoothing" in per_arm[a] and not ARMS[a][1]:
+            p.append(f"arm_params.{a}.smoothing: the {a} arm does not smooth; smoothing is searched only in "
+                     "calibration and both")
+    smoothing_arms = [a for a in arms if a in ARMS and ARMS[a][1]]
+    if "smoothing" in base and not smoothing_arms:
+        p.append("params.smoothing: no arm in `arms` smooths (calibration or both); remove the smoothing range")
+    for a in smoothing_arms:
+        has = "smoothing" in base or "smoothing" in per_arm.get(a, {}) or any(
+            "smoothing" in v for v in per_scale.values())
+        if not has:
+            p.append(f"params.smoothing: required because arm {a!r} smooths (e.g. {{type: loguniform, low: 0.01, high: 0.2}})")
+
+    train = raw.get("train") or {}
+    if not isinstance(train, dict):
+        p.append("train: expected a mapping of fixed training settings")
+        train = {}
+    for k in train:
+        if k in TRIAL_SET:
+            p.append(f"train.{k}: set by the sweep itself (searched, or from teacher/data/scales/arms); remove it here")
+        elif k not in TRAIN_FIELDS:
+            p.unknown("train.", k, sorted(set(TRAIN_FIELDS) - set(TRIAL_SET)))
+    if not any(msg.startswith("train.") for msg in p):
+        try:
+            config_from_dict({**train}, source="train")
+        except ConfigError as e:
+            p.extend("train." + line.strip()[2:] for line in str(e).splitlines()[1:])
+
+    search = _merged(raw, "search", SEARCH_DEFAULTS, p)
+    for k in ("trials_per_study", "max_concurrent", "grace_period", "max_failures"):
+        v = search[k]
+        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if k == "max_failures" else 1):
+            p.append(f"search.{k}: got {v!r}, allowed: an integer >= {0 if k == 'max_failures' else 1}")
+    if not isinstance(search["reduction_factor"], (int, float)) or search["reduction_factor"] < 2:
+        p.append(f"search.reduction_factor: got {search['reduction_factor']!r}, allowed: a number >= 2")
+    if not isinstance(search["seed"], int):
+        p.append(f"search.seed: got {search['seed']!r}, allowed: an integer")
+    if search["executor"] not in EXECUTORS:
+        p.append(f"search.executor: got {search['executor']!r}, allowed: {', '.join(EXECUTORS)}")
+    resources = _merged(raw, "resources", RESOURCE_DEFAULTS, p)
+    if not isinstance(resources["workers"], int) or resources["workers"] < 1:
+        p.append(f"resources.workers: got {resources['workers']!r}, allowed: an integer >= 1")
+    if _num(resources["cpus_per_worker"]) is None or resources["cpus_per_worker"] <= 0:
+        p.append(f"resources.cpus_per_worker: got {resources['cpus_per_worker']!r}, allowed: a number > 0")
+    g = _num(resources["gpus_per_worker"])
+    if g is None or g < 0:
+        p.append(f"resources.gpus_per_worker: got {resources['gpus_per_worker']!r}, allowed: a number >= 0")
+    if resources["workers"] != 1 and search["executor"] == "local":
+        p.append("resources.workers: > 1 needs search.executor: ray_train (DDP across workers)")
+
+    for key in ("teacher", "data", "name"):
+        if key in raw and not isinstance(raw[key], str):
+            p.append(f"{key}: expected a string, got {raw[key]!r}")
+    if p:
+        raise ConfigError(f"invalid search space {source}:\n  - " + "\n  - ".join(p))
+
+    studies = []
+    for s in scales:
+        for a in arms:
+            params = {**base, **per_scale.get(s, {}), **per_arm.get(a, {})}
+            if not ARMS[a][1]:
+                params.pop("smoothing", None)
+            studies.append(Study(s, a, params))
+    return SearchSpace(
+        name=raw.get("name") or Path(source).stem,
+        teacher=raw.get("teacher", "demo"),
+        tokenizer=raw.get("tokenizer"),
+        data=raw.get("data", "bundled"),
+        scales=tuple(scales),
+        arms=tuple(arms),
+        studies=tuple(studies),
+        train=dict(train),
+        search=search,
+        resources=resources,
+        source=source,
+        raw=copy.deepcopy(raw),
+    )
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read and validate a search-space YAML (a bare name means one shipped in search_spaces/)."""
+    path = Path(path)
+    if not path.exists() and not path.suffix and (SEARCH_SPACES_DIR / f"{path}.yaml").is_file():
+        path = SEARCH_SPACES_DIR / f"{path}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{path}: search space file not found")
+    return parse_space(read_yaml_mapping(path), str(path))
+
+
+def smoke_space(space: SearchSpace) -> SearchSpace:
+    """`--smoke`: the smallest sweep that still exercises every part (all arms, ASHA, retries)."""
+    raw = copy.deepcopy(space.raw)
+    raw["scales"] = list(space.scales[:1])
+    train = raw.setdefault("train", {})
+    train.update(max_steps=16, max_tokens=None, eval_interval=4, val_max_proteins=24, final_eval=False)
+    search = raw.setdefault("search", {})
+    search.update(trials_per_study=3, grace_period=4, reduction_factor=2)
+    raw["name"] = f"{space.name}-smoke"
+    return parse_space(raw, space.source)
+
+
+def dump_space(space: SearchSpace, path: Path) -> None:
+    path.write_text(yaml.safe_dump(space.raw, sort_keys=False))
+
+
+def is_finite_number(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)

@@ -1,0 +1,73 @@
+"""`kdsweep sweep status`: per (scale, arm) study, trials by state and the best so far.
+
+Read from the Optuna storage alone (no Ray): a completed trial is COMPLETE, a
+trial ASHA stopped is PRUNED, and FAIL trials carry a `status` user attribute
+("diverged", "failed", or "orphaned" when a driver kill lost it before Tune
+saved it; orphans do not count against the budget).
+"""
+
+from __future__ import annotations
+
+import math
+
+from optuna.trial import TrialState
+
+from sweeps.layout import SweepDir
+from sweeps.searcher import ATTR_BEST_STEP, ATTR_STATUS, ATTR_TRIAL, open_study
+from sweeps.space import load_space
+
+STATES = ("running", "stopped_early", "completed", "diverged", "failed")
+
+
+def trial_status(t) -> str:
+    if t.state == TrialState.COMPLETE:
+        return "completed"
+    if t.state == TrialState.PRUNED:
+        return "stopped_early"
+    if t.state == TrialState.RUNNING:
+        return "running"
+    if t.state == TrialState.FAIL:
+        return t.user_attrs.get(ATTR_STATUS, "failed")
+    return t.state.name.lower()
+
+
+def study_trials(sd: SweepDir):
+    """(space, {study name: [FrozenTrial]}) for every study of the sweep."""
+    space = load_space(sd.space)
+    url = sd.storage_url()
+    return space, {s.name: open_study(url, sd.name, s.name).get_trials(deepcopy=False) for s in space.studies}
+
+
+def best_trial(trials):
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
+    return min(done, key=lambda t: t.value) if done else None
+
+
+def sweep_status(sd: SweepDir) -> list[dict]:
+    space, by_study = study_trials(sd)
+    rows = []
+    for s in space.studies:
+        trials = [t for t in by_study[s.name] if trial_status(t) != "orphaned"]
+        counts = {k: sum(trial_status(t) == k for t in trials) for k in STATES}
+        best = best_trial(trials)
+        rows.append({
+            "study": s.name, "scale": s.scale, "arm": s.arm, "planned": space.search["trials_per_study"],
+            "pending": max(0, space.search["trials_per_study"] - len(trials)), **counts,
+            "best_val_ppl": best.value if best else None,
+            "best_step": best.user_attrs.get(ATTR_BEST_STEP) if best else None,
+            "best_trial": best.user_attrs.get(ATTR_TRIAL) if best else None,
+            "best_params": best.params if best else {},
+        })
+    return rows
+
+
+def format_status(rows: list[dict]) -> str:
+    head = f"{'study':<26}{'plan':>5}{'pend':>5}{'run':>5}{'stop':>5}{'done':>5}{'div':>5}{'fail':>5}{'best val_ppl':>14}  best params"
+    lines = [head]
+    for r in rows:
+        params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["best_params"].items())
+        best = f"{r['best_val_ppl']:.4f}" if r["best_val_ppl"] is not None else "-"
+        lines.append(f"{r['study']:<26}{r['planned']:>5}{r['pending']:>5}{r['running']:>5}{r['stopped_early']:>5}"
+                     f"{r['completed']:>5}{r['diverged']:>5}{r['failed']:>5}{best:>14}  {params}")
+    lines.append("(run = running, stop = stopped early by ASHA, done = completed, div = diverged)")
+    return "\n".join(lines)

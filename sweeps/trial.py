@@ -1,0 +1,117 @@
+"""What one Tune trial runs: the `distill` loop, through one of two executors.
+
+* `ray_train` (the Ray Train V2 pattern of Ray 2.60): the Tune function builds a
+  `TorchTrainer` with the space's ScalingConfig (DDP across workers, fp16/bf16
+  on GPU) and a fixed run name per trial, so a restored trial resumes its Train
+  run from its last checkpoint; `TuneReportCallback` forwards rank 0's reports.
+* `local`: the loop runs inside the Tune function itself (single device). It
+  skips Train's ~15 s start-up and its up-to-2 s blocking reports, which
+  dominate CPU-sized trials (docs/benchmarks.md has the measured ratios).
+
+Either way the trial's run folder is `<sweep>/runs/<trial id>` (config,
+complete JSONL history, metrics.json), stable across retries and restores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import ray.train
+import ray.tune
+from ray.train import Checkpoint
+
+from distill.config import TrainConfig, config_from_dict
+from sweeps.space import SearchSpace
+
+RUNS = "runs"
+
+
+def trial_train_config(space: SearchSpace, config: dict, sweep_dir: str, trial_id: str) -> TrainConfig:
+    """The TrainConfig of a Tune trial from its searcher config {study, params...}."""
+    study = space.study(config["study"])
+    params = {k: config[k] for k in study.params}
+    provenance = {"sweep": Path(sweep_dir).name, "trial_id": trial_id, "study": study.name,
+                  "optuna_number": config.get("optuna_number")}
+    return space.trial_config(study, params, str(Path(sweep_dir) / RUNS / trial_id), provenance=provenance)
+
+
+@contextlib.contextmanager
+def _checkpoint_dir(ckpt: Checkpoint | None):
+    if ckpt is None:
+        yield None
+    else:
+        with ckpt.as_directory() as d:
+            yield d
+
+
+def _limit_threads(cpus: float) -> None:
+    # Concurrent trials on one machine must not each spin up a thread per core.
+    import torch
+
+    torch.set_num_threads(max(1, int(cpus)))
+
+
+def local_trial(config: dict, *, space: SearchSpace, sweep_dir: str) -> None:
+    """Tune function: train in this process, report through `ray.tune.report`."""
+    from distill.train import run_training
+
+    _limit_threads(space.resources["cpus_per_worker"])
+    trial_id = ray.tune.get_context().get_trial_id()
+    cfg = trial_train_config(space, config, sweep_dir, trial_id)
+
+    def report(metrics: dict, ckpt_dir: str | None) -> None:
+        ray.tune.report(metrics, checkpoint=Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
+
+    with _checkpoint_dir(ray.tune.get_checkpoint()) as resume_from:
+        run_training(cfg, report=report, resume_from=resume_from, log=lambda _: None)
+
+
+def _train_worker(loop_config: dict) -> None:
+    """Ray Train worker: every rank runs the loop; DDP is set up by TorchTrainer."""
+    from distill.train import run_training
+
+    _limit_threads(loop_config["cpus"])
+    cfg = config_from_dict(loop_config["cfg"])
+
+    def report(metrics: dict, ckpt_dir: str | None) -> None:
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
+
+    with _checkpoint_dir(ray.train.get_checkpoint()) as resume_from:
+        run_training(cfg, report=report, resume_from=resume_from, log=lambda _: None)
+
+
+def ray_train_trial(config: dict, *, space: SearchSpace, sweep_dir: str) -> None:
+    """Tune function: build and fit a TorchTrainer (Train V2) for this trial."""
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    cfg = trial_train_config(space, config, sweep_dir, trial_id)
+    res = space.resources
+    gpus = float(res["gpus_per_worker"])
+    resources = {"CPU": float(res["cpus_per_worker"])} | ({"GPU": gpus} if gpus else {})
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"cfg": cfg.to_dict(), "cpus": res["cpus_per_worker"]},
+        scaling_config=ray.train.ScalingConfig(num_workers=res["workers"], use_gpu=gpus > 0,
+                                               resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
+        run_config=ray.train.RunConfig(
+            name=f"train-{trial_id}",  # fixed per trial: a restored trial resumes this run
+            storage_path=str(Path(sweep_dir) / "train"),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    trainer.fit()
+
+
+EXECUTORS = {"local": local_trial, "ray_train": ray_train_trial}
+
+
+def trial_resources(space: SearchSpace) -> dict:
+    """What Tune reserves for the trial function itself."""
+    res = space.resources
+    if space.search["executor"] == "local":
+        return {"cpu": float(res["cpus_per_worker"]), "gpu": float(res["gpus_per_worker"])}
+    return {"cpu": 1.0}  # the Tune function that drives the TorchTrainer; workers reserve their own

@@ -1,0 +1,57 @@
+"""Shared fixtures: real proteins from the bundled UniProt sample and tiny real GPT-2 teachers.
+
+Everything here is real (real FASTA records, real HF tokenizers, real
+`GPT2LMHeadModel`s); the models are only small and random so the suite runs on
+2 CPU cores. Nothing is fetched from the network.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.utils import logging as hf_logging
+
+from distill.models import PROTGPT2_TOKENIZER_DIR
+from tests.fixtures import make_char_teacher, write_real_fasta
+
+hf_logging.disable_progress_bar()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Tokenized-split cache in a temp dir, so tests never read a stale user cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("KDSWEEP_CACHE", str(tmp_path_factory.mktemp("kdsweep-cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def small_fasta(tmp_path_factory) -> Path:
+    return write_real_fasta(tmp_path_factory.mktemp("data") / "small.fasta", 400)
+
+
+@pytest.fixture(scope="session")
+def char_teacher(tmp_path_factory) -> Path:
+    return make_char_teacher(tmp_path_factory.mktemp("char-teacher"))
+
+
+@pytest.fixture(scope="session")
+def protgpt2_tiny_teacher(tmp_path_factory) -> Path:
+    """ProtGPT2's real config (vocab 50,257, 1024 positions, ids) shrunk to one tiny layer,
+    saved with ProtGPT2's real tokenizer files."""
+    import torch
+
+    out = tmp_path_factory.mktemp("protgpt2-tiny")
+    raw = json.loads((PROTGPT2_TOKENIZER_DIR / "config.json").read_text())
+    raw.update(n_layer=1, n_head=2, n_embd=16)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(**raw)).save_pretrained(out)
+    for f in PROTGPT2_TOKENIZER_DIR.iterdir():
+        if f.name != "config.json":
+            shutil.copy(f, out / f.name)
+    return out

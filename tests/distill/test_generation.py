@@ -1,0 +1,121 @@
+"""distill.generation with a tiny random GPT-2 and a character-level tokenizer."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from distill.generation import aa_kl_natural, generation_throughput, sample_proteins
+
+LETTERS = "ACDEFGHIKLMNPQRSTVWYBXZUO"
+HELDOUT = ["MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQ",
+           "MSLFDKLGGWDNILEAVKPRHCEW"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    # ProtGPT2-like: <|endoftext|> = 0 is bos/eos/unk, "\n" separates 60-residue lines.
+    vocab = {"<|endoftext|>": 0, "\n": 1, **{c: i + 2 for i, c in enumerate(LETTERS)}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(["<|endoftext|>"])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
+                                   eos_token="<|endoftext|>", unk_token="<|endoftext|>")
+
+
+def tiny_gpt2(seed=0):
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=2 + len(LETTERS), n_positions=64, n_layer=1, n_head=2,
+                        n_embd=16, bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(config)
+
+
+def test_sample_proteins_reproducible_letters_only(tokenizer):
+    model = tiny_gpt2()
+    model.train()  # sampling must switch dropout off and then restore train mode
+    kwargs = dict(num_sequences=6, max_new_tokens=30, device="cpu", batch_size=4)
+
+    torch.manual_seed(123)
+    expected_next_random = torch.rand(3)
+    torch.manual_seed(123)
+    first = sample_proteins(model, tokenizer, seed=7, **kwargs)
+    # The caller's RNG stream is untouched by the seeded sampling.
+    assert torch.equal(torch.rand(3), expected_next_random)
+    assert model.training
+
+    assert sample_proteins(model, tokenizer, seed=7, **kwargs) == first
+    model.eval()  # dropout was off during sampling, so eval mode changes nothing
+    assert sample_proteins(model, tokenizer, seed=7, **kwargs) == first
+    assert sample_proteins(model, tokenizer, seed=8, **kwargs) != first
+    assert len(first) == 6
+    assert all(re.fullmatch(r"[A-Z]*", p) for p in first)
+    # One character-level token per residue, cut at eos: never longer than the budget.
+    assert all(len(p) <= 30 for p in first)
+    assert sum(len(p) for p in first) > 0
+
+
+def constant_output_model(row_weights: dict[int, float]):
+    """A GPT-2 whose logits are the same at every step: the final layer norm outputs a
+    constant vector (its bias, all ones), so token t's logit is 16 · row_weights[t]."""
+    model = tiny_gpt2()
+    with torch.no_grad():
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.fill_(1.0)
+        model.transformer.wte.weight.zero_()
+        for token, weight in row_weights.items():
+            model.transformer.wte.weight[token] = weight
+    return model
+
+
+def test_sample_proteins_strips_newlines(tokenizer):
+    # Newline (id 1) and "A" (id 2) are favoured, <|endoftext|> (id 0) is rare, so the
+    # raw samples hold many newlines and run long.
+    model = constant_output_model({1: 0.1, 2: 0.1, 0: -0.2})
+    proteins = sample_proteins(model, tokenizer, num_sequences=4, max_new_tokens=40, seed=3,
+                               device="cpu")
+    assert all(re.fullmatch(r"[A-Z]+", p) for p in proteins)
+    assert all("A" in p for p in proteins)
+    # Newlines took up some of the 40 tokens and were removed.
+    assert sum(len(p) for p in proteins) < 4 * 40
+
+
+def test_sample_proteins_rejects_too_long_generation(tokenizer):
+    with pytest.raises(ValueError, match="positions"):
+        sample_proteins(tiny_gpt2(), tokenizer, num_sequences=1, max_new_tokens=64, seed=0,
+                        device="cpu")
+
+
+def test_aa_kl_natural_finite_for_random_model(tokenizer):
+    assert set("".join(HELDOUT)) == set("ACDEFGHIKLMNPQRSTVWY")  # so KL < inf
+    result = aa_kl_natural(tiny_gpt2(1), tokenizer, HELDOUT, seed=0, num_sequences=8,
+                           max_new_tokens=40, device="cpu")
+    assert result["aa_gen_residues"] > 0
+    assert result["aa_note"] is None
+    for key in ("aa_kl_natural", "aa_kl_uniprot"):
+        # A random model's composition is far from natural: a KL > 0 that is finite.
+        assert math.isfinite(result[key]) and result[key] > 0, key
+
+
+def test_aa_kl_natural_reports_no_residues(tokenizer):
+    # <|endoftext|> has logit 1600, everything else 0: every sample ends at once.
+    model = constant_output_model({0: 100.0})
+    result = aa_kl_natural(model, tokenizer, HELDOUT, seed=0, num_sequences=3,
+                           max_new_tokens=10, device="cpu")
+    assert result["aa_gen_residues"] == 0
+    assert math.isnan(result["aa_kl_natural"]) and math.isnan(result["aa_kl_uniprot"])
+    assert "no standard amino-acid residue" in result["aa_note"]
+
+
+def test_generation_throughput_positive():
+    result = generation_throughput(tiny_gpt2(), batch_size=2, new_tokens=12, device="cpu",
+                                   seed=0)
+    assert result["tokens_per_s"] > 0
+    assert result["tokens_per_s"] == pytest.approx(2 * 12 / result["seconds"])
+    assert result["param_dtype"] == "float32"
+    assert result["autocast_dtype"] is None

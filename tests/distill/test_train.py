@@ -1,0 +1,103 @@
+"""The training loop on real proteins with tiny real GPT-2 teachers (CPU)."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from distill.checkpoint import latest_checkpoint
+from distill.runlog import RunLog, read_log
+from distill.train import run_training
+from tests.fixtures import tiny_config
+
+
+def _eval_rows(run_dir):
+    return [r for r in read_log(run_dir) if "val_ppl" in r and "event" not in r]
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path, char_teacher, small_fasta):
+    cfg = dict(max_steps=6, eval_interval=2, final_eval=False)
+    full = run_training(tiny_config(char_teacher, small_fasta, tmp_path / "full", **cfg))
+    assert full.status == "completed"
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_4(metrics, ckpt):
+        if metrics["step"] == 4:
+            raise Crash
+
+    part_cfg = tiny_config(char_teacher, small_fasta, tmp_path / "part", **cfg)
+    with pytest.raises(Crash):
+        run_training(part_cfg, report=crash_at_4)
+    assert latest_checkpoint(tmp_path / "part" / "checkpoints").name == "step_0000004"
+    # A row the crashed attempt wrote past its last checkpoint must not survive the resume.
+    RunLog(tmp_path / "part").append({"step": 5, "train_loss": 123.0, "val_ppl": 1.0})
+    resumed = run_training(part_cfg)
+    assert resumed.status == "completed"
+
+    a, b = _eval_rows(tmp_path / "full"), _eval_rows(tmp_path / "part")
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [2, 4, 6]
+    for ra, rb in zip(a, b):
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-6, abs=1e-7)
+        assert rb["val_ppl"] == pytest.approx(ra["val_ppl"], rel=1e-6)
+    assert any(r.get("event") == "resumed" for r in read_log(tmp_path / "part"))
+    wa = load_file(str(tmp_path / "full" / "student" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "part" / "student" / "model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_nonfinite_loss_ends_diverged_with_step(tmp_path, char_teacher, small_fasta):
+    seen = []
+    res = run_training(tiny_config(char_teacher, small_fasta, tmp_path / "r", inject_nan_at_step=4, eval_interval=2),
+                       report=lambda m, c: seen.append(m))
+    assert (res.status, res.step) == ("diverged", 4)
+    summary = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert summary["status"] == "diverged" and summary["step"] == 4
+    assert read_log(tmp_path / "r")[-1]["event"] == "diverged"
+    assert seen[-1]["diverged"] is True and seen[-1]["step"] == 4
+    assert not (tmp_path / "r" / "student").exists()  # it never continued to the end
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path, char_teacher, small_fasta):
+    common = dict(max_steps=1, eval_interval=1, final_eval=False, dropout=0.0, batch_size=4)
+    one = run_training(tiny_config(char_teacher, small_fasta, tmp_path / "a", micro_batch_size=4, **common))
+    acc = run_training(tiny_config(char_teacher, small_fasta, tmp_path / "b", micro_batch_size=1, **common))
+    wa = load_file(str(latest_checkpoint(one.run_dir / "checkpoints") / "model.safetensors"))
+    wb = load_file(str(latest_checkpoint(acc.run_dir / "checkpoints") / "model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6)
+    ra, rb = _eval_rows(one.run_dir)[0], _eval_rows(acc.run_dir)[0]
+    assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_paths_run_on_cpu(tmp_path, char_teacher, small_fasta, precision):
+    """The GPU code paths (autocast; GradScaler for fp16) exercised on this CPU."""
+    res = run_training(tiny_config(char_teacher, small_fasta, tmp_path / precision, precision=precision,
+                                   max_steps=2, eval_interval=2, final_eval=False))
+    assert res.status == "completed"
+    row = _eval_rows(res.run_dir)[-1]
+    assert torch.isfinite(torch.tensor(row["train_loss"])) and row["val_ppl"] < 1e4
+    state = torch.load(latest_checkpoint(res.run_dir / "checkpoints") / "state.pt", weights_only=False)
+    # fp16 must go through an enabled GradScaler (it has a scale); bf16 must not need one.
+    assert ("scale" in state["scaler"]) == (precision == "fp16")
+    assert read_log(res.run_dir)[0]["precision"] == precision
+
+
+def test_protgpt2_vocab_teacher_trains_and_evaluates(tmp_path, protgpt2_tiny_teacher, small_fasta):
+    """A tiny random teacher with ProtGPT2's real config vocabulary (50,257) and tokenizer."""
+    res = run_training(tiny_config(protgpt2_tiny_teacher, small_fasta, tmp_path / "p", max_steps=2, eval_interval=2,
+                                   block_size=64, val_max_proteins=8))
+    assert res.status == "completed"
+    m = res.final_metrics
+    for key in ("ppl", "ppl_teacher", "ppl_ratio", "kl_teacher", "ece", "accuracy", "confidence",
+                "aa_kl_natural", "compression"):
+        assert key in m and m[key] == m[key], key  # present and not NaN
+    assert m["ppl"] > 1000  # near-uniform random models over 50,257 tokens
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    s = AutoModelForCausalLM.from_pretrained(res.run_dir / "student")
+    assert s.config.vocab_size == 50257 and len(AutoTokenizer.from_pretrained(res.run_dir / "student")) == 50257

@@ -1,0 +1,51 @@
+"""Helpers shared by tests: real proteins from the bundled UniProt sample, tiny real GPT-2 teachers."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+from Bio.SeqIO.FastaIO import SimpleFastaParser
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from distill.config import TrainConfig
+from distill.data import BUNDLED_DATA
+from distill.demo_teacher import build_aa_tokenizer
+
+
+def write_real_fasta(path: Path, n: int, max_len: int = 300) -> Path:
+    """The first `n` bundled UniProt proteins of at most `max_len` residues, as plain FASTA."""
+    with gzip.open(BUNDLED_DATA, "rt") as fh, open(path, "w") as out:
+        k = 0
+        for title, seq in SimpleFastaParser(fh):
+            if len(seq) <= max_len:
+                out.write(f">{title}\n{seq}\n")
+                k += 1
+                if k == n:
+                    break
+    return path
+
+
+def make_char_teacher(out: Path, n_positions: int = 512, seed: int = 0) -> Path:
+    """A random-init GPT-2 teacher over the demo amino-acid tokenizer (vocab 27)."""
+    import torch
+
+    torch.manual_seed(seed)
+    tok = build_aa_tokenizer()
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=n_positions, n_layer=1, n_head=2, n_embd=32,
+                     bos_token_id=0, eos_token_id=0)
+    GPT2LMHeadModel(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def tiny_config(teacher: Path, data: Path, out: Path, **overrides) -> TrainConfig:
+    """A run that takes a few seconds on CPU."""
+    base = dict(
+        teacher=str(teacher), data=str(data), scale=None, n_layer=1, n_head=2, n_embd=16,
+        block_size=64, batch_size=4, micro_batch_size=2, max_steps=6, eval_interval=3,
+        val_max_proteins=16, eval_batch_size=8, gen_num_sequences=2, gen_max_new_tokens=16,
+        output_dir=str(out), lr=1e-3,
+    )
+    base.update(overrides)
+    return TrainConfig().replace(**base)  # replace() validates

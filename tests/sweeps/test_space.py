@@ -1,0 +1,103 @@
+"""Search-space validation: every problem named by its key, before Ray starts."""
+
+import copy
+
+import pytest
+import yaml
+
+from distill.errors import ConfigError
+from sweeps.cli import main
+from sweeps.space import SEARCH_SPACES_DIR, load_space, parse_space, smoke_space
+
+SHIPPED = sorted(SEARCH_SPACES_DIR.glob("*.yaml"))
+DEMO = yaml.safe_load((SEARCH_SPACES_DIR / "demo.yaml").read_text())
+
+
+def test_ships_the_three_spaces():
+    assert {p.stem for p in SHIPPED} >= {"demo", "protgpt2", "micro_ablation"}
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_every_shipped_space_validates(path):
+    space = load_space(path)
+    assert len(space.studies) == len(space.scales) * len(space.arms)
+    for study in space.studies:
+        # smoothing is searched exactly in the arms that smooth
+        assert ("smoothing" in study.params) == study.smooths
+        cfg = space.trial_config(study, {"lr": 1e-4, "warmup_steps": 0, "temperature": 2.0, "alpha": 0.5,
+                                         **({"smoothing": 0.1} if study.smooths else {})}, "/tmp/x")
+        assert cfg.uncertainty == study.uncertainty and (cfg.smoothing is not None) == study.smooths
+
+
+def test_protgpt2_space_matches_spec_ranges():
+    s = load_space(SEARCH_SPACES_DIR / "protgpt2.yaml")
+    assert s.scales == ("tiny", "small", "medium") and s.arms == ("baseline", "uncertainty", "calibration", "both")
+    p = s.study("small/both").params
+    assert (p["temperature"].low, p["temperature"].high) == (1.0, 10.0)
+    assert (p["alpha"].low, p["alpha"].high) == (0.1, 0.9)
+    assert (p["smoothing"].low, p["smoothing"].high) == (0.01, 0.2)
+    assert (p["warmup_steps"].low, p["warmup_steps"].high) == (0, 500)
+    # lr centered per scale, inside SPEC's 5e-5 .. 1e-3 neighbourhood
+    assert s.study("medium/baseline").params["lr"].high < s.study("tiny/baseline").params["lr"].high
+
+
+def _with(**changes):
+    raw = copy.deepcopy(DEMO)
+    for dotted, value in changes.items():
+        node = raw
+        *parents, leaf = dotted.split("__")
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[leaf] = value
+    return raw
+
+
+@pytest.mark.parametrize(
+    "raw, needle",
+    [
+        (_with(learning_rate=1), "learning_rate: unknown key"),
+        (_with(params__lr={"type": "loguniform", "low": 0, "high": 1e-3}), "params.lr.low: loguniform needs low > 0"),
+        (_with(params__alpha={"type": "uniform", "low": 0.9, "high": 0.1}), "params.alpha: low 0.9 > high 0.1"),
+        (_with(arms=["baseline", "fancy"]), "arms[1]: unknown arm 'fancy'"),
+        (_with(scales=["demo-s", "gigantic"]), "scales[1]: unknown scale 'gigantic'"),
+        (_with(arm_params={"baseline": {"smoothing": {"type": "uniform", "low": 0.01, "high": 0.1}}}),
+         "arm_params.baseline.smoothing: the baseline arm does not smooth"),
+        (_with(arms=["baseline", "uncertainty"]), "params.smoothing: no arm in `arms` smooths"),
+        (_with(params__alpha={"type": "uniform", "low": 0.1, "high": 1.5}), "params.alpha: value 1.5 out of range"),
+        (_with(params__lr={"type": "gaussian", "low": 1, "high": 2}), "params.lr.type: got 'gaussian'"),
+        (_with(train__lr=1e-3), "train.lr: set by the sweep itself"),
+        (_with(train__max_stepz=3), "train.max_stepz: unknown key (did you mean 'max_steps'?)"),
+        (_with(search__trials_per_study=0), "search.trials_per_study: got 0"),
+        (_with(search__executor="slurm"), "search.executor: got 'slurm'"),
+    ],
+)
+def test_malformed_spaces_name_the_key(raw, needle):
+    with pytest.raises(ConfigError) as e:
+        parse_space(raw, "bad.yaml")
+    assert needle in str(e.value)
+
+
+def test_all_problems_listed_at_once():
+    raw = _with(arms=["fancy"], scales=["gigantic"], params__lr={"type": "loguniform", "low": -1, "high": 1})
+    msg = str(pytest.raises(ConfigError, parse_space, raw, "bad.yaml").value)
+    assert "arms[0]" in msg and "scales[0]" in msg and "params.lr.low" in msg
+
+
+def test_cli_rejects_before_ray_starts(tmp_path, capsys):
+    import ray
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(_with(arms=["nope"])))
+    code = main(["sweep", "run", str(bad), "--storage", str(tmp_path / "store")])
+    err = capsys.readouterr().err
+    assert code == 2 and "arms[0]: unknown arm 'nope'" in err
+    assert not ray.is_initialized() and not (tmp_path / "store").exists()
+    malformed = tmp_path / "m.yaml"
+    malformed.write_text("scales: [demo-s\n")
+    assert main(["sweep", "run", str(malformed)]) == 2 and "malformed YAML" in capsys.readouterr().err
+
+
+def test_smoke_space_is_small_but_complete():
+    s = smoke_space(load_space(SEARCH_SPACES_DIR / "demo.yaml"))
+    assert len(s.scales) == 1 and len(s.arms) == 4 and s.train["max_steps"] <= 20
+    assert s.search["grace_period"] < s.train["max_steps"]
