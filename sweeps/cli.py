@@ -95,6 +95,17 @@ def _sweep_export(args) -> int:
     return 0
 
 
+def _sweep_replicate(args) -> int:
+    from sweeps.layout import open_sweep
+    from sweeps.replicate import run_replicates
+
+    sd = open_sweep(args.name, args.storage)
+    run_replicates(sd, seeds=args.seeds, address=args.address)
+    flag = f" --storage {args.storage}" if args.storage else ""
+    print(f"replicates: {sd.root / 'replicates'}\nnext: kdsweep analyze {args.name}{flag}")
+    return 0
+
+
 def _dashboard(args) -> int:
     from sweeps.dashboard import serve_dashboard
     from sweeps.layout import open_sweep
@@ -145,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--storage", **storage)
     ex.add_argument("--out", required=True)
     ex.set_defaults(func=_sweep_export)
+
+    rp = sw.add_parser("replicate", help="retrain each (scale, arm)'s best config with N seeds; test-split metrics")
+    rp.add_argument("name")
+    rp.add_argument("--seeds", type=int, default=3)
+    rp.add_argument("--storage", **storage)
+    rp.add_argument("--address", **address)
+    rp.set_defaults(func=_sweep_replicate)
 
     db = sub.add_parser("dashboard", help="serve optuna-dashboard for a sweep; print how to open Ray dashboard/TensorBoard")
     db.add_argument("name")

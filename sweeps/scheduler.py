@@ -22,7 +22,8 @@ class PerStudyASHA(FIFOScheduler):
         self._metric, self._mode = METRIC, MODE
         self.asha = {
             name: AsyncHyperBandScheduler(time_attr=TIME_ATTR, metric=METRIC, mode=MODE, max_t=max_t,
-                                          grace_period=min(grace_period, max_t), reduction_factor=reduction_factor)
+                                          grace_period=min(grace_period, max_t), reduction_factor=reduction_factor,
+                                          stop_last_trials=False)  # a full-budget trial ends by itself
             for name in study_names
         }
 

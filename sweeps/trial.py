@@ -25,15 +25,31 @@ from distill.config import TrainConfig, config_from_dict
 from sweeps.space import SearchSpace
 
 RUNS = "runs"
+REPLICATES = "replicates"
+
+
+def replicate_name(scale: str, arm: str, seed: int) -> str:
+    return f"{scale}__{arm}__seed{seed}"
 
 
 def trial_train_config(space: SearchSpace, config: dict, sweep_dir: str, trial_id: str) -> TrainConfig:
-    """The TrainConfig of a Tune trial from its searcher config {study, params...}."""
+    """The TrainConfig of a Tune trial.
+
+    A search trial's config is the searcher's {study, optuna_number, params...}: it
+    trains in `runs/<trial id>`. A replicate's config also holds `replicate_seed`:
+    it retrains that study's best params with that seed in
+    `replicates/<scale>__<arm>__seed<k>` and ends with the test-split metrics.
+    """
     study = space.study(config["study"])
     params = {k: config[k] for k in study.params}
     provenance = {"sweep": Path(sweep_dir).name, "trial_id": trial_id, "study": study.name,
                   "optuna_number": config.get("optuna_number")}
-    return space.trial_config(study, params, str(Path(sweep_dir) / RUNS / trial_id), provenance=provenance)
+    seed = config.get("replicate_seed")
+    if seed is None:
+        return space.trial_config(study, params, str(Path(sweep_dir) / RUNS / trial_id), provenance=provenance)
+    run_dir = Path(sweep_dir) / REPLICATES / replicate_name(study.scale, study.arm, seed)
+    return space.trial_config(study, params, str(run_dir), seed=seed, final_eval=True,
+                              provenance={**provenance, "replicate_seed": seed})
 
 
 @contextlib.contextmanager

@@ -1,0 +1,192 @@
+"""`kdsweep analyze`: tables, plots, best configs and an offline index.html for one sweep.
+
+`analyze(sd, out_dir)` writes everything under `out_dir` (default `<sweep>/analysis/`):
+
+    tables/<name>.md|.csv|.tex   SPEC §7 tables + trial / replicate status counts
+    plots/<name>.png             see analysis/plots.py
+    configs/<scale>__<arm>.yaml  `sweep export` of every study with a completed trial
+    index.html                   all of the above; inline CSS, relative links, no network
+
+and returns what it wrote; it prints nothing (the CLI prints).
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import time
+import warnings
+from pathlib import Path
+
+from analysis.load import history_frame, replicates_frame, trials_frame, usable_replicates
+from analysis.plots import make_plots
+from analysis.tables import (Table, ablation_table, per_seed, replicate_status_table, scale_table,
+                             trial_counts_table, write_table)
+from distill.errors import KDSweepError
+from sweeps.export import export_best, export_name
+from sweeps.layout import SweepDir
+from sweeps.space import load_space
+
+ANALYSIS_DIR = "analysis"
+
+
+def recommend(reps, trials, scale: str, arms: list[str]) -> tuple[str | None, str]:
+    """Per scale, the arm whose exported config to train, and on what basis.
+
+    Test ppl_ratio over the replicates when there are any (that is what the
+    tables compare); before replication, the search's best val_ppl.
+    """
+    ok = usable_replicates(reps)
+    means = {a: s.mean() for a in arms if not (s := per_seed(ok, scale, a, "ppl_ratio")).empty}
+    if means:
+        return min(means, key=means.get), "lowest mean test ppl_ratio over the replicates"
+    done = trials[(trials["scale"] == scale) & (trials["status"] == "completed") & trials["best_val_ppl"].notna()]
+    if not done.empty:
+        return str(done.loc[done["best_val_ppl"].idxmin(), "arm"]), "lowest search val_ppl (no replicate yet)"
+    return None, "no completed trial at this scale"
+
+
+def _export(sd: SweepDir, trials, out: Path) -> tuple[dict[str, Path], str | None]:
+    """{'scale/arm': config path} via `sweeps.export.export_best` (the same files `sweep export` writes)."""
+    if not (trials["status"] == "completed").any():
+        return {}, "no completed search trial yet"
+    try:
+        paths = export_best(sd, out)
+    except (KDSweepError, OSError) as e:  # e.g. the data file moved: the rest of the report still stands
+        return {}, f"export failed: {e}"
+    by_name = {p.name: p for p in paths}
+    space = load_space(sd.space)
+    return {s.name: by_name[export_name(s.scale, s.arm)] for s in space.studies
+            if export_name(s.scale, s.arm) in by_name}, None
+
+
+def analyze(sd: SweepDir, out_dir: str | Path | None = None) -> dict:
+    """Write the analysis of a sweep; returns {"out_dir", "tables", "plots", "skipped", "configs",
+    "recommended", "summary", "replicates", "html"} (paths are `Path`s)."""
+    out = Path(out_dir) if out_dir is not None else sd.root / ANALYSIS_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    space = load_space(sd.space)
+    scales, arms = list(space.scales), list(space.arms)
+    trials = trials_frame(sd)
+    history = history_frame(sd, trials)
+    reps = replicates_frame(sd)
+
+    # Order = order in index.html: the short status summary, the SPEC §7 tables, then what was left out.
+    tables: list[Table] = [trial_counts_table(trials, scales, arms, space.search["trials_per_study"]),
+                           scale_table(reps, scales), *(ablation_table(reps, s) for s in scales),
+                           replicate_status_table(reps, scales, arms)]
+    table_paths = {t.name: write_table(t, out / "tables") for t in tables}
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. matplotlib's layout warnings: the caller prints, not us
+        plots, skipped = make_plots(trials, history, reps, scales, arms, out / "plots")
+
+    configs, why_not = _export(sd, trials, out / "configs")
+    if why_not:
+        skipped["configs"] = why_not
+    recommended = {}
+    for scale in scales:
+        arm, basis = recommend(reps, trials, scale, arms)
+        recommended[scale] = {"arm": arm, "basis": basis, "config": configs.get(f"{scale}/{arm}") if arm else None}
+
+    ok = usable_replicates(reps)
+    result = {
+        "out_dir": out,
+        "tables": table_paths,
+        "plots": plots,
+        "skipped": skipped,
+        "configs": configs,
+        "recommended": recommended,
+        "summary": tables[0].data.to_dict("records"),
+        "replicates": {"total": len(reps), "in_tables": len(ok), "excluded": len(reps) - len(ok)},
+    }
+    result["html"] = write_html(sd, out, tables, result)
+    return result
+
+
+def summary_lines(result: dict) -> list[str]:
+    """What a CLI would print after `analyze` (the function itself prints nothing)."""
+    lines = [f"analysis: {result['html']}"]
+    for r in result["summary"]:
+        lines.append(f"  {r['scale']}/{r['arm']}: " + ", ".join(
+            f"{r[k]} {k}" for k in ("completed", "stopped_early", "diverged", "failed", "running") if r[k]))
+    reps = result["replicates"]
+    lines.append(f"replicates: {reps['in_tables']} in tables, {reps['excluded']} excluded")
+    for scale, rec in result["recommended"].items():
+        lines.append(f"  {scale}: train {rec['config'] or '-'} ({rec['arm'] or 'none'}: {rec['basis']})")
+    lines += [f"  skipped {name}: {why}" for name, why in result["skipped"].items()]
+    return lines
+
+
+# --------------------------------------------------------------------------------------
+# index.html: self-contained (inline CSS, no scripts), relative links to files that exist
+# --------------------------------------------------------------------------------------
+
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em;color:#222;max-width:1500px}
+table{border-collapse:collapse;margin:.5em 0 1em;font-size:13px}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top}
+th{background:#f2f2f2} td.missing{color:#b00} td.nospread{color:#a60}
+img{max-width:100%;border:1px solid #ddd;margin:.3em 0}
+.notes{font-size:12px;color:#555} code{background:#f5f5f5;padding:0 3px}
+"""
+
+
+def _rel(path: Path, out: Path) -> str | None:
+    """A relative link to `path`, or None if the file does not exist (never link a missing file)."""
+    return Path(os.path.relpath(path, out)).as_posix() if Path(path).is_file() else None
+
+
+def _a(path: Path, out: Path, text: str) -> str:
+    rel = _rel(path, out)
+    return f'<a href="{html.escape(rel)}">{html.escape(text)}</a>' if rel else html.escape(text)
+
+
+def table_html(t: Table) -> str:
+    def td(text: str) -> str:
+        cls = ' class="missing"' if text.startswith("missing") else (' class="nospread"' if "no spread" in text else "")
+        return f"<td{cls}>{html.escape(text)}</td>"
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in t.header)
+    body = "".join("<tr>" + "".join(td(c) for c in r) + "</tr>" for r in t.rows)
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in t.notes)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table><ul class=notes>{notes}</ul>"
+
+
+def write_html(sd: SweepDir, out: Path, tables: list[Table], result: dict) -> Path:
+    meta = sd.meta()
+    e = html.escape
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>kdsweep analysis: {e(sd.name)}</title>"
+             f"<style>{CSS}</style></head><body>",
+             f"<h1>Sweep <code>{e(sd.name)}</code></h1>",
+             f"<p>created {e(str(meta.get('created', '?')))}, kdsweep commit <code>{e(str(meta.get('git_commit', '?')))}"
+             f"</code>; analysed {e(time.strftime('%Y-%m-%d %H:%M:%S'))}. Replicates: {result['replicates']['in_tables']}"
+             f" in tables, {result['replicates']['excluded']} excluded (diverged / failed / unfinished).</p>"]
+
+    parts.append("<h2>Configs to train</h2><table><tr><th>scale</th><th>arm</th><th>config</th><th>why</th></tr>")
+    for scale, rec in result["recommended"].items():
+        cfg = _a(rec["config"], out, rec["config"].name) if rec["config"] else "-"
+        parts.append(f"<tr><td>{e(scale)}</td><td>{e(rec['arm'] or 'missing')}</td><td>{cfg}</td>"
+                     f"<td>{e(rec['basis'])}</td></tr>")
+    parts.append("</table>")
+    if result["configs"]:
+        parts.append("<p>Every exported best config (same files as <code>kdsweep sweep export</code>; train with "
+                     "<code>kdsweep train --config FILE</code>): "
+                     + ", ".join(_a(p, out, name) for name, p in result["configs"].items()) + "</p>")
+
+    for t in tables:
+        links = " ".join(_a(p, out, fmt) for fmt, p in result["tables"][t.name].items())
+        parts.append(f"<h2>{e(t.title)}</h2><p class=notes>files: {links}</p>{table_html(t)}")
+
+    parts.append("<h2>Plots</h2>")
+    for name, p in result["plots"].items():
+        rel = _rel(p, out)
+        if rel:
+            parts.append(f"<figure><img src=\"{e(rel)}\" alt=\"{e(name)}\"><figcaption>{e(name)}</figcaption></figure>")
+    if result["skipped"]:
+        parts.append("<h3>Skipped</h3><ul>" + "".join(f"<li><b>{e(k)}</b>: {e(v)}</li>"
+                                                       for k, v in result["skipped"].items()) + "</ul>")
+    parts.append("</body></html>")
+    path = out / "index.html"
+    path.write_text("\n".join(parts))
+    return path

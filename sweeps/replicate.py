@@ -1,0 +1,76 @@
+"""`kdsweep sweep replicate NAME --seeds N`: retrain each study's best config with N seeds.
+
+SPEC §6: best configurations are re-run with several seeds before they enter a
+table. Each replicate is a Ray Tune trial (same executor as the sweep) training
+the best params of one (scale, arm) to the space's full budget with seed k, then
+scoring the **test** split with every SPEC §5 metric (its `metrics.json`).
+
+Re-running skips replicates whose `metrics.json` says completed; an interrupted
+replicate resumes from the checkpoints in its own folder.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from distill.errors import ConfigError
+from sweeps.layout import SweepDir
+from sweeps.runner import Log, _init_ray
+from sweeps.status import best_trial, study_trials
+from sweeps.trial import EXECUTORS, REPLICATES, replicate_name, trial_resources
+
+
+def replicate_specs(sd: SweepDir, seeds: int) -> tuple[object, list[dict]]:
+    """(space, [trial config per (study, seed)]) for every study with a completed trial."""
+    space, by_study = study_trials(sd)
+    specs = []
+    for study in space.studies:
+        best = best_trial(by_study[study.name])
+        if best is None:
+            continue
+        for seed in range(seeds):
+            specs.append({"study": study.name, "optuna_number": best.number, "replicate_seed": seed, **best.params})
+    if not specs:
+        raise ConfigError(f"sweep {sd.name!r} has no completed trial to replicate yet")
+    return space, specs
+
+
+def is_finished(sd: SweepDir, spec: dict, space) -> bool:
+    study = space.study(spec["study"])
+    path = sd.root / REPLICATES / replicate_name(study.scale, study.arm, spec["replicate_seed"]) / "metrics.json"
+    if not path.is_file():
+        return False
+    summary = json.loads(path.read_text())
+    return summary.get("status") == "diverged" or (summary.get("status") == "completed" and bool(summary.get("test")))
+
+
+def _replicate_trial(config: dict, *, space, sweep_dir: str) -> None:
+    EXECUTORS[space.search["executor"]](config["rep"], space=space, sweep_dir=sweep_dir)
+
+
+def run_replicates(sd: SweepDir, *, seeds: int, address: str | None = None, log: Log = print) -> list[dict]:
+    """Run the unfinished replicates; returns the specs that were run."""
+    from ray import tune
+
+    if seeds < 1:
+        raise ConfigError(f"--seeds: got {seeds}, allowed: >= 1")
+    space, specs = replicate_specs(sd, seeds)
+    todo = [s for s in specs if not is_finished(sd, s, space)]
+    log(f"replicates of {sd.name}: {len(specs)} planned ({len(specs) - len(todo)} already finished, {len(todo)} to run)")
+    if not todo:
+        return []
+    _init_ray(address, log)
+    trainable = tune.with_resources(tune.with_parameters(_replicate_trial, space=space, sweep_dir=str(sd.root)),
+                                    trial_resources(space))
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"rep": tune.grid_search(todo)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=space.search["max_concurrent"],
+                                    trial_dirname_creator=lambda t: t.trial_id),
+        run_config=tune.RunConfig(name=f"replicate-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(sd.root),
+                                  failure_config=tune.FailureConfig(max_failures=space.search["max_failures"]),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1),
+    )
+    tuner.fit()
+    return todo

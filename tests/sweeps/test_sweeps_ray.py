@@ -1,0 +1,203 @@
+"""Real sweeps on a real local Ray cluster, real Optuna, the bundled demo teacher and real proteins.
+
+Each sweep runs as a `kdsweep` subprocess with its own embedded Ray (so a test can
+SIGKILL the driver like a user's crash would). RAY_TMPDIR points each at its own
+short temp folder, removed afterwards, and leftover Ray processes are ended.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import psutil
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from distill.runlog import read_log
+from sweeps.cli import main
+from sweeps.layout import SweepDir
+from sweeps.searcher import ATTR_STATUS, open_study
+from sweeps.space import SEARCH_SPACES_DIR
+
+pytestmark = pytest.mark.ray
+
+SMALL_SPACE = {
+    "scales": ["demo-xs"],
+    "arms": ["baseline", "both"],
+    "params": {
+        "lr": {"type": "loguniform", "low": 1e-3, "high": 2e-2},
+        "warmup_steps": {"type": "int", "low": 0, "high": 4},
+        "temperature": {"type": "uniform", "low": 1.0, "high": 4.0},
+        "alpha": {"type": "uniform", "low": 0.1, "high": 0.9},
+        "smoothing": {"type": "loguniform", "low": 0.01, "high": 0.2},
+    },
+    "train": {"max_steps": 24, "eval_interval": 4, "batch_size": 4, "micro_batch_size": 4, "block_size": 128,
+              "val_max_proteins": 16, "eval_batch_size": 16, "final_eval": False},
+    "search": {"trials_per_study": 3, "max_concurrent": 2, "grace_period": 8, "reduction_factor": 2},
+}
+
+
+@pytest.fixture
+def ray_env(tmp_path):
+    """Environment for one sweep subprocess: its own Ray temp dir and the session's data cache."""
+    ray_tmp = tempfile.mkdtemp(prefix="kdr", dir="/tmp")  # short: Ray's unix socket paths are length-limited
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1",
+           "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+    yield env
+    _kill_ray_processes(ray_tmp)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _kill_ray_processes(ray_tmp: str) -> None:
+    """A SIGKILLed driver leaves Ray agents alive (NOTES-ray.md): end every process of this Ray by PID."""
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if p.pid != os.getpid() and p.environ().get("RAY_TMPDIR") == ray_tmp:
+                p.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+
+
+def _space_file(tmp_path: Path, name: str, data: Path, teacher: Path, **overrides) -> Path:
+    raw = json.loads(json.dumps(SMALL_SPACE))
+    raw.update(name=name, data=str(data), teacher=str(teacher))
+    for k, v in overrides.items():
+        raw[k] = {**raw[k], **v} if k in ("train", "search") else v  # sections merge, the rest replace
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _kdsweep(args, env, timeout=900) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, "-m", "sweeps.cli", *args], env=env, capture_output=True, text=True,
+                       timeout=timeout)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p
+
+
+def _trials(sd: SweepDir, study: str):
+    return open_study(sd.storage_url(), sd.name, study).get_trials(deepcopy=False)
+
+
+def _eval_steps(run_dir: Path) -> list[int]:
+    return [r["step"] for r in read_log(run_dir) if "val_ppl" in r and "event" not in r]
+
+
+def test_smoke_sweep_prunes_exports_and_round_trips(tmp_path, ray_env, monkeypatch):
+    store = tmp_path / "store"
+    p = _kdsweep(["sweep", "run", str(SEARCH_SPACES_DIR / "demo.yaml"), "--smoke", "--storage", str(store)], ray_env)
+    assert "best val_ppl" in p.stdout and "kdsweep sweep export" in p.stdout  # status table + next steps
+    sd = SweepDir(store / "demo-smoke")
+    pruned, completed = [], []
+    for arm in ("baseline", "uncertainty", "calibration", "both"):
+        trials = _trials(sd, f"demo-xs/{arm}")
+        assert len(trials) == 3 and all(t.state.is_finished() for t in trials)
+        pruned += [t for t in trials if t.state == TrialState.PRUNED]
+        completed += [t for t in trials if t.state == TrialState.COMPLETE]
+        for t in trials:
+            smoothing_sampled = "smoothing" in t.params
+            assert smoothing_sampled == (arm in ("calibration", "both"))
+    assert pruned, "ASHA stopped no trial early"
+    for t in pruned:
+        # Pruned, not COMPLETE with a partial score; its intermediate values are kept.
+        assert t.value is None and t.user_attrs[ATTR_STATUS] == "stopped_early"
+        assert t.intermediate_values and max(t.intermediate_values) < 16
+        steps = _eval_steps(sd.runs / t.user_attrs["ray_trial_id"])
+        assert steps and max(steps) < 16  # it really stopped training
+    for t in completed:
+        assert t.value == pytest.approx(min(t.intermediate_values.values()))
+        assert max(t.intermediate_values) == 16
+
+    # status is served from the storage alone
+    out = _kdsweep(["sweep", "status", "demo-smoke", "--storage", str(store), "--json"], ray_env).stdout
+    rows = json.loads(out)
+    assert sum(r["stopped_early"] for r in rows) == len(pruned) and sum(r["completed"] for r in rows) == len(completed)
+
+    # export -> `kdsweep train --config` unchanged
+    monkeypatch.chdir(tmp_path)
+    assert main(["sweep", "export", "demo-smoke", "--storage", str(store), "--out", "best"]) == 0
+    exported = sorted((tmp_path / "best").glob("*.yaml"))
+    assert exported
+    cfg = yaml.safe_load(exported[0].read_text())
+    prov = cfg["provenance"]
+    for key in ("sweep", "trial_id", "val_ppl", "step", "git_commit", "teacher", "data_sha256"):
+        assert prov.get(key) not in (None, ""), key
+    assert main(["train", "--config", str(exported[0])]) == 0
+    summary = json.loads((tmp_path / cfg["output_dir"] / "metrics.json").read_text())
+    assert summary["status"] == "completed"
+
+
+def test_sigkill_driver_then_resume(tmp_path, ray_env, small_fasta, char_teacher):
+    store = tmp_path / "store"
+    space = _space_file(tmp_path, "killme", small_fasta, char_teacher)
+    cmd = [sys.executable, "-m", "sweeps.cli", "sweep", "run", str(space), "--storage", str(store)]
+    driver = subprocess.Popen(cmd, env=ray_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sd = SweepDir(store / "killme")
+    deadline = time.time() + 600
+    # Kill once one trial has ended and another is mid-way (it has a checkpoint to resume from).
+    while time.time() < deadline:
+        time.sleep(1)
+        if not sd.meta_path.exists() or not sd.runs.is_dir():
+            continue
+        ended = [d for d in sd.runs.iterdir() if (d / "metrics.json").is_file()]
+        midway = [d for d in sd.runs.iterdir() if not (d / "metrics.json").is_file() and len(_eval_steps(d)) >= 2]
+        if ended and midway:
+            break
+        assert driver.poll() is None, "the sweep ended before it could be killed"
+    else:
+        pytest.fail("sweep never reached a killable state")
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    _kill_ray_processes(ray_env["RAY_TMPDIR"])
+    before = {d.name: (d / "metrics.jsonl").read_text() for d in ended}
+
+    _kdsweep(["sweep", "resume", "killme", "--storage", str(store)], ray_env)
+
+    run_ids = []
+    for study in ("demo-xs/baseline", "demo-xs/both"):
+        trials = [t for t in _trials(sd, study) if t.user_attrs.get(ATTR_STATUS) != "orphaned"]
+        assert len(trials) == 3, study  # every planned trial ran, once
+        assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+        run_ids += [t.user_attrs["ray_trial_id"] for t in trials]
+    assert len(set(run_ids)) == 6
+    for name, text in before.items():
+        assert (sd.runs / name / "metrics.jsonl").read_text() == text  # finished earlier: not rerun
+    resumed = 0
+    for rid in run_ids:
+        steps = _eval_steps(sd.runs / rid)
+        assert steps == list(range(4, steps[-1] + 1, 4)), (rid, steps)  # complete history, no gap, no duplicate
+        resumed += any(r.get("event") == "resumed" for r in read_log(sd.runs / rid))
+    assert resumed >= 1  # the interrupted trial continued from its checkpoint
+
+
+def test_ray_train_executor_and_diverged_trial(tmp_path, ray_env, small_fasta, char_teacher):
+    """Train V2 TorchTrainer trials end to end; one scale's absurd lr really diverges, the other completes."""
+    store = tmp_path / "store"
+    space = _space_file(
+        tmp_path, "train-path", small_fasta, char_teacher,
+        scales=["demo-xs", "demo-s"], arms=["baseline"],
+        params={k: v for k, v in SMALL_SPACE["params"].items() if k != "smoothing"},
+        scale_params={"demo-s": {"lr": {"type": "choice", "values": [1.0e30]}}},
+        train={"max_steps": 8, "eval_interval": 4},
+        search={"trials_per_study": 1, "max_concurrent": 1, "executor": "ray_train", "max_failures": 0},
+    )
+    _kdsweep(["sweep", "run", str(space), "--storage", str(store)], ray_env)
+    sd = SweepDir(store / "train-path")
+    [ok] = _trials(sd, "demo-xs/baseline")
+    [bad] = _trials(sd, "demo-s/baseline")
+    assert ok.state == TrialState.COMPLETE and ok.value > 1
+    assert _eval_steps(sd.runs / ok.user_attrs["ray_trial_id"]) == [4, 8]
+    assert bad.state == TrialState.FAIL and bad.user_attrs[ATTR_STATUS] == "diverged"
+    summary = json.loads((sd.runs / bad.user_attrs["ray_trial_id"] / "metrics.json").read_text())
+    assert summary["status"] == "diverged" and summary["step"] == bad.user_attrs["step"] == 1
+    assert (sd.root / "train" / f"train-{ok.user_attrs['ray_trial_id']}").is_dir()  # a real Ray Train run
