@@ -47,7 +47,7 @@ from distill.models import (
     teacher_logits,
 )
 from distill.optim import make_optimizer, make_scheduler
-from distill.runlog import RunLog
+from distill.runlog import RunLog, read_log
 from distill.seeding import seed_everything
 
 ReportFn = Callable[[dict, "str | None"], None]
@@ -159,6 +159,14 @@ def run_training(
     is_main = rt.rank == 0
     run_dir = Path(cfg.output_dir)
     ckpt_root = run_dir / "checkpoints"
+    finished = finished_run(run_dir)
+    if finished is not None:
+        # A run that already ended (e.g. just before a driver kill, so Tune restarts it):
+        # report its final row again and do not train a second time.
+        if report is not None:
+            report(finished.history[-1], None)
+        log(f"{run_dir} already {finished.status} at step {finished.step}; not training again")
+        return finished
     seed_everything(cfg.seed)
 
     # ---- models and data ------------------------------------------------
@@ -281,6 +289,23 @@ def run_training(
             runlog.append({"event": "test", "step": steps, **result.final_metrics})
         write_summary(result)
     return result
+
+
+def finished_run(run_dir: Path) -> RunResult | None:
+    """The RunResult of a run folder whose metrics.json says it ended, else None."""
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    rows = read_log(run_dir)
+    final = [r for r in rows if r.get("event") == "diverged" or ("val_ppl" in r and "event" not in r)]
+    if not final:
+        return None
+    last = dict(final[-1])
+    if last.get("event") == "diverged":
+        last["val_ppl"] = float("inf")
+    return RunResult(summary["status"], summary["step"], float(summary["best_val_ppl"]), summary["best_step"],
+                     run_dir, history=[last], final_metrics=summary.get("test"))
 
 
 def write_summary(result: RunResult) -> Path:

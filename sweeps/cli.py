@@ -106,6 +106,14 @@ def _sweep_replicate(args) -> int:
     return 0
 
 
+def _analyze(args) -> int:
+    from analysis.report import analyze, summary_lines
+    from sweeps.layout import open_sweep
+
+    print("\n".join(summary_lines(analyze(open_sweep(args.name, args.storage), args.out))))
+    return 0
+
+
 def _dashboard(args) -> int:
     from sweeps.dashboard import serve_dashboard
     from sweeps.layout import open_sweep
@@ -163,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--storage", **storage)
     rp.add_argument("--address", **address)
     rp.set_defaults(func=_sweep_replicate)
+
+    an = sub.add_parser("analyze", help="tables (md/csv/tex), plots, best configs and index.html of a sweep")
+    an.add_argument("name")
+    an.add_argument("--storage", **storage)
+    an.add_argument("--out", help="output folder (default: <sweep>/analysis)")
+    an.set_defaults(func=_analyze)
 
     db = sub.add_parser("dashboard", help="serve optuna-dashboard for a sweep; print how to open Ray dashboard/TensorBoard")
     db.add_argument("name")

@@ -56,6 +56,9 @@ def run_replicates(sd: SweepDir, *, seeds: int, address: str | None = None, log:
     if seeds < 1:
         raise ConfigError(f"--seeds: got {seeds}, allowed: >= 1")
     space, specs = replicate_specs(sd, seeds)
+    meta = sd.meta()
+    meta["replicate_seeds"] = max(seeds, meta.get("replicate_seeds", 0))  # what the analysis should expect
+    sd.write_meta(meta)
     todo = [s for s in specs if not is_finished(sd, s, space)]
     log(f"replicates of {sd.name}: {len(specs)} planned ({len(specs) - len(todo)} already finished, {len(todo)} to run)")
     if not todo:

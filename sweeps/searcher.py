@@ -87,16 +87,17 @@ class StudySearcher(Searcher):
         return {"study": study.name, "scale": study.scale, "arm": study.arm, "optuna_number": ot.number, **ot.params}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id not in self.live or METRIC not in result or "step" not in result:
+        if trial_id in self.live:
+            self._report(*self.live[trial_id], result)
+
+    def _report(self, name: str, number: int, result: dict) -> None:
+        """Record val_ppl at its training step as an Optuna intermediate value."""
+        value = result.get(METRIC)
+        if "step" not in result or not (isinstance(value, (int, float)) and math.isfinite(value)):
             return
-        value = result[METRIC]
-        if not (isinstance(value, (int, float)) and math.isfinite(value)):
-            return
-        name, number = self.live[trial_id]
-        trial = self._trial(name, number)
         with warnings.catch_warnings():  # a resumed trial re-reports a step: Optuna keeps the first
             warnings.simplefilter("ignore")
-            trial.report(float(value), step=int(result["step"]))
+            self._trial(name, number).report(float(value), step=int(result["step"]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id not in self.live:
@@ -105,6 +106,8 @@ class StudySearcher(Searcher):
         study = self._study(name)
         trial = self._trial(name, number)
         result = result or {}
+        # Tune hands the result that made ASHA stop a trial to on_trial_complete, not on_trial_result.
+        self._report(name, number, result)
         if error:
             status, state, value = "failed", TrialState.FAIL, None
         elif result.get("diverged"):

@@ -48,6 +48,14 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, char_teacher, small_fasta
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
 
+    # Re-running a finished run re-reports its final row and trains nothing.
+    log_before = (tmp_path / "part" / "metrics.jsonl").read_text()
+    seen = []
+    again = run_training(part_cfg, report=lambda m, c: seen.append(m))
+    assert again.status == "completed" and again.step == 6
+    assert [m["step"] for m in seen] == [6] and seen[0]["done_training"] is True
+    assert (tmp_path / "part" / "metrics.jsonl").read_text() == log_before
+
 
 def test_nonfinite_loss_ends_diverged_with_step(tmp_path, char_teacher, small_fasta):
     seen = []
