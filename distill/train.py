@@ -206,7 +206,9 @@ def run_training(
             runlog.append({"event": "resumed", "step": start_step, "from": str(ckpt)})
         log(f"resumed from {ckpt} at step {start_step}")
     elif is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        # Starting from step 0: rows an attempt killed before its first checkpoint wrote are
+        # about to be produced again; drop them so every step appears once.
+        runlog.truncate_after(0)
         dump_config(cfg, run_dir / "config.yaml")
         runlog.append({"event": "start", "step": 0, "total_steps": steps, "params": sum(p.numel() for p in student.parameters()),
                        "data": data.info, "precision": rt.precision, "world_size": rt.world_size})

@@ -95,6 +95,8 @@ class StudySearcher(Searcher):
         value = result.get(METRIC)
         if "step" not in result or not (isinstance(value, (int, float)) and math.isfinite(value)):
             return
+        if self._finished(name, number):
+            return
         with warnings.catch_warnings():  # a resumed trial re-reports a step: Optuna keeps the first
             warnings.simplefilter("ignore")
             self._trial(name, number).report(float(value), step=int(result["step"]))
@@ -103,6 +105,10 @@ class StudySearcher(Searcher):
         if trial_id not in self.live:
             return
         name, number = self.live.pop(trial_id)
+        if self._finished(name, number):
+            # Told before a driver kill that came before Tune saved this searcher's state:
+            # the storage is the record; Tune replaying the trial's end changes nothing.
+            return
         study = self._study(name)
         trial = self._trial(name, number)
         result = result or {}
@@ -123,9 +129,17 @@ class StudySearcher(Searcher):
                 trial.set_user_attr(attr, int(result[key]))
         study.tell(number, value if state == TrialState.COMPLETE else None, state=state)
 
-    def _trial(self, name: str, number: int) -> optuna.Trial:
+    # Optuna's ask/tell API has no public "report to trial number N" after a restart: these three
+    # helpers are the only place that reaches into the study's storage.
+    def _trial_id(self, name: str, number: int) -> int:
         study = self._study(name)
-        return optuna.Trial(study, study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+        return study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+
+    def _trial(self, name: str, number: int) -> optuna.Trial:
+        return optuna.Trial(self._study(name), self._trial_id(name, number))
+
+    def _finished(self, name: str, number: int) -> bool:
+        return self._study(name)._storage.get_trial(self._trial_id(name, number)).state.is_finished()
 
     # ---- persistence (Tune saves this with the experiment) ----------------------
     def get_state(self) -> dict:

@@ -109,3 +109,13 @@ def test_protgpt2_vocab_teacher_trains_and_evaluates(tmp_path, protgpt2_tiny_tea
 
     s = AutoModelForCausalLM.from_pretrained(res.run_dir / "student")
     assert s.config.vocab_size == 50257 and len(AutoTokenizer.from_pretrained(res.run_dir / "student")) == 50257
+
+
+def test_restart_before_first_checkpoint_keeps_each_step_once(tmp_path, char_teacher, small_fasta):
+    """Killed after logging step 2 but before its checkpoint: the rerun must not duplicate step 2."""
+    cfg = tiny_config(char_teacher, small_fasta, tmp_path / "r", max_steps=4, eval_interval=2, final_eval=False)
+    RunLog(tmp_path / "r").append({"event": "start", "step": 0})
+    RunLog(tmp_path / "r").append({"step": 2, "train_loss": 9.9, "val_ppl": 9.9})  # no checkpoint behind it
+    run_training(cfg)
+    assert [r["step"] for r in _eval_rows(tmp_path / "r")] == [2, 4]
+    assert _eval_rows(tmp_path / "r")[0]["train_loss"] != 9.9

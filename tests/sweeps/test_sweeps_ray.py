@@ -140,36 +140,43 @@ def test_smoke_sweep_prunes_exports_and_round_trips(tmp_path, ray_env, monkeypat
 def test_sigkill_driver_then_resume(tmp_path, ray_env, small_fasta, char_teacher):
     store = tmp_path / "store"
     # Long enough trials (60 steps) that the kill lands mid-trial.
-    space = _space_file(tmp_path, "killme", small_fasta, char_teacher, train={"max_steps": 60})
+    space = _space_file(tmp_path, "killme", small_fasta, char_teacher, train={"max_steps": 60, "block_size": 256})
     cmd = [sys.executable, "-m", "sweeps.cli", "sweep", "run", str(space), "--storage", str(store)]
     driver = subprocess.Popen(cmd, env=ray_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sd = SweepDir(store / "killme")
+    studies = ("demo-xs/baseline", "demo-xs/both")
     deadline = time.time() + 600
-    # Kill once one trial has ended and another is mid-way (it has a checkpoint to resume from).
+    # Kill once one trial has ended and another is mid-way: Optuna RUNNING, past ASHA's first rung
+    # (step 8; rungs are at 8, 16, 32) and not at one, so no stop decision races the kill.
     while time.time() < deadline:
-        time.sleep(1)
+        time.sleep(0.2)
+        assert driver.poll() is None, "the sweep ended before it could be killed"
         if not sd.meta_path.exists() or not sd.runs.is_dir():
             continue
-        ended = [d for d in sd.runs.iterdir() if (d / "metrics.json").is_file()]
-        midway = [d for d in sd.runs.iterdir() if not (d / "metrics.json").is_file() and len(_eval_steps(d)) >= 2]
+        trials = [t for st in studies for t in _trials(sd, st)]
+        ended = [t for t in trials if t.state.is_finished()]
+        midway = [t for t in trials if t.state == TrialState.RUNNING and "ray_trial_id" in t.user_attrs
+                  and (steps := _eval_steps(sd.runs / t.user_attrs["ray_trial_id"]))
+                  and 8 < steps[-1] < 56 and steps[-1] % 8]
         if ended and midway:
             break
-        assert driver.poll() is None, "the sweep ended before it could be killed"
     else:
         pytest.fail("sweep never reached a killable state")
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     _kill_ray_processes(ray_env["RAY_TMPDIR"])
-    # Decided after the kill: which trials had finished, which were cut mid-way.
-    ended = [d for d in sd.runs.iterdir() if (d / "metrics.json").is_file()]
-    interrupted = [d for d in sd.runs.iterdir() if not (d / "metrics.json").is_file() and _eval_steps(d)]
+    # Decided after the kill, from the record: ended = its run finished or Optuna was told it
+    # ended (a stopped-early run has no metrics.json); interrupted = still running, mid-way.
+    told = {t.user_attrs["ray_trial_id"] for st in studies for t in _trials(sd, st) if t.state.is_finished()}
+    ended = [d for d in sd.runs.iterdir() if (d / "metrics.json").is_file() or d.name in told]
+    interrupted = [d for d in sd.runs.iterdir() if d not in ended and _eval_steps(d)]
     assert ended and interrupted
     before = {d.name: (d / "metrics.jsonl").read_text() for d in ended}
 
     _kdsweep(["sweep", "resume", "killme", "--storage", str(store)], ray_env)
 
     run_ids = []
-    for study in ("demo-xs/baseline", "demo-xs/both"):
+    for study in studies:
         trials = [t for t in _trials(sd, study) if t.user_attrs.get(ATTR_STATUS) != "orphaned"]
         assert len(trials) == 3, study  # every planned trial ran, once
         assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
