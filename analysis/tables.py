@@ -71,7 +71,11 @@ def cell_of(values: pd.Series, note: str = "") -> Cell:
     v = pd.to_numeric(values, errors="coerce").dropna().astype(float)
     if v.empty:
         return Cell(note=note or "no completed replicate")
-    return Cell(float(v.mean()), float(v.std(ddof=1)) if len(v) >= 2 else math.nan, len(v))
+    std = float(v.std(ddof=1)) if len(v) >= 2 else math.nan
+    mean = float(v.mean())
+    if std < 1e-12 * max(1.0, abs(mean)):
+        std = 0.0  # identical values (e.g. compression of one scale) differ only by float rounding
+    return Cell(mean, std, len(v))
 
 
 def per_seed(reps: pd.DataFrame, scale: str, arm: str, metric: str) -> pd.Series:

@@ -121,6 +121,21 @@ def _dashboard(args) -> int:
     return serve_dashboard(open_sweep(args.name, args.storage), port=args.port, print_only=args.print_only)
 
 
+STORAGE_HELP = "folder that holds sweeps (default: $KDSWEEP_STORAGE or ./kdsweep_runs)"
+ADDRESS_HELP = "Ray cluster address (default: $RAY_ADDRESS, else an embedded local Ray)"
+
+
+def _on_sweep(subparsers, command: str, help: str, func, *, ray: bool = False) -> argparse.ArgumentParser:
+    """A subcommand that acts on an existing sweep: NAME, --storage (and --address if it starts Ray)."""
+    p = subparsers.add_parser(command, help=help)
+    p.add_argument("name", help="sweep name")
+    p.add_argument("--storage", help=STORAGE_HELP)
+    if ray:
+        p.add_argument("--address", help=ADDRESS_HELP)
+    p.set_defaults(func=func)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kdsweep", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -140,50 +155,26 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_evaluate)
 
     sw = sub.add_parser("sweep", help="Ray Tune + Optuna sweeps").add_subparsers(dest="sweep_command", required=True)
-    storage = dict(help="folder that holds sweeps (default: $KDSWEEP_STORAGE or ./kdsweep_runs)")
-    address = dict(help="Ray cluster address (default: $RAY_ADDRESS, else an embedded local Ray)")
     r = sw.add_parser("run", help="start a sweep from a search-space YAML")
     r.add_argument("space", help="search-space YAML (or the name of one in search_spaces/, e.g. demo)")
     r.add_argument("--name", help="sweep name (default: the space's name)")
-    r.add_argument("--storage", **storage)
-    r.add_argument("--address", **address)
+    r.add_argument("--storage", help=STORAGE_HELP)
+    r.add_argument("--address", help=ADDRESS_HELP)
     r.add_argument("--smoke", action="store_true", help="smallest run that exercises every part")
     r.set_defaults(func=_sweep_run)
-    rs = sw.add_parser("resume", help="continue a sweep whose driver was killed")
-    rs.add_argument("name")
-    rs.add_argument("--storage", **storage)
-    rs.add_argument("--address", **address)
-    rs.set_defaults(func=_sweep_resume)
-    st = sw.add_parser("status", help="trials by state and best val_ppl per (scale, arm)")
-    st.add_argument("name")
-    st.add_argument("--storage", **storage)
-    st.add_argument("--json", action="store_true")
-    st.set_defaults(func=_sweep_status)
-    ex = sw.add_parser("export", help="write the best config of each (scale, arm) for `kdsweep train`")
-    ex.add_argument("name")
-    ex.add_argument("--storage", **storage)
-    ex.add_argument("--out", required=True)
-    ex.set_defaults(func=_sweep_export)
-
-    rp = sw.add_parser("replicate", help="retrain each (scale, arm)'s best config with N seeds; test-split metrics")
-    rp.add_argument("name")
-    rp.add_argument("--seeds", type=int, default=3)
-    rp.add_argument("--storage", **storage)
-    rp.add_argument("--address", **address)
-    rp.set_defaults(func=_sweep_replicate)
-
-    an = sub.add_parser("analyze", help="tables (md/csv/tex), plots, best configs and index.html of a sweep")
-    an.add_argument("name")
-    an.add_argument("--storage", **storage)
-    an.add_argument("--out", help="output folder (default: <sweep>/analysis)")
-    an.set_defaults(func=_analyze)
-
-    db = sub.add_parser("dashboard", help="serve optuna-dashboard for a sweep; print how to open Ray dashboard/TensorBoard")
-    db.add_argument("name")
-    db.add_argument("--storage", **storage)
+    _on_sweep(sw, "resume", "continue a sweep whose driver was killed", _sweep_resume, ray=True)
+    _on_sweep(sw, "status", "trials by state and best val_ppl per (scale, arm)", _sweep_status).add_argument(
+        "--json", action="store_true")
+    _on_sweep(sw, "export", "write the best config of each (scale, arm) for `kdsweep train`", _sweep_export).add_argument(
+        "--out", required=True)
+    _on_sweep(sw, "replicate", "retrain each (scale, arm)'s best config with N seeds; test-split metrics",
+              _sweep_replicate, ray=True).add_argument("--seeds", type=int, default=3)
+    _on_sweep(sub, "analyze", "tables (md/csv/tex), plots, best configs and index.html of a sweep", _analyze).add_argument(
+        "--out", help="output folder (default: <sweep>/analysis)")
+    db = _on_sweep(sub, "dashboard", "serve optuna-dashboard for a sweep; print how to open Ray dashboard/TensorBoard",
+                   _dashboard)
     db.add_argument("--port", type=int, default=8080)
     db.add_argument("--print-only", action="store_true", help="print the commands, serve nothing")
-    db.set_defaults(func=_dashboard)
 
     d = sub.add_parser("demo-teacher", help="(re)build the bundled CPU demo teacher")
     d.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "distill" / "assets" / "demo-teacher"))

@@ -36,9 +36,10 @@ class LiveTable(Callback):
                  f"{'trial':<14}{'study':<26}{'state':<11}{'step':>6}{'val_ppl':>10}{'best':>10}  params"]
         for t in trials:
             r = t.last_result or {}
-            params = {k: v for k, v in t.config.items() if k not in ("study", "scale", "arm", "optuna_number")}
+            config = t.config.get("rep", t.config)  # replicate trials nest their config under "rep"
+            params = {k: v for k, v in config.items() if k not in ("study", "scale", "arm", "optuna_number")}
             ptxt = " ".join(f"{k}={_fmt(v, '.3g')}" for k, v in params.items())
             state = "diverged" if r.get("diverged") else t.status.lower()
-            lines.append(f"{t.trial_id:<14}{t.config.get('study', '?'):<26}{state:<11}{_fmt(r.get('step'), 'd'):>6}"
+            lines.append(f"{t.trial_id:<14}{config.get('study', '?'):<26}{state:<11}{_fmt(r.get('step'), 'd'):>6}"
                          f"{_fmt(r.get('val_ppl')):>10}{_fmt(r.get('best_val_ppl')):>10}  {ptxt}")
         self.print("\n".join(lines), flush=True)

@@ -53,6 +53,8 @@ def run_replicates(sd: SweepDir, *, seeds: int, address: str | None = None, log:
     """Run the unfinished replicates; returns the specs that were run."""
     from ray import tune
 
+    from sweeps.live import LiveTable
+
     if seeds < 1:
         raise ConfigError(f"--seeds: got {seeds}, allowed: >= 1")
     space, specs = replicate_specs(sd, seeds)
@@ -73,7 +75,8 @@ def run_replicates(sd: SweepDir, *, seeds: int, address: str | None = None, log:
                                     trial_dirname_creator=lambda t: t.trial_id),
         run_config=tune.RunConfig(name=f"replicate-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(sd.root),
                                   failure_config=tune.FailureConfig(max_failures=space.search["max_failures"]),
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                                  callbacks=[LiveTable(print_fn=lambda s, flush=True: log(s))], verbose=0),
     )
     tuner.fit()
     return todo

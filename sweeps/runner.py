@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Callable
 
 from distill.errors import ConfigError
@@ -23,6 +22,9 @@ Log = Callable[[str], None]
 
 
 def _init_ray(address: str | None, log: Log):
+    # Checkpointing every eval (for exact resume) trips Tune's "snapshotting too often" warning
+    # on short trials; it is expected here, so keep the console readable.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import ray
 
     if ray.is_initialized():

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from Bio.SeqIO.FastaIO import SimpleFastaParser
@@ -49,3 +53,30 @@ def tiny_config(teacher: Path, data: Path, out: Path, **overrides) -> TrainConfi
     )
     base.update(overrides)
     return TrainConfig().replace(**base)  # replace() validates
+
+
+@contextmanager
+def ray_subprocess_env(**extra: str):
+    """Environment for `kdsweep` subprocesses with their own embedded Ray: a fresh short RAY_TMPDIR
+    (Ray's unix socket paths are length-limited), removed afterwards together with every process
+    started under it (a killed driver leaves Ray agents behind: NOTES-ray.md)."""
+    ray_tmp = tempfile.mkdtemp(prefix="kdr", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1",
+           "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0", **extra}
+    try:
+        yield env
+    finally:
+        kill_ray_processes(ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def kill_ray_processes(ray_tmp: str) -> None:
+    """End, by PID, every process whose environment names this RAY_TMPDIR."""
+    import psutil
+
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if p.pid != os.getpid() and p.environ().get("RAY_TMPDIR") == ray_tmp:
+                p.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass

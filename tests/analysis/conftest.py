@@ -13,17 +13,15 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
 
 from distill.models import DEMO_TEACHER_DIR
 from sweeps.layout import SweepDir
-from tests.fixtures import write_real_fasta
+from tests.fixtures import ray_subprocess_env, write_real_fasta
 
 SWEEP = "ana"
 SPACE = {
@@ -45,16 +43,6 @@ SPACE = {
                "executor": "local"},
 }
 TEACHER_WAIT_S = 900  # another engineer may be rebuilding distill/assets/demo-teacher
-
-
-def kill_ray_processes(ray_tmp: str) -> None:
-    """End every process started for this RAY_TMPDIR (Ray may leave agents behind), by PID."""
-    for p in psutil.process_iter(["pid"]):
-        try:
-            if p.pid != os.getpid() and p.environ().get("RAY_TMPDIR") == ray_tmp:
-                p.kill()
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            pass
 
 
 def _wait_for_demo_teacher() -> None:
@@ -88,17 +76,11 @@ def sweep(tmp_path_factory) -> SweepDir:
     data = write_real_fasta(base / "proteins.fasta", 400)
     space = base / "space.yaml"
     space.write_text(yaml.safe_dump({**SPACE, "data": str(data)}, sort_keys=False))
-    ray_tmp = tempfile.mkdtemp(prefix="kda", dir="/tmp")  # short: Ray's unix socket paths are length-limited
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "KDSWEEP_CACHE": str(base / "cache"), "PYTHONUNBUFFERED": "1",
-           "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
     store = base / "store"
     t0 = time.time()
-    try:
+    with ray_subprocess_env(KDSWEEP_CACHE=str(base / "cache")) as env:
         kdsweep(["sweep", "run", str(space), "--storage", str(store), "--name", SWEEP], env)
         kdsweep(["sweep", "replicate", SWEEP, "--seeds", "2", "--storage", str(store)], env)
-    finally:
-        kill_ray_processes(ray_tmp)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
     (base / "fixture_seconds.txt").write_text(f"{time.time() - t0:.1f}\n")
     return SweepDir(store / SWEEP)
 

@@ -1,13 +1,11 @@
 """The per-study Optuna searcher on a real SQLite storage, driven as Tune drives it."""
 
-import copy
 
-import optuna
 import pytest
 from optuna.trial import TrialState
 
 from sweeps.searcher import ATTR_STATUS, StudySearcher, open_study
-from sweeps.space import load_space, SEARCH_SPACES_DIR, parse_space
+from sweeps.space import SEARCH_SPACES_DIR, parse_space
 import yaml
 
 

@@ -8,17 +8,12 @@ short temp folder, removed afterwards, and leftover Ray processes are ended.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import optuna
-import psutil
 import pytest
 import yaml
 from optuna.trial import TrialState
@@ -28,6 +23,7 @@ from sweeps.cli import main
 from sweeps.layout import SweepDir
 from sweeps.searcher import ATTR_STATUS, open_study
 from sweeps.space import SEARCH_SPACES_DIR
+from tests.fixtures import kill_ray_processes, ray_subprocess_env
 
 pytestmark = pytest.mark.ray
 
@@ -48,24 +44,9 @@ SMALL_SPACE = {
 
 
 @pytest.fixture
-def ray_env(tmp_path):
-    """Environment for one sweep subprocess: its own Ray temp dir and the session's data cache."""
-    ray_tmp = tempfile.mkdtemp(prefix="kdr", dir="/tmp")  # short: Ray's unix socket paths are length-limited
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1",
-           "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
-    yield env
-    _kill_ray_processes(ray_tmp)
-    shutil.rmtree(ray_tmp, ignore_errors=True)
-
-
-def _kill_ray_processes(ray_tmp: str) -> None:
-    """A SIGKILLed driver leaves Ray agents alive (NOTES-ray.md): end every process of this Ray by PID."""
-    for p in psutil.process_iter(["pid"]):
-        try:
-            if p.pid != os.getpid() and p.environ().get("RAY_TMPDIR") == ray_tmp:
-                p.kill()
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            pass
+def ray_env():
+    with ray_subprocess_env() as env:
+        yield env
 
 
 def _space_file(tmp_path: Path, name: str, data: Path, teacher: Path, **overrides) -> Path:
@@ -164,7 +145,7 @@ def test_sigkill_driver_then_resume(tmp_path, ray_env, small_fasta, char_teacher
         pytest.fail("sweep never reached a killable state")
     driver.send_signal(signal.SIGKILL)
     driver.wait()
-    _kill_ray_processes(ray_env["RAY_TMPDIR"])
+    kill_ray_processes(ray_env["RAY_TMPDIR"])
     # Decided after the kill, from the record: ended = its run finished or Optuna was told it
     # ended (a stopped-early run has no metrics.json); interrupted = still running, mid-way.
     told = {t.user_attrs["ray_trial_id"] for st in studies for t in _trials(sd, st) if t.state.is_finished()}
