@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,11 +171,11 @@ def _parse_dist(key: str, raw: Any, p: _Problems) -> Dist | None:
 
 
 def _check_param_values(key: str, name: str, dist: Dist, p: _Problems) -> None:
-    """The distribution's support must be valid TrainConfig values (e.g. alpha within [0, 1])."""
+    """The distribution's support must hold valid TrainConfig values (e.g. alpha within [0, 1])."""
     probes = list(dist.values) if dist.type == "choice" else [dist.low, dist.high]
     for v in probes:
         try:
-            config_from_dict({name: int(v) if dist.type == "int" else v, "smoothing": 0.1} if name != "smoothing" else {name: v})
+            config_from_dict({name: int(v) if dist.type == "int" else v})
         except ConfigError as e:
             p.append(f"{key}: value {v!r} out of range ({str(e).split(': ', 2)[-1].strip()})")
             return
@@ -241,7 +240,8 @@ def parse_space(raw: Any, source: str = "search space") -> SearchSpace:
             p.append(f"{key}: listed twice: {sorted({x for x in seq if seq.count(x) > 1})}")
 
     base = _parse_params("params", raw.get("params"), p)
-    missing = [k for k in ("lr", "warmup_steps", "temperature", "alpha") if k not in base]
+    given = raw.get("params") if isinstance(raw.get("params"), dict) else {}
+    missing = [k for k in ("lr", "warmup_steps", "temperature", "alpha") if k not in given]
     if missing:
         p.append(f"params: must give a distribution for {', '.join(missing)} (searched in every arm)")
     per_scale = {}
@@ -358,6 +358,3 @@ def smoke_space(space: SearchSpace) -> SearchSpace:
 def dump_space(space: SearchSpace, path: Path) -> None:
     path.write_text(yaml.safe_dump(space.raw, sort_keys=False))
 
-
-def is_finite_number(v) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distill.models import DEMO_TEACHER_DIR
 from sweeps.layout import SweepDir
 from tests.fixtures import ray_subprocess_env, write_real_fasta
 
@@ -42,18 +41,6 @@ SPACE = {
     "search": {"trials_per_study": 2, "max_concurrent": 2, "grace_period": 4, "reduction_factor": 2,
                "executor": "local"},
 }
-TEACHER_WAIT_S = 900  # another engineer may be rebuilding distill/assets/demo-teacher
-
-
-def _wait_for_demo_teacher() -> None:
-    deadline = time.time() + TEACHER_WAIT_S
-    while not (DEMO_TEACHER_DIR / "config.json").is_file() or not any(DEMO_TEACHER_DIR.glob("*.safetensors")):
-        if time.time() > deadline:
-            pytest.skip(f"{DEMO_TEACHER_DIR} is not there (being rebuilt?); run `kdsweep demo-teacher`")
-        time.sleep(10)
-    time.sleep(2)  # a teacher saved just now: let the writer finish its last file
-
-
 def kdsweep(args: list[str], env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
     p = subprocess.run([sys.executable, "-m", "sweeps.cli", *args], env=env, capture_output=True, text=True,
                        timeout=timeout, cwd=Path(__file__).resolve().parents[2])
@@ -71,7 +58,6 @@ def sweep(tmp_path_factory) -> SweepDir:
     reuse = os.environ.get("KDSWEEP_TEST_ANALYSIS_SWEEP")
     if reuse:
         return SweepDir(Path(reuse))
-    _wait_for_demo_teacher()
     base = tmp_path_factory.mktemp("analysis-sweep")
     data = write_real_fasta(base / "proteins.fasta", 400)
     space = base / "space.yaml"
