@@ -93,6 +93,21 @@ def train_demo_teacher(out_dir: str | Path, *, steps: int = DEMO_TRAIN["steps"],
     return out
 
 
+@torch.no_grad()
+def residue_target_nll(model, batches, residue_ids: torch.Tensor) -> float:
+    """Mean NLL over scored positions whose next token is a residue letter: the like-for-like
+    comparison with the unigram entropy, which is over residues only (no newline, no eos)."""
+    total, count = 0.0, 0
+    for b in batches:
+        ids, mask = b["input_ids"], b["attention_mask"]  # (B, L)
+        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)  # (B, L-1, V)
+        target = ids[:, 1:]  # (B, L-1)
+        keep = mask[:, 1:].bool() & torch.isin(target, residue_ids)
+        total += -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)[keep].sum().item()
+        count += int(keep.sum())
+    return total / count
+
+
 def measure_demo_teacher(teacher_dir: str | Path) -> dict:
     """Held-out NLL per residue of a saved demo teacher against the data's unigram entropy."""
     teacher_dir = Path(teacher_dir)
@@ -102,7 +117,10 @@ def measure_demo_teacher(teacher_dir: str | Path) -> dict:
     n_pos = model.config.n_positions
     val = student_ppl(model, data.val.batches(16, n_pos, tokenizer.eos_token_id), device="cpu")
     test = student_ppl(model, data.test.batches(16, n_pos, tokenizer.eos_token_id), device="cpu")
+    residue_ids = torch.tensor(tokenizer.convert_tokens_to_ids(list(AA_LETTERS)))
     figures = {
+        "test_nll_residue_targets": residue_target_nll(
+            model, data.test.batches(16, n_pos, tokenizer.eos_token_id), residue_ids),
         "val_nll_per_residue": val["nll_per_residue"],
         "test_nll_per_residue": test["nll_per_residue"],
         "test_nll_per_token": test["nll_per_token"],
