@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 
 from ray.tune import Callback
@@ -15,7 +16,7 @@ class LiveTable(Callback):
     """Every `every_s` seconds (and when a trial ends) print one row per trial:
     study, state, step, val_ppl, best val_ppl and the sampled parameters."""
 
-    def __init__(self, every_s: float = 15.0, print_fn=print):
+    def __init__(self, every_s: float = 15.0, print_fn=functools.partial(print, flush=True)):
         self.every_s, self.print = every_s, print_fn
         self._last = 0.0
 
@@ -42,4 +43,4 @@ class LiveTable(Callback):
             state = "diverged" if r.get("diverged") else t.status.lower()
             lines.append(f"{t.trial_id:<14}{config.get('study', '?'):<26}{state:<11}{_fmt(r.get('step'), 'd'):>6}"
                          f"{_fmt(r.get('val_ppl')):>10}{_fmt(r.get('best_val_ppl')):>10}  {ptxt}")
-        self.print("\n".join(lines), flush=True)
+        self.print("\n".join(lines))

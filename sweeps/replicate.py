@@ -11,12 +11,12 @@ replicate resumes from the checkpoints in its own folder.
 
 from __future__ import annotations
 
-import json
 import time
 
 from distill.errors import ConfigError
+from distill.train import finished_run
 from sweeps.layout import SweepDir
-from sweeps.runner import Log, _init_ray
+from sweeps.runner import Log, init_ray
 from sweeps.status import best_trial, study_trials
 from sweeps.trial import EXECUTORS, REPLICATES, replicate_name, trial_resources
 
@@ -37,12 +37,10 @@ def replicate_specs(sd: SweepDir, seeds: int) -> tuple[object, list[dict]]:
 
 
 def is_finished(sd: SweepDir, spec: dict, space) -> bool:
+    """Ended for good: diverged, or completed with its test metrics (`distill.train.finished_run`)."""
     study = space.study(spec["study"])
-    path = sd.root / REPLICATES / replicate_name(study.scale, study.arm, spec["replicate_seed"]) / "metrics.json"
-    if not path.is_file():
-        return False
-    summary = json.loads(path.read_text())
-    return summary.get("status") == "diverged" or (summary.get("status") == "completed" and bool(summary.get("test")))
+    done = finished_run(sd.root / REPLICATES / replicate_name(study.scale, study.arm, spec["replicate_seed"]))
+    return done is not None and (done.status == "diverged" or bool(done.final_metrics))
 
 
 def _replicate_trial(config: dict, *, space, sweep_dir: str) -> None:
@@ -65,7 +63,7 @@ def run_replicates(sd: SweepDir, *, seeds: int, address: str | None = None, log:
     log(f"replicates of {sd.name}: {len(specs)} planned ({len(specs) - len(todo)} already finished, {len(todo)} to run)")
     if not todo:
         return []
-    _init_ray(address, log)
+    init_ray(address, log)
     trainable = tune.with_resources(tune.with_parameters(_replicate_trial, space=space, sweep_dir=str(sd.root)),
                                     trial_resources(space))
     tuner = tune.Tuner(
@@ -76,7 +74,7 @@ def run_replicates(sd: SweepDir, *, seeds: int, address: str | None = None, log:
         run_config=tune.RunConfig(name=f"replicate-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(sd.root),
                                   failure_config=tune.FailureConfig(max_failures=space.search["max_failures"]),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                                  callbacks=[LiveTable(print_fn=lambda s, flush=True: log(s))], verbose=0),
+                                  callbacks=[LiveTable(print_fn=log)], verbose=0),
     )
     tuner.fit()
     return todo

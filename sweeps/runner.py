@@ -21,7 +21,7 @@ from sweeps.space import SearchSpace, dump_space, load_space
 Log = Callable[[str], None]
 
 
-def _init_ray(address: str | None, log: Log):
+def init_ray(address: str | None, log: Log):
     # Checkpointing every eval (for exact resume) trips Tune's "snapshotting too often" warning
     # on short trials; it is expected here, so keep the console readable.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -67,7 +67,7 @@ def _tuner(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool,
             storage_path=str(sd.root),
             failure_config=tune.FailureConfig(max_failures=space.search["max_failures"]),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[LiveTable(print_fn=lambda s, flush=True: log(s))],
+            callbacks=[LiveTable(print_fn=log)],
             verbose=0,
         ),
     )
@@ -101,7 +101,7 @@ def resume_sweep(name: str, *, storage: str | None = None, address: str | None =
 
 
 def _fit(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool, address: str | None, log: Log) -> SweepDir:
-    _init_ray(address, log)
+    init_ray(address, log)
     log(f"sweep {sd.name}: {len(space.studies)} studies x {space.search['trials_per_study']} trials "
         f"({space.search['executor']} executor) -> {sd.root}")
     tuner = _tuner(space, sd, storage_url, restore=restore, log=log)
