@@ -1,10 +1,11 @@
 """Run or resume a sweep: Ray Tune + per-study Optuna TPE + per-study ASHA (SPEC §6).
 
 One Tune experiment holds every (scale, arm) study: the searcher hands out
-trials round-robin across studies, a ConcurrencyLimiter caps trials in flight,
-and on a cluster with room several studies' trials run at once. A killed
-driver is resumed with `Tuner.restore` (finished trials stay finished; running
-ones restart from their last checkpoint; the Optuna studies live in storage).
+trials round-robin across studies and caps the trials in flight, and on a
+cluster with room several studies' trials run at once. A killed driver is
+resumed with `Tuner.restore` (finished trials stay finished; running ones
+restart from their last checkpoint); the Optuna studies, which live in
+storage, are first settled against the trials Tune's snapshot will run.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ def init_ray(address: str | None, log: Log):
 
 def _tuner(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool, log: Log):
     from ray import tune
-    from ray.tune.search import ConcurrencyLimiter
 
     from distill.train import total_steps
     from sweeps.live import LiveTable
@@ -54,13 +54,15 @@ def _tuner(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool,
     if restore:
         return tune.Tuner.restore(str(sd.tune), trainable=trainable, resume_unfinished=True, resume_errored=False)
     probe = space.trial_config(space.studies[0], {}, "unused")
-    searcher = ConcurrencyLimiter(StudySearcher(space, sd.name, storage_url), max_concurrent=space.search["max_concurrent"])
     scheduler = PerStudyASHA([s.name for s in space.studies], max_t=total_steps(probe),
                              grace_period=space.search["grace_period"],
                              reduction_factor=space.search["reduction_factor"])
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=space.total_trials,
+        # num_samples=-1: the searcher alone says when every study has its trials (a count here
+        # would end the sweep early when trials lost to a driver kill are handed out again).
+        tune_config=tune.TuneConfig(search_alg=StudySearcher(space, sd.name, storage_url), scheduler=scheduler,
+                                    num_samples=-1,
                                     trial_dirname_creator=lambda t: t.trial_id, trial_name_creator=lambda t: t.trial_id),
         run_config=tune.RunConfig(
             name=sd.tune.name,
@@ -81,8 +83,15 @@ def run_sweep(space: SearchSpace, *, name: str | None = None, storage: str | Non
     if sd.meta_path.exists():
         raise ConfigError(f"sweep {name!r} already exists in {sd.root.parent}; "
                           f"resume it with `kdsweep sweep resume {name}` or pick another --name")
-    sd.root.mkdir(parents=True, exist_ok=True)
     storage_url = space.search["storage_url"] or f"sqlite:///{sd.root / 'optuna.db'}"
+    if space.search["storage_url"]:
+        from sweeps.searcher import existing_studies
+
+        # The searcher counts a study's trials from the storage: a reused name would inherit them.
+        if taken := existing_studies(storage_url, name):
+            raise ConfigError(f"search.storage_url already holds studies of a sweep named {name!r} "
+                              f"({', '.join(taken)}); pick another --name")
+    sd.root.mkdir(parents=True, exist_ok=True)
     dump_space(space, sd.space)
     sd.write_meta({"name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git_commit(),
                    "storage_url": storage_url, "executor": space.search["executor"], "source": space.source,
@@ -96,8 +105,22 @@ def resume_sweep(name: str, *, storage: str | None = None, address: str | None =
     meta = sd.meta()
     if not sd.tune.is_dir():
         raise ConfigError(f"sweep {name!r} has no Tune experiment to resume in {sd.tune}")
+    from sweeps.searcher import reconcile_with_tune
+
     space = load_space(sd.space)
+    orphaned = reconcile_with_tune(space, sd.name, meta["storage_url"], _tune_in_flight(sd))
+    if orphaned:
+        log(f"{len(orphaned)} trial(s) started after Tune's last snapshot were lost and will be run again: "
+            + ", ".join(orphaned))
     return _fit(space, sd, meta["storage_url"], restore=True, address=address, log=log)
+
+
+def _tune_in_flight(sd: SweepDir) -> set[str]:
+    """Ids of the trials that Tune's newest experiment snapshot holds as unfinished (so resumes)."""
+    from ray.tune import ExperimentAnalysis
+
+    trials = ExperimentAnalysis(str(sd.tune)).trials
+    return {t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")}
 
 
 def _fit(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool, address: str | None, log: Log) -> SweepDir:

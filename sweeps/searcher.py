@@ -13,16 +13,23 @@ so TPE learns from partial results. Here:
   (stopped early by ASHA: its last result says `done_training: false`),
   or FAIL with user attribute `status` = "diverged" or "failed".
 
-The searcher's own state (which Tune trial is which Optuna trial, how many
-trials each study has handed out) is plain data, saved by Tune with the
-experiment; the studies themselves live in the storage and are reopened.
+The searcher keeps no state of its own that a restore could get wrong. Which
+Optuna trial belongs to which Tune trial (user attribute `ray_trial_id`), how
+many trials each study has handed out and which are in flight are read back
+from the storage the first time the searcher runs in a process. Why: Tune
+uploads its experiment snapshot and the searcher's snapshot as separate files,
+one after the other, so after a driver kill they can come from different
+moments (a trial the searcher handed out that Tune's snapshot never held, or
+the reverse). `reconcile_with_tune` settles the storage against the trials
+Tune's restored snapshot will run; nothing else is trusted.
 """
 
 from __future__ import annotations
 
+import json
 import math
-import pickle
 import warnings
+from collections.abc import Iterable
 
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -34,6 +41,8 @@ from sweeps.space import Dist, SearchSpace
 METRIC, MODE = "val_ppl", "min"
 # Optuna user-attribute keys kdsweep writes on every trial.
 ATTR_TRIAL, ATTR_STATUS, ATTR_STEP, ATTR_BEST_STEP = "ray_trial_id", "status", "step", "best_step"
+# Status of a trial lost to a driver kill: failed, and not counted against its study's budget.
+ORPHANED = "orphaned"
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -57,14 +66,21 @@ def open_study(storage_url: str, sweep: str, study: str, seed: int | None = None
                                sampler=sampler, load_if_exists=True)
 
 
+def existing_studies(storage_url: str, sweep: str) -> list[str]:
+    """Studies of a sweep of this name already in the storage (a shared database may hold several sweeps)."""
+    prefix = study_name(sweep, "")
+    return [n for n in optuna.get_all_study_names(storage_url) if n.startswith(prefix)]
+
+
 class StudySearcher(Searcher):
     def __init__(self, space: SearchSpace, sweep: str, storage_url: str):
         super().__init__(metric=METRIC, mode=MODE)
         self.space, self.sweep, self.storage_url = space, sweep, storage_url
         self.budget = space.search["trials_per_study"]
-        self.assigned = {s.name: 0 for s in space.studies}
-        self.live: dict[str, tuple[str, int]] = {}  # tune trial id -> (study, optuna trial number)
+        self.max_concurrent = space.search["max_concurrent"]
         self._studies: dict[str, optuna.Study] = {}
+        self._assigned: dict[str, int] | None = None  # study -> trials handed out (orphans excluded)
+        self._live: dict[str, tuple[str, int]] = {}  # tune trial id -> (study, optuna trial number)
 
     # ---- studies ----------------------------------------------------------
     def _study(self, name: str) -> optuna.Study:
@@ -74,11 +90,35 @@ class StudySearcher(Searcher):
                                              seed=self.space.search["seed"] * 1000 + index)
         return self._studies[name]
 
+    @property
+    def assigned(self) -> dict[str, int]:
+        self._load()
+        return self._assigned
+
+    @property
+    def live(self) -> dict[str, tuple[str, int]]:
+        self._load()
+        return self._live
+
+    def _load(self) -> None:
+        """Read who was handed out, and who is in flight, from the storage (once per process)."""
+        if self._assigned is not None:
+            return
+        self._assigned, self._live = {}, {}
+        for s in self.space.studies:
+            kept = [t for t in self._study(s.name).get_trials(deepcopy=False)
+                    if t.user_attrs.get(ATTR_STATUS) != ORPHANED]
+            self._assigned[s.name] = len(kept)
+            self._live |= {t.user_attrs[ATTR_TRIAL]: (s.name, t.number) for t in kept
+                           if t.state == TrialState.RUNNING and ATTR_TRIAL in t.user_attrs}
+
     # ---- Tune searcher API ---------------------------------------------------
     def suggest(self, trial_id: str):
         open_ = [s for s in self.space.studies if self.assigned[s.name] < self.budget]
         if not open_:
             return Searcher.FINISHED
+        if len(self.live) >= self.max_concurrent:
+            return None  # Tune asks again when a trial ends
         study = min(open_, key=lambda s: self.assigned[s.name])  # round-robin: equal budgets fill evenly
         ot = self._study(study.name).ask({k: optuna_distribution(d) for k, d in study.params.items()})
         ot.set_user_attr(ATTR_TRIAL, trial_id)
@@ -95,20 +135,16 @@ class StudySearcher(Searcher):
         value = result.get(METRIC)
         if "step" not in result or not (isinstance(value, (int, float)) and math.isfinite(value)):
             return
-        if self._finished(name, number):
-            return
         with warnings.catch_warnings():  # a resumed trial re-reports a step: Optuna keeps the first
             warnings.simplefilter("ignore")
             self._trial(name, number).report(float(value), step=int(result["step"]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        # A trial Tune resumed whose Optuna trial had already ended (told before a driver kill
+        # that came before Tune's snapshot) is not live: replaying its end changes nothing.
         if trial_id not in self.live:
             return
         name, number = self.live.pop(trial_id)
-        if self._finished(name, number):
-            # Told before a driver kill that came before Tune saved this searcher's state:
-            # the storage is the record; Tune replaying the trial's end changes nothing.
-            return
         study = self._study(name)
         trial = self._trial(name, number)
         result = result or {}
@@ -129,8 +165,8 @@ class StudySearcher(Searcher):
                 trial.set_user_attr(attr, int(result[key]))
         study.tell(number, value if state == TrialState.COMPLETE else None, state=state)
 
-    # Optuna's ask/tell API has no public "report to trial number N" after a restart: these three
-    # helpers are the only place that reaches into the study's storage.
+    # Optuna's ask/tell API has no public "report to trial number N" after a restart: these two
+    # helpers (and `reconcile_with_tune`) are the only places that reach into the study's storage.
     def _trial_id(self, name: str, number: int) -> int:
         study = self._study(name)
         return study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
@@ -138,35 +174,38 @@ class StudySearcher(Searcher):
     def _trial(self, name: str, number: int) -> optuna.Trial:
         return optuna.Trial(self._study(name), self._trial_id(name, number))
 
-    def _finished(self, name: str, number: int) -> bool:
-        return self._study(name)._storage.get_trial(self._trial_id(name, number)).state.is_finished()
-
-    # ---- persistence (Tune saves this with the experiment) ----------------------
-    def get_state(self) -> dict:
-        return {"assigned": dict(self.assigned), "live": dict(self.live)}
-
-    def set_state(self, state: dict) -> None:
-        self.assigned, self.live = dict(state["assigned"]), dict(state["live"])
-        self._fail_orphans()
-
+    # ---- persistence ----------------------------------------------------------
+    # Tune insists on a searcher snapshot; it is written for a reader's benefit only. A restore
+    # reads the storage again instead (see the module docstring for why).
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as fh:
-            pickle.dump(self.get_state(), fh)
+        with open(checkpoint_path, "w") as fh:
+            json.dump({"assigned": self.assigned, "live": self.live}, fh)
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as fh:
-            self.set_state(pickle.load(fh))
+        self._assigned = None
 
     def __getstate__(self):
         d = self.__dict__.copy()
-        d["_studies"] = {}  # database handles are reopened, never pickled
+        d["_studies"], d["_assigned"], d["_live"] = {}, None, {}  # reopened and re-read, never pickled
         return d
 
-    def _fail_orphans(self) -> None:
-        """After a driver kill: Optuna trials asked for but never saved as Tune trials can't finish."""
-        live = {(n, num) for n, num in self.live.values()}
-        for s in self.space.studies:
-            for t in self._study(s.name).get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                if (s.name, t.number) not in live:
-                    self._study(s.name)._storage.set_trial_user_attr(t._trial_id, ATTR_STATUS, "orphaned")
-                    self._study(s.name).tell(t.number, state=TrialState.FAIL)
+
+def reconcile_with_tune(space: SearchSpace, sweep: str, storage_url: str, in_flight: Iterable[str]) -> list[str]:
+    """Before a resume: fail (status "orphaned") every Optuna trial still RUNNING that Tune will not run.
+
+    `in_flight` holds the ids of the trials that Tune's restored snapshot holds as unfinished.
+    An Optuna trial asked for after that snapshot was saved (or whose `ray_trial_id` was never
+    written) can never finish; it does not count against its study's budget, so the resumed
+    searcher hands out a replacement. Returns the orphaned trials as "study#number".
+    """
+    in_flight = set(in_flight)
+    orphaned = []
+    for s in space.studies:
+        study = open_study(storage_url, sweep, s.name)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.user_attrs.get(ATTR_TRIAL) not in in_flight:
+                # Optuna has no public "set a user attribute on trial N" outside the trial's own run.
+                study._storage.set_trial_user_attr(t._trial_id, ATTR_STATUS, ORPHANED)
+                study.tell(t.number, state=TrialState.FAIL)
+                orphaned.append(f"{s.name}#{t.number}")
+    return orphaned

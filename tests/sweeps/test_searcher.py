@@ -1,20 +1,27 @@
 """The per-study Optuna searcher on a real SQLite storage, driven as Tune drives it."""
 
+import pickle
 
 import pytest
+import yaml
 from optuna.trial import TrialState
 
-from sweeps.searcher import ATTR_STATUS, StudySearcher, open_study
+from distill.errors import ConfigError
+from sweeps.runner import run_sweep
+from sweeps.searcher import ATTR_STATUS, ORPHANED, StudySearcher, open_study, reconcile_with_tune
 from sweeps.space import SEARCH_SPACES_DIR, parse_space
-import yaml
+
+
+def _space(max_concurrent: int = 4):
+    raw = yaml.safe_load((SEARCH_SPACES_DIR / "demo.yaml").read_text())
+    raw.update(scales=["demo-xs"], arms=["baseline", "calibration"])
+    raw["search"].update(trials_per_study=2, max_concurrent=max_concurrent)
+    return parse_space(raw, "demo.yaml")
 
 
 @pytest.fixture
 def space():
-    raw = yaml.safe_load((SEARCH_SPACES_DIR / "demo.yaml").read_text())
-    raw.update(scales=["demo-xs"], arms=["baseline", "calibration"])
-    raw["search"]["trials_per_study"] = 2
-    return parse_space(raw, "demo.yaml")
+    return _space()
 
 
 def _study(url, name):
@@ -54,24 +61,50 @@ def test_states_told_to_optuna(tmp_path, space):
     assert failed.state == TrialState.FAIL and failed.user_attrs[ATTR_STATUS] == "failed"
 
 
+def test_caps_trials_in_flight(tmp_path):
+    s = StudySearcher(_space(max_concurrent=2), "sw", f"sqlite:///{tmp_path / 'o.db'}")
+    assert s.suggest("t0") and s.suggest("t1")
+    assert s.suggest("t2") is None  # two in flight: Tune is told to ask again later
+    s.on_trial_complete("t0", {"step": 8, "val_ppl": 20.0, "done_training": True})
+    assert s.suggest("t2")["study"] == "demo-xs/baseline"
+
+
 def test_restore_after_driver_kill(tmp_path, space):
-    """State saved before the last events: replays are harmless, orphans are failed."""
+    """Tune's snapshot and the searcher's are separate files and may disagree after a kill:
+    the restored searcher reads the storage, settled against the trials Tune will resume."""
     url = f"sqlite:///{tmp_path / 'o.db'}"
     s = StudySearcher(space, "sw", url)
+    pickled = pickle.dumps(s)  # Tune pickles the searcher with the experiment when it starts
     s.suggest("t0")
     s.suggest("t1")
-    s.save(str(tmp_path / "state.pkl"))  # Tune's last experiment checkpoint
+    s.save(str(tmp_path / "state.json"))  # a searcher snapshot from before the events below
     s.on_trial_complete("t0", {"step": 8, "val_ppl": 20.0, "best_val_ppl": 20.0, "done_training": True})
-    s.suggest("t2")  # asked in Optuna, then the driver dies before Tune saves the trial
+    s.suggest("t2")  # asked in Optuna, then the driver dies before Tune's snapshot holds the trial
 
-    restored = StudySearcher(space, "sw", url)
-    restored.restore(str(tmp_path / "state.pkl"))
-    # Tune restarts t0 (it was RUNNING in its saved state); the finished run replays its end.
-    restored.on_trial_result("t0", {"step": 8, "val_ppl": 20.0})
-    restored.on_trial_complete("t0", {"step": 8, "val_ppl": 20.0, "best_val_ppl": 20.0, "done_training": True})
+    # Tune's snapshot holds t0 (still running then) and t1: t2 can never finish.
+    assert reconcile_with_tune(space, "sw", url, {"t0", "t1"}) == ["demo-xs/baseline#1"]
+    restored = pickle.loads(pickled)
+    restored.restore(str(tmp_path / "state.json"))
+    # the orphan does not use budget; t1 is in flight; the stale snapshot file is not believed
+    assert restored.assigned == {"demo-xs/baseline": 1, "demo-xs/calibration": 1}
+    assert restored.live == {"t1": ("demo-xs/calibration", 0)}
+    # Tune resumes t0; its finished run replays its end, which changes nothing.
+    restored.on_trial_result("t0", {"step": 8, "val_ppl": 25.0})
+    restored.on_trial_complete("t0", {"step": 8, "val_ppl": 25.0, "best_val_ppl": 25.0, "done_training": True})
     base = _study(url, "demo-xs/baseline").get_trials()
     assert base[0].state == TrialState.COMPLETE and base[0].value == 20.0
-    orphan = base[1]
-    assert orphan.state == TrialState.FAIL and orphan.user_attrs[ATTR_STATUS] == "orphaned"
-    # the orphan does not use budget: the restored searcher still owes each study its trials
-    assert restored.assigned == {"demo-xs/baseline": 1, "demo-xs/calibration": 1}
+    assert base[1].state == TrialState.FAIL and base[1].user_attrs[ATTR_STATUS] == ORPHANED
+    # the replacement goes to the study that lost a trial
+    assert restored.suggest("t3")["study"] == "demo-xs/baseline"
+    restored.on_trial_complete("t1", {"step": 4, "val_ppl": 40.0, "done_training": False})
+    assert _study(url, "demo-xs/calibration").get_trials()[0].state == TrialState.PRUNED
+
+
+def test_new_sweep_refuses_a_name_taken_in_a_shared_database(tmp_path):
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    open_study(url, "demo", "demo-xs/baseline")  # an earlier sweep named "demo" in the same database
+    space = _space()
+    space.search["storage_url"] = url
+    with pytest.raises(ConfigError, match="already holds studies of a sweep named 'demo'.*demo:demo-xs/baseline"):
+        run_sweep(space, name="demo", storage=str(tmp_path / "runs"))
+    assert not (tmp_path / "runs" / "demo").exists()  # nothing half-written

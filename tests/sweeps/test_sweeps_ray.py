@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 import yaml
 from optuna.trial import TrialState
+from ray.tune import ExperimentAnalysis
 
 from distill.runlog import read_log
 from sweeps.cli import main
 from sweeps.layout import SweepDir
-from sweeps.searcher import ATTR_STATUS, open_study
+from sweeps.searcher import ATTR_STATUS, ORPHANED, open_study
 from sweeps.space import SEARCH_SPACES_DIR
 from tests.fixtures import kill_ray_processes, ray_subprocess_env
 
@@ -72,6 +73,15 @@ def _trials(sd: SweepDir, study: str):
 
 def _eval_steps(run_dir: Path) -> list[int]:
     return [r["step"] for r in read_log(run_dir) if "val_ppl" in r and "event" not in r]
+
+
+def _resumable(sd: SweepDir) -> list[Path]:
+    """Run folders of the trials Tune's saved snapshot holds as unfinished with a checkpoint."""
+    try:  # the snapshot is rewritten while the sweep runs: a half-written one is read next time
+        trials = ExperimentAnalysis(str(sd.tune)).trials
+    except Exception:
+        return []
+    return [sd.runs / t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR") and t.checkpoint]
 
 
 def test_smoke_sweep_prunes_exports_and_round_trips(tmp_path, ray_env, monkeypatch):
@@ -127,18 +137,16 @@ def test_sigkill_driver_then_resume(tmp_path, ray_env, small_fasta, char_teacher
     sd = SweepDir(store / "killme")
     studies = ("demo-xs/baseline", "demo-xs/both")
     deadline = time.time() + 600
-    # Kill once one trial has ended and another is mid-way: Optuna RUNNING, past ASHA's first rung
-    # (step 8; rungs are at 8, 16, 32) and not at one, so no stop decision races the kill.
+    # Kill once one trial has ended and another is mid-way: held by Tune's saved snapshot as
+    # unfinished with a checkpoint (so a resume continues it), past ASHA's first rung (step 8;
+    # rungs are at 8, 16, 32) and not at one, so no stop decision races the kill.
     while time.time() < deadline:
         time.sleep(0.2)
         assert driver.poll() is None, "the sweep ended before it could be killed"
         if not sd.meta_path.exists() or not sd.runs.is_dir():
             continue
-        trials = [t for st in studies for t in _trials(sd, st)]
-        ended = [t for t in trials if t.state.is_finished()]
-        midway = [t for t in trials if t.state == TrialState.RUNNING and "ray_trial_id" in t.user_attrs
-                  and (steps := _eval_steps(sd.runs / t.user_attrs["ray_trial_id"]))
-                  and 8 < steps[-1] < 56 and steps[-1] % 8]
+        ended = [t for st in studies for t in _trials(sd, st) if t.state.is_finished()]
+        midway = [d for d in _resumable(sd) if (steps := _eval_steps(d)) and 8 < steps[-1] < 56 and steps[-1] % 8]
         if ended and midway:
             break
     else:
@@ -147,10 +155,10 @@ def test_sigkill_driver_then_resume(tmp_path, ray_env, small_fasta, char_teacher
     driver.wait()
     kill_ray_processes(ray_env["RAY_TMPDIR"])
     # Decided after the kill, from the record: ended = its run finished or Optuna was told it
-    # ended (a stopped-early run has no metrics.json); interrupted = still running, mid-way.
+    # ended (a stopped-early run has no metrics.json); interrupted = what Tune's snapshot resumes.
     told = {t.user_attrs["ray_trial_id"] for st in studies for t in _trials(sd, st) if t.state.is_finished()}
     ended = [d for d in sd.runs.iterdir() if (d / "metrics.json").is_file() or d.name in told]
-    interrupted = [d for d in sd.runs.iterdir() if d not in ended and _eval_steps(d)]
+    interrupted = [d for d in _resumable(sd) if d not in ended and _eval_steps(d)]
     assert ended and interrupted
     before = {d.name: (d / "metrics.jsonl").read_text() for d in ended}
 
@@ -158,7 +166,7 @@ def test_sigkill_driver_then_resume(tmp_path, ray_env, small_fasta, char_teacher
 
     run_ids = []
     for study in studies:
-        trials = [t for t in _trials(sd, study) if t.user_attrs.get(ATTR_STATUS) != "orphaned"]
+        trials = [t for t in _trials(sd, study) if t.user_attrs.get(ATTR_STATUS) != ORPHANED]
         assert len(trials) == 3, study  # every planned trial ran, once
         assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
         run_ids += [t.user_attrs["ray_trial_id"] for t in trials]
