@@ -26,7 +26,7 @@ import pandas as pd
 from distill.errors import ConfigError
 from distill.runlog import read_log
 from sweeps.layout import SweepDir
-from sweeps.searcher import ATTR_BEST_STEP, ATTR_TRIAL
+from sweeps.searcher import ATTR_BEST_STEP, ATTR_TRIAL, ORPHANED
 from sweeps.space import SEARCHABLE
 from sweeps.status import study_trials, trial_status
 from sweeps.trial import REPLICATES
@@ -92,7 +92,7 @@ def trials_frame(sd: SweepDir) -> pd.DataFrame:
     for study in space.studies:
         for t in by_study[study.name]:
             status = trial_status(t)
-            if status == "orphaned":
+            if status == ORPHANED:
                 continue
             trial_id = t.user_attrs.get(ATTR_TRIAL)
             run_dir = sd.runs / trial_id if trial_id else None

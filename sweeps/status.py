@@ -13,7 +13,7 @@ import math
 from optuna.trial import TrialState
 
 from sweeps.layout import SweepDir
-from sweeps.searcher import ATTR_BEST_STEP, ATTR_STATUS, ATTR_TRIAL, open_study
+from sweeps.searcher import ATTR_BEST_STEP, ATTR_STATUS, ATTR_TRIAL, ORPHANED, open_study
 from sweeps.space import load_space
 
 STATES = ("running", "stopped_early", "completed", "diverged", "failed")
@@ -47,7 +47,7 @@ def sweep_status(sd: SweepDir) -> list[dict]:
     space, by_study = study_trials(sd)
     rows = []
     for s in space.studies:
-        trials = [t for t in by_study[s.name] if trial_status(t) != "orphaned"]
+        trials = [t for t in by_study[s.name] if trial_status(t) != ORPHANED]
         counts = {k: sum(trial_status(t) == k for t in trials) for k in STATES}
         best = best_trial(trials)
         rows.append({
