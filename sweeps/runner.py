@@ -108,19 +108,20 @@ def resume_sweep(name: str, *, storage: str | None = None, address: str | None =
     from sweeps.searcher import reconcile_with_tune
 
     space = load_space(sd.space)
-    orphaned = reconcile_with_tune(space, sd.name, meta["storage_url"], _tune_in_flight(sd))
+    orphaned = reconcile_with_tune(space, sd.name, meta["storage_url"],
+                                   {t.trial_id for t in tune_unfinished(sd)})
     if orphaned:
         log(f"{len(orphaned)} trial(s) started after Tune's last snapshot were lost and will be run again: "
             + ", ".join(orphaned))
     return _fit(space, sd, meta["storage_url"], restore=True, address=address, log=log)
 
 
-def _tune_in_flight(sd: SweepDir) -> set[str]:
-    """Ids of the trials that Tune's newest experiment snapshot holds as unfinished (so resumes)."""
+def tune_unfinished(sd: SweepDir) -> list:
+    """The trials Tune's newest experiment snapshot holds as unfinished: what a resume runs again
+    (errored trials are not resumed)."""
     from ray.tune import ExperimentAnalysis
 
-    trials = ExperimentAnalysis(str(sd.tune)).trials
-    return {t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")}
+    return [t for t in ExperimentAnalysis(str(sd.tune)).trials if t.status not in ("TERMINATED", "ERROR")]
 
 
 def _fit(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool, address: str | None, log: Log) -> SweepDir:

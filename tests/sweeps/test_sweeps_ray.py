@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import yaml
 from optuna.trial import TrialState
-from ray.tune import ExperimentAnalysis
 
 from distill.runlog import read_log
 from sweeps.cli import main
 from sweeps.layout import SweepDir
+from sweeps.runner import tune_unfinished
 from sweeps.searcher import ATTR_STATUS, ORPHANED, open_study
 from sweeps.space import SEARCH_SPACES_DIR
 from tests.fixtures import kill_ray_processes, ray_subprocess_env
@@ -78,10 +78,10 @@ def _eval_steps(run_dir: Path) -> list[int]:
 def _resumable(sd: SweepDir) -> list[Path]:
     """Run folders of the trials Tune's saved snapshot holds as unfinished with a checkpoint."""
     try:  # the snapshot is rewritten while the sweep runs: a half-written one is read next time
-        trials = ExperimentAnalysis(str(sd.tune)).trials
+        trials = tune_unfinished(sd)
     except Exception:
         return []
-    return [sd.runs / t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR") and t.checkpoint]
+    return [sd.runs / t.trial_id for t in trials if t.checkpoint]
 
 
 def test_smoke_sweep_prunes_exports_and_round_trips(tmp_path, ray_env, monkeypatch):
