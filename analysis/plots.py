@@ -22,14 +22,17 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from analysis.load import ARM_ORDER, usable_replicates
+from analysis.load import usable_replicates
 from analysis.tables import cell_of, per_seed
+from distill.rundir import COMPLETED, DIVERGED, STOPPED_EARLY
+from sweeps.space import ARMS
+from sweeps.study import FAILED, RUNNING
 
 ARM_COLORS = {"baseline": "#555555", "uncertainty": "#1f77b4", "calibration": "#ff7f0e", "both": "#2ca02c"}
 # How a search trial ended -> its end marker on the curves and in the lr plot.
-END_MARKERS = {"completed": "o", "stopped_early": "x", "diverged": "X", "failed": "s", "running": ">"}
-END_LABELS = {"completed": "completed", "stopped_early": "stopped early (ASHA)", "diverged": "diverged",
-              "failed": "failed", "running": "running"}
+END_MARKERS = {COMPLETED: "o", STOPPED_EARLY: "x", DIVERGED: "X", FAILED: "s", RUNNING: ">"}
+END_LABELS = {COMPLETED: "completed", STOPPED_EARLY: "stopped early (ASHA)", DIVERGED: "diverged",
+              FAILED: "failed", RUNNING: "running"}
 DPI = 110
 
 
@@ -50,8 +53,8 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def _end_legend(ax, statuses) -> None:
-    arms = [Line2D([], [], color=ARM_COLORS[a], lw=2, label=a) for a in ARM_ORDER]
-    ends = [Line2D([], [], ls="", marker=END_MARKERS[s], color="k", mfc="none" if s == "stopped_early" else "k",
+    arms = [Line2D([], [], color=ARM_COLORS[a], lw=2, label=a) for a in ARMS]
+    ends = [Line2D([], [], ls="", marker=END_MARKERS[s], color="k", mfc="none" if s == STOPPED_EARLY else "k",
                    label=END_LABELS[s]) for s in END_MARKERS if s in statuses]
     ax.legend(handles=arms + ends, fontsize=7, loc="upper right")
 
@@ -77,7 +80,7 @@ def plot_curves(trials: pd.DataFrame, history: pd.DataFrame, scales: list[str], 
             marker = END_MARKERS.get(tr.status, "o")
             ax.plot(pts["step"].iloc[-1], pts["val_ppl"].iloc[-1], ls="", marker=marker, ms=9 if marker in "xX" else 5,
                     mew=2 if marker == "x" else 1, color=_color(tr.arm),
-                    mec="red" if tr.status == "diverged" else _color(tr.arm))
+                    mec="red" if tr.status == DIVERGED else _color(tr.arm))
         # Trials that diverged/failed before their first eval have no curve: say how many.
         no_curve = t[~t["trial_id"].isin(h["trial_id"])]
         if not no_curve.empty:
@@ -117,13 +120,13 @@ def plot_lr(trials: pd.DataFrame, scales: list[str], arms: list[str], path: Path
                         fontsize=8)
                 continue
             for status, g in pts.groupby("status"):
-                filled = status == "completed"
+                filled = status == COMPLETED
                 ax.plot(g["lr"], g["best_val_ppl"], ls="", marker=END_MARKERS.get(status, "o"), ms=7,
                         color=_color(arm), mfc=_color(arm) if filled else "none",
                         label=END_LABELS.get(status, status) + ("" if filled else ": best before it ended"))
             lo, hi = pts["lr"].min(), pts["lr"].max()
             ax.set_xlim(lo / 1.6, hi * 1.6)
-            done = pts[pts["status"] == "completed"]
+            done = pts[pts["status"] == COMPLETED]
             if not done.empty:
                 b = done.loc[done["best_val_ppl"].idxmin()]
                 ax.plot([b["lr"]], [b["best_val_ppl"]], ls="", marker="*", ms=15, color="gold", mec="k",
@@ -168,9 +171,9 @@ def plot_reliability(reps: pd.DataFrame, scale: str, path: Path) -> Path:
     ok = ok[ok["scale"] == scale] if not ok.empty else ok
     if ok.empty or "ece_bins" not in ok.columns or not ok["ece_bins"].map(lambda b: isinstance(b, list)).any():
         raise PlotSkipped(f"no completed replicate at scale {scale} has ECE bins")
-    fig = _figure(3.0 * len(ARM_ORDER), 5.0)
-    axes = fig.subplots(2, len(ARM_ORDER), squeeze=False, height_ratios=[3, 1], sharex=True)
-    for j, arm in enumerate(ARM_ORDER):
+    fig = _figure(3.0 * len(ARMS), 5.0)
+    axes = fig.subplots(2, len(ARMS), squeeze=False, height_ratios=[3, 1], sharex=True)
+    for j, arm in enumerate(ARMS):
         top, bottom = axes[0][j], axes[1][j]
         sel = ok[(ok["arm"] == arm) & ok["ece_bins"].map(lambda b: isinstance(b, list))]
         top.plot([0, 1], [0, 1], ls="--", color="k", lw=1, label="perfect calibration")
@@ -203,12 +206,12 @@ def plot_reliability(reps: pd.DataFrame, scale: str, path: Path) -> Path:
 def plot_ablation(reps: pd.DataFrame, scale: str, path: Path) -> Path:
     """Test ppl_ratio of the four arms: bars = mean, error bars = std over seeds (none when n < 2), dots = seeds."""
     ok = usable_replicates(reps)
-    series = {a: per_seed(ok, scale, a, "ppl_ratio") for a in ARM_ORDER}
+    series = {a: per_seed(ok, scale, a, "ppl_ratio") for a in ARMS}
     if all(s.empty for s in series.values()):
         raise PlotSkipped(f"no completed replicate with ppl_ratio at scale {scale}")
     fig = _figure(5.5, 4.0)
     ax = fig.subplots()
-    for i, arm in enumerate(ARM_ORDER):
+    for i, arm in enumerate(ARMS):
         s = series[arm]
         if s.empty:
             ax.text(i, 0, "missing", ha="center", va="bottom", fontsize=8, color="red")
@@ -219,7 +222,7 @@ def plot_ablation(reps: pd.DataFrame, scale: str, path: Path) -> Path:
         ax.text(i, c.mean * 0.04, f"n={c.n}" + ("" if c.n >= 2 else "\nno spread"), ha="center", va="bottom",
                 fontsize=8)
     ax.axhline(1.0, color="k", ls=":", lw=1)
-    ax.set_xticks(range(len(ARM_ORDER)), ARM_ORDER)
+    ax.set_xticks(range(len(ARMS)), ARMS)
     ax.set_ylabel("test ppl_ratio (student / teacher)")
     ax.set_title(f"Ablation at scale {scale}: mean ± std over seeds")
     return _save(fig, path)

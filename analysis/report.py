@@ -2,7 +2,7 @@
 
 `analyze(sd, out_dir)` writes everything under `out_dir` (default `<sweep>/analysis/`):
 
-    tables/<name>.md|.csv|.tex   SPEC §7 tables + trial / replicate status counts
+    tables/<name>.md|.csv|.tex   method §7 tables + trial / replicate status counts
     plots/<name>.png             see analysis/plots.py
     configs/<scale>__<arm>.yaml  `sweep export` of every study with a completed trial
     index.html                   all of the above; inline CSS, relative links, no network
@@ -20,14 +20,14 @@ from pathlib import Path
 
 from analysis.load import history_frame, replicates_frame, trials_frame, usable_replicates
 from analysis.plots import make_plots
-from analysis.tables import (Table, ablation_table, per_seed, replicate_status_table, scale_table,
+from analysis.tables import (Table, ablation_table, best_arm, replicate_status_table, scale_table,
                              trial_counts_table, write_table)
 from distill.errors import KDSweepError
-from sweeps.export import export_best, export_name
-from sweeps.layout import SweepDir
+from distill.rundir import COMPLETED
+from sweeps.export import export_best
+from sweeps.layout import SweepDir, config_file_name
 from sweeps.space import load_space
-
-ANALYSIS_DIR = "analysis"
+from sweeps.study import TRIAL_STATES
 
 
 def recommend(reps, trials, scale: str, arms: list[str]) -> tuple[str | None, str]:
@@ -36,11 +36,9 @@ def recommend(reps, trials, scale: str, arms: list[str]) -> tuple[str | None, st
     Test ppl_ratio over the replicates when there are any (that is what the
     tables compare); before replication, the search's best val_ppl.
     """
-    ok = usable_replicates(reps)
-    means = {a: s.mean() for a in arms if not (s := per_seed(ok, scale, a, "ppl_ratio")).empty}
-    if means:
-        return min(means, key=means.get), "lowest mean test ppl_ratio over the replicates"
-    done = trials[(trials["scale"] == scale) & (trials["status"] == "completed") & trials["best_val_ppl"].notna()]
+    if arm := best_arm(usable_replicates(reps), scale, arms):
+        return arm, "lowest mean test ppl_ratio over the replicates"
+    done = trials[(trials["scale"] == scale) & (trials["status"] == COMPLETED) & trials["best_val_ppl"].notna()]
     if not done.empty:
         return str(done.loc[done["best_val_ppl"].idxmin(), "arm"]), "lowest search val_ppl (no replicate yet)"
     return None, "no completed trial at this scale"
@@ -48,7 +46,7 @@ def recommend(reps, trials, scale: str, arms: list[str]) -> tuple[str | None, st
 
 def _export(sd: SweepDir, trials, out: Path) -> tuple[dict[str, Path], str | None]:
     """{'scale/arm': config path} via `sweeps.export.export_best` (the same files `sweep export` writes)."""
-    if not (trials["status"] == "completed").any():
+    if not (trials["status"] == COMPLETED).any():
         return {}, "no completed search trial yet"
     try:
         paths = export_best(sd, out)
@@ -56,14 +54,14 @@ def _export(sd: SweepDir, trials, out: Path) -> tuple[dict[str, Path], str | Non
         return {}, f"export failed: {e}"
     by_name = {p.name: p for p in paths}
     space = load_space(sd.space)
-    return {s.name: by_name[export_name(s.scale, s.arm)] for s in space.studies
-            if export_name(s.scale, s.arm) in by_name}, None
+    return {s.name: by_name[config_file_name(s.scale, s.arm)] for s in space.studies
+            if config_file_name(s.scale, s.arm) in by_name}, None
 
 
 def analyze(sd: SweepDir, out_dir: str | Path | None = None) -> dict:
     """Write the analysis of a sweep; returns {"out_dir", "tables", "plots", "skipped", "configs",
     "recommended", "summary", "replicates", "html"} (paths are `Path`s)."""
-    out = Path(out_dir) if out_dir is not None else sd.root / ANALYSIS_DIR
+    out = Path(out_dir) if out_dir is not None else sd.analysis
     out.mkdir(parents=True, exist_ok=True)
     space = load_space(sd.space)
     scales, arms = list(space.scales), list(space.arms)
@@ -71,7 +69,7 @@ def analyze(sd: SweepDir, out_dir: str | Path | None = None) -> dict:
     history = history_frame(sd, trials)
     reps = replicates_frame(sd)
 
-    # Order = order in index.html: the short status summary, the SPEC §7 tables, then what was left out.
+    # Order = order in index.html: the short status summary, the method §7 tables, then what was left out.
     tables: list[Table] = [trial_counts_table(trials, scales, arms, space.search["trials_per_study"]),
                            scale_table(reps, scales), *(ablation_table(reps, s) for s in scales),
                            replicate_status_table(reps, scales, arms)]
@@ -109,7 +107,7 @@ def summary_lines(result: dict) -> list[str]:
     lines = [f"analysis: {result['html']}"]
     for r in result["summary"]:
         lines.append(f"  {r['scale']}/{r['arm']}: " + ", ".join(
-            f"{r[k]} {k}" for k in ("completed", "stopped_early", "diverged", "failed", "running") if r[k]))
+            f"{r[k]} {k}" for k in TRIAL_STATES if r[k]))
     reps = result["replicates"]
     lines.append(f"replicates: {reps['in_tables']} in tables, {reps['excluded']} excluded")
     for scale, rec in result["recommended"].items():

@@ -1,4 +1,4 @@
-"""The SPEC §7 tables, built from completed replicates only, as Markdown, CSV and LaTeX.
+"""The method §7 tables, built from completed replicates only, as Markdown, CSV and LaTeX.
 
 * scale x enhancement: per scale, baseline vs the best enhanced arm (lowest mean
   test ppl_ratio among uncertainty / calibration / both);
@@ -22,10 +22,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.load import ARM_ORDER, TRIAL_STATUSES, usable_replicates
+from analysis.load import INCOMPLETE, UNREADABLE, usable_replicates
+from distill.rundir import COMPLETED, DIVERGED
+from sweeps.space import ARMS, BASELINE, ENHANCED_ARMS
+from sweeps.study import TRIAL_STATES
 
-BASELINE = "baseline"
-ENHANCED = ("uncertainty", "calibration", "both")
 ABLATION_METRICS = ("ppl_ratio", "kl_teacher", "ece", "accuracy", "aa_kl_natural")
 INTERACTION = "interaction: both - (uncertainty + calibration - baseline)"
 PAIRED, PROPAGATED = "per seed", "propagated"
@@ -133,10 +134,10 @@ def interaction_cell(by_arm: dict[str, pd.Series]) -> Cell:
     as it would in a paired design). Otherwise: difference of means with
     std = sqrt(sum of the four arms' seed variances), n = the smallest n.
     """
-    absent = [a for a in ARM_ORDER if by_arm[a].empty]
+    absent = [a for a in ARMS if by_arm[a].empty]
     if absent:
         return Cell(note="no value for " + ", ".join(absent))
-    b, u, c, both = (by_arm[a] for a in ARM_ORDER)
+    b, u, c, both = (by_arm[a] for a in ARMS)
     if _same_seeds([b, u, c, both]):
         idx = b.index
         term = both.loc[idx] - (u.loc[idx] + c.loc[idx] - b.loc[idx])
@@ -182,9 +183,9 @@ def excluded_by_arm(reps: pd.DataFrame, scale: str, arm: str) -> dict[str, list[
     sel = reps[(reps["scale"] == scale) & (reps["arm"] == arm)]
     out: dict[str, list[int]] = {}
     for r in sel.itertuples(index=False):
-        if r.status == "completed" and r.has_test:
+        if r.status == COMPLETED and r.has_test:
             continue
-        reason = "completed without test metrics" if r.status == "completed" else r.status
+        reason = "completed without test metrics" if r.status == COMPLETED else r.status
         out.setdefault(reason, []).append(int(r.seed))
     return out
 
@@ -200,14 +201,14 @@ def _acc_zero_seeds(ok: pd.DataFrame, scale: str, arm: str) -> list[int]:
     return sorted(int(s) for s, z in zip(sel["seed"], sel["accuracy_is_zero"]) if z is True or z == 1.0)
 
 
-def best_enhanced_arm(ok: pd.DataFrame, scale: str) -> str | None:
-    """The enhanced arm with the lowest mean test ppl_ratio (baseline excluded)."""
-    means = {a: s.mean() for a in ENHANCED if not (s := per_seed(ok, scale, a, "ppl_ratio")).empty}
+def best_arm(ok: pd.DataFrame, scale: str, arms) -> str | None:
+    """Among `arms`, the one with the lowest mean test ppl_ratio over its usable replicates."""
+    means = {a: s.mean() for a in arms if not (s := per_seed(ok, scale, a, "ppl_ratio")).empty}
     return min(means, key=means.get) if means else None
 
 
 def scale_table(reps: pd.DataFrame, scales: list[str]) -> Table:
-    """SPEC §7 scale x enhancement: a row per scale."""
+    """method §7 scale x enhancement: a row per scale."""
     ok = usable_replicates(reps)
     header = ["scale", "compression", "baseline ppl_ratio", "best arm", "best-arm ppl_ratio", "improvement %",
               "baseline ECE", "baseline accuracy", "best-arm ECE", "best-arm accuracy", "baseline kl_teacher",
@@ -217,7 +218,7 @@ def scale_table(reps: pd.DataFrame, scales: list[str]) -> Table:
         scale_ok = ok[ok["scale"] == scale] if not ok.empty else ok
         # compression = teacher / student params: the same for every arm of a scale, so all its runs count.
         comp = cell_of(scale_ok["compression"]) if "compression" in scale_ok.columns else Cell(note="no completed replicate")
-        arm = best_enhanced_arm(ok, scale)
+        arm = best_arm(ok, scale, ENHANCED_ARMS)
         cells = {"compression": comp}
         for who, a in (("baseline", BASELINE), ("best", arm)):
             for m in ("ppl_ratio", "ece", "accuracy", "kl_teacher"):
@@ -226,7 +227,7 @@ def scale_table(reps: pd.DataFrame, scales: list[str]) -> Table:
         imp = improvement_cell(per_seed(ok, scale, BASELINE, "ppl_ratio"),
                                per_seed(ok, scale, arm, "ppl_ratio") if arm else pd.Series(dtype=float))
         cells["improvement_pct"] = imp
-        excluded = {a: ex for a in ARM_ORDER if (ex := excluded_by_arm(reps, scale, a))}
+        excluded = {a: ex for a in ARMS if (ex := excluded_by_arm(reps, scale, a))}
         excluded_txt = "; ".join(f"{a}: {excluded_text(ex)}" for a, ex in excluded.items()) or "-"
 
         def ece_text(who: str, a: str | None) -> str:
@@ -257,12 +258,12 @@ def scale_table(reps: pd.DataFrame, scales: list[str]) -> Table:
 
 
 def ablation_table(reps: pd.DataFrame, scale: str, metrics=ABLATION_METRICS) -> Table:
-    """SPEC §7 ablation at one scale: four arms + the interaction term, per metric."""
+    """method §7 ablation at one scale: four arms + the interaction term, per metric."""
     ok = usable_replicates(reps)
     metrics = list(metrics)  # all of them always (stable columns); an absent metric's cells say "missing"
     header = ["arm", "seeds", *metrics, "excluded replicates"]
     rows, records = [], []
-    for arm in ARM_ORDER:
+    for arm in ARMS:
         seeds = sorted(int(s) for s in ok[(ok["scale"] == scale) & (ok["arm"] == arm)]["seed"]) if not ok.empty else []
         cells = {m: metric_cell(ok, scale, arm, m) for m in metrics}
         ex = excluded_by_arm(reps, scale, arm)
@@ -273,7 +274,7 @@ def ablation_table(reps: pd.DataFrame, scale: str, metrics=ABLATION_METRICS) -> 
             rec[f"{m}_spread"] = "seeds" if not cells[m].missing else ""
         rec["n_excluded"] = sum(len(s) for s in ex.values())
         records.append(rec)
-    inter = {m: interaction_cell({a: per_seed(ok, scale, a, m) for a in ARM_ORDER}) for m in metrics}
+    inter = {m: interaction_cell({a: per_seed(ok, scale, a, m) for a in ARMS}) for m in metrics}
     methods = sorted({c.note for c in inter.values() if not c.missing})
     rows.append([INTERACTION, " / ".join(methods) or "-", *(inter[m].text() for m in metrics), "-"])
     rec = {"arm": "interaction", "seeds": " / ".join(methods)}
@@ -304,10 +305,10 @@ def replicate_status_table(reps: pd.DataFrame, scales: list[str], arms: list[str
         ok = usable_replicates(sel)
         rec = {
             "scale": scale, "arm": arm, "in_tables": len(ok),
-            "diverged": int((sel["status"] == "diverged").sum()) if len(sel) else 0,
-            "no_test": int(((sel["status"] == "completed") & ~sel["has_test"].astype(bool)).sum()) if len(sel) else 0,
-            "incomplete": int((sel["status"] == "incomplete").sum()) if len(sel) else 0,
-            "unreadable": int((sel["status"] == "unreadable").sum()) if len(sel) else 0,
+            "diverged": int((sel["status"] == DIVERGED).sum()) if len(sel) else 0,
+            "no_test": int(((sel["status"] == COMPLETED) & ~sel["has_test"].astype(bool)).sum()) if len(sel) else 0,
+            "incomplete": int((sel["status"] == INCOMPLETE).sum()) if len(sel) else 0,
+            "unreadable": int((sel["status"] == UNREADABLE).sum()) if len(sel) else 0,
         }
         records.append(rec)
         rows.append([scale, arm, *(str(rec[k]) for k in ("in_tables", "diverged", "no_test", "incomplete",
@@ -318,19 +319,19 @@ def replicate_status_table(reps: pd.DataFrame, scales: list[str], arms: list[str
 
 def trial_counts_table(trials: pd.DataFrame, scales: list[str], arms: list[str], planned: int) -> Table:
     """Search trials by status per (scale, arm), and the best val_ppl of the completed ones."""
-    header = ["scale", "arm", "planned", *TRIAL_STATUSES, "best val_ppl", "best trial"]
+    header = ["scale", "arm", "planned", *TRIAL_STATES, "best val_ppl", "best trial"]
     rows, records = [], []
     for scale in scales:
         for arm in arms:
             sel = trials[(trials["scale"] == scale) & (trials["arm"] == arm)]
-            counts = {s: int((sel["status"] == s).sum()) for s in TRIAL_STATUSES}
-            done = sel[(sel["status"] == "completed") & sel["best_val_ppl"].notna()]
+            counts = {s: int((sel["status"] == s).sum()) for s in TRIAL_STATES}
+            done = sel[(sel["status"] == COMPLETED) & sel["best_val_ppl"].notna()]
             best = done.loc[done["best_val_ppl"].idxmin()] if not done.empty else None
             rec = {"scale": scale, "arm": arm, "planned": planned, **counts,
                    "best_val_ppl": float(best["best_val_ppl"]) if best is not None else math.nan,
                    "best_trial": best["trial_id"] if best is not None else ""}
             records.append(rec)
-            rows.append([scale, arm, str(planned), *(str(counts[s]) for s in TRIAL_STATUSES),
+            rows.append([scale, arm, str(planned), *(str(counts[s]) for s in TRIAL_STATES),
                          fmt(rec["best_val_ppl"]) if best is not None else "-", rec["best_trial"] or "-"])
     notes = ["stopped_early = stopped by ASHA before the full budget (its best val_ppl is not an objective value); "
              "best val_ppl counts completed trials only."]

@@ -21,6 +21,8 @@ from typing import Any, Literal, Mapping
 import yaml
 
 from distill.errors import ConfigError
+from distill.models import load_scales
+from distill.numbers import parse_number
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 WeightNorm = Literal["mask", "weight"]
@@ -45,7 +47,7 @@ class TrainConfig:
     # "bundled" = the UniProt sample shipped in distill/assets/data.
     data: str = "bundled"
     sequence_column: str = "sequence"
-    # train / val / test fractions of the stable-hash split (SPEC §2).
+    # train / val / test fractions of the stable-hash split (method §2).
     split: tuple[float, float, float] = (0.90, 0.05, 0.05)
     block_size: int = 512
     # Held-out proteins longer than this many tokens are truncated for scoring
@@ -54,13 +56,13 @@ class TrainConfig:
     # Early-stopping validation uses the first N val proteins in hash order
     # (a fixed, deterministic subset); None = the whole val split.
     val_max_proteins: int | None = 256
-    # ---- loss (SPEC §3) -------------------------------------------------
+    # ---- loss (method §3) -------------------------------------------------
     temperature: float = 2.0
     alpha: float = 0.5
     uncertainty: bool = False
     smoothing: float | None = None
     weight_norm: WeightNorm = "mask"
-    # ---- optimisation (SPEC §4) -----------------------------------------
+    # ---- optimisation (method §4) -----------------------------------------
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_steps: int = 0
@@ -82,7 +84,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     output_dir: str = "runs/train"
-    # Score the test split with every SPEC §5 metric when training ends.
+    # Score the test split with every method §5 metric when training ends.
     final_eval: bool = True
     # Sequences sampled for aa_kl_natural / generation throughput at final eval.
     gen_num_sequences: int = 8
@@ -110,6 +112,12 @@ ALIASES = {"learning_rate": "lr", "warmup": "warmup_steps", "steps": "max_steps"
            "smoothing_factor": "smoothing", "use_uncertainty_weighting": "uncertainty",
            "use_calibration_smoothing": "smoothing", "fp16": "precision", "bf16": "precision"}
 _HINTS = typing.get_type_hints(TrainConfig)
+
+
+def did_you_mean(key: Any, allowed, aliases: Mapping[str, str] | None = None) -> str:
+    """" (did you mean 'x'?)" for a mistyped key, from `aliases` first, else the closest allowed name; "" if none."""
+    close = [aliases[key]] if aliases and key in aliases else difflib.get_close_matches(str(key), list(allowed), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _allowed(tp: Any) -> str:
@@ -150,12 +158,8 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
         if isinstance(value, bool):
             return value
         raise ValueError(f"{name}: got {value!r}, allowed: true or false")
-    if isinstance(value, str) and tp in (int, float):
-        # PyYAML (YAML 1.1) reads `1e-3` as a string; accept numeric strings.
-        try:
-            value = float(value)
-        except ValueError:
-            pass
+    if isinstance(value, str) and tp in (int, float) and parse_number(value) is not None:
+        value = parse_number(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
             raise ValueError(f"{name}: got {value!r}, allowed: an integer")
@@ -236,9 +240,8 @@ def config_from_dict(raw: Mapping[str, Any], *, source: str = "config") -> Train
     values: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in FIELDS:
-            close = [ALIASES[key]] if key in ALIASES else difflib.get_close_matches(str(key), FIELDS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(f"{key}: unknown key{hint}; allowed keys: {', '.join(sorted(FIELDS))}")
+            problems.append(f"{key}: unknown key{did_you_mean(key, FIELDS, ALIASES)}; "
+                            f"allowed keys: {', '.join(sorted(FIELDS))}")
             continue
         try:
             values[key] = _coerce(key, value, _HINTS[key])
@@ -247,14 +250,10 @@ def config_from_dict(raw: Mapping[str, Any], *, source: str = "config") -> Train
     if not problems:
         cfg = TrainConfig(**values)
         problems = _range_problems(cfg)
-        if cfg.scale is not None:
-            from distill.models import load_scales  # local: models imports config
-
-            scales = load_scales()
-            if cfg.scale not in scales:
-                problems.append(f"scale: unknown scale {cfg.scale!r}; known: {', '.join(scales)}")
+        if cfg.scale is not None and cfg.scale not in load_scales():
+            problems.append(f"scale: unknown scale {cfg.scale!r}; known: {', '.join(load_scales())}")
     if problems:
-        raise ConfigError(f"invalid {source}:\n  - " + "\n  - ".join(problems))
+        raise ConfigError(problems, source)
     return cfg
 
 

@@ -1,4 +1,4 @@
-"""From a data file to training blocks and held-out batches (SPEC §2).
+"""From a data file to training blocks and held-out batches (method §2).
 
 * Each protein is written the ProtGPT2 way (`protgpt2_text`) and tokenized.
 * Train proteins are concatenated into one token stream and cut into fixed
@@ -35,7 +35,7 @@ CACHE_VERSION = 1
 
 
 def protgpt2_text(seq: str, line_length: int = 60) -> str:
-    """ProtGPT2's format: eos, the sequence in 60-residue lines, eos (SPEC §2)."""
+    """ProtGPT2's format: eos, the sequence in 60-residue lines, eos (method §2)."""
     lines = [seq[i : i + line_length] for i in range(0, len(seq), line_length)]
     return f"{EOS_TEXT}\n" + "\n".join(lines) + f"\n{EOS_TEXT}"
 

@@ -27,6 +27,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from distill.data import prepare_data
 from distill.metrics import student_ppl
+from distill.numbers import dumps
 from distill.optim import make_optimizer, make_scheduler
 from distill.seeding import seed_everything
 
@@ -92,7 +93,7 @@ def train_demo_teacher(out_dir: str | Path, *, steps: int = DEMO_TRAIN["steps"],
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    (out / "train_record.json").write_text(json.dumps(
+    (out / "train_record.json").write_text(dumps(
         {"train": cfg, "arch": DEMO_ARCH, "train_seconds": round(time.time() - t0, 1), "torch": torch.__version__},
         indent=2) + "\n")
     return out
@@ -161,14 +162,14 @@ def measure_demo_teacher(teacher_dir: str | Path) -> dict:
         "params": sum(p.numel() for p in model.parameters()),
         **json.loads((teacher_dir / "train_record.json").read_text()),
     }
-    (teacher_dir / "demo_teacher.json").write_text(json.dumps(figures, indent=2) + "\n")
+    (teacher_dir / "demo_teacher.json").write_text(dumps(figures, indent=2) + "\n")
     return figures
 
 
 def build_demo_teacher(out_dir: str | Path, *, steps: int = DEMO_TRAIN["steps"], log=print) -> dict:
     """`kdsweep demo-teacher`: train, save, then measure and record the figures."""
     figures = measure_demo_teacher(train_demo_teacher(out_dir, steps=steps, log=log))
-    log(json.dumps(figures, indent=2))
+    log(dumps(figures, indent=2))
     if not figures["residue_targets_gap_to_composition"]["ci95_high"] < 0:
         log("WARNING: the demo teacher is not significantly better than the amino-acid composition")
     return figures

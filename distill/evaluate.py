@@ -1,4 +1,4 @@
-"""Every SPEC §5 metric of a student against its teacher on one held-out set.
+"""Every method §5 metric of a student against its teacher on one held-out set.
 
 Used at the end of `kdsweep train` (test split), by `kdsweep evaluate`, and by
 replicate trials. The result is a flat JSON-able dict; see `evaluate_student`.
@@ -13,7 +13,15 @@ from distill.config import TrainConfig, load_config
 from distill.data import HeldOut, heldout_from_file, heldout_split
 from distill.generation import aa_kl_natural, generation_throughput
 from distill.metrics import compression, count_params, score_heldout
-from distill.models import check_vocab, load_teacher, load_tokenizer, resolve_teacher, teacher_logits
+from distill.models import (
+    check_vocab,
+    load_saved_student,
+    load_teacher,
+    load_tokenizer,
+    resolve_teacher,
+    teacher_logits,
+)
+from distill.runtime import resolve_runtime
 
 # Generation throughput is measured at one fixed setting so numbers compare across runs.
 THROUGHPUT_BATCH = 8
@@ -65,14 +73,12 @@ def headline(metrics: dict) -> str:
 def evaluate_dirs(student_dir: str, teacher: str, *, data: str | None = None, device: str = "auto") -> dict:
     """`kdsweep evaluate`: load a saved student and a teacher, score the bundled test split
     (or every protein of `data`), with the student's own eval settings if it has them."""
-    from distill.train import resolve_runtime  # training imports this module
-
     saved = Path(student_dir) / "kdsweep_config.yaml"
     cfg = load_config(saved) if saved.is_file() else TrainConfig()
     cfg = cfg.replace(device=device)
-    rt = resolve_runtime(cfg)
+    rt = resolve_runtime(cfg.precision, cfg.device)
     tokenizer = load_tokenizer(student_dir)
-    student = load_teacher(student_dir, device=rt.device, kind="student")
+    student = load_saved_student(student_dir, device=rt.device)
     teacher_model = load_teacher(resolve_teacher(teacher), device=rt.device)
     check_vocab(tokenizer, teacher_model.config, student.config, tokenizer_name=f"student tokenizer ({student_dir})")
     if data is not None:

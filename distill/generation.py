@@ -1,5 +1,5 @@
 """Sampling proteins from a model: amino-acid composition KL and generation throughput
-(SPEC §5).
+(method §5).
 
 Sampling follows ProtGPT2's recipe: every sample starts from the prompt "<|endoftext|>"
 (one token, bos = eos) and is drawn with top-k 950 and repetition penalty 1.2 until the
@@ -18,14 +18,8 @@ from typing import Iterator, Sequence
 
 import torch
 
-from distill.metrics import (
-    UNIPROT_BACKGROUND,
-    aa_composition,
-    aa_counts,
-    aa_kl,
-    autocast_context,
-    eval_mode,
-)
+from distill.metrics import UNIPROT_BACKGROUND, aa_composition, aa_counts, aa_kl
+from distill.runtime import autocast, eval_mode
 
 PROTGPT2_TOP_K = 950
 PROTGPT2_REPETITION_PENALTY = 1.2
@@ -144,7 +138,7 @@ def aa_kl_natural(
     top_k: int = PROTGPT2_TOP_K,
     repetition_penalty: float = PROTGPT2_REPETITION_PENALTY,
 ) -> dict:
-    """Amino-acid composition KL of sampled proteins (SPEC §5).
+    """Amino-acid composition KL of sampled proteins (method §5).
 
     Returns `aa_kl_natural` = KL(p_gen ‖ held-out composition), `aa_kl_uniprot` =
     KL(p_gen ‖ UNIPROT_BACKGROUND), `aa_gen_residues` (standard residues sampled) and
@@ -221,7 +215,7 @@ def generation_throughput(
         )
 
     with _seeded(seed, device), eval_mode(model), torch.no_grad(), \
-            autocast_context(device, autocast_dtype):
+            autocast(device, autocast_dtype):
         run(min(warmup_tokens, new_tokens))
         _synchronize(device)
         start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Knowledge-distillation loss (SPEC §3), computed in chunks over positions.
+"""Knowledge-distillation loss (method §3), computed in chunks over positions.
 
 Math
 ----
@@ -66,7 +66,7 @@ IGNORE_INDEX = -100
 WEIGHT_NORMS = ("mask", "weight")
 # Elements (rows * V) per chunk when chunk_rows is not given: 64 MB per fp32 temporary.
 CHUNK_ELEMENTS = 2**24
-# Below this spread of entropies in a sequence, all its weights are 0.5 (SPEC §3.4).
+# Below this spread of entropies in a sequence, all its weights are 0.5 (method §3.4).
 MIN_ENTROPY_RANGE = 1e-8
 
 
@@ -97,7 +97,7 @@ def kd_loss(
     weight_norm: str = "mask",
     chunk_rows: int | None = None,
 ) -> torch.Tensor:
-    """The SPEC §3 distillation loss: a 0-dim tensor, differentiable wrt ``student_logits``.
+    """The method §3 distillation loss: a 0-dim tensor, differentiable wrt ``student_logits``.
 
     See ``kd_loss_terms`` for the arguments.
     """
@@ -120,7 +120,7 @@ def kd_loss_terms(
     weight_norm: str = "mask",
     chunk_rows: int | None = None,
 ) -> KDTerms:
-    """The SPEC §3 loss and its parts.
+    """The method §3 loss and its parts.
 
     Args:
         student_logits: (B, L, V), unshifted; any float dtype (fp16/bf16 are
@@ -200,7 +200,7 @@ def teacher_entropy(shifted_teacher_logits: torch.Tensor, *, chunk_rows: int) ->
 
 
 def uncertainty_weights(entropy: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-position weights in [0.5, 1] from teacher entropies (SPEC §3.4).
+    """Per-position weights in [0.5, 1] from teacher entropies (method §3.4).
 
     ``entropy`` and ``mask`` are (B, L'); min and max are taken per sequence over
     positions where ``mask`` is True. A sequence whose valid entropies span less
@@ -368,7 +368,7 @@ def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _combine(hard: torch.Tensor, soft: torch.Tensor, temperature: float,
              alpha: float) -> torch.Tensor:
-    """SPEC §3.7: alpha * hard + (1 - alpha) * tau**2 * soft."""
+    """method §3.7: alpha * hard + (1 - alpha) * tau**2 * soft."""
     return alpha * hard + (1.0 - alpha) * temperature**2 * soft
 
 

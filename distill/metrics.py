@@ -1,4 +1,4 @@
-"""Held-out metrics of SPEC §5: perplexity, KL to the teacher, calibration, compression
+"""Held-out metrics of method §5: perplexity, KL to the teacher, calibration, compression
 and amino-acid composition.
 
 Scoring convention (shared by every metric here). A batch holds one protein per row,
@@ -18,12 +18,13 @@ The teacher is only ever seen through `teacher_logits_fn(input_ids, attention_ma
 
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
+
+from distill.runtime import autocast, eval_mode
 
 TeacherLogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -44,29 +45,6 @@ _SWISSPROT_PERCENT = {
 UNIPROT_BACKGROUND = np.array([_SWISSPROT_PERCENT[a] for a in STANDARD_AA], dtype=np.float64)
 UNIPROT_BACKGROUND /= UNIPROT_BACKGROUND.sum()
 UNIPROT_BACKGROUND.setflags(write=False)
-
-
-# --------------------------------------------------------------------------------------
-# Model-running helpers (shared with distill.generation)
-# --------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Run `model` in eval mode (no dropout), then restore the caller's train/eval mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
-def autocast_context(device: torch.device, dtype: torch.dtype | None):
-    """`torch.autocast` to `dtype` on `device`, or a no-op when dtype is None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 # --------------------------------------------------------------------------------------
@@ -140,7 +118,7 @@ class _Calibration:
 
 
 class HeldOutScorer:
-    """Accumulates the held-out metrics of SPEC §5 over batches of logits.
+    """Accumulates the held-out metrics of method §5 over batches of logits.
 
     `with_teacher=False` scores the student alone (no ppl_ratio / kl_teacher); then
     `update` must get `teacher_logits=None`.
@@ -288,7 +266,7 @@ def _run_scorer(
         for batch in batches:
             input_ids = batch["input_ids"].to(device)  # (B, L)
             attention_mask = batch["attention_mask"].to(device)  # (B, L)
-            with autocast_context(device, autocast_dtype):
+            with autocast(device, autocast_dtype):
                 student_logits = model(
                     input_ids=input_ids, attention_mask=attention_mask, use_cache=False
                 ).logits  # (B, L, V)
@@ -313,7 +291,7 @@ def score_heldout(
     autocast_dtype: torch.dtype | None = None,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
 ) -> dict:
-    """Every held-out metric of SPEC §5 that needs logits, student vs teacher.
+    """Every held-out metric of method §5 that needs logits, student vs teacher.
 
     `student_model` must already be on `device`; it runs in eval mode (its previous mode
     is restored) under `torch.autocast(autocast_dtype)` if one is given.

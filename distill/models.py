@@ -1,4 +1,4 @@
-"""Teacher loading, student construction from scale presets, tokenizer checks (SPEC §1).
+"""Teacher loading, student construction from scale presets, tokenizer checks (method §1).
 
 The teacher is any causal LM `transformers` can load from a hub id or a local
 directory (`trust_remote_code=False`), returned frozen and in eval mode. The
@@ -21,8 +21,6 @@ ASSETS = Path(__file__).parent / "assets"
 SCALES_FILE = ASSETS / "scales.yaml"
 DEMO_TEACHER_DIR = ASSETS / "demo-teacher"
 PROTGPT2_TOKENIZER_DIR = ASSETS / "protgpt2-tokenizer"
-PROTGPT2_HUB_ID = "nferruz/ProtGPT2"
-PROTGPT2_PARAMS = 774_030_080  # SPEC §1, sum(p.numel()) with tied weights once
 
 
 @lru_cache(maxsize=1)
@@ -66,10 +64,10 @@ def load_tokenizer(name: str):
     return tok
 
 
-def load_teacher(name: str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None, *, kind: str = "teacher"):
-    """A frozen, eval-mode causal LM (SPEC §1); `kind` names it in errors ("student" for evaluation)."""
+def load_frozen_model(name: str, *, role: str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None):
+    """A frozen, eval-mode causal LM from a directory or hub id (method §1); `role` names it in errors."""
     model = _load(
-        kind,
+        role,
         name,
         lambda n: AutoModelForCausalLM.from_pretrained(n, trust_remote_code=False, dtype=dtype),
     )
@@ -77,8 +75,18 @@ def load_teacher(name: str, device: torch.device | str = "cpu", dtype: torch.dty
     return model.to(device)
 
 
+def load_teacher(name: str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None):
+    """The frozen teacher (method §1)."""
+    return load_frozen_model(name, role="teacher", device=device, dtype=dtype)
+
+
+def load_saved_student(path: str, device: torch.device | str = "cpu"):
+    """A student saved by `kdsweep train` (its `student/` folder), frozen for evaluation."""
+    return load_frozen_model(path, role="student", device=device)
+
+
 def student_config(teacher_config, *, n_layer: int, n_head: int, n_embd: int, dropout: float = 0.1) -> GPT2Config:
-    """GPT-2 config with the teacher's vocab, positions and special ids (SPEC §1)."""
+    """GPT-2 config with the teacher's vocab, positions and special ids (method §1)."""
     if n_embd % n_head:
         raise ConfigError(f"n_embd: {n_embd} is not divisible by n_head {n_head}")
     n_positions = getattr(teacher_config, "n_positions", None) or getattr(teacher_config, "max_position_embeddings")

@@ -1,4 +1,4 @@
-"""AdamW and the linear warmup + linear decay schedule (SPEC §4), shared by every training loop."""
+"""AdamW and the linear warmup + linear decay schedule (method §4), shared by every training loop."""
 
 from __future__ import annotations
 

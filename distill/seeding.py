@@ -1,4 +1,4 @@
-"""Seed python, numpy and torch together (SPEC §4), and capture/restore their RNG states."""
+"""Seed python, numpy and torch together (method §4), and capture/restore their RNG states."""
 
 from __future__ import annotations
 

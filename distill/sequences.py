@@ -1,4 +1,4 @@
-"""Read protein sequences from FASTA (plain/gzip) or tables, validate and deduplicate (SPEC §2).
+"""Read protein sequences from FASTA (plain/gzip) or tables, validate and deduplicate (method §2).
 
 Three input kinds are recognised:
 

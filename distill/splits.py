@@ -1,4 +1,4 @@
-"""Deterministic train/val/test split by a stable hash of each item (SPEC §2).
+"""Deterministic train/val/test split by a stable hash of each item (method §2).
 
 A protein lands in the same split on every machine, run and Python version:
 the split depends only on SHA-256 of its sequence (not on file order, not on

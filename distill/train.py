@@ -1,4 +1,4 @@
-"""One distillation run, written out (SPEC §3–§4): no framework Trainer.
+"""One distillation run, written out (method §3–§4): no framework Trainer.
 
 `run_training(cfg, report=...)` trains a student against a frozen teacher:
 
@@ -6,7 +6,7 @@
         for each micro-batch:                       # gradient accumulation
             s = student(x).logits                   # (b, T, V), autocast on CUDA
             t = teacher_logits(teacher, x)          # (b, T, V), the one teacher door
-            loss = kd_loss(s, t, x, ...) / accum    # SPEC §3, shift inside
+            loss = kd_loss(s, t, x, ...) / accum    # method §3, shift inside
             scaler.scale(loss).backward()
         unscale, clip, optimizer + scheduler step
         every eval_interval: val ppl -> JSONL log -> checkpoint -> report(...)
@@ -20,21 +20,18 @@ slice of every global batch and gradients are averaged by DDP.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.distributed as dist
 
 from distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from distill.config import TrainConfig, dump_config
 from distill.data import ProteinData, prepare_data
 from distill.errors import ConfigError
+from distill.evaluate import evaluate_student
 from distill.loss import kd_loss_terms
 from distill.metrics import student_ppl
 from distill.models import (
@@ -47,53 +44,22 @@ from distill.models import (
     teacher_logits,
 )
 from distill.optim import make_optimizer, make_scheduler
-from distill.runlog import RunLog, read_log
+from distill.rundir import (
+    CHECKPOINTS_DIR,
+    COMPLETED,
+    CONFIG_NAME,
+    DIVERGED,
+    STUDENT_DIR,
+    RunLog,
+    RunResult,
+    finished_run,
+    save_student,
+    write_summary,
+)
+from distill.runtime import Runtime, resolve_runtime
 from distill.seeding import seed_everything
 
 ReportFn = Callable[[dict, "str | None"], None]
-
-
-@dataclass
-class RunResult:
-    status: str  # "completed" | "diverged"
-    step: int  # last optimizer step taken (diverged: the step whose loss was non-finite)
-    best_val_ppl: float
-    best_step: int
-    run_dir: Path
-    history: list[dict] = field(default_factory=list)
-    final_metrics: dict | None = None
-
-
-@dataclass
-class Runtime:
-    """Where and how tensors run: device, autocast dtype, process rank."""
-
-    device: torch.device
-    precision: str  # resolved: "fp32" | "bf16" | "fp16"
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def autocast_dtype(self) -> torch.dtype | None:
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-
-    def autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
-
-def resolve_runtime(cfg: TrainConfig) -> Runtime:
-    """SPEC §4: fp16/bf16 autocast on CUDA (bf16 where supported), fp32 on CPU unless asked."""
-    cuda = torch.cuda.is_available() and cfg.device != "cpu"
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: 'cuda' was asked for but no CUDA device is visible")
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-    device = torch.device(f"cuda:{torch.cuda.current_device()}" if cuda else "cpu")
-    precision = cfg.precision
-    if precision == "auto":
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
-    return Runtime(device, precision, rank, world)
 
 
 def accumulation_steps(cfg: TrainConfig, world_size: int) -> int:
@@ -136,15 +102,11 @@ class BlockOrder:
 
 
 def _heldout_ppl(student, data: ProteinData, cfg: TrainConfig, rt: Runtime, pad_id: int) -> dict:
-    """Early-stopping metric: student perplexity at tau = 1 on the fixed val subset (SPEC §6)."""
+    """Early-stopping metric: student perplexity at tau = 1 on the fixed val subset (method §6)."""
     val = data.val.subset(cfg.val_max_proteins)
     max_tokens = cfg.max_eval_tokens or student.config.n_positions
-    was_training = student.training
-    student.eval()
-    out = student_ppl(student, val.batches(cfg.eval_batch_size, max_tokens, pad_id), device=rt.device,
-                      autocast_dtype=rt.autocast_dtype)
-    student.train(was_training)
-    return out
+    return student_ppl(student, val.batches(cfg.eval_batch_size, max_tokens, pad_id), device=rt.device,
+                       autocast_dtype=rt.autocast_dtype)
 
 
 def run_training(
@@ -155,16 +117,16 @@ def run_training(
     log: Callable[[str], None] = print,
 ) -> RunResult:
     """Train one student; see the module docstring. Resumes from `resume_from` or the run's latest checkpoint."""
-    rt = resolve_runtime(cfg)
+    rt = resolve_runtime(cfg.precision, cfg.device)
     is_main = rt.rank == 0
     run_dir = Path(cfg.output_dir)
-    ckpt_root = run_dir / "checkpoints"
+    ckpt_root = run_dir / CHECKPOINTS_DIR
     finished = finished_run(run_dir)
     if finished is not None:
         # A run that already ended (e.g. just before a driver kill, so Tune restarts it):
         # report its final row again and do not train a second time.
         if report is not None:
-            report(finished.history[-1], None)
+            report(finished.last_row, None)
         log(f"{run_dir} already {finished.status} at step {finished.step}; not training again")
         return finished
     seed_everything(cfg.seed)
@@ -209,15 +171,18 @@ def run_training(
         # Starting from step 0: rows an attempt killed before its first checkpoint wrote are
         # about to be produced again; drop them so every step appears once.
         runlog.truncate_after(0)
-        dump_config(cfg, run_dir / "config.yaml")
+        dump_config(cfg, run_dir / CONFIG_NAME)
         runlog.append({"event": "start", "step": 0, "total_steps": steps, "params": sum(p.numel() for p in student.parameters()),
                        "data": data.info, "precision": rt.precision, "world_size": rt.world_size})
 
     # ---- the loop ---------------------------------------------------------
     model.train()
     t0, tokens_seen = time.time(), 0
-    window = {"loss": 0.0, "hard": 0.0, "soft": 0.0, "n": 0}
+    # Running sums of (loss, hard, soft) per optimizer step, kept on the device: the host reads
+    # them only at evaluation, so the step itself never waits for the device.
+    window, window_steps = torch.zeros(3, dtype=torch.float64, device=rt.device), 0
     for step in range(start_step, steps):
+        step_terms = torch.zeros(3, dtype=torch.float64, device=rt.device)
         for micro in range(accum):
             idx = order.indices(step, cfg.batch_size, rt.rank, rt.world_size, micro, cfg.micro_batch_size)
             x = data.train_blocks[idx].to(rt.device)  # (b, T): inputs and labels (every position valid)
@@ -232,15 +197,16 @@ def run_training(
                 loss = terms.loss
                 if cfg.inject_nan_at_step is not None and step == cfg.inject_nan_at_step:
                     loss = loss * float("nan")
-                if not torch.isfinite(loss):
-                    return _diverged(cfg, runlog, report, run_dir, step, best, log)
                 # Mean over the accumulated micro-batches: divide each by accum.
                 scaler.scale(loss / accum).backward()
-            window["loss"] += loss.item() / accum
-            window["hard"] += float(terms.hard) / accum
-            window["soft"] += float(terms.soft) / accum
+            step_terms += torch.stack([loss.detach(), terms.hard, terms.soft]).double() / accum
             tokens_seen += x.numel() * rt.world_size
-        window["n"] += 1
+        # method §4: a non-finite loss ends the run, before its gradients reach the weights
+        # (one host sync per optimizer step).
+        if not torch.isfinite(step_terms[0]):
+            return _diverged(runlog, report, run_dir, step, best, log)
+        window += step_terms
+        window_steps += 1
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
         scaler.step(optimizer)
@@ -254,13 +220,13 @@ def run_training(
             if val["ppl"] < best["val_ppl"]:
                 best = {"val_ppl": val["ppl"], "step": done}
             elapsed = time.time() - t0
-            n = max(window["n"], 1)
+            train_loss, train_hard, train_soft = (window / max(window_steps, 1)).tolist()
             row = {
                 "step": done,
                 "tokens": done * cfg.batch_size * cfg.block_size,
-                "train_loss": window["loss"] / n,
-                "train_hard": window["hard"] / n,
-                "train_soft": window["soft"] / n,
+                "train_loss": train_loss,
+                "train_hard": train_hard,
+                "train_soft": train_soft,
                 "grad_norm": float(grad_norm),
                 "lr": scheduler.get_last_lr()[0],
                 "val_ppl": val["ppl"],
@@ -270,7 +236,8 @@ def run_training(
                 "tokens_per_s": tokens_seen / max(elapsed, 1e-9),
                 "done_training": done == steps,
             }
-            window = {"loss": 0.0, "hard": 0.0, "soft": 0.0, "n": 0}
+            window.zero_()
+            window_steps = 0
             ckpt_dir = None
             if is_main:
                 runlog.append(row)
@@ -281,63 +248,25 @@ def run_training(
             if report is not None:
                 report(row, ckpt_dir)
 
-    result = RunResult("completed", steps, best["val_ppl"], best["step"], run_dir)
+    result = RunResult(COMPLETED, steps, best["val_ppl"], best["step"], run_dir)
     if is_main:
-        save_student(student, tokenizer, run_dir / "student", cfg)
+        save_student(student, tokenizer, run_dir / STUDENT_DIR, cfg)
         if cfg.final_eval:
-            from distill.evaluate import evaluate_student  # heavy: sampling + full-vocab metrics
-
             result.final_metrics = evaluate_student(student, teacher, tokenizer, data.test, cfg=cfg, runtime=rt)
             runlog.append({"event": "test", "step": steps, **result.final_metrics})
         write_summary(result)
     return result
 
 
-def finished_run(run_dir: Path) -> RunResult | None:
-    """The RunResult of a run folder whose metrics.json says it ended, else None."""
-    path = run_dir / "metrics.json"
-    if not path.is_file():
-        return None
-    summary = json.loads(path.read_text())
-    rows = read_log(run_dir)
-    final = [r for r in rows if r.get("event") == "diverged" or ("val_ppl" in r and "event" not in r)]
-    if not final:
-        return None
-    last = dict(final[-1])
-    if last.get("event") == "diverged":
-        last["val_ppl"] = float("inf")
-    return RunResult(summary["status"], summary["step"], float(summary["best_val_ppl"]), summary["best_step"],
-                     run_dir, history=[last], final_metrics=summary.get("test"))
-
-
-def write_summary(result: RunResult) -> Path:
-    """`<run>/metrics.json`: status, best val ppl and its step, and the test metrics if any."""
-    path = result.run_dir / "metrics.json"
-    summary = {"status": result.status, "step": result.step, "best_val_ppl": result.best_val_ppl,
-               "best_step": result.best_step, "test": result.final_metrics}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def _diverged(cfg, runlog, report, run_dir, step, best, log) -> RunResult:
-    """SPEC §4: a non-finite loss ends the run as `diverged` with its step; it never continues."""
-    row = {"event": "diverged", "step": step, "status": "diverged", "best_val_ppl": best["val_ppl"],
+def _diverged(runlog: RunLog | None, report: ReportFn | None, run_dir: Path, step: int, best: dict, log) -> RunResult:
+    """method §4: a non-finite loss ends the run as `diverged` with its step; it never continues."""
+    row = {"event": DIVERGED, "step": step, "status": DIVERGED, "best_val_ppl": best["val_ppl"],
            "best_step": best["step"], "done_training": False, "diverged": True}
     log(f"diverged: non-finite loss at step {step}")
-    result = RunResult("diverged", step, best["val_ppl"], best["step"], run_dir)
+    result = RunResult(DIVERGED, step, best["val_ppl"], best["step"], run_dir, last_row=row)
     if runlog:
         runlog.append(row)
         write_summary(result)
     if report is not None:
         report({**row, "val_ppl": float("inf")}, None)
     return result
-
-
-def save_student(student, tokenizer, out: Path, cfg: TrainConfig) -> None:
-    """A folder `AutoModelForCausalLM/AutoTokenizer.from_pretrained` load directly."""
-    out.mkdir(parents=True, exist_ok=True)
-    student.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    dump_config(cfg, out / "kdsweep_config.yaml")

@@ -1,1 +1,2 @@
-"""kdsweep.sweeps: Ray Tune + Optuna orchestration, CLI and export."""
+"""kdsweep.sweeps: Ray Tune + Optuna orchestration, and the Ray-free reading of a sweep
+(`layout`, `space`, `study`, `status`, `export`). Comments cite `docs/method.md` as `method §N`."""

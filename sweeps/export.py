@@ -13,13 +13,8 @@ from pathlib import Path
 from distill.config import dump_config
 from distill.data import file_sha256, resolve_data_path
 from distill.errors import ConfigError
-from sweeps.layout import SweepDir
-from sweeps.searcher import ATTR_BEST_STEP, ATTR_TRIAL
-from sweeps.status import best_trial, study_trials
-
-
-def export_name(scale: str, arm: str) -> str:
-    return f"{scale}__{arm}.yaml"
+from sweeps.layout import SweepDir, config_file_name
+from sweeps.study import ATTR_BEST_STEP, ATTR_TRIAL, best_trial, study_trials
 
 
 def export_best(sd: SweepDir, out_dir: str | Path, *, train_root: str = "runs/final") -> list[Path]:
@@ -43,8 +38,9 @@ def export_best(sd: SweepDir, out_dir: str | Path, *, train_root: str = "runs/fi
             "data_sha256": data_hash,
         }
         cfg = space.trial_config(study, dict(best.params),
-                                 f"{train_root}/{study.scale}__{study.arm}", provenance=provenance)
-        path = out / export_name(study.scale, study.arm)
+                                 f"{train_root}/{Path(config_file_name(study.scale, study.arm)).stem}",
+                                 provenance=provenance)
+        path = out / config_file_name(study.scale, study.arm)
         dump_config(cfg, path, header=f"kdsweep sweep export {sd.name}: best {study.name} "
                                       f"(val_ppl {best.value:.4f}); train with: kdsweep train --config {path.name}")
         written.append(path)

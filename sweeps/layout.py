@@ -1,29 +1,56 @@
-"""A sweep's folder: `<storage>/<name>/`.
+"""A sweep's folder, `<storage>/<name>/`, and every file and folder name in it.
 
-    space.yaml      the validated search space the sweep runs (copied at start)
-    sweep.json      name, created, git commit, storage URL, executor
-    optuna.db       Optuna studies, one per (scale, arm) (unless storage_url is set)
-    tune/           Ray Tune experiment (restorable; TensorBoard event files per trial)
-    runs/<trial>/   kdsweep's own run folder per trial: config.yaml, metrics.jsonl (full history), metrics.json
-    train/          Ray Train run storage (ray_train executor only)
+    space.yaml              the validated search space the sweep runs (copied at start)
+    sweep.json              name, created, git commit, executor; storage URL only when the user set one
+    optuna.db               Optuna studies, one per (scale, arm) (unless search.storage_url is set)
+    tune/                   Ray Tune experiment (restorable; TensorBoard event files per trial)
+    runs/<trial>/           kdsweep's own run folder per search trial (see distill/rundir.py)
+    replicates/<scale>__<arm>__seed<k>/   the replicate runs of `sweep replicate`
+    train/                  Ray Train run storage (ray_train executor only)
+    analysis/               `kdsweep analyze` output
+
+Nothing else in the code spells these names. Paths are derived from where the
+folder is now, so a sweep folder that was moved or copied works where it is
+(its default Optuna database is the `optuna.db` beside `sweep.json`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from distill.errors import ConfigError
+from distill.numbers import dumps
 
 DEFAULT_STORAGE = "kdsweep_runs"
+_SEED_DIR = re.compile(r"^seed(\d+)$")
 
 
 def storage_root(storage: str | None) -> Path:
     """Absolute (Tune needs it): --storage, else $KDSWEEP_STORAGE, else ./kdsweep_runs."""
     return Path(storage or os.environ.get("KDSWEEP_STORAGE") or DEFAULT_STORAGE).expanduser().resolve()
+
+
+def replicate_name(scale: str, arm: str, seed: int) -> str:
+    return f"{scale}__{arm}__seed{seed}"
+
+
+def parse_replicate_name(name: str) -> tuple[str, str, int] | None:
+    """Inverse of `replicate_name`: '<scale>__<arm>__seed<k>' (the scale may hold '_')."""
+    parts = name.rsplit("__", 2)
+    if len(parts) != 3:
+        return None
+    m = _SEED_DIR.match(parts[2])
+    return (parts[0], parts[1], int(m.group(1))) if m else None
+
+
+def config_file_name(scale: str, arm: str) -> str:
+    """The file `sweep export` (and `analyze`) writes for one (scale, arm)."""
+    return f"{scale}__{arm}.yaml"
 
 
 @dataclass(frozen=True)
@@ -38,6 +65,16 @@ class SweepDir:
     meta_path = property(lambda self: self.root / "sweep.json")
     tune = property(lambda self: self.root / "tune")
     runs = property(lambda self: self.root / "runs")
+    replicates = property(lambda self: self.root / "replicates")
+    train_storage = property(lambda self: self.root / "train")
+    analysis = property(lambda self: self.root / "analysis")
+    default_db = property(lambda self: self.root / "optuna.db")
+
+    def run_dir(self, trial_id: str) -> Path:
+        return self.runs / trial_id
+
+    def replicate_dir(self, scale: str, arm: str, seed: int) -> Path:
+        return self.replicates / replicate_name(scale, arm, seed)
 
     def meta(self) -> dict:
         if not self.meta_path.is_file():
@@ -45,12 +82,24 @@ class SweepDir:
                               "or pass --storage")
         return json.loads(self.meta_path.read_text())
 
-    def storage_url(self) -> str:
-        return self.meta()["storage_url"]
+    def storage_url(self, *, create: bool = False) -> str:
+        """The Optuna storage URL: the user's `search.storage_url`, else this folder's `optuna.db`.
+
+        Only a starting sweep may create the database (`create=True`): everywhere else a missing
+        one is an error, because Optuna would silently create an empty one and a finished sweep
+        would read as all pending.
+        """
+        url = self.meta().get("storage_url")
+        if url:
+            return url
+        if not create and not self.default_db.is_file():
+            raise ConfigError(f"{self.root}: the sweep's Optuna database {self.default_db} is missing; "
+                              "cannot read its trials")
+        return f"sqlite:///{self.default_db}"
 
     def write_meta(self, meta: dict) -> None:
-        tmp = self.meta_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+        tmp = self.meta_path.with_name(f".{self.meta_path.name}.{os.getpid()}.tmp")
+        tmp.write_text(dumps(meta, indent=2) + "\n")
         os.replace(tmp, self.meta_path)
 
 

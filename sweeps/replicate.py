@@ -1,9 +1,9 @@
 """`kdsweep sweep replicate NAME --seeds N`: retrain each study's best config with N seeds.
 
-SPEC §6: best configurations are re-run with several seeds before they enter a
+method §6: best configurations are re-run with several seeds before they enter a
 table. Each replicate is a Ray Tune trial (same executor as the sweep) training
 the best params of one (scale, arm) to the space's full budget with seed k, then
-scoring the **test** split with every SPEC §5 metric (its `metrics.json`).
+scoring the **test** split with every method §5 metric (its `metrics.json`).
 
 Re-running skips replicates whose `metrics.json` says completed; an interrupted
 replicate resumes from the checkpoints in its own folder.
@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import time
 
+from ray import tune
+
 from distill.errors import ConfigError
-from distill.train import finished_run
+from distill.rundir import DIVERGED, finished_run
 from sweeps.layout import SweepDir
+from sweeps.live import LiveTable
 from sweeps.runner import Log, init_ray
-from sweeps.status import best_trial, study_trials
-from sweeps.trial import EXECUTORS, REPLICATES, replicate_name, trial_resources
+from sweeps.study import best_trial, study_trials
+from sweeps.trial import EXECUTORS, trial_resources
 
 
 def replicate_specs(sd: SweepDir, seeds: int) -> tuple[object, list[dict]]:
@@ -37,10 +40,10 @@ def replicate_specs(sd: SweepDir, seeds: int) -> tuple[object, list[dict]]:
 
 
 def is_finished(sd: SweepDir, spec: dict, space) -> bool:
-    """Ended for good: diverged, or completed with its test metrics (`distill.train.finished_run`)."""
+    """Ended for good: diverged, or completed with its test metrics (`distill.rundir.finished_run`)."""
     study = space.study(spec["study"])
-    done = finished_run(sd.root / REPLICATES / replicate_name(study.scale, study.arm, spec["replicate_seed"]))
-    return done is not None and (done.status == "diverged" or bool(done.final_metrics))
+    done = finished_run(sd.replicate_dir(study.scale, study.arm, spec["replicate_seed"]))
+    return done is not None and (done.status == DIVERGED or bool(done.final_metrics))
 
 
 def _replicate_trial(config: dict, *, space, sweep_dir: str) -> None:
@@ -49,10 +52,6 @@ def _replicate_trial(config: dict, *, space, sweep_dir: str) -> None:
 
 def run_replicates(sd: SweepDir, *, seeds: int, address: str | None = None, log: Log = print) -> list[dict]:
     """Run the unfinished replicates; returns the specs that were run."""
-    from ray import tune
-
-    from sweeps.live import LiveTable
-
     if seeds < 1:
         raise ConfigError(f"--seeds: got {seeds}, allowed: >= 1")
     space, specs = replicate_specs(sd, seeds)

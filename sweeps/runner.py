@@ -1,4 +1,4 @@
-"""Run or resume a sweep: Ray Tune + per-study Optuna TPE + per-study ASHA (SPEC §6).
+"""Run or resume a sweep: Ray Tune + per-study Optuna TPE + per-study ASHA (method §6).
 
 One Tune experiment holds every (scale, arm) study: the searcher hands out
 trials round-robin across studies and caps the trials in flight, and on a
@@ -10,14 +10,22 @@ storage, are first settled against the trials Tune's snapshot will run.
 
 from __future__ import annotations
 
-
 import os
 import time
 from typing import Callable
 
+import ray
+from ray import tune
+
 from distill.errors import ConfigError
-from sweeps.layout import SweepDir, git_commit, storage_root
+from distill.train import total_steps
+from sweeps.layout import SweepDir, git_commit, open_sweep, storage_root
+from sweeps.live import LiveTable
+from sweeps.scheduler import PerStudyASHA
+from sweeps.searcher import StudySearcher, reconcile_with_tune
 from sweeps.space import SearchSpace, dump_space, load_space
+from sweeps.study import existing_studies
+from sweeps.trial import EXECUTORS, trial_resources
 
 Log = Callable[[str], None]
 
@@ -26,8 +34,6 @@ def init_ray(address: str | None, log: Log):
     # Checkpointing every eval (for exact resume) trips Tune's "snapshotting too often" warning
     # on short trials; it is expected here, so keep the console readable.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    import ray
-
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
@@ -40,14 +46,6 @@ def init_ray(address: str | None, log: Log):
 
 
 def _tuner(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool, log: Log):
-    from ray import tune
-
-    from distill.train import total_steps
-    from sweeps.live import LiveTable
-    from sweeps.scheduler import PerStudyASHA
-    from sweeps.searcher import StudySearcher
-    from sweeps.trial import EXECUTORS, trial_resources
-
     executor = EXECUTORS[space.search["executor"]]
     trainable = tune.with_resources(tune.with_parameters(executor, space=space, sweep_dir=str(sd.root)),
                                     trial_resources(space))
@@ -83,45 +81,38 @@ def run_sweep(space: SearchSpace, *, name: str | None = None, storage: str | Non
     if sd.meta_path.exists():
         raise ConfigError(f"sweep {name!r} already exists in {sd.root.parent}; "
                           f"resume it with `kdsweep sweep resume {name}` or pick another --name")
-    storage_url = space.search["storage_url"] or f"sqlite:///{sd.root / 'optuna.db'}"
     if space.search["storage_url"]:
-        from sweeps.searcher import existing_studies
-
         # The searcher counts a study's trials from the storage: a reused name would inherit them.
-        if taken := existing_studies(storage_url, name):
+        if taken := existing_studies(space.search["storage_url"], name):
             raise ConfigError(f"search.storage_url already holds studies of a sweep named {name!r} "
                               f"({', '.join(taken)}); pick another --name")
     sd.root.mkdir(parents=True, exist_ok=True)
     dump_space(space, sd.space)
+    # storage_url null = the optuna.db beside sweep.json, wherever the folder is later moved.
     sd.write_meta({"name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git_commit(),
-                   "storage_url": storage_url, "executor": space.search["executor"], "source": space.source,
-                   "total_trials": space.total_trials, "state": "running"})
-    return _fit(space, sd, storage_url, restore=False, address=address, log=log)
+                   "storage_url": space.search["storage_url"], "executor": space.search["executor"],
+                   "source": space.source, "total_trials": space.total_trials, "state": "running"})
+    return _fit(space, sd, sd.storage_url(create=True), restore=False, address=address, log=log)
 
 
 def resume_sweep(name: str, *, storage: str | None = None, address: str | None = None, log: Log = print) -> SweepDir:
     """Continue a sweep whose driver was killed or interrupted."""
-    sd = SweepDir(storage_root(storage) / name)
-    meta = sd.meta()
+    sd = open_sweep(name, storage)
     if not sd.tune.is_dir():
         raise ConfigError(f"sweep {name!r} has no Tune experiment to resume in {sd.tune}")
-    from sweeps.searcher import reconcile_with_tune
-
     space = load_space(sd.space)
-    orphaned = reconcile_with_tune(space, sd.name, meta["storage_url"],
-                                   {t.trial_id for t in tune_unfinished(sd)})
+    storage_url = sd.storage_url()
+    orphaned = reconcile_with_tune(space, sd.name, storage_url, {t.trial_id for t in tune_unfinished(sd)})
     if orphaned:
         log(f"{len(orphaned)} trial(s) started after Tune's last snapshot were lost and will be run again: "
             + ", ".join(orphaned))
-    return _fit(space, sd, meta["storage_url"], restore=True, address=address, log=log)
+    return _fit(space, sd, storage_url, restore=True, address=address, log=log)
 
 
 def tune_unfinished(sd: SweepDir) -> list:
     """The trials Tune's newest experiment snapshot holds as unfinished: what a resume runs again
     (errored trials are not resumed)."""
-    from ray.tune import ExperimentAnalysis
-
-    return [t for t in ExperimentAnalysis(str(sd.tune)).trials if t.status not in ("TERMINATED", "ERROR")]
+    return [t for t in tune.ExperimentAnalysis(str(sd.tune)).trials if t.status not in ("TERMINATED", "ERROR")]
 
 
 def _fit(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool, address: str | None, log: Log) -> SweepDir:

@@ -1,4 +1,4 @@
-"""One Tune searcher over many Optuna studies: one study per (scale, arm) (SPEC §6).
+"""One Tune searcher over many Optuna studies: one study per (scale, arm) (method §6).
 
 Why not Ray's stock `OptunaSearch`: it holds a single study, and it tells
 Optuna that a trial ASHA stopped early is COMPLETE with its truncated score,
@@ -26,50 +26,29 @@ Tune's restored snapshot will run; nothing else is trusted.
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections.abc import Iterable
 
 import optuna
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from sweeps.space import Dist, SearchSpace
-
-METRIC, MODE = "val_ppl", "min"
-# Optuna user-attribute keys kdsweep writes on every trial.
-ATTR_TRIAL, ATTR_STATUS, ATTR_STEP, ATTR_BEST_STEP = "ray_trial_id", "status", "step", "best_step"
-# Status of a trial lost to a driver kill: failed, and not counted against its study's budget.
-ORPHANED = "orphaned"
-
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def optuna_distribution(d: Dist):
-    if d.type == "choice":
-        return CategoricalDistribution(list(d.values))
-    if d.type == "int":
-        return IntDistribution(int(d.low), int(d.high))
-    return FloatDistribution(d.low, d.high, log=d.type == "loguniform")
-
-
-def study_name(sweep: str, study: str) -> str:
-    """Optuna study name: unique per sweep so several sweeps can share one database."""
-    return f"{sweep}:{study}"
-
-
-def open_study(storage_url: str, sweep: str, study: str, seed: int | None = None) -> optuna.Study:
-    sampler = optuna.samplers.TPESampler(seed=seed) if seed is not None else None
-    return optuna.create_study(storage=storage_url, study_name=study_name(sweep, study), direction="minimize",
-                               sampler=sampler, load_if_exists=True)
-
-
-def existing_studies(storage_url: str, sweep: str) -> list[str]:
-    """Studies of a sweep of this name already in the storage (a shared database may hold several sweeps)."""
-    prefix = study_name(sweep, "")
-    return [n for n in optuna.get_all_study_names(storage_url) if n.startswith(prefix)]
+from distill.numbers import dumps
+from distill.rundir import COMPLETED, DIVERGED, STOPPED_EARLY
+from sweeps.space import SearchSpace
+from sweeps.study import (
+    ATTR_BEST_STEP,
+    ATTR_STATUS,
+    ATTR_STEP,
+    ATTR_TRIAL,
+    FAILED,
+    METRIC,
+    MODE,
+    ORPHANED,
+    open_study,
+    optuna_distribution,
+)
 
 
 class StudySearcher(Searcher):
@@ -86,8 +65,8 @@ class StudySearcher(Searcher):
     def _study(self, name: str) -> optuna.Study:
         if name not in self._studies:
             index = [s.name for s in self.space.studies].index(name)
-            self._studies[name] = open_study(self.storage_url, self.sweep, name,
-                                             seed=self.space.search["seed"] * 1000 + index)
+            sampler = optuna.samplers.TPESampler(seed=self.space.search["seed"] * 1000 + index)
+            self._studies[name] = open_study(self.storage_url, self.sweep, name, sampler)
         return self._studies[name]
 
     @property
@@ -151,14 +130,14 @@ class StudySearcher(Searcher):
         # Tune hands the result that made ASHA stop a trial to on_trial_complete, not on_trial_result.
         self._report(name, number, result)
         if error:
-            status, state, value = "failed", TrialState.FAIL, None
+            status, state, value = FAILED, TrialState.FAIL, None
         elif result.get("diverged"):
-            status, state, value = "diverged", TrialState.FAIL, None
+            status, state, value = DIVERGED, TrialState.FAIL, None
         elif result.get("done_training"):
-            status, state, value = "completed", TrialState.COMPLETE, result.get("best_val_ppl", result.get(METRIC))
+            status, state, value = COMPLETED, TrialState.COMPLETE, result.get("best_val_ppl", result.get(METRIC))
         else:
             # ASHA stopped it: PRUNED keeps its intermediate values, and TPE treats it as such.
-            status, state, value = "stopped_early", TrialState.PRUNED, None
+            status, state, value = STOPPED_EARLY, TrialState.PRUNED, None
         trial.set_user_attr(ATTR_STATUS, status)
         for key, attr in (("step", ATTR_STEP), ("best_step", ATTR_BEST_STEP)):
             if key in result:
@@ -179,7 +158,7 @@ class StudySearcher(Searcher):
     # reads the storage again instead (see the module docstring for why).
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "w") as fh:
-            json.dump({"assigned": self.assigned, "live": self.live}, fh)
+            fh.write(dumps({"assigned": self.assigned, "live": self.live}))
 
     def restore(self, checkpoint_path: str) -> None:
         self._assigned = None

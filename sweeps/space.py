@@ -1,4 +1,4 @@
-"""Search-space YAML: typed, validated before Ray starts (SPEC §6).
+"""Search-space YAML: typed, validated before Ray starts (method §6).
 
 A space says what to distill (teacher, data, scales, enhancement arms), which
 hyperparameters to search and how (distributions, per scale and per arm),
@@ -13,7 +13,6 @@ the study's central confound was that only the enhanced runs were re-tuned.
 from __future__ import annotations
 
 import copy
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,17 @@ from typing import Any
 import yaml
 
 from distill.config import FIELDS as TRAIN_FIELDS
-from distill.config import TrainConfig, config_from_dict, read_yaml_mapping
+from distill.config import TrainConfig, config_from_dict, did_you_mean, read_yaml_mapping
 from distill.errors import ConfigError
 from distill.models import load_scales
+from distill.numbers import parse_number
 
 SEARCH_SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
-# arm -> (uncertainty weighting on, calibration smoothing on)   SPEC §6
-ARMS = {"baseline": (False, False), "uncertainty": (True, False), "calibration": (False, True), "both": (True, True)}
+BASELINE = "baseline"
+# arm -> (uncertainty weighting on, calibration smoothing on)   method §6
+ARMS = {BASELINE: (False, False), "uncertainty": (True, False), "calibration": (False, True), "both": (True, True)}
+ENHANCED_ARMS = tuple(a for a in ARMS if a != BASELINE)
 SEARCHABLE = ("lr", "warmup_steps", "temperature", "alpha", "smoothing")
 DIST_TYPES = ("loguniform", "uniform", "int", "choice")
 EXECUTORS = ("local", "ray_train")
@@ -119,21 +121,10 @@ class SearchSpace:
 
 
 class _Problems(list):
+    """The problems found so far, each a line naming its key."""
+
     def unknown(self, where: str, key: str, allowed) -> None:
-        close = difflib.get_close_matches(str(key), list(allowed), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        self.append(f"{where}{key}: unknown key{hint}; allowed: {', '.join(allowed)}")
-
-
-def _num(v) -> float | None:
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, str):  # YAML 1.1 reads 1e-3 as a string
-        try:
-            return float(v)
-        except ValueError:
-            return None
-    return float(v) if isinstance(v, (int, float)) else None
+        self.append(f"{where}{key}: unknown key{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}")
 
 
 def _parse_dist(key: str, raw: Any, p: _Problems) -> Dist | None:
@@ -154,7 +145,7 @@ def _parse_dist(key: str, raw: Any, p: _Problems) -> Dist | None:
             p.append(f"{key}.values: choice needs a non-empty list of values")
             return None
         return Dist("choice", values=tuple(values))
-    low, high = _num(raw.get("low")), _num(raw.get("high"))
+    low, high = parse_number(raw.get("low")), parse_number(raw.get("high"))
     if low is None or high is None:
         p.append(f"{key}: {kind} needs numeric low and high (got low={raw.get('low')!r}, high={raw.get('high')!r})")
         return None
@@ -177,7 +168,7 @@ def _check_param_values(key: str, name: str, dist: Dist, p: _Problems) -> None:
         try:
             config_from_dict({name: int(v) if dist.type == "int" else v})
         except ConfigError as e:
-            p.append(f"{key}: value {v!r} out of range ({str(e).split(': ', 2)[-1].strip()})")
+            p.append(f"{key}: value {v!r} out of range ({e.problems[0].removeprefix(f'{name}: ')})")
             return
 
 
@@ -199,26 +190,20 @@ def _parse_params(where: str, raw: Any, p: _Problems) -> dict[str, Dist]:
     return out
 
 
-def _merged(raw: dict, key: str, allowed: dict, p: _Problems) -> dict:
+def _merged(raw: dict, key: str, defaults: dict, p: _Problems) -> dict:
+    """A settings section over its defaults; unknown keys are problems."""
     section = raw.get(key) or {}
     if not isinstance(section, dict):
         p.append(f"{key}: expected a mapping")
-        return dict(allowed)
+        return dict(defaults)
     for k in section:
-        if k not in allowed:
-            p.unknown(f"{key}.", k, list(allowed))
-    return {**allowed, **{k: v for k, v in section.items() if k in allowed}}
+        if k not in defaults:
+            p.unknown(f"{key}.", k, list(defaults))
+    return {**defaults, **{k: v for k, v in section.items() if k in defaults}}
 
 
-def parse_space(raw: Any, source: str = "search space") -> SearchSpace:
-    """Validate a search-space mapping; raise ConfigError listing every problem."""
-    p = _Problems()
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level")
-    for k in raw:
-        if k not in TOP_KEYS:
-            p.unknown("", k, TOP_KEYS)
-
+def _parse_targets(raw: dict, p: _Problems) -> tuple[list, list]:
+    """`scales` and `arms`: what is distilled."""
     known_scales = load_scales()
     scales = raw.get("scales")
     if not isinstance(scales, list) or not scales:
@@ -234,11 +219,14 @@ def parse_space(raw: Any, source: str = "search space") -> SearchSpace:
     for i, a in enumerate(arms):
         if a not in ARMS:
             p.append(f"arms[{i}]: unknown arm {a!r}; allowed: {', '.join(ARMS)}")
-    for key in ("scales", "arms"):
-        seq = raw.get(key) or []
-        if isinstance(seq, list) and len(set(map(str, seq))) != len(seq):
+    for key, seq in (("scales", scales), ("arms", arms)):
+        if len(set(map(str, seq))) != len(seq):
             p.append(f"{key}: listed twice: {sorted({x for x in seq if seq.count(x) > 1})}")
+    return scales, arms
 
+
+def _parse_searched(raw: dict, scales: list, arms: list, p: _Problems):
+    """`params`, `scale_params`, `arm_params`: the distributions, and where smoothing is searched."""
     base = _parse_params("params", raw.get("params"), p)
     given = raw.get("params") if isinstance(raw.get("params"), dict) else {}
     missing = [k for k in ("lr", "warmup_steps", "temperature", "alpha") if k not in given]
@@ -266,22 +254,30 @@ def parse_space(raw: Any, source: str = "search space") -> SearchSpace:
             "smoothing" in v for v in per_scale.values())
         if not has:
             p.append(f"params.smoothing: required because arm {a!r} smooths (e.g. {{type: loguniform, low: 0.01, high: 0.2}})")
+    return base, per_scale, per_arm
 
+
+def _parse_train(raw: dict, p: _Problems) -> dict:
+    """`train`: the fixed TrainConfig settings every trial shares."""
     train = raw.get("train") or {}
     if not isinstance(train, dict):
         p.append("train: expected a mapping of fixed training settings")
-        train = {}
+        return {}
+    before = len(p)
     for k in train:
         if k in TRIAL_SET:
             p.append(f"train.{k}: set by the sweep itself (searched, or from teacher/data/scales/arms); remove it here")
         elif k not in TRAIN_FIELDS:
             p.unknown("train.", k, sorted(set(TRAIN_FIELDS) - set(TRIAL_SET)))
-    if not any(msg.startswith("train.") for msg in p):
+    if len(p) == before:
         try:
-            config_from_dict({**train}, source="train")
+            config_from_dict(train, source="train")
         except ConfigError as e:
-            p.extend("train." + line.strip()[2:] for line in str(e).splitlines()[1:])
+            p.extend(f"train.{problem}" for problem in e.problems)
+    return dict(train)
 
+
+def _parse_search(raw: dict, p: _Problems) -> dict:
     search = _merged(raw, "search", SEARCH_DEFAULTS, p)
     for k in ("trials_per_study", "max_concurrent", "grace_period", "max_failures"):
         v = search[k]
@@ -293,22 +289,42 @@ def parse_space(raw: Any, source: str = "search space") -> SearchSpace:
         p.append(f"search.seed: got {search['seed']!r}, allowed: an integer")
     if search["executor"] not in EXECUTORS:
         p.append(f"search.executor: got {search['executor']!r}, allowed: {', '.join(EXECUTORS)}")
+    return search
+
+
+def _parse_resources(raw: dict, executor: str, p: _Problems) -> dict:
     resources = _merged(raw, "resources", RESOURCE_DEFAULTS, p)
     if not isinstance(resources["workers"], int) or resources["workers"] < 1:
         p.append(f"resources.workers: got {resources['workers']!r}, allowed: an integer >= 1")
-    if _num(resources["cpus_per_worker"]) is None or resources["cpus_per_worker"] <= 0:
+    cpus = parse_number(resources["cpus_per_worker"])
+    if cpus is None or cpus <= 0:
         p.append(f"resources.cpus_per_worker: got {resources['cpus_per_worker']!r}, allowed: a number > 0")
-    g = _num(resources["gpus_per_worker"])
-    if g is None or g < 0:
+    gpus = parse_number(resources["gpus_per_worker"])
+    if gpus is None or gpus < 0:
         p.append(f"resources.gpus_per_worker: got {resources['gpus_per_worker']!r}, allowed: a number >= 0")
-    if resources["workers"] != 1 and search["executor"] == "local":
+    if resources["workers"] != 1 and executor == "local":
         p.append("resources.workers: > 1 needs search.executor: ray_train (DDP across workers)")
+    return resources
 
+
+def parse_space(raw: Any, source: str = "search space") -> SearchSpace:
+    """Validate a search-space mapping; raise ConfigError listing every problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    p = _Problems()
+    for k in raw:
+        if k not in TOP_KEYS:
+            p.unknown("", k, TOP_KEYS)
     for key in ("teacher", "data", "name"):
         if key in raw and not isinstance(raw[key], str):
             p.append(f"{key}: expected a string, got {raw[key]!r}")
+    scales, arms = _parse_targets(raw, p)
+    base, per_scale, per_arm = _parse_searched(raw, scales, arms, p)
+    train = _parse_train(raw, p)
+    search = _parse_search(raw, p)
+    resources = _parse_resources(raw, search["executor"], p)
     if p:
-        raise ConfigError(f"invalid search space {source}:\n  - " + "\n  - ".join(p))
+        raise ConfigError(p, f"search space {source}")
 
     studies = []
     for s in scales:
@@ -325,7 +341,7 @@ def parse_space(raw: Any, source: str = "search space") -> SearchSpace:
         scales=tuple(scales),
         arms=tuple(arms),
         studies=tuple(studies),
-        train=dict(train),
+        train=train,
         search=search,
         resources=resources,
         source=source,

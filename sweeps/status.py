@@ -1,46 +1,13 @@
 """`kdsweep sweep status`: per (scale, arm) study, trials by state and the best so far.
 
-Read from the Optuna storage alone (no Ray): a completed trial is COMPLETE, a
-trial ASHA stopped is PRUNED, and FAIL trials carry a `status` user attribute
-("diverged", "failed", or "orphaned" when a driver kill lost it before Tune
-saved it; orphans do not count against the budget).
+Read from the Optuna storage alone (no Ray; states as `sweeps.study` defines them).
+Orphaned trials (lost to a driver kill before Tune saved them) are not counted.
 """
 
 from __future__ import annotations
 
-import math
-
-from optuna.trial import TrialState
-
 from sweeps.layout import SweepDir
-from sweeps.searcher import ATTR_BEST_STEP, ATTR_STATUS, ATTR_TRIAL, ORPHANED, open_study
-from sweeps.space import load_space
-
-STATES = ("running", "stopped_early", "completed", "diverged", "failed")
-
-
-def trial_status(t) -> str:
-    if t.state == TrialState.COMPLETE:
-        return "completed"
-    if t.state == TrialState.PRUNED:
-        return "stopped_early"
-    if t.state == TrialState.RUNNING:
-        return "running"
-    if t.state == TrialState.FAIL:
-        return t.user_attrs.get(ATTR_STATUS, "failed")
-    return t.state.name.lower()
-
-
-def study_trials(sd: SweepDir):
-    """(space, {study name: [FrozenTrial]}) for every study of the sweep."""
-    space = load_space(sd.space)
-    url = sd.storage_url()
-    return space, {s.name: open_study(url, sd.name, s.name).get_trials(deepcopy=False) for s in space.studies}
-
-
-def best_trial(trials):
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
-    return min(done, key=lambda t: t.value) if done else None
+from sweeps.study import ATTR_BEST_STEP, ATTR_TRIAL, ORPHANED, TRIAL_STATES, best_trial, study_trials, trial_status
 
 
 def sweep_status(sd: SweepDir) -> list[dict]:
@@ -48,7 +15,7 @@ def sweep_status(sd: SweepDir) -> list[dict]:
     rows = []
     for s in space.studies:
         trials = [t for t in by_study[s.name] if trial_status(t) != ORPHANED]
-        counts = {k: sum(trial_status(t) == k for t in trials) for k in STATES}
+        counts = {k: sum(trial_status(t) == k for t in trials) for k in TRIAL_STATES}
         best = best_trial(trials)
         rows.append({
             "study": s.name, "scale": s.scale, "arm": s.arm, "planned": space.search["trials_per_study"],

@@ -22,14 +22,9 @@ import ray.tune
 from ray.train import Checkpoint
 
 from distill.config import TrainConfig, config_from_dict
+from distill.train import run_training
+from sweeps.layout import SweepDir
 from sweeps.space import SearchSpace
-
-RUNS = "runs"
-REPLICATES = "replicates"
-
-
-def replicate_name(scale: str, arm: str, seed: int) -> str:
-    return f"{scale}__{arm}__seed{seed}"
 
 
 def trial_train_config(space: SearchSpace, config: dict, sweep_dir: str, trial_id: str) -> TrainConfig:
@@ -40,14 +35,15 @@ def trial_train_config(space: SearchSpace, config: dict, sweep_dir: str, trial_i
     it retrains that study's best params with that seed in
     `replicates/<scale>__<arm>__seed<k>` and ends with the test-split metrics.
     """
+    sd = SweepDir(Path(sweep_dir))
     study = space.study(config["study"])
     params = {k: config[k] for k in study.params}
-    provenance = {"sweep": Path(sweep_dir).name, "trial_id": trial_id, "study": study.name,
+    provenance = {"sweep": sd.name, "trial_id": trial_id, "study": study.name,
                   "optuna_number": config.get("optuna_number")}
     seed = config.get("replicate_seed")
     if seed is None:
-        return space.trial_config(study, params, str(Path(sweep_dir) / RUNS / trial_id), provenance=provenance)
-    run_dir = Path(sweep_dir) / REPLICATES / replicate_name(study.scale, study.arm, seed)
+        return space.trial_config(study, params, str(sd.run_dir(trial_id)), provenance=provenance)
+    run_dir = sd.replicate_dir(study.scale, study.arm, seed)
     return space.trial_config(study, params, str(run_dir), seed=seed, final_eval=True,
                               provenance={**provenance, "replicate_seed": seed})
 
@@ -70,8 +66,6 @@ def _limit_threads(cpus: float) -> None:
 
 def local_trial(config: dict, *, space: SearchSpace, sweep_dir: str) -> None:
     """Tune function: train in this process, report through `ray.tune.report`."""
-    from distill.train import run_training
-
     _limit_threads(space.resources["cpus_per_worker"])
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = trial_train_config(space, config, sweep_dir, trial_id)
@@ -85,8 +79,6 @@ def local_trial(config: dict, *, space: SearchSpace, sweep_dir: str) -> None:
 
 def _train_worker(loop_config: dict) -> None:
     """Ray Train worker: every rank runs the loop; DDP is set up by TorchTrainer."""
-    from distill.train import run_training
-
     _limit_threads(loop_config["cpus"])
     cfg = config_from_dict(loop_config["cfg"])
 
@@ -115,7 +107,7 @@ def ray_train_trial(config: dict, *, space: SearchSpace, sweep_dir: str) -> None
         torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
         run_config=ray.train.RunConfig(
             name=f"train-{trial_id}",  # fixed per trial: a restored trial resumes this run
-            storage_path=str(Path(sweep_dir) / "train"),
+            storage_path=str(SweepDir(Path(sweep_dir)).train_storage),
             callbacks=[TuneReportCallback()],
         ),
     )

@@ -42,7 +42,7 @@ SPACE = {
                "executor": "local"},
 }
 def kdsweep(args: list[str], env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
-    p = subprocess.run([sys.executable, "-m", "sweeps.cli", *args], env=env, capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "kdsweep", *args], env=env, capture_output=True, text=True,
                        timeout=timeout, cwd=Path(__file__).resolve().parents[2])
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return p
@@ -73,15 +73,12 @@ def sweep(tmp_path_factory) -> SweepDir:
 
 @pytest.fixture
 def sweep_copy(sweep, tmp_path):
-    """A private copy of the session sweep (the Optuna DB path is absolute in sweep.json: re-point it)."""
+    """A private copy of the session sweep (a copied sweep folder works where it is: its Optuna
+    database is the optuna.db beside its sweep.json)."""
 
     def make(name: str = "copy") -> SweepDir:
         root = tmp_path / name / sweep.name
         shutil.copytree(sweep.root, root, ignore=shutil.ignore_patterns("analysis", "checkpoints", "student"))
-        sd = SweepDir(root)
-        meta = sd.meta()
-        meta["storage_url"] = meta["storage_url"].replace(str(sweep.root), str(root))
-        sd.write_meta(meta)
-        return sd
+        return SweepDir(root)
 
     return make

@@ -19,11 +19,11 @@ from optuna.trial import TrialState
 from analysis.load import history_frame, replicates_frame, trials_frame
 from analysis.plots import aggregate_bins
 from analysis.report import analyze
-from distill.runlog import read_log
-from sweeps.cli import main
-from sweeps.export import export_name
-from sweeps.searcher import open_study
+from distill.rundir import read_log
+from kdsweep.cli import main
+from sweeps.layout import config_file_name
 from sweeps.space import load_space
+from sweeps.study import open_study
 
 pytestmark = pytest.mark.ray
 
@@ -256,7 +256,7 @@ def test_plots_html_and_configs(sweep, analysis):
     # every study has a completed trial -> its config was exported; each scale names one to train
     assert set(analysis["configs"]) == {f"{s}/{a}" for s in SCALES for a in ARMS}
     for scale, rec in analysis["recommended"].items():
-        assert rec["config"].name == export_name(scale, rec["arm"]) and rec["config"].is_file()
+        assert rec["config"].name == config_file_name(scale, rec["arm"]) and rec["config"].is_file()
         assert f"configs/{rec['config'].name}" in refs
     assert {(r["scale"], r["arm"]) for r in analysis["summary"]} == {(s, a) for s in SCALES for a in ARMS}
 
@@ -324,7 +324,7 @@ def diverged_run(sweep, tmp_path) -> Path:
     """A real diverged run: the exported best demo-xs/baseline config, NaN injected after the first eval."""
     from sweeps.export import export_best
 
-    [cfg] = [p for p in export_best(sweep, tmp_path / "cfg") if p.name == export_name("demo-xs", "baseline")]
+    [cfg] = [p for p in export_best(sweep, tmp_path / "cfg") if p.name == config_file_name("demo-xs", "baseline")]
     out = tmp_path / "diverged"
     assert main(["train", "--config", str(cfg), "--set", "inject_nan_at_step=5", "--set", "seed=2",
                  "--out", str(out)]) == 1

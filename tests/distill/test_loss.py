@@ -1,4 +1,4 @@
-"""Tests of distill/loss.py against a naive, unchunked reference written from SPEC §3."""
+"""Tests of distill/loss.py against a naive, unchunked reference written from method §3."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from distill.loss import (
 )
 
 PROTGPT2_VOCAB = 50_257
-# (uncertainty, smoothing) for the four arms of SPEC §6.
+# (uncertainty, smoothing) for the four arms of method §6.
 ARMS = {
     "baseline": (False, None),
     "uncertainty": (True, None),
@@ -31,7 +31,7 @@ WEIGHT_NORMS = ("mask", "weight")
 
 
 def reference_kd_loss(s, t, y, *, temperature, alpha, uncertainty, smoothing, weight_norm):
-    """SPEC §3 step by step with plain autograd; everything (B, L', V) is materialized."""
+    """method §3 step by step with plain autograd; everything (B, L', V) is materialized."""
     tau = temperature
     s, t, y = s[:, :-1], t[:, :-1], y[:, 1:]  # position i predicts token i + 1
     m = (y != -100).to(s.dtype)  # (B, L')

@@ -1,4 +1,4 @@
-"""distill.metrics against naive per-protein reference implementations (SPEC §5)."""
+"""distill.metrics against naive per-protein reference implementations (method §5)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ PROTGPT2 = GPT2Config(vocab_size=50257, n_positions=1024, bos_token_id=0, eos_to
 
 @pytest.mark.parametrize("scale, params_m", [("micro", 16.29), ("tiny", 38.87), ("small", 81.91)])
 def test_spec_scale_presets_match_spec_param_counts(scale, params_m):
-    # SPEC §1 table: HF parameter counts for the ProtGPT2 vocabulary.
+    # method §1 table: HF parameter counts for the ProtGPT2 vocabulary.
     student = build_student(PROTGPT2, student_sizes(scale, None, None, None))
     assert round(count_params(student) / 1e6, 2) == params_m
     assert student.config.activation_function == "gelu_new" and student.config.resid_pdrop == 0.1

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from distill.checkpoint import latest_checkpoint
-from distill.runlog import RunLog, read_log
+from distill.rundir import RunLog, read_log
 from distill.train import run_training
 from tests.fixtures import tiny_config
 

@@ -10,7 +10,7 @@ import urllib.request
 import optuna
 
 from sweeps.layout import SweepDir
-from sweeps.searcher import open_study
+from sweeps.study import open_study
 
 
 def _free_port() -> int:
@@ -22,13 +22,13 @@ def _free_port() -> int:
 def test_dashboard_serves_the_sweep_storage(tmp_path):
     sd = SweepDir(tmp_path / "mysweep")
     sd.root.mkdir()
-    url = f"sqlite:///{sd.root / 'optuna.db'}"
-    sd.write_meta({"name": "mysweep", "storage_url": url})
+    sd.write_meta({"name": "mysweep", "storage_url": None})
+    url = sd.storage_url(create=True)
     study = open_study(url, "mysweep", "demo-s/both")
     study.add_trial(optuna.trial.create_trial(value=19.5, params={"lr": 1e-3},
                                               distributions={"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}))
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "dashboard", "mysweep", "--storage", str(tmp_path),
+    proc = subprocess.Popen([sys.executable, "-m", "kdsweep", "dashboard", "mysweep", "--storage", str(tmp_path),
                              "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         body = None

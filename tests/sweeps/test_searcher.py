@@ -8,7 +8,8 @@ from optuna.trial import TrialState
 
 from distill.errors import ConfigError
 from sweeps.runner import run_sweep
-from sweeps.searcher import ATTR_STATUS, ORPHANED, StudySearcher, open_study, reconcile_with_tune
+from sweeps.searcher import StudySearcher, reconcile_with_tune
+from sweeps.study import ATTR_STATUS, ORPHANED, open_study
 from sweeps.space import SEARCH_SPACES_DIR, parse_space
 
 

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from distill.errors import ConfigError
-from sweeps.cli import main
+from kdsweep.cli import main
 from sweeps.space import SEARCH_SPACES_DIR, load_space, parse_space, smoke_space
 
 SHIPPED = sorted(SEARCH_SPACES_DIR.glob("*.yaml"))
@@ -37,7 +37,7 @@ def test_protgpt2_space_matches_spec_ranges():
     assert (p["alpha"].low, p["alpha"].high) == (0.1, 0.9)
     assert (p["smoothing"].low, p["smoothing"].high) == (0.01, 0.2)
     assert (p["warmup_steps"].low, p["warmup_steps"].high) == (0, 500)
-    # lr centered per scale, inside SPEC's 5e-5 .. 1e-3 neighbourhood
+    # lr centered per scale, inside the method's 5e-5 .. 1e-3 neighbourhood
     assert s.study("medium/baseline").params["lr"].high < s.study("tiny/baseline").params["lr"].high
 
 

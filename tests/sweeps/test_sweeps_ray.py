@@ -18,11 +18,11 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from distill.runlog import read_log
-from sweeps.cli import main
+from distill.rundir import read_log
+from kdsweep.cli import main
 from sweeps.layout import SweepDir
 from sweeps.runner import tune_unfinished
-from sweeps.searcher import ATTR_STATUS, ORPHANED, open_study
+from sweeps.study import ATTR_STATUS, ORPHANED, open_study
 from sweeps.space import SEARCH_SPACES_DIR
 from tests.fixtures import kill_ray_processes, ray_subprocess_env
 
@@ -61,7 +61,7 @@ def _space_file(tmp_path: Path, name: str, data: Path, teacher: Path, **override
 
 
 def _kdsweep(args, env, timeout=900) -> subprocess.CompletedProcess:
-    p = subprocess.run([sys.executable, "-m", "sweeps.cli", *args], env=env, capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "kdsweep", *args], env=env, capture_output=True, text=True,
                        timeout=timeout)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return p
@@ -132,7 +132,7 @@ def test_sigkill_driver_then_resume(tmp_path, ray_env, small_fasta, char_teacher
     store = tmp_path / "store"
     # Long enough trials (60 steps) that the kill lands mid-trial.
     space = _space_file(tmp_path, "killme", small_fasta, char_teacher, train={"max_steps": 60, "block_size": 256})
-    cmd = [sys.executable, "-m", "sweeps.cli", "sweep", "run", str(space), "--storage", str(store)]
+    cmd = [sys.executable, "-m", "kdsweep", "sweep", "run", str(space), "--storage", str(store)]
     driver = subprocess.Popen(cmd, env=ray_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sd = SweepDir(store / "killme")
     studies = ("demo-xs/baseline", "demo-xs/both")

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from sweeps.cli import main
+from kdsweep.cli import main
 
 TINY = ["--set", "scale=null", "--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=16",
         "--set", "block_size=64", "--set", "batch_size=4", "--set", "micro_batch_size=2",
@@ -88,5 +88,5 @@ def test_bad_input_fails_cleanly(case, needle, tmp_path, char_teacher, protgpt2_
 def test_real_process_exit_code(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("lr: [1, 2\n")
-    p = subprocess.run([sys.executable, "-m", "sweeps.cli", "train", "--config", str(cfg)], capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "kdsweep", "train", "--config", str(cfg)], capture_output=True, text=True)
     assert p.returncode == 2 and "c.yaml: malformed YAML" in p.stderr

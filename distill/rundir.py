@@ -1,0 +1,123 @@
+"""A run's folder: its metric log, its summary, its saved student.
+
+    <run>/config.yaml      the TrainConfig it ran with
+    <run>/metrics.jsonl    one JSON object per line, appended, surviving restarts
+    <run>/metrics.json     the summary, written once the run has ended (`write_summary`)
+    <run>/student/         the trained student (`save_student`), loadable with from_pretrained
+    <run>/checkpoints/     see distill/checkpoint.py
+
+Tune's own result files lose rows reported before a trial restore; the JSONL log
+is the run's complete history. On resume from a checkpoint at step k, rows after
+step k (written by the interrupted attempt, about to be re-run identically) are
+dropped first, so every step appears once. Every file goes through
+`distill.numbers.dumps`: no non-standard JSON (Infinity, NaN) is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from distill.config import TrainConfig, dump_config
+from distill.numbers import dumps
+
+LOG_NAME = "metrics.jsonl"
+SUMMARY_NAME = "metrics.json"
+CONFIG_NAME = "config.yaml"
+STUDENT_DIR = "student"
+CHECKPOINTS_DIR = "checkpoints"
+# How a run ended (its summary's `status`): trained to its full budget, stopped early by a
+# scheduler, or ended by a non-finite loss. The sweep layer adds the states only it can see.
+COMPLETED, STOPPED_EARLY, DIVERGED = "completed", "stopped_early", "diverged"
+
+
+class RunLog:
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / LOG_NAME
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def append(self, row: dict) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(dumps(row) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows with step > `step` (atomic rewrite)."""
+        rows = [r for r in read_log(self.path.parent) if r.get("step", 0) <= step]
+        _write_atomic(self.path, "".join(dumps(r) + "\n" for r in rows))
+
+
+def read_log(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / LOG_NAME
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill mid-write
+    return rows
+
+
+def is_eval_row(row: dict) -> bool:
+    """An evaluation row (val_ppl at a step), as opposed to an event (start, resumed, diverged, test)."""
+    return "val_ppl" in row and "event" not in row and "step" in row
+
+
+def eval_rows(run_dir: str | Path) -> list[dict]:
+    return [r for r in read_log(run_dir) if is_eval_row(r)]
+
+
+@dataclass
+class RunResult:
+    status: str  # COMPLETED | DIVERGED
+    step: int  # last optimizer step taken (diverged: the step whose loss was non-finite)
+    best_val_ppl: float
+    best_step: int
+    run_dir: Path
+    last_row: dict | None = None  # the row the run reported last (eval row, or its diverged event)
+    final_metrics: dict | None = None
+
+
+def write_summary(result: RunResult) -> Path:
+    """`<run>/metrics.json`: status, best val ppl and its step, and the test metrics if any."""
+    path = result.run_dir / SUMMARY_NAME
+    summary = {"status": result.status, "step": result.step, "best_val_ppl": result.best_val_ppl,
+               "best_step": result.best_step, "test": result.final_metrics}
+    _write_atomic(path, dumps(summary, indent=2) + "\n")
+    return path
+
+
+def finished_run(run_dir: Path) -> RunResult | None:
+    """The RunResult of a run folder whose metrics.json says it ended, else None."""
+    path = Path(run_dir) / SUMMARY_NAME
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    final = [r for r in read_log(run_dir) if r.get("event") == DIVERGED or is_eval_row(r)]
+    if not final:
+        return None
+    last = dict(final[-1])
+    if last.get("event") == DIVERGED:
+        last["val_ppl"] = float("inf")
+    return RunResult(summary["status"], summary["step"], float(summary["best_val_ppl"]), summary["best_step"],
+                     Path(run_dir), last_row=last, final_metrics=summary.get("test"))
+
+
+def save_student(student, tokenizer, out: Path, cfg: TrainConfig) -> None:
+    """A folder `AutoModelForCausalLM/AutoTokenizer.from_pretrained` load directly."""
+    out.mkdir(parents=True, exist_ok=True)
+    student.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    dump_config(cfg, out / "kdsweep_config.yaml")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,268 @@
+"""`kdsweep` command line: a flat table of commands, each a thin handler over a library function.
+
+Every layer (`distill`, `sweeps`, `analysis`) sits below this module and none imports
+it. Handlers import their library lazily, so `kdsweep sweep status` never loads Ray
+or torch's training stack. Errors caused by input (bad config, data, model paths)
+print one message and exit 2; nothing is half-written because the libraries
+validate before they write. Ctrl-C prints how to resume and exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from distill.errors import KDSweepError
+from kdsweep import __version__
+
+DESCRIPTION = ("Systematic hyperparameter sweeps for knowledge distillation of protein language models "
+               "(ProtGPT2 -> small GPT-2 students), on Ray Tune + Optuna.")
+WORKFLOW = """typical workflow:
+  kdsweep sweep run search_spaces/demo.yaml      # search: one Optuna study per (scale, arm)
+  kdsweep sweep status demo                      # trials by state, best val_ppl per study
+  kdsweep dashboard demo                         # watch it: optuna-dashboard (+ --tensorboard)
+  kdsweep sweep replicate demo --seeds 3         # retrain each study's best config with new seeds
+  kdsweep analyze demo                           # tables, plots, index.html
+  kdsweep sweep export demo --out best/          # one `kdsweep train` config per (scale, arm)
+"""
+STORAGE_HELP = "folder that holds sweeps (default: $KDSWEEP_STORAGE, else ./kdsweep_runs)"
+ADDRESS_HELP = "Ray cluster address (default: $RAY_ADDRESS, else an embedded local Ray)"
+
+
+def arg(*flags: str, **kwargs) -> tuple[tuple[str, ...], dict]:
+    return flags, kwargs
+
+
+NAME = arg("name", help="sweep name (a folder under --storage)")
+STORAGE = arg("--storage", help=STORAGE_HELP)
+ADDRESS = arg("--address", help=ADDRESS_HELP)
+
+
+@dataclass(frozen=True)
+class Command:
+    handler: Callable[[argparse.Namespace], int]
+    help: str
+    args: list = field(default_factory=list)
+    # What Ctrl-C should tell the user (None: nothing to resume).
+    resume_hint: Callable[[argparse.Namespace], str] | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Handlers: parse -> one library call -> print
+# ---------------------------------------------------------------------------------------------
+
+
+def _train(args) -> int:
+    from distill.config import load_config
+    from distill.evaluate import headline
+    from distill.rundir import COMPLETED, STUDENT_DIR, SUMMARY_NAME
+    from distill.train import run_training
+
+    overrides = list(args.set or [])
+    if args.out:
+        overrides.append(f"output_dir={args.out}")
+    result = run_training(load_config(args.config, overrides))
+    print(f"status: {result.status} at step {result.step}; best val_ppl {result.best_val_ppl:.4f} "
+          f"(step {result.best_step})")
+    if result.final_metrics:
+        print("test split: " + headline(result.final_metrics))
+    print(f"student: {result.run_dir / STUDENT_DIR}\nmetrics: {result.run_dir / SUMMARY_NAME}")
+    return 0 if result.status == COMPLETED else 1
+
+
+def _evaluate(args) -> int:
+    from distill.evaluate import evaluate_dirs, headline
+    from distill.numbers import dumps
+
+    metrics = evaluate_dirs(args.student, args.teacher, data=args.data, device=args.device)
+    print(dumps(metrics, indent=2))
+    print(headline(metrics))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(dumps(metrics, indent=2) + "\n")
+        print(f"written: {args.out}")
+    return 0
+
+
+def _demo_teacher(args) -> int:
+    from distill.demo_teacher import build_demo_teacher
+
+    build_demo_teacher(args.out, **({"steps": args.steps} if args.steps else {}))
+    return 0
+
+
+def _sweep_run(args) -> int:
+    from sweeps.runner import next_steps, run_sweep
+    from sweeps.space import load_space, smoke_space
+    from sweeps.status import format_status, sweep_status
+
+    space = load_space(args.space)  # validated before Ray starts
+    if args.smoke:
+        space = smoke_space(space)
+    sd = run_sweep(space, name=args.name, storage=args.storage, address=args.address)
+    print(format_status(sweep_status(sd)))
+    print(next_steps(sd, args.storage))
+    return 0
+
+
+def _sweep_resume(args) -> int:
+    from sweeps.runner import next_steps, resume_sweep
+    from sweeps.status import format_status, sweep_status
+
+    sd = resume_sweep(args.name, storage=args.storage, address=args.address)
+    print(format_status(sweep_status(sd)))
+    print(next_steps(sd, args.storage))
+    return 0
+
+
+def _sweep_status(args) -> int:
+    from distill.numbers import dumps
+    from sweeps.layout import open_sweep
+    from sweeps.status import format_status, sweep_status
+
+    rows = sweep_status(open_sweep(args.name, args.storage))
+    print(dumps(rows, indent=2) if args.json else format_status(rows))
+    return 0
+
+
+def _sweep_export(args) -> int:
+    from sweeps.export import export_best
+    from sweeps.layout import open_sweep
+
+    for path in export_best(open_sweep(args.name, args.storage), args.out):
+        print(f"written: {path}   (kdsweep train --config {path})")
+    return 0
+
+
+def _sweep_replicate(args) -> int:
+    from sweeps.layout import open_sweep
+    from sweeps.replicate import run_replicates
+
+    sd = open_sweep(args.name, args.storage)
+    run_replicates(sd, seeds=args.seeds, address=args.address)
+    flag = f" --storage {args.storage}" if args.storage else ""
+    print(f"replicates: {sd.replicates}\nnext: kdsweep analyze {args.name}{flag}")
+    return 0
+
+
+def _analyze(args) -> int:
+    from analysis.report import analyze, summary_lines
+    from sweeps.layout import open_sweep
+
+    print("\n".join(summary_lines(analyze(open_sweep(args.name, args.storage), args.out))))
+    return 0
+
+
+def _dashboard(args) -> int:
+    from sweeps.dashboard import serve_dashboard
+    from sweeps.layout import open_sweep
+
+    return serve_dashboard(open_sweep(args.name, args.storage), port=args.port, print_only=args.print_only)
+
+
+def _train_resume_hint(args) -> str:
+    out = args.out or "the same --out"
+    return f"interrupted; run the same command again to resume {out} from its last checkpoint"
+
+
+def _sweep_resume_hint(args) -> str:
+    flag = f" --storage {args.storage}" if args.storage else ""
+    name = getattr(args, "name", None) or "NAME"
+    return f"interrupted; continue with: kdsweep sweep resume {name}{flag}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The command table
+# ---------------------------------------------------------------------------------------------
+
+COMMANDS: dict[str, Command] = {
+    "train": Command(_train, "run one distillation (demo teacher, bundled data and demo-s student by default)", [
+        arg("--config", help="YAML config (every key: distill/config.py; a `sweep export` file works unchanged)"),
+        arg("--set", action="append", metavar="KEY=VALUE", help="override one config key (repeatable)"),
+        arg("--out", help="output directory (same as --set output_dir=...; default: runs/train)"),
+    ], _train_resume_hint),
+    "evaluate": Command(_evaluate, "every held-out metric of a saved student against a teacher", [
+        arg("--student", required=True, help="student directory (`student/` of a `kdsweep train` run)"),
+        arg("--teacher", required=True, help="teacher directory or hub id ('demo' = the bundled demo teacher)"),
+        arg("--data", help="score every protein of this file (default: the bundled test split)"),
+        arg("--out", help="also write the metrics as JSON to this file"),
+        arg("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run"),
+    ]),
+    "sweep run": Command(_sweep_run, "start a sweep from a search-space YAML", [
+        arg("space", help="search-space YAML, or the name of one in search_spaces/ (e.g. demo)"),
+        arg("--name", help="sweep name (default: the space's name)"),
+        STORAGE, ADDRESS,
+        arg("--smoke", action="store_true", help="smallest run that exercises every part (one scale, 16 steps)"),
+    ], _sweep_resume_hint),
+    "sweep resume": Command(_sweep_resume, "continue a sweep whose driver was killed or interrupted",
+                            [NAME, STORAGE, ADDRESS], _sweep_resume_hint),
+    "sweep status": Command(_sweep_status, "trials by state and the best val_ppl per (scale, arm)", [
+        NAME, STORAGE, arg("--json", action="store_true", help="print JSON instead of a table")]),
+    "sweep export": Command(_sweep_export, "write the best config of each (scale, arm) for `kdsweep train`", [
+        NAME, STORAGE, arg("--out", required=True, help="folder to write <scale>__<arm>.yaml into")]),
+    "sweep replicate": Command(_sweep_replicate, "retrain each (scale, arm)'s best config with N new seeds", [
+        NAME, STORAGE, ADDRESS, arg("--seeds", type=int, default=3, help="replicates per (scale, arm)")],
+        _sweep_resume_hint),
+    "analyze": Command(_analyze, "tables (md/csv/tex), plots, configs and index.html of a sweep", [
+        NAME, STORAGE, arg("--out", help="output folder (default: <sweep>/analysis)")]),
+    "dashboard": Command(_dashboard, "serve optuna-dashboard for a sweep; print how to open TensorBoard/Ray's", [
+        NAME, STORAGE, arg("--port", type=int, default=8080, help="optuna-dashboard port on 127.0.0.1"),
+        arg("--print-only", action="store_true", help="print the commands, serve nothing")]),
+    "demo-teacher": Command(_demo_teacher, "(re)build the bundled CPU demo teacher (about an hour on 2 cores)", [
+        arg("--out", default=str(Path(__file__).resolve().parent.parent / "distill" / "assets" / "demo-teacher"),
+            help="output folder"),
+        arg("--steps", type=int, default=None, help="training steps (default: the committed teacher's)")]),
+}
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows every option's default and keeps the workflow epilog's line breaks."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdsweep", description=DESCRIPTION, epilog=WORKFLOW,
+                                     formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"kdsweep {__version__}")
+    groups: dict[str, argparse._SubParsersAction] = {"": parser.add_subparsers(dest="command", required=True,
+                                                                               metavar="COMMAND")}
+    for path, cmd in COMMANDS.items():
+        *parents, leaf = path.split()
+        prefix = ""
+        for part in parents:  # e.g. "sweep" of "sweep run": a group parser made once
+            key = f"{prefix} {part}".strip()
+            if key not in groups:
+                group = groups[prefix].add_parser(part, help=f"{part} commands", formatter_class=_HelpFormatter)
+                groups[key] = group.add_subparsers(dest=f"{key}_command", required=True, metavar="COMMAND")
+            prefix = key
+        sub = groups[prefix].add_parser(leaf, help=cmd.help, description=cmd.help, formatter_class=_HelpFormatter)
+        for flags, kwargs in cmd.args:
+            sub.add_argument(*flags, **kwargs)
+        sub.set_defaults(command_=cmd)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cmd: Command = args.command_
+    try:
+        return cmd.handler(args)
+    except KDSweepError as e:
+        print(f"kdsweep: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        hint = cmd.resume_hint(args) if cmd.resume_hint else "interrupted"
+        print(f"\nkdsweep: {hint}", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # Output piped into `head` and closed: not an error. Point stdout at devnull so the
+        # interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

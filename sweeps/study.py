@@ -1,0 +1,87 @@
+"""The Optuna side of a sweep, without Ray: one study per (scale, arm), its trials and their states.
+
+Everything that reads a sweep (`status`, `export`, `analyze`, the dashboard) goes
+through this module and `sweeps.layout`, so reading a finished sweep never
+imports Ray. The Tune searcher (`sweeps.searcher`) writes what this reads.
+
+Trial states, one vocabulary everywhere (status, analysis, live view, docs):
+
+    running        handed out, not ended
+    completed      trained to its full budget (Optuna COMPLETE)
+    stopped_early  stopped by ASHA before its full budget (Optuna PRUNED)
+    diverged       ended by a non-finite loss (Optuna FAIL, user attribute status)
+    failed         crashed, retries exhausted (Optuna FAIL)
+    orphaned       lost to a driver kill before Tune saved it; not counted (Optuna FAIL)
+"""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from distill.rundir import COMPLETED, DIVERGED, STOPPED_EARLY
+from sweeps.layout import SweepDir
+from sweeps.space import Dist, SearchSpace, load_space
+
+METRIC, MODE = "val_ppl", "min"
+# Optuna user-attribute keys kdsweep writes on every trial.
+ATTR_TRIAL, ATTR_STATUS, ATTR_STEP, ATTR_BEST_STEP = "ray_trial_id", "status", "step", "best_step"
+RUNNING, FAILED, ORPHANED = "running", "failed", "orphaned"
+# Every state a counted trial can be in, in the order tables show them.
+TRIAL_STATES = (RUNNING, STOPPED_EARLY, COMPLETED, DIVERGED, FAILED)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def optuna_distribution(d: Dist):
+    if d.type == "choice":
+        return CategoricalDistribution(list(d.values))
+    if d.type == "int":
+        return IntDistribution(int(d.low), int(d.high))
+    return FloatDistribution(d.low, d.high, log=d.type == "loguniform")
+
+
+def study_name(sweep: str, study: str) -> str:
+    """Optuna study name: unique per sweep so several sweeps can share one database."""
+    return f"{sweep}:{study}"
+
+
+def open_study(storage_url: str, sweep: str, study: str, sampler: optuna.samplers.BaseSampler | None = None
+               ) -> optuna.Study:
+    return optuna.create_study(storage=storage_url, study_name=study_name(sweep, study), direction="minimize",
+                               sampler=sampler, load_if_exists=True)
+
+
+def existing_studies(storage_url: str, sweep: str) -> list[str]:
+    """Studies of a sweep of this name already in the storage (a shared database may hold several sweeps)."""
+    prefix = study_name(sweep, "")
+    return [n for n in optuna.get_all_study_names(storage_url) if n.startswith(prefix)]
+
+
+def trial_status(t: FrozenTrial) -> str:
+    """The kdsweep state of an Optuna trial (see the module docstring)."""
+    if t.state == TrialState.COMPLETE:
+        return COMPLETED
+    if t.state == TrialState.PRUNED:
+        return STOPPED_EARLY
+    if t.state == TrialState.RUNNING:
+        return RUNNING
+    if t.state == TrialState.FAIL:
+        return t.user_attrs.get(ATTR_STATUS, FAILED)
+    return t.state.name.lower()
+
+
+def study_trials(sd: SweepDir) -> tuple[SearchSpace, dict[str, list[FrozenTrial]]]:
+    """(space, {study name: [FrozenTrial]}) for every study of the sweep."""
+    space = load_space(sd.space)
+    url = sd.storage_url()
+    return space, {s.name: open_study(url, sd.name, s.name).get_trials(deepcopy=False) for s in space.studies}
+
+
+def best_trial(trials: list[FrozenTrial]) -> FrozenTrial | None:
+    """The completed trial with the lowest objective, or None."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
+    return min(done, key=lambda t: t.value) if done else None

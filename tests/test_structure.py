@@ -1,0 +1,165 @@
+"""The shape of the code: no import cycles, layers import downwards only, reading a sweep needs no Ray.
+
+Layers, bottom to top: `distill` (one run) < `sweeps` (Ray Tune + Optuna; its reading side
+without Ray) < `analysis` (no Ray) < `kdsweep` (the command line). Imports inside
+functions count: a cycle through a function-local import is still a cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import yaml
+
+from sweeps.layout import SweepDir
+from sweeps.space import SEARCH_SPACES_DIR
+from sweeps.study import ATTR_STATUS, ATTR_TRIAL, open_study
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("kdsweep", "distill", "sweeps", "analysis", "search_spaces")
+# package -> packages it must never import (directly or inside a function)
+FORBIDDEN = {
+    "distill": {"sweeps", "analysis", "kdsweep", "ray"},
+    "sweeps": {"analysis", "kdsweep"},
+    "analysis": {"kdsweep", "ray"},
+}
+
+
+def module_imports() -> dict[str, set[str]]:
+    """{module: every absolute module name it imports, at any depth of its body}."""
+    out = {}
+    for pkg in PACKAGES:
+        for f in (ROOT / pkg).rglob("*.py"):
+            name = ".".join(f.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+            names = set()
+            for node in ast.walk(ast.parse(f.read_text())):
+                if isinstance(node, ast.Import):
+                    names |= {a.name for a in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+            out[name] = names
+    return out
+
+
+def internal_graph(imports: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Module -> the project modules it imports (a `from pkg import name` resolves to pkg.name if a module)."""
+    graph = {}
+    for mod, names in imports.items():
+        edges = set()
+        for n in names:
+            while n and n not in imports:
+                n = n.rpartition(".")[0]
+            if n and n != mod and n not in PACKAGES:
+                edges.add(n)
+        graph[mod] = edges
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, found, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles():
+    assert cycles(internal_graph(module_imports())) == []
+
+
+def test_layers_import_downwards_only():
+    bad = []
+    for mod, names in module_imports().items():
+        top = mod.split(".")[0]
+        for n in names:
+            if n.split(".")[0] in FORBIDDEN.get(top, ()):
+                bad.append(f"{mod} imports {n}")
+    assert bad == []
+
+
+def _finished_sweep(store: Path) -> SweepDir:
+    """A sweep folder as a finished sweep leaves it, made without Ray: space, meta, Optuna studies
+    with a completed and a stopped-early trial in one study."""
+    sd = SweepDir(store / "norays")
+    sd.root.mkdir(parents=True)
+    raw = yaml.safe_load((SEARCH_SPACES_DIR / "demo.yaml").read_text())
+    raw.update(name="norays", scales=["demo-xs"], arms=["baseline"])
+    del raw["params"]["smoothing"]  # no arm here smooths
+    sd.space.write_text(yaml.safe_dump(raw))
+    sd.write_meta({"name": "norays", "storage_url": None, "git_commit": "test"})
+    study = open_study(sd.storage_url(create=True), "norays", "demo-xs/baseline")
+    dists = {"lr": optuna.distributions.FloatDistribution(1e-3, 3e-2, log=True),
+             "warmup_steps": optuna.distributions.IntDistribution(0, 10),
+             "temperature": optuna.distributions.FloatDistribution(1.0, 4.0),
+             "alpha": optuna.distributions.FloatDistribution(0.1, 0.9)}
+    params = {"lr": 3e-3, "warmup_steps": 2, "temperature": 2.0, "alpha": 0.5}
+    study.add_trial(optuna.trial.create_trial(value=19.5, params=params, distributions=dists,
+                                              user_attrs={ATTR_TRIAL: "t1", ATTR_STATUS: "completed"}))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params=params,
+                                              distributions=dists, intermediate_values={10: 25.0},
+                                              user_attrs={ATTR_TRIAL: "t2", ATTR_STATUS: "stopped_early"}))
+    return sd
+
+
+def test_reading_a_sweep_imports_no_ray(tmp_path):
+    sd = _finished_sweep(tmp_path / "store")
+    script = f"""
+import json, sys
+from kdsweep.cli import main
+store = {str(sd.root.parent)!r}
+codes = [main(["sweep", "status", "norays", "--storage", store, "--json"]),
+         main(["sweep", "export", "norays", "--storage", store, "--out", {str(tmp_path / "best")!r}]),
+         main(["analyze", "norays", "--storage", store])]
+print(json.dumps({{"codes": codes, "ray": sorted(m for m in sys.modules if m == "ray" or m.startswith("ray."))}}))
+"""
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    result = json.loads(p.stdout.strip().splitlines()[-1])
+    assert result["codes"] == [0, 0, 0]
+    assert result["ray"] == []
+    assert (tmp_path / "best" / "demo-xs__baseline.yaml").is_file()
+    assert (sd.analysis / "index.html").is_file()
+
+
+def test_a_moved_sweep_folder_reads_its_own_database(tmp_path):
+    sd = _finished_sweep(tmp_path / "a")
+    moved = SweepDir(tmp_path / "b" / "norays")
+    moved.root.parent.mkdir()
+    sd.root.rename(moved.root)
+    assert moved.storage_url() == f"sqlite:///{moved.default_db}"
+    trials = open_study(moved.storage_url(), "norays", "demo-xs/baseline").get_trials()
+    assert [t.value for t in trials] == [19.5, None]
