@@ -10,6 +10,7 @@ validate before they write. Ctrl-C prints how to resume and exits 130.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from dataclasses import dataclass, field
@@ -59,13 +60,20 @@ class Command:
 def _train(args) -> int:
     from distill.config import load_config
     from distill.evaluate import headline
+    from distill.inputs import check_inputs, check_writable_dir
+    from distill.rerun import clear_run
     from distill.rundir import COMPLETED, STUDENT_DIR, SUMMARY_NAME
     from distill.train import run_training
 
     overrides = list(args.set or [])
     if args.out:
         overrides.append(f"output_dir={args.out}")
-    result = run_training(load_config(args.config, overrides))
+    cfg = load_config(args.config, overrides)
+    check_writable_dir(cfg.output_dir, "output_dir (--out)")
+    if args.restart:
+        check_inputs(cfg)  # the old run is deleted only for a new one that can start
+        clear_run(cfg.output_dir)
+    result = run_training(cfg)
     print(f"status: {result.status} at step {result.step}; best val_ppl {result.best_val_ppl:.4f} "
           f"(step {result.best_step})")
     if result.final_metrics:
@@ -76,8 +84,11 @@ def _train(args) -> int:
 
 def _evaluate(args) -> int:
     from distill.evaluate import evaluate_dirs, headline
+    from distill.inputs import check_writable_file
     from distill.numbers import dumps
 
+    if args.out:
+        check_writable_file(args.out, "--out")  # before the work, not after it
     metrics = evaluate_dirs(args.student, args.teacher, data=args.data, device=args.device)
     print(dumps(metrics, indent=2))
     print(headline(metrics))
@@ -130,9 +141,11 @@ def _sweep_status(args) -> int:
 
 
 def _sweep_export(args) -> int:
+    from distill.inputs import check_writable_dir
     from sweeps.export import export_best
     from sweeps.layout import open_sweep
 
+    check_writable_dir(args.out, "--out")
     for path in export_best(open_sweep(args.name, args.storage), args.out):
         print(f"written: {path}   (kdsweep train --config {path})")
     return 0
@@ -184,6 +197,8 @@ COMMANDS: dict[str, Command] = {
         arg("--config", help="YAML config (every key: distill/config.py; a `sweep export` file works unchanged)"),
         arg("--set", action="append", metavar="KEY=VALUE", help="override one config key (repeatable)"),
         arg("--out", help="output directory (same as --set output_dir=...; default: runs/train)"),
+        arg("--restart", action="store_true",
+            help="delete the run already in the output directory (checkpoints, log, summary, student) and start over"),
     ], _train_resume_hint),
     "evaluate": Command(_evaluate, "every held-out metric of a saved student against a teacher", [
         arg("--student", required=True, help="student directory (`student/` of a `kdsweep train` run)"),
@@ -262,6 +277,15 @@ def main(argv: list[str] | None = None) -> int:
         # interpreter's final flush does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # Every file is written atomically (temp file + rename) or append-only, so what is on disk
+        # is whole: free space and run the same command again.
+        print(f"kdsweep: error: no space left on the device writing {e.filename or 'a file'}; "
+              "nothing was left half-written: free space, then run the same command again to resume",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@
 
 from __future__ import annotations
 
+import socket
+
+from distill.errors import ConfigError
 from sweeps.layout import SweepDir
 
 HOST = "127.0.0.1"
@@ -22,7 +25,19 @@ def instructions(sd: SweepDir, port: int) -> str:
     ])
 
 
+def check_port_free(port: int) -> None:
+    """A busy port is one clear line, not a traceback from deep inside the web server."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((HOST, port))
+        except OSError as e:
+            raise ConfigError(f"--port {port}: {HOST}:{port} is not free ({e.strerror}); is a dashboard "
+                              "already running? pick another port with --port") from None
+
+
 def serve_dashboard(sd: SweepDir, *, port: int = 8080, print_only: bool = False) -> int:
+    if not print_only:
+        check_port_free(port)
     print(instructions(sd, port), flush=True)
     if print_only:
         return 0

@@ -19,6 +19,7 @@ from distill.errors import ConfigError
 from distill.rundir import DIVERGED, finished_run
 from sweeps.layout import SweepDir
 from sweeps.live import LiveTable
+from sweeps.preflight import check_inputs_of_space, check_resources
 from sweeps.runner import Log, init_ray
 from sweeps.study import best_trial, study_trials
 from sweeps.trial import EXECUTORS, trial_resources
@@ -55,6 +56,7 @@ def run_replicates(sd: SweepDir, *, seeds: int, address: str | None = None, log:
     if seeds < 1:
         raise ConfigError(f"--seeds: got {seeds}, allowed: >= 1")
     space, specs = replicate_specs(sd, seeds)
+    check_inputs_of_space(space, sd.root.parent, final_eval=True)
     meta = sd.meta()
     meta["replicate_seeds"] = max(seeds, meta.get("replicate_seeds", 0))  # what the analysis should expect
     sd.write_meta(meta)
@@ -63,6 +65,7 @@ def run_replicates(sd: SweepDir, *, seeds: int, address: str | None = None, log:
     if not todo:
         return []
     init_ray(address, log)
+    check_resources(space, log)
     trainable = tune.with_resources(tune.with_parameters(_replicate_trial, space=space, sweep_dir=str(sd.root)),
                                     trial_resources(space))
     tuner = tune.Tuner(

@@ -10,6 +10,8 @@ storage, are first settled against the trials Tune's snapshot will run.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import time
 from typing import Callable
@@ -21,9 +23,12 @@ from distill.errors import ConfigError
 from distill.train import total_steps
 from sweeps.layout import SweepDir, git_commit, open_sweep, storage_root
 from sweeps.live import LiveTable
+from sweeps.preflight import check_inputs_of_space, check_resources
 from sweeps.scheduler import PerStudyASHA
 from sweeps.searcher import StudySearcher, reconcile_with_tune
 from sweeps.space import SearchSpace, dump_space, load_space
+from sweeps.status import sweep_complete
+from sweeps.storage import display, is_sqlite
 from sweeps.study import existing_studies
 from sweeps.trial import EXECUTORS, trial_resources
 
@@ -75,24 +80,28 @@ def _tuner(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool,
 
 def run_sweep(space: SearchSpace, *, name: str | None = None, storage: str | None = None,
               address: str | None = None, log: Log = print) -> SweepDir:
-    """Start a new sweep; refuses to overwrite an existing one (resume it instead)."""
+    """Start a new sweep; refuses to overwrite an existing one (resume it instead).
+
+    Every check (inputs, then the cluster's resources) comes before the sweep folder is written."""
     name = name or space.name
     sd = SweepDir(storage_root(storage) / name)
     if sd.meta_path.exists():
         raise ConfigError(f"sweep {name!r} already exists in {sd.root.parent}; "
                           f"resume it with `kdsweep sweep resume {name}` or pick another --name")
+    check_inputs_of_space(space, sd.root.parent)
     if space.search["storage_url"]:
         # The searcher counts a study's trials from the storage: a reused name would inherit them.
         if taken := existing_studies(space.search["storage_url"], name):
             raise ConfigError(f"search.storage_url already holds studies of a sweep named {name!r} "
                               f"({', '.join(taken)}); pick another --name")
+    start_ray(space, address, space.search["storage_url"], log)
     sd.root.mkdir(parents=True, exist_ok=True)
     dump_space(space, sd.space)
     # storage_url null = the optuna.db beside sweep.json, wherever the folder is later moved.
     sd.write_meta({"name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git_commit(),
                    "storage_url": space.search["storage_url"], "executor": space.search["executor"],
                    "source": space.source, "total_trials": space.total_trials, "state": "running"})
-    return _fit(space, sd, sd.storage_url(create=True), restore=False, address=address, log=log)
+    return _fit(space, sd, sd.storage_url(create=True), restore=False, log=log)
 
 
 def resume_sweep(name: str, *, storage: str | None = None, address: str | None = None, log: Log = print) -> SweepDir:
@@ -102,11 +111,13 @@ def resume_sweep(name: str, *, storage: str | None = None, address: str | None =
         raise ConfigError(f"sweep {name!r} has no Tune experiment to resume in {sd.tune}")
     space = load_space(sd.space)
     storage_url = sd.storage_url()
+    check_inputs_of_space(space, sd.root.parent)
+    start_ray(space, address, sd.meta().get("storage_url"), log)
     orphaned = reconcile_with_tune(space, sd.name, storage_url, {t.trial_id for t in tune_unfinished(sd)})
     if orphaned:
         log(f"{len(orphaned)} trial(s) started after Tune's last snapshot were lost and will be run again: "
             + ", ".join(orphaned))
-    return _fit(space, sd, storage_url, restore=True, address=address, log=log)
+    return _fit(space, sd, storage_url, restore=True, log=log)
 
 
 def tune_unfinished(sd: SweepDir) -> list:
@@ -115,12 +126,47 @@ def tune_unfinished(sd: SweepDir) -> list:
     return [t for t in tune.ExperimentAnalysis(str(sd.tune)).trials if t.status not in ("TERMINATED", "ERROR")]
 
 
-def _fit(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool, address: str | None, log: Log) -> SweepDir:
+class _TuneInterruptMessages(logging.Filter):
+    """Drops Tune's own Ctrl-C messages: they advise `Tuner.restore(...)`; kdsweep says
+    `kdsweep sweep resume NAME` instead (kdsweep/cli.py)."""
+
+    PREFIXES = ("Stop signal received", "Experiment has been interrupted", "Trials did not complete")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.PREFIXES)
+
+
+@contextlib.contextmanager
+def quiet_tune_interrupt():
+    tune_log = logging.getLogger("ray.tune.tune")
+    only = _TuneInterruptMessages()
+    tune_log.addFilter(only)
+    try:
+        yield
+    finally:
+        tune_log.removeFilter(only)
+
+
+def start_ray(space: SearchSpace, address: str | None, storage_url: str | None, log: Log) -> None:
+    """Start or join Ray, then check that the cluster can hold a trial (before Tune waits forever)."""
     init_ray(address, log)
+    check_resources(space, log)
+    if (address or os.environ.get("RAY_ADDRESS")) and (storage_url is None or is_sqlite(storage_url)):
+        log("warning: this sweep joins a Ray cluster but keeps its Optuna studies in SQLite "
+            f"({display(storage_url) if storage_url else 'optuna.db in the sweep folder'}); SQLite is not safe "
+            "for concurrent writers on a network file system: set search.storage_url to a PostgreSQL URL "
+            "(postgresql+psycopg://user:password@host:5432/db, pip install 'kdsweep[postgres]')")
+
+
+def _fit(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool, log: Log) -> SweepDir:
     log(f"sweep {sd.name}: {len(space.studies)} studies x {space.search['trials_per_study']} trials "
         f"({space.search['executor']} executor) -> {sd.root}")
     tuner = _tuner(space, sd, storage_url, restore=restore, log=log)
-    tuner.fit()
+    with quiet_tune_interrupt():
+        tuner.fit()
+    if not sweep_complete(sd):
+        # Tune catches Ctrl-C itself: it saves its state and returns as if the sweep had ended.
+        raise KeyboardInterrupt
     meta = sd.meta()
     meta["state"] = "finished"
     meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

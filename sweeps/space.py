@@ -24,6 +24,7 @@ from distill.config import TrainConfig, config_from_dict, did_you_mean, read_yam
 from distill.errors import ConfigError
 from distill.models import load_scales
 from distill.numbers import parse_number
+from sweeps.storage import storage_url_problem
 
 SEARCH_SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
@@ -289,6 +290,8 @@ def _parse_search(raw: dict, p: _Problems) -> dict:
         p.append(f"search.seed: got {search['seed']!r}, allowed: an integer")
     if search["executor"] not in EXECUTORS:
         p.append(f"search.executor: got {search['executor']!r}, allowed: {', '.join(EXECUTORS)}")
+    if search["storage_url"] is not None and (problem := storage_url_problem(search["storage_url"])):
+        p.append(f"search.storage_url: {problem}")
     return search
 
 

@@ -28,6 +28,11 @@ def sweep_status(sd: SweepDir) -> list[dict]:
     return rows
 
 
+def sweep_complete(sd: SweepDir) -> bool:
+    """Every study has run its whole budget: nothing pending, nothing running."""
+    return all(r["pending"] == 0 and r["running"] == 0 for r in sweep_status(sd))
+
+
 def format_status(rows: list[dict]) -> str:
     head = f"{'study':<26}{'plan':>5}{'pend':>5}{'run':>5}{'stop':>5}{'done':>5}{'div':>5}{'fail':>5}{'best val_ppl':>14}  best params"
     lines = [head]
