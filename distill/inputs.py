@@ -42,8 +42,8 @@ def check_inputs(cfg: TrainConfig) -> dict:
     """Raise a one-line error for anything of `cfg` that would fail the run; returns the data's provenance."""
     teacher = resolve_teacher(cfg.teacher)
     tokenizer_name = cfg.tokenizer or teacher
-    tokenizer = load_tokenizer(tokenizer_name)
     t_config = load_teacher_config(teacher)
+    tokenizer = load_tokenizer(tokenizer_name)
     check_vocab(tokenizer, t_config, tokenizer_name=tokenizer_name)
     s_config = student_config(t_config, dropout=cfg.dropout,
                               **student_sizes(cfg.scale, cfg.n_layer, cfg.n_head, cfg.n_embd))

@@ -9,12 +9,17 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+import optuna
+import yaml
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from distill.config import TrainConfig
 from distill.data import BUNDLED_DATA
 from distill.demo_teacher import build_aa_tokenizer
+from sweeps.layout import SweepDir
+from sweeps.space import SEARCH_SPACES_DIR
+from sweeps.study import ATTR_STATUS, ATTR_TRIAL, open_study
 
 
 def write_real_fasta(path: Path, n: int, max_len: int = 300) -> Path:
@@ -80,3 +85,27 @@ def kill_ray_processes(ray_tmp: str) -> None:
                 p.kill()
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             pass
+
+
+def finished_sweep(store: Path) -> SweepDir:
+    """A sweep folder as a finished sweep leaves it, made without Ray: space, meta, Optuna studies
+    with a completed and a stopped-early trial in one study."""
+    sd = SweepDir(store / "norays")
+    sd.root.mkdir(parents=True)
+    raw = yaml.safe_load((SEARCH_SPACES_DIR / "demo.yaml").read_text())
+    raw.update(name="norays", scales=["demo-xs"], arms=["baseline"])
+    del raw["params"]["smoothing"]  # no arm here smooths
+    sd.space.write_text(yaml.safe_dump(raw))
+    sd.write_meta({"name": "norays", "storage_url": None, "git_commit": "test"})
+    study = open_study(sd.storage_url(create=True), "norays", "demo-xs/baseline")
+    dists = {"lr": optuna.distributions.FloatDistribution(1e-3, 3e-2, log=True),
+             "warmup_steps": optuna.distributions.IntDistribution(0, 10),
+             "temperature": optuna.distributions.FloatDistribution(1.0, 4.0),
+             "alpha": optuna.distributions.FloatDistribution(0.1, 0.9)}
+    params = {"lr": 3e-3, "warmup_steps": 2, "temperature": 2.0, "alpha": 0.5}
+    study.add_trial(optuna.trial.create_trial(value=19.5, params=params, distributions=dists,
+                                              user_attrs={ATTR_TRIAL: "t1", ATTR_STATUS: "completed"}))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params=params,
+                                              distributions=dists, intermediate_values={10: 25.0},
+                                              user_attrs={ATTR_TRIAL: "t2", ATTR_STATUS: "stopped_early"}))
+    return sd
