@@ -21,6 +21,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 
+from distill.diskfull import disk_full_as_oserror
 from distill.seeding import rng_state, set_rng_state
 
 WEIGHTS = "model.safetensors"
@@ -35,18 +36,17 @@ def save_checkpoint(root: str | Path, step: int, model, optimizer, scheduler, sc
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        save_model(model, str(tmp / WEIGHTS))  # handles GPT-2's tied lm_head/wte weights
-        torch.save(
-            {
+        with disk_full_as_oserror(tmp):
+            save_model(model, str(tmp / WEIGHTS))  # handles GPT-2's tied lm_head/wte weights
+            state = {
                 "step": step,
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),
                 "rng": rng_state(),
                 "extra": extra,
-            },
-            tmp / STATE,
-        )
+            }
+            torch.save(state, tmp / STATE)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     finally:

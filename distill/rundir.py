@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distill.config import TrainConfig, dump_config
+from distill.diskfull import disk_full_as_oserror
 from distill.numbers import dumps
 
 LOG_NAME = "metrics.jsonl"
@@ -122,9 +123,10 @@ def save_student(student, tokenizer, out: Path, cfg: TrainConfig) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        student.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        dump_config(cfg, tmp / "kdsweep_config.yaml")
+        with disk_full_as_oserror(tmp):
+            student.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            dump_config(cfg, tmp / "kdsweep_config.yaml")
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
     finally:

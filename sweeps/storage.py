@@ -14,10 +14,13 @@ traceback from inside the first trial.
 
 from __future__ import annotations
 
+import time
+from functools import lru_cache
 from pathlib import Path
 
+import optuna
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, ProgrammingError
 
 DIALECTS = ("sqlite", "postgresql", "mysql")
 EXAMPLES = "e.g. sqlite:////abs/path/optuna.db or postgresql+psycopg://user:password@host:5432/db"
@@ -61,3 +64,19 @@ def display(url: str) -> str:
     """The URL as it may be printed: without its password."""
     parsed: URL = make_url(url)
     return parsed.render_as_string(hide_password=True)
+
+
+@lru_cache(maxsize=8)
+def open_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage at `url`, one per URL and process.
+
+    Two drivers that open a new, empty database at the same moment both create Optuna's
+    tables; PostgreSQL lets one win and gives the other a unique violation (measured: two
+    sweeps started together on a fresh database). The loser retries once the tables exist.
+    """
+    for attempt in range(attempts - 1):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except (IntegrityError, ProgrammingError):
+            time.sleep(0.5 * (attempt + 1))
+    return optuna.storages.RDBStorage(url)

@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from distill.rundir import COMPLETED, DIVERGED, STOPPED_EARLY
 from sweeps.layout import SweepDir
 from sweeps.space import Dist, SearchSpace, load_space
+from sweeps.storage import open_storage
 
 METRIC, MODE = "val_ppl", "min"
 # Optuna user-attribute keys kdsweep writes on every trial.
@@ -51,14 +52,14 @@ def study_name(sweep: str, study: str) -> str:
 
 def open_study(storage_url: str, sweep: str, study: str, sampler: optuna.samplers.BaseSampler | None = None
                ) -> optuna.Study:
-    return optuna.create_study(storage=storage_url, study_name=study_name(sweep, study), direction="minimize",
-                               sampler=sampler, load_if_exists=True)
+    return optuna.create_study(storage=open_storage(storage_url), study_name=study_name(sweep, study),
+                               direction="minimize", sampler=sampler, load_if_exists=True)
 
 
 def existing_studies(storage_url: str, sweep: str) -> list[str]:
     """Studies of a sweep of this name already in the storage (a shared database may hold several sweeps)."""
     prefix = study_name(sweep, "")
-    return [n for n in optuna.get_all_study_names(storage_url) if n.startswith(prefix)]
+    return [n for n in optuna.get_all_study_names(open_storage(storage_url)) if n.startswith(prefix)]
 
 
 def trial_status(t: FrozenTrial) -> str:
