@@ -86,12 +86,18 @@ class TrainConfig:
     output_dir: str = "runs/train"
     # Score the test split with every method §5 metric when training ends.
     final_eval: bool = True
-    # Sequences sampled for aa_kl_natural / generation throughput at final eval.
-    gen_num_sequences: int = 8
-    gen_max_new_tokens: int = 128
+    # aa_kl_natural at final eval (method §5): full-length samples (stopping at <|endoftext|>,
+    # at most gen_max_new_tokens tokens; null = the student's n_positions - 1), drawn in
+    # batches of gen_batch_size until they hold gen_min_residues standard residues.
+    gen_min_residues: int = 10_000
+    gen_max_new_tokens: int | None = None
+    gen_batch_size: int = 32
     # Fault injection: make the loss non-finite at this step. Exists so the
     # divergence path (status "diverged") is tested end to end, also in Ray.
     inject_nan_at_step: int | None = None
+    # Fault injection: make the held-out val ppl non-finite at the evaluation of this step (a model
+    # whose loss is finite but whose predictions on held-out proteins are not).
+    inject_inf_val_at_step: int | None = None
     # Free-form provenance (written by `kdsweep sweep export`); never read by
     # training, copied into the run's outputs.
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -215,8 +221,10 @@ def _range_problems(c: TrainConfig) -> list[str]:
          f"val_max_proteins: got {c.val_max_proteins}, allowed: null or >= 1")
     need(c.max_eval_tokens is None or c.max_eval_tokens >= 2,
          f"max_eval_tokens: got {c.max_eval_tokens}, allowed: null or >= 2")
-    need(c.gen_num_sequences >= 1, f"gen_num_sequences: got {c.gen_num_sequences}, allowed: >= 1")
-    need(c.gen_max_new_tokens >= 1, f"gen_max_new_tokens: got {c.gen_max_new_tokens}, allowed: >= 1")
+    need(c.gen_min_residues >= 1, f"gen_min_residues: got {c.gen_min_residues}, allowed: >= 1")
+    need(c.gen_max_new_tokens is None or c.gen_max_new_tokens >= 1,
+         f"gen_max_new_tokens: got {c.gen_max_new_tokens}, allowed: null (full length) or >= 1")
+    need(c.gen_batch_size >= 1, f"gen_batch_size: got {c.gen_batch_size}, allowed: >= 1")
     fr = c.split
     need(all(0 <= x <= 1 for x in fr) and abs(sum(fr) - 1.0) < 1e-6 and fr[0] > 0 and fr[1] > 0,
          f"split: got {list(fr)}, allowed: three fractions train/val/test in [0, 1] summing to 1, "

@@ -66,7 +66,8 @@ def _train(args) -> int:
     if args.out:
         overrides.append(f"output_dir={args.out}")
     result = run_training(load_config(args.config, overrides))
-    print(f"status: {result.status} at step {result.step}; best val_ppl {result.best_val_ppl:.4f} "
+    final = f"val_ppl {result.val_ppl:.4f} (final model); " if result.val_ppl is not None else ""
+    print(f"status: {result.status} at step {result.step}; {final}best val_ppl seen {result.best_val_ppl:.4f} "
           f"(step {result.best_step})")
     if result.final_metrics:
         print("test split: " + headline(result.final_metrics))

@@ -59,7 +59,8 @@ def _tuner(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool,
         trainable,
         # num_samples=-1: the searcher alone says when every study has its trials (a count here
         # would end the sweep early when trials lost to a driver kill are handed out again).
-        tune_config=tune.TuneConfig(search_alg=StudySearcher(space, sd.name, storage_url), scheduler=scheduler,
+        tune_config=tune.TuneConfig(search_alg=StudySearcher(space, sd, storage_url, sd.meta().get("git_commit", "unknown")),
+                                    scheduler=scheduler,
                                     num_samples=-1,
                                     trial_dirname_creator=lambda t: t.trial_id, trial_name_creator=lambda t: t.trial_id),
         run_config=tune.RunConfig(

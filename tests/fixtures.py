@@ -48,7 +48,7 @@ def tiny_config(teacher: Path, data: Path, out: Path, **overrides) -> TrainConfi
     base = dict(
         teacher=str(teacher), data=str(data), scale=None, n_layer=1, n_head=2, n_embd=16,
         block_size=64, batch_size=4, micro_batch_size=2, max_steps=6, eval_interval=3,
-        val_max_proteins=16, eval_batch_size=8, gen_num_sequences=2, gen_max_new_tokens=16,
+        val_max_proteins=16, eval_batch_size=8, gen_min_residues=40, gen_max_new_tokens=16, gen_batch_size=4,
         output_dir=str(out), lr=1e-3,
     )
     base.update(overrides)

@@ -11,7 +11,7 @@ from kdsweep.cli import main
 TINY = ["--set", "scale=null", "--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=16",
         "--set", "block_size=64", "--set", "batch_size=4", "--set", "micro_batch_size=2",
         "--set", "max_steps=2", "--set", "eval_interval=2", "--set", "val_max_proteins=8",
-        "--set", "gen_num_sequences=2", "--set", "gen_max_new_tokens=8"]
+        "--set", "gen_min_residues=20", "--set", "gen_max_new_tokens=8", "--set", "gen_batch_size=4"]
 
 
 def run_cli(args, capsys):
