@@ -14,6 +14,7 @@ from distill.data import HeldOut, heldout_from_file, heldout_split
 from distill.generation import aa_kl_natural, generation_throughput
 from distill.metrics import compression, count_params, score_heldout
 from distill.models import check_vocab, load_teacher, load_tokenizer, resolve_teacher, teacher_logits
+from distill.splits import SplitSpec
 
 # Generation throughput is measured at one fixed setting so numbers compare across runs.
 THROUGHPUT_BATCH = 8
@@ -78,6 +79,6 @@ def evaluate_dirs(student_dir: str, teacher: str, *, data: str | None = None, de
     if data is not None:
         heldout = heldout_from_file(data, tokenizer, column=cfg.sequence_column)
     else:
-        heldout = heldout_split("bundled", tokenizer, "test", fractions=cfg.split)
+        heldout = heldout_split("bundled", tokenizer, "test", split=SplitSpec.from_config(cfg))
     metrics = evaluate_student(student, teacher_model, tokenizer, heldout, cfg=cfg, runtime=rt)
     return {**metrics, "student": str(student_dir), "teacher": teacher, "data": data or "bundled:test"}

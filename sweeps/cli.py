@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from distill.errors import KDSweepError
+from distill.splits import SplitSpec
 
 
 def _train(args) -> int:
@@ -121,6 +122,14 @@ def _dashboard(args) -> int:
     return serve_dashboard(open_sweep(args.name, args.storage), port=args.port, print_only=args.print_only)
 
 
+def _data_report(args) -> int:
+    from distill.data_report import data_report, format_data_report
+
+    report = data_report(args.data, identity=args.identity, coverage=args.coverage, column=args.column)
+    print(json.dumps(report, indent=2) if args.json else format_data_report(report))
+    return 0
+
+
 STORAGE_HELP = "folder that holds sweeps (default: $KDSWEEP_STORAGE or ./kdsweep_runs)"
 ADDRESS_HELP = "Ray cluster address (default: $RAY_ADDRESS, else an embedded local Ray)"
 
@@ -175,6 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
                    _dashboard)
     db.add_argument("--port", type=int, default=8080)
     db.add_argument("--print-only", action="store_true", help="print the commands, serve nothing")
+
+    dr = sub.add_parser("data", help="inspect a data file").add_subparsers(dest="data_command", required=True).add_parser(
+        "report", help="split sizes and leakage (held-out 20-mers in train) of the hash and the cluster split")
+    dr.add_argument("data", help="'bundled' or a data file (FASTA, parquet, datasets folder)")
+    dr.add_argument("--identity", type=float, default=SplitSpec.identity, help="MMseqs2 --min-seq-id of the cluster split")
+    dr.add_argument("--coverage", type=float, default=SplitSpec.coverage, help="MMseqs2 -c of the cluster split")
+    dr.add_argument("--column", default="sequence", help="sequence column of a table")
+    dr.add_argument("--json", action="store_true")
+    dr.set_defaults(func=_data_report)
 
     d = sub.add_parser("demo-teacher", help="(re)build the bundled CPU demo teacher")
     d.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "distill" / "assets" / "demo-teacher"))

@@ -15,7 +15,10 @@ import os
 import time
 from typing import Callable
 
+from distill.config import config_from_dict
+from distill.data import precluster
 from distill.errors import ConfigError
+from distill.splits import SplitSpec
 from sweeps.layout import SweepDir, git_commit, storage_root
 from sweeps.space import SearchSpace, dump_space, load_space
 
@@ -91,6 +94,7 @@ def run_sweep(space: SearchSpace, *, name: str | None = None, storage: str | Non
         if taken := existing_studies(storage_url, name):
             raise ConfigError(f"search.storage_url already holds studies of a sweep named {name!r} "
                               f"({', '.join(taken)}); pick another --name")
+    _precluster(space)
     sd.root.mkdir(parents=True, exist_ok=True)
     dump_space(space, sd.space)
     sd.write_meta({"name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git_commit(),
@@ -108,12 +112,20 @@ def resume_sweep(name: str, *, storage: str | None = None, address: str | None =
     from sweeps.searcher import reconcile_with_tune
 
     space = load_space(sd.space)
+    _precluster(space)
     orphaned = reconcile_with_tune(space, sd.name, meta["storage_url"],
                                    {t.trial_id for t in tune_unfinished(sd)})
     if orphaned:
         log(f"{len(orphaned)} trial(s) started after Tune's last snapshot were lost and will be run again: "
             + ", ".join(orphaned))
     return _fit(space, sd, meta["storage_url"], restore=True, address=address, log=log)
+
+
+def _precluster(space: SearchSpace) -> None:
+    """Cluster the sweep's data before Ray starts: a missing mmseqs stops the sweep here, not in
+    every trial, and the trials read the clusters from the cache (distill.data.precluster)."""
+    cfg = config_from_dict({**space.train, "data": space.data}, source=space.source or "search space")
+    precluster(space.data, column=cfg.sequence_column, split=SplitSpec.from_config(cfg))
 
 
 def tune_unfinished(sd: SweepDir) -> list:
