@@ -23,9 +23,11 @@ import yaml
 from distill.errors import ConfigError
 from distill.models import load_scales
 from distill.numbers import parse_number
+from distill.splits import SplitMethod, SplitSpec
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 WeightNorm = Literal["mask", "weight"]
+_SPLIT = SplitSpec()  # the split defaults live with the split
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,15 @@ class TrainConfig:
     # "bundled" = the UniProt sample shipped in distill/assets/data.
     data: str = "bundled"
     sequence_column: str = "sequence"
-    # train / val / test fractions of the stable-hash split (method §2).
-    split: tuple[float, float, float] = (0.90, 0.05, 0.05)
+    # train / val / test fractions of the split (method §2).
+    split: tuple[float, float, float] = _SPLIT.fractions
+    # "cluster": whole MMseqs2 clusters go to one split (needs `mmseqs`, except for the bundled
+    # data at the default thresholds, whose clusters are shipped); "hash": per protein, so close
+    # homologs land on both sides (distill/splits.py).
+    split_method: SplitMethod = _SPLIT.method
+    # MMseqs2 --min-seq-id and -c of the cluster split (0.5 / 0.8).
+    cluster_identity: float = _SPLIT.identity
+    cluster_coverage: float = _SPLIT.coverage
     block_size: int = 512
     # Held-out proteins longer than this many tokens are truncated for scoring
     # (None = the student's n_positions). Recorded in every metrics file.
@@ -229,6 +238,10 @@ def _range_problems(c: TrainConfig) -> list[str]:
     need(all(0 <= x <= 1 for x in fr) and abs(sum(fr) - 1.0) < 1e-6 and fr[0] > 0 and fr[1] > 0,
          f"split: got {list(fr)}, allowed: three fractions train/val/test in [0, 1] summing to 1, "
          "with train > 0 and val > 0")
+    need(0.0 < c.cluster_identity <= 1.0,
+         f"cluster_identity: got {c.cluster_identity}, allowed: 0 < cluster_identity <= 1 (MMseqs2 --min-seq-id)")
+    need(0.0 <= c.cluster_coverage <= 1.0,
+         f"cluster_coverage: got {c.cluster_coverage}, allowed: 0 <= cluster_coverage <= 1 (MMseqs2 -c)")
     explicit = [c.n_layer, c.n_head, c.n_embd]
     need(c.scale is not None or all(v is not None for v in explicit),
          "scale: null requires n_layer, n_head and n_embd to be set")

@@ -22,6 +22,7 @@ from distill.models import (
     teacher_logits,
 )
 from distill.runtime import resolve_runtime
+from distill.splits import SplitSpec
 
 # Generation throughput is measured at one fixed setting so numbers compare across runs.
 THROUGHPUT_BATCH = 8
@@ -92,6 +93,6 @@ def evaluate_dirs(student_dir: str, teacher: str, *, data: str | None = None, de
     if data is not None:
         heldout = heldout_from_file(data, tokenizer, column=cfg.sequence_column)
     else:
-        heldout = heldout_split("bundled", tokenizer, "test", fractions=cfg.split)
+        heldout = heldout_split("bundled", tokenizer, "test", split=SplitSpec.from_config(cfg))
     metrics = evaluate_student(student, teacher_model, tokenizer, heldout, cfg=cfg, runtime=rt)
     return {**metrics, "student": str(student_dir), "teacher": teacher, "data": data or "bundled:test"}

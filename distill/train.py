@@ -58,6 +58,7 @@ from distill.rundir import (
 )
 from distill.runtime import Runtime, resolve_runtime
 from distill.seeding import seed_everything
+from distill.splits import SplitSpec
 
 ReportFn = Callable[[dict, "str | None"], None]
 
@@ -136,7 +137,8 @@ def run_training(
     teacher = load_teacher(teacher_name, device=rt.device)
     tokenizer = load_tokenizer(cfg.tokenizer or teacher_name)
     check_vocab(tokenizer, teacher.config, tokenizer_name=cfg.tokenizer or teacher_name)
-    data = prepare_data(cfg.data, tokenizer, column=cfg.sequence_column, fractions=cfg.split, block_size=cfg.block_size)
+    data = prepare_data(cfg.data, tokenizer, column=cfg.sequence_column, split=SplitSpec.from_config(cfg),
+                        block_size=cfg.block_size)
     sizes = student_sizes(cfg.scale, cfg.n_layer, cfg.n_head, cfg.n_embd)
     student = build_student(teacher.config, sizes, cfg.dropout, seed=cfg.seed).to(rt.device)
     check_vocab(tokenizer, teacher.config, student.config)

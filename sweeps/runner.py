@@ -17,7 +17,10 @@ from typing import Callable
 import ray
 from ray import tune
 
+from distill.config import config_from_dict
+from distill.data import precluster
 from distill.errors import ConfigError
+from distill.splits import SplitSpec
 from distill.train import total_steps
 from sweeps.layout import SweepDir, git_commit, open_sweep, storage_root
 from sweeps.live import LiveTable
@@ -87,6 +90,7 @@ def run_sweep(space: SearchSpace, *, name: str | None = None, storage: str | Non
         if taken := existing_studies(space.search["storage_url"], name):
             raise ConfigError(f"search.storage_url already holds studies of a sweep named {name!r} "
                               f"({', '.join(taken)}); pick another --name")
+    _precluster(space)
     sd.root.mkdir(parents=True, exist_ok=True)
     dump_space(space, sd.space)
     # storage_url null = the optuna.db beside sweep.json, wherever the folder is later moved.
@@ -102,12 +106,20 @@ def resume_sweep(name: str, *, storage: str | None = None, address: str | None =
     if not sd.tune.is_dir():
         raise ConfigError(f"sweep {name!r} has no Tune experiment to resume in {sd.tune}")
     space = load_space(sd.space)
+    _precluster(space)
     storage_url = sd.storage_url()
     orphaned = reconcile_with_tune(space, sd.name, storage_url, {t.trial_id for t in tune_unfinished(sd)})
     if orphaned:
         log(f"{len(orphaned)} trial(s) started after Tune's last snapshot were lost and will be run again: "
             + ", ".join(orphaned))
     return _fit(space, sd, storage_url, restore=True, address=address, log=log)
+
+
+def _precluster(space: SearchSpace) -> None:
+    """Cluster the sweep's data before Ray starts: a missing mmseqs stops the sweep here, not in
+    every trial, and the trials read the clusters from the cache (distill.data.precluster)."""
+    cfg = config_from_dict({**space.train, "data": space.data}, source=space.source or "search space")
+    precluster(space.data, column=cfg.sequence_column, split=SplitSpec.from_config(cfg))
 
 
 def tune_unfinished(sd: SweepDir) -> list:
