@@ -27,6 +27,7 @@ from distill.models import (
     student_config,
     student_sizes,
 )
+from distill.splits import SplitSpec
 
 
 def check_positions(cfg: TrainConfig, positions: int, model: str) -> None:
@@ -49,7 +50,7 @@ def check_inputs(cfg: TrainConfig) -> dict:
                               **student_sizes(cfg.scale, cfg.n_layer, cfg.n_head, cfg.n_embd))
     check_vocab(tokenizer, t_config, s_config)
     check_positions(cfg, n_positions(t_config), "teacher")
-    data = prepare_data(cfg.data, tokenizer, column=cfg.sequence_column, fractions=cfg.split,
+    data = prepare_data(cfg.data, tokenizer, column=cfg.sequence_column, split=SplitSpec.from_config(cfg),
                         block_size=cfg.block_size)
     if cfg.final_eval and not len(data.test):
         raise DataError(f"{data.info['data']}: the test split is empty but final_eval is true; "

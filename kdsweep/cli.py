@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from distill.errors import KDSweepError
+from distill.splits import SplitSpec
 from kdsweep import __version__
 
 DESCRIPTION = ("Systematic hyperparameter sweeps for knowledge distillation of protein language models "
@@ -74,7 +75,8 @@ def _train(args) -> int:
         check_inputs(cfg)  # the old run is deleted only for a new one that can start
         clear_run(cfg.output_dir)
     result = run_training(cfg)
-    print(f"status: {result.status} at step {result.step}; best val_ppl {result.best_val_ppl:.4f} "
+    final = f"val_ppl {result.val_ppl:.4f} (final model); " if result.val_ppl is not None else ""
+    print(f"status: {result.status} at step {result.step}; {final}best val_ppl seen {result.best_val_ppl:.4f} "
           f"(step {result.best_step})")
     if result.final_metrics:
         print("test split: " + headline(result.final_metrics))
@@ -177,6 +179,15 @@ def _dashboard(args) -> int:
     return serve_dashboard(open_sweep(args.name, args.storage), port=args.port, print_only=args.print_only)
 
 
+def _data_report(args) -> int:
+    from distill.data_report import data_report, format_data_report
+    from distill.numbers import dumps
+
+    report = data_report(args.data, identity=args.identity, coverage=args.coverage, column=args.column)
+    print(dumps(report, indent=2) if args.json else format_data_report(report))
+    return 0
+
+
 def _train_resume_hint(args) -> str:
     out = args.out or "the same --out"
     return f"interrupted; run the same command again to resume {out} from its last checkpoint"
@@ -227,6 +238,13 @@ COMMANDS: dict[str, Command] = {
     "dashboard": Command(_dashboard, "serve optuna-dashboard for a sweep; print how to open TensorBoard/Ray's", [
         NAME, STORAGE, arg("--port", type=int, default=8080, help="optuna-dashboard port on 127.0.0.1"),
         arg("--print-only", action="store_true", help="print the commands, serve nothing")]),
+    "data report": Command(_data_report, "split sizes and leakage (held-out 20-mers found in train) of the hash "
+                           "and the cluster split of a data file", [
+        arg("data", help="'bundled' or a data file (FASTA, parquet, datasets folder)"),
+        arg("--identity", type=float, default=SplitSpec.identity, help="MMseqs2 --min-seq-id of the cluster split"),
+        arg("--coverage", type=float, default=SplitSpec.coverage, help="MMseqs2 -c of the cluster split"),
+        arg("--column", default="sequence", help="sequence column of a table"),
+        arg("--json", action="store_true", help="print JSON instead of a table")]),
     "demo-teacher": Command(_demo_teacher, "(re)build the bundled CPU demo teacher (about an hour on 2 cores)", [
         arg("--out", default=str(Path(__file__).resolve().parent.parent / "distill" / "assets" / "demo-teacher"),
             help="output folder"),

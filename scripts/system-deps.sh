@@ -1,17 +1,16 @@
 #!/usr/bin/env bash
-# System packages the test suite needs (CI runs this as root on a clean Debian machine).
-# One package per line; add yours to the list.
-#   postgresql: the server binaries (initdb, pg_ctl) the PostgreSQL storage tests start on 127.0.0.1
+# System packages some tests need (they skip, saying why, where a binary is absent). Debian/Ubuntu,
+# as root: CI runs this before the README's test command. One package per line, with its user.
 set -euo pipefail
 PACKAGES=(
-    postgresql
+  mmseqs2        # the cluster split of user data (distill/homology.py)
+  postgresql     # the server (initdb, pg_ctl) the PostgreSQL storage tests start on 127.0.0.1
 )
-missing=()
-for p in "${PACKAGES[@]}"; do
-    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-done
-[ ${#missing[@]} -eq 0 ] && exit 0
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO="sudo"
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+if [ "$(id -u)" != 0 ]; then
+  echo "run as root (sudo bash scripts/system-deps.sh) to install: ${PACKAGES[*]}" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
+echo "installed: ${PACKAGES[*]}"

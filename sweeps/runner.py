@@ -19,7 +19,10 @@ from typing import Callable
 import ray
 from ray import tune
 
+from distill.config import config_from_dict
+from distill.data import precluster
 from distill.errors import ConfigError
+from distill.splits import SplitSpec
 from distill.train import total_steps
 from sweeps.layout import SweepDir, git_commit, open_sweep, storage_root
 from sweeps.live import LiveTable
@@ -64,7 +67,8 @@ def _tuner(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool,
         trainable,
         # num_samples=-1: the searcher alone says when every study has its trials (a count here
         # would end the sweep early when trials lost to a driver kill are handed out again).
-        tune_config=tune.TuneConfig(search_alg=StudySearcher(space, sd.name, storage_url), scheduler=scheduler,
+        tune_config=tune.TuneConfig(search_alg=StudySearcher(space, sd, storage_url, sd.meta().get("git_commit", "unknown")),
+                                    scheduler=scheduler,
                                     num_samples=-1,
                                     trial_dirname_creator=lambda t: t.trial_id, trial_name_creator=lambda t: t.trial_id),
         run_config=tune.RunConfig(
@@ -88,6 +92,7 @@ def run_sweep(space: SearchSpace, *, name: str | None = None, storage: str | Non
     if sd.meta_path.exists():
         raise ConfigError(f"sweep {name!r} already exists in {sd.root.parent}; "
                           f"resume it with `kdsweep sweep resume {name}` or pick another --name")
+    _precluster(space)
     check_inputs_of_space(space, sd.root.parent)
     if space.search["storage_url"]:
         # The searcher counts a study's trials from the storage: a reused name would inherit them.
@@ -110,6 +115,7 @@ def resume_sweep(name: str, *, storage: str | None = None, address: str | None =
     if not sd.tune.is_dir():
         raise ConfigError(f"sweep {name!r} has no Tune experiment to resume in {sd.tune}")
     space = load_space(sd.space)
+    _precluster(space)
     storage_url = sd.storage_url()
     check_inputs_of_space(space, sd.root.parent)
     start_ray(space, address, sd.meta().get("storage_url"), log)
@@ -118,6 +124,13 @@ def resume_sweep(name: str, *, storage: str | None = None, address: str | None =
         log(f"{len(orphaned)} trial(s) started after Tune's last snapshot were lost and will be run again: "
             + ", ".join(orphaned))
     return _fit(space, sd, storage_url, restore=True, log=log)
+
+
+def _precluster(space: SearchSpace) -> None:
+    """Cluster the sweep's data before Ray starts: a missing mmseqs stops the sweep here, not in
+    every trial, and the trials read the clusters from the cache (distill.data.precluster)."""
+    cfg = config_from_dict({**space.train, "data": space.data}, source=space.source or "search space")
+    precluster(space.data, column=cfg.sequence_column, split=SplitSpec.from_config(cfg))
 
 
 def tune_unfinished(sd: SweepDir) -> list:
