@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distill.config import dump_config
+from distill.config import dump_config, load_config
 from kdsweep.cli import main
-from tests.fixtures import finished_sweep, ray_subprocess_env, tiny_config
+from tests.fixtures import finished_sweep, ray_subprocess_env
 
 TINY = ["--set", "scale=null", "--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=16",
         "--set", "block_size=64", "--set", "batch_size=4", "--set", "micro_batch_size=2",
@@ -53,6 +53,7 @@ class Case:
     files: dict[str, str] = field(default_factory=dict)  # path template -> text written first
     space: dict | None = None  # changes to SPACE (top-level keys; `train`/`search`/`resources` merge)
     setup: str | None = None  # a named setup below
+    ray: bool = False  # refused by a real Ray cluster: runs as a subprocess with its own embedded Ray
 
 
 def train(*extra: str) -> list[str]:
@@ -164,9 +165,9 @@ CASES = [
          "sweep 'norays' already exists", ["{tmp}/swept/norays/tune"], setup="swept"),
     # ---- kdsweep sweep run: resources no node can hold (needs a real Ray cluster to ask) -----------
     pytest.param(Case("sweep-64-cpus-per-trial", RUN, "each trial needs 64 CPU, 0 GPU, but no node of this Ray cluster",
-                      ["{tmp}/store/bad"], space={"resources": {"cpus_per_worker": 64}}), marks=pytest.mark.ray),
+                      ["{tmp}/store/bad"], space={"resources": {"cpus_per_worker": 64}}, ray=True), marks=pytest.mark.ray),
     pytest.param(Case("sweep-gpu-on-cpu-cluster", RUN, "each trial needs 1 CPU, 1 GPU, but no node of this Ray cluster",
-                      ["{tmp}/store/bad"], space={"resources": {"gpus_per_worker": 1}}), marks=pytest.mark.ray),
+                      ["{tmp}/store/bad"], space={"resources": {"gpus_per_worker": 1}}, ray=True), marks=pytest.mark.ray),
     # ---- the other sweep commands ------------------------------------------------------------------
     Case("resume-unknown-sweep", ["sweep", "resume", "nosuch", *SWEPT], "no sweep here (no sweep.json)",
          ["{tmp}/swept/nosuch"], setup="swept"),
@@ -210,17 +211,16 @@ def busy_port():
     s.close()
 
 
-def _prepare(case: Case, tmp: Path, ctx: dict, char_teacher, small_fasta) -> None:
+def _prepare(case: Case, tmp: Path, ctx: dict) -> None:
     for path, text in case.files.items():
         Path(_fill(path, ctx)).write_text(text)
     if "{tmp}/space.yaml" not in case.files:
         (tmp / "space.yaml").write_text(yaml.safe_dump(_fill(_space(case.space or {}), ctx)))
-    if case.setup == "old_run":  # a run folder whose config.yaml records the tiny run at lr 1e-3
+    if case.setup == "old_run":  # a run folder whose config.yaml records the plain TRAIN run (lr 1e-3)
         out = tmp / "out"
         out.mkdir()
-        cfg = tiny_config(char_teacher, small_fasta, out, max_steps=2, eval_interval=2, val_max_proteins=8,
-                          batch_size=4, micro_batch_size=2, gen_num_sequences=8, gen_max_new_tokens=128)
-        dump_config(cfg, out / "config.yaml")
+        pairs = [a for a, flag in zip(_fill(TRAIN[2:], ctx), _fill(TRAIN[1:], ctx)) if flag == "--set"]
+        dump_config(load_config(None, [*pairs, f"output_dir={out}"]), out / "config.yaml")
     if case.setup in ("swept", "swept_without_db", "busy_port"):
         sd = finished_sweep(tmp / "swept")
         if case.setup == "swept_without_db":
@@ -233,10 +233,10 @@ def test_bad_input_is_refused_before_any_work(case, tmp_path, char_teacher, smal
                                              busy_port, capsys):
     ctx = {"tmp": str(tmp_path), "teacher": str(char_teacher), "data": str(small_fasta),
            "protgpt2": str(protgpt2_tiny_teacher), "port": busy_port}
-    _prepare(case, tmp_path, ctx, char_teacher, small_fasta)
+    _prepare(case, tmp_path, ctx)
     args = _fill(case.args, ctx)
-    if case.args is RUN and case.space and "resources" in case.space:
-        with ray_subprocess_env() as env:  # refused by a real (embedded) Ray cluster
+    if case.ray:
+        with ray_subprocess_env() as env:
             p = subprocess.run([sys.executable, "-m", "kdsweep", *args], env=env, capture_output=True, text=True,
                                timeout=240)
         code, err = p.returncode, p.stderr
@@ -245,8 +245,10 @@ def test_bad_input_is_refused_before_any_work(case, tmp_path, char_teacher, smal
         err = capsys.readouterr().err
     assert code == case.code, err
     assert _fill(case.phrase, ctx) in err
-    # One message, last (Ray itself may log a line or two first when it starts).
-    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("kdsweep: error:")
+    # One message (Ray itself may log a line or two first when it starts), no traceback.
+    assert "Traceback" not in err
+    assert any(line.startswith("kdsweep: error:") for line in err.splitlines()) if case.ray else \
+        err.startswith("kdsweep: error:")
     for path in _fill(case.absent, ctx):
         assert not Path(path).exists(), path
 

@@ -2,7 +2,7 @@
 
 1. SIGKILL before the first report (a trial has started, nothing reported);
 2. Ctrl-C (SIGINT to the driver's process group, as a terminal sends it) mid-sweep;
-3. SIGKILL after the last trial ended, before the driver marked the sweep finished.
+3. SIGKILL after the last trial finished training, before the driver marked the sweep finished.
 
 After each kill no Ray process of that driver may be left running. (SIGKILL mid-sweep is
 tests/sweeps/test_sweeps_ray.py::test_sigkill_driver_then_resume.)
@@ -41,14 +41,14 @@ def _trials(sd: SweepDir):
 
 def _wait(driver, ready, what: str, timeout: float = 600) -> None:
     deadline = time.time() + timeout
-    while time.time() < deadline:
+    while time.time() < deadline:  # polled every 50 ms: the last window (3.) lasts about a second
         assert driver.poll() is None, f"the driver ended before {what}: {driver.stdout.read()[-3000:]}"
         try:
             if ready():
                 return
         except Exception:  # files being written while read
             pass
-        time.sleep(0.1)
+        time.sleep(0.05)
     pytest.fail(f"never reached: {what}")
 
 
@@ -96,11 +96,13 @@ def test_driver_faults_at_three_points_then_resume(tmp_path, small_fasta, char_t
         assert json.loads(sd.meta_path.read_text())["state"] == "running"
         figures["Ctrl-C: Ray gone after s"] = _gone_after_kill(env)
 
-    # 3. SIGKILL after the last trial ended (Optuna told), before the driver marks the sweep finished.
+    # 3. SIGKILL after the last trial finished training (its last evaluation logged), before the
+    #    driver has recorded it and marked the sweep finished.
     with ray_subprocess_env() as env:
         d = start(resume, env)
-        _wait(d, lambda: len(_trials(sd)) == 2 and all(t.state.is_finished() for t in _trials(sd)),
-              "every trial ended")
+        _wait(d, lambda: len(_trials(sd)) == 2 and all(
+            _eval_steps(sd.runs / t.user_attrs["ray_trial_id"])[-1:] == [STEPS] for t in _trials(sd)),
+              "every trial at its last step")
         d.kill()
         d.wait()
         assert json.loads(sd.meta_path.read_text())["state"] == "running"
