@@ -109,6 +109,7 @@ def test_sweep_across_nodes_survives_losing_one(tmp_path, cluster, small_fasta, 
     assert node_a.node_id in nodes and len(nodes) >= 2
     for rid in run_ids:
         assert _eval_steps(sd.runs / rid) == list(range(4, STEPS + 1, 4)), rid  # no step lost or counted twice
+        assert json.loads((sd.runs / rid / "metrics.json").read_text())["status"] == "completed"
 
     # The trial on the lost node moved to another node and continued from its last checkpoint.
     attempts = _node_ids(victim)
