@@ -137,6 +137,7 @@ def test_two_sweeps_share_postgres_and_one_survives_a_driver_kill(tmp_path, post
         assert len(set(run_ids)) == 2
         for rid in run_ids:  # every step once: the killed sweep's interrupted trial continued, not restarted
             assert _eval_steps(sd.runs / rid) == list(range(4, STEPS + 1, 4)), (name, rid)
+            assert json.loads((sd.runs / rid / "metrics.json").read_text())["status"] == "completed"
         status = subprocess.run([sys.executable, "-m", "kdsweep", "sweep", "status", name, "--storage", str(store),
                                  "--json"], capture_output=True, text=True, timeout=120)
         rows = json.loads(status.stdout)
