@@ -12,7 +12,7 @@ call leaves behind in ``student.grad``.
 
 CPU: peak RSS growth, sampled from /proc/self/statm every ~1 ms by a background
 thread. CUDA (when available, inputs are put there): torch.cuda.max_memory_allocated.
-The naive reference is the one tests/distill/test_loss.py checks kd_loss against.
+The naive reference is distill/loss_reference.py, the one tests check kd_loss against.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from distill.loss import kd_loss  # noqa: E402
-from tests.distill.test_loss import ARMS, reference_kd_loss  # noqa: E402
+from distill.loss_reference import ARMS, reference_kd_loss  # noqa: E402
 
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 MB = 1e6
