@@ -57,6 +57,10 @@ def is_linear_head(model, input_ids: torch.Tensor | None = None, *,
     ``input_ids`` (B, L) default to one sequence of ``PROBE_LENGTH`` ids 0, 1, 2, ...
     Runs in eval mode (dropout would make two forwards differ) without gradients,
     then restores the model's training mode. False for models without a linear head.
+
+    The check is numerical, for the weights it sees: a post-processing that barely
+    acts on them passes (Gemma 2's soft cap of 30 on a freshly initialized model's
+    logits of ~0.2), so check a trained teacher, not a student before training.
     """
     if _linear_head(model) is None or model.base_model is model:
         return False
