@@ -27,6 +27,7 @@ from distill.train import total_steps
 from sweeps.layout import SweepDir, git_commit, open_sweep, storage_root
 from sweeps.live import LiveTable
 from sweeps.preflight import check_inputs_of_space, check_resources
+from sweeps.reaper import start_reaper
 from sweeps.scheduler import PerStudyASHA
 from sweeps.searcher import StudySearcher, reconcile_with_tune
 from sweeps.space import SearchSpace, dump_space, load_space
@@ -51,6 +52,7 @@ def init_ray(address: str | None, log: Log):
     else:
         # Embedded local Ray: nothing to start by hand; quiet logs, no dashboard process.
         ray.init(include_dashboard=False, configure_logging=True, logging_level="WARNING", log_to_driver=False)
+        start_reaper()  # a driver killed without shutting Ray down must not leave Ray's processes running
 
 
 def _tuner(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool, log: Log):
