@@ -26,7 +26,7 @@ from distill.numbers import number, parse_number
 from distill.rundir import COMPLETED, SUMMARY_NAME, eval_rows
 from sweeps.layout import SweepDir, parse_replicate_name
 from sweeps.space import SEARCHABLE
-from sweeps.study import ATTR_BEST_STEP, ATTR_TRIAL, ORPHANED, study_trials, trial_status
+from sweeps.study import ATTR_STEP, ATTR_TRIAL, ORPHANED, study_trials, trial_status
 
 # Test-metric values that are lists/dicts but still belong in the frame (reliability diagrams).
 OBJECT_METRICS = ("ece_bins", "ece_bins_teacher")
@@ -63,8 +63,8 @@ def trials_frame(sd: SweepDir) -> pd.DataFrame:
             evals = eval_rows(run_dir) if run_dir else []
             finite = [(number(r["val_ppl"]), int(r["step"])) for r in evals if math.isfinite(number(r["val_ppl"]))]
             if status == COMPLETED and t.value is not None:
-                # The searcher's objective (= min val_ppl over the full run).
-                best, best_step = float(t.value), t.user_attrs.get(ATTR_BEST_STEP)
+                # The searcher's objective: the final model's val_ppl, at its last step.
+                best, best_step = float(t.value), t.user_attrs.get(ATTR_STEP)
             elif finite:
                 # Stopped/diverged trials: best seen before they ended (useful in the lr plot).
                 best, best_step = min(finite)

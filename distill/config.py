@@ -23,9 +23,11 @@ import yaml
 from distill.errors import ConfigError
 from distill.models import load_scales
 from distill.numbers import parse_number
+from distill.splits import SplitMethod, SplitSpec
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 WeightNorm = Literal["mask", "weight"]
+_SPLIT = SplitSpec()  # the split defaults live with the split
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,15 @@ class TrainConfig:
     # "bundled" = the UniProt sample shipped in distill/assets/data.
     data: str = "bundled"
     sequence_column: str = "sequence"
-    # train / val / test fractions of the stable-hash split (method §2).
-    split: tuple[float, float, float] = (0.90, 0.05, 0.05)
+    # train / val / test fractions of the split (method §2).
+    split: tuple[float, float, float] = _SPLIT.fractions
+    # "cluster": whole MMseqs2 clusters go to one split (needs `mmseqs`, except for the bundled
+    # data at the default thresholds, whose clusters are shipped); "hash": per protein, so close
+    # homologs land on both sides (distill/splits.py).
+    split_method: SplitMethod = _SPLIT.method
+    # MMseqs2 --min-seq-id and -c of the cluster split (0.5 / 0.8).
+    cluster_identity: float = _SPLIT.identity
+    cluster_coverage: float = _SPLIT.coverage
     block_size: int = 512
     # Held-out proteins longer than this many tokens are truncated for scoring
     # (None = the student's n_positions). Recorded in every metrics file.
@@ -86,12 +95,18 @@ class TrainConfig:
     output_dir: str = "runs/train"
     # Score the test split with every method §5 metric when training ends.
     final_eval: bool = True
-    # Sequences sampled for aa_kl_natural / generation throughput at final eval.
-    gen_num_sequences: int = 8
-    gen_max_new_tokens: int = 128
+    # aa_kl_natural at final eval (method §5): full-length samples (stopping at <|endoftext|>,
+    # at most gen_max_new_tokens tokens; null = the student's n_positions - 1), drawn in
+    # batches of gen_batch_size until they hold gen_min_residues standard residues.
+    gen_min_residues: int = 10_000
+    gen_max_new_tokens: int | None = None
+    gen_batch_size: int = 32
     # Fault injection: make the loss non-finite at this step. Exists so the
     # divergence path (status "diverged") is tested end to end, also in Ray.
     inject_nan_at_step: int | None = None
+    # Fault injection: make the held-out val ppl non-finite at the evaluation of this step (a model
+    # whose loss is finite but whose predictions on held-out proteins are not).
+    inject_inf_val_at_step: int | None = None
     # Free-form provenance (written by `kdsweep sweep export`); never read by
     # training, copied into the run's outputs.
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -215,12 +230,18 @@ def _range_problems(c: TrainConfig) -> list[str]:
          f"val_max_proteins: got {c.val_max_proteins}, allowed: null or >= 1")
     need(c.max_eval_tokens is None or c.max_eval_tokens >= 2,
          f"max_eval_tokens: got {c.max_eval_tokens}, allowed: null or >= 2")
-    need(c.gen_num_sequences >= 1, f"gen_num_sequences: got {c.gen_num_sequences}, allowed: >= 1")
-    need(c.gen_max_new_tokens >= 1, f"gen_max_new_tokens: got {c.gen_max_new_tokens}, allowed: >= 1")
+    need(c.gen_min_residues >= 1, f"gen_min_residues: got {c.gen_min_residues}, allowed: >= 1")
+    need(c.gen_max_new_tokens is None or c.gen_max_new_tokens >= 1,
+         f"gen_max_new_tokens: got {c.gen_max_new_tokens}, allowed: null (full length) or >= 1")
+    need(c.gen_batch_size >= 1, f"gen_batch_size: got {c.gen_batch_size}, allowed: >= 1")
     fr = c.split
     need(all(0 <= x <= 1 for x in fr) and abs(sum(fr) - 1.0) < 1e-6 and fr[0] > 0 and fr[1] > 0,
          f"split: got {list(fr)}, allowed: three fractions train/val/test in [0, 1] summing to 1, "
          "with train > 0 and val > 0")
+    need(0.0 < c.cluster_identity <= 1.0,
+         f"cluster_identity: got {c.cluster_identity}, allowed: 0 < cluster_identity <= 1 (MMseqs2 --min-seq-id)")
+    need(0.0 <= c.cluster_coverage <= 1.0,
+         f"cluster_coverage: got {c.cluster_coverage}, allowed: 0 <= cluster_coverage <= 1 (MMseqs2 -c)")
     explicit = [c.n_layer, c.n_head, c.n_embd]
     need(c.scale is not None or all(v is not None for v in explicit),
          "scale: null requires n_layer, n_head and n_embd to be set")

@@ -8,12 +8,20 @@
   with `attention_mask` 0 on padding so metrics never count it. Proteins longer
   than `max_tokens` are truncated; `n_residues` counts the residues kept.
 
-Tokenized splits are cached on disk (keyed by data-file hash, tokenizer and
-split) so that the many trials of a sweep do not re-tokenize the same file.
+Proteins are split by `distill.splits` (cluster split by default: whole MMseqs2
+clusters go to one side) and the split's leakage (`distill.leakage`) is measured
+once and recorded in `ProteinData.info`, the provenance every run logs.
+Pre-tokenized rows are decoded and treated as proteins: validated, deduplicated
+and split exactly like sequences read from FASTA.
+
+Tokenized splits are cached on disk (keyed by data-file hash, tokenizer, split
+method, fractions and clustering thresholds) so that the many trials of a sweep do
+not re-tokenize, re-cluster or re-measure the same file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -25,13 +33,15 @@ import numpy as np
 import torch
 
 from distill.errors import DataError
-from distill.sequences import read_sequences
-from distill.splits import SPLITS, split_items, split_sequences
+from distill.homology import cluster_representatives, find_mmseqs
+from distill.leakage import format_leakage, split_leakage
+from distill.sequences import check_sequence, dedupe, read_sequences
+from distill.splits import SPLITS, SplitSpec, split_sequences
 
 ASSETS = Path(__file__).parent / "assets"
 BUNDLED_DATA = ASSETS / "data" / "uniprot_sample_20k.fasta.gz"
 EOS_TEXT = "<|endoftext|>"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def protgpt2_text(seq: str, line_length: int = 60) -> str:
@@ -42,6 +52,13 @@ def protgpt2_text(seq: str, line_length: int = 60) -> str:
 
 def resolve_data_path(data: str) -> Path:
     return BUNDLED_DATA if data == "bundled" else Path(data).expanduser()
+
+
+def existing_data_path(data: str) -> Path:
+    path = resolve_data_path(data)
+    if not path.exists():
+        raise DataError(f"{path}: data file not found")
+    return path
 
 
 def file_sha256(path: Path) -> str:
@@ -129,41 +146,96 @@ def residues_per_token(tokenizer) -> np.ndarray:
     return table
 
 
-def _from_sequences(path: Path, column: str, tokenizer, fractions) -> tuple[dict, dict]:
-    seqs = read_sequences(path, column)
-    split = split_sequences(seqs.sequences, fractions)
-    out = {}
-    for name in SPLITS:
-        ids = _encode(tokenizer, [protgpt2_text(s) for s in split[name]])
-        out[name] = (ids, split[name])
-    counts = {"records": seqs.n_records, "empty": seqs.n_empty, "duplicates": seqs.n_duplicates}
-    return out, counts
+@dataclass(frozen=True)
+class Proteins:
+    """The unique, validated proteins of a data file; `rows` holds their token ids when the
+    file is pre-tokenized (else None: sequences are tokenized after the split)."""
+
+    sequences: list[str]
+    rows: list[np.ndarray] | None
+    counts: dict  # records, empty, duplicates
 
 
-def _from_token_ids(path: Path, tokenizer, fractions) -> tuple[dict, dict]:
-    """Pre-tokenized parquet (`input_ids` rows): split rows by a hash of their ids."""
+def _token_rows(path: Path, tokenizer) -> Proteins:
+    """Pre-tokenized parquet (`input_ids` rows, one protein per row): decode, validate, deduplicate.
+
+    Two rows that decode to the same protein are duplicates even if tokenized differently:
+    either copy in train and the other held out would be leakage.
+    """
     import pyarrow.parquet as pq
 
     rows = [np.asarray(r, dtype=np.int64) for r in pq.read_table(path, columns=["input_ids"]).column(0).to_pylist()]
-    rows = [r for r in rows if len(r)]
-    if not rows:
-        raise DataError(f"{path}: empty dataset: no non-empty input_ids rows")
     vocab = len(tokenizer)
     for i, r in enumerate(rows, start=1):
-        if r.min() < 0 or r.max() >= vocab:
+        if len(r) and (r.min() < 0 or r.max() >= vocab):
             raise DataError(
                 f"{path}: row {i} holds token id {int(r.max())} outside the tokenizer's vocabulary "
                 f"(size {vocab}); was it tokenized with another tokenizer?"
             )
-    split = split_items(rows, [r.tobytes() for r in rows], fractions)
-    out = {}
-    for name in SPLITS:
-        seqs = [tokenizer.decode(r.tolist(), skip_special_tokens=True).replace("\n", "") for r in split[name]]
-        out[name] = (split[name], seqs)
-    return out, {"records": len(rows), "empty": 0, "duplicates": 0}
+    texts = tokenizer.batch_decode([r.tolist() for r in rows], skip_special_tokens=True)
+    seqs = [check_sequence(t.replace("\n", ""), str(path), i) for i, t in enumerate(texts, start=1)]
+    keep, n_empty = dedupe(seqs)
+    if not keep:
+        raise DataError(f"{path}: empty dataset: no non-empty input_ids rows ({len(rows)} rows read)")
+    counts = {"records": len(rows), "empty": n_empty, "duplicates": len(rows) - n_empty - len(keep)}
+    return Proteins([seqs[i] for i in keep], [rows[i] for i in keep], counts)
 
 
-def _is_pretokenized(path: Path) -> bool:
+def read_proteins(path: Path, column: str, tokenizer) -> Proteins:
+    """The proteins of a FASTA / table file, or of a pre-tokenized parquet (decoded with `tokenizer`)."""
+    if is_pretokenized(path):
+        return _token_rows(path, tokenizer)
+    seqs = read_sequences(path, column)
+    return Proteins(seqs.sequences, None, {"records": seqs.n_records, "empty": seqs.n_empty,
+                                           "duplicates": seqs.n_duplicates})
+
+
+def split_proteins(seqs: list[str], spec: SplitSpec) -> tuple[dict[str, list[str]], dict]:
+    """Split unique sequences per `spec`; the provenance records the method, thresholds and leakage."""
+    info: dict = {"split_method": spec.method, "split": list(spec.fractions)}
+    if spec.method == "cluster":
+        clustering = cluster_representatives(seqs, spec.identity, spec.coverage, cache=cache_dir())
+        split = split_sequences(seqs, spec.fractions, clustering.representative_sequences(seqs))
+        info.update(cluster_identity=spec.identity, cluster_coverage=spec.coverage, clusters=clustering.n_clusters,
+                    clustering=f"{clustering.source}: {clustering.header['command']} "
+                               f"(mmseqs {clustering.header['mmseqs_version']})")
+    else:
+        split = split_sequences(seqs, spec.fractions)
+        info.update(cluster_identity=None, cluster_coverage=None)
+    info["leakage"] = split_leakage(split)
+    info["split_note"] = split_note(spec, info["leakage"])
+    return split, info
+
+
+def split_note(spec: SplitSpec, leakage: dict) -> str:
+    """'split: cluster (MMseqs2 0.5/0.8); leakage (held-out proteins with >= 50 % / >= 90 % / all of
+    their 20-mers in train) test: ..., val: ...': the line every analysis table's notes carry."""
+    return (f"split: {spec.describe()}; leakage (held-out proteins with >= 50 % / >= 90 % / all of their "
+            f"20-mers in train) test: {format_leakage(leakage['test'])}; val: {format_leakage(leakage['val'])}")
+
+
+def precluster(data: str, *, column: str, split: SplitSpec) -> None:
+    """Resolve a cluster split's clustering ahead of the runs (a sweep driver, before Ray starts):
+    a missing mmseqs fails once, with its install hint, and the trials find the clusters cached
+    instead of each running MMseqs2."""
+    if split.method != "cluster":
+        return
+    path = existing_data_path(data)
+    if is_pretokenized(path):
+        find_mmseqs()  # its rows decode with the trials' tokenizer; they cluster with mmseqs in any case
+        return
+    cluster_representatives(read_sequences(path, column).sequences, split.identity, split.coverage, cache=cache_dir())
+
+
+def _tokenized_splits(proteins: Proteins, split: dict[str, list[str]], tokenizer) -> dict:
+    """{name: (token ids per protein, sequences)}, in each split's hash order."""
+    if proteins.rows is None:
+        return {n: (_encode(tokenizer, [protgpt2_text(s) for s in split[n]]), split[n]) for n in SPLITS}
+    row_of = dict(zip(proteins.sequences, proteins.rows))  # sequences are unique
+    return {n: ([row_of[s] for s in split[n]], split[n]) for n in SPLITS}
+
+
+def is_pretokenized(path: Path) -> bool:
     if path.suffix != ".parquet":
         return False
     import pyarrow.parquet as pq
@@ -178,14 +250,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("KDSWEEP_CACHE", Path.home() / ".cache" / "kdsweep"))
 
 
-def load_splits(data: str, tokenizer, *, column: str, fractions) -> tuple[dict, dict]:
+def load_splits(data: str, tokenizer, *, column: str, split: SplitSpec) -> tuple[dict, dict]:
     """Tokenized splits {name: (ids, sequences)} and provenance, cached on disk."""
-    path = resolve_data_path(data)
-    if not path.exists():
-        raise DataError(f"{path}: data file not found")
+    path = existing_data_path(data)
     digest = file_sha256(path)
     key = hashlib.sha256(
-        json.dumps([CACHE_VERSION, digest, tokenizer_fingerprint(tokenizer), column, list(fractions)]).encode()
+        json.dumps([CACHE_VERSION, digest, tokenizer_fingerprint(tokenizer), column, dataclasses.astuple(split)]).encode()
     ).hexdigest()[:24]
     cached = cache_dir() / f"splits-{key}.pt"
     if cached.is_file():
@@ -194,16 +264,15 @@ def load_splits(data: str, tokenizer, *, column: str, fractions) -> tuple[dict, 
             return blob["splits"], blob["info"]
         except Exception:
             pass  # a corrupt cache entry is rebuilt below
-    if _is_pretokenized(path):
-        splits, counts = _from_token_ids(path, tokenizer, fractions)
-    else:
-        splits, counts = _from_sequences(path, column, tokenizer, fractions)
+    proteins = read_proteins(path, column, tokenizer)
+    by_name, split_info = split_proteins(proteins.sequences, split)
+    splits = _tokenized_splits(proteins, by_name, tokenizer)
     info = {
         "data": str(path),
         "data_sha256": digest,
         "tokenizer": tokenizer_fingerprint(tokenizer),
-        "split": list(fractions),
-        **counts,
+        **split_info,
+        **proteins.counts,
         **{f"n_{n}": len(splits[n][0]) for n in SPLITS},
     }
     cached.parent.mkdir(parents=True, exist_ok=True)
@@ -213,8 +282,9 @@ def load_splits(data: str, tokenizer, *, column: str, fractions) -> tuple[dict, 
     return splits, info
 
 
-def prepare_data(data: str, tokenizer, *, column: str = "sequence", fractions=(0.9, 0.05, 0.05), block_size: int = 512) -> ProteinData:
-    splits, info = load_splits(data, tokenizer, column=column, fractions=fractions)
+def prepare_data(data: str, tokenizer, *, column: str = "sequence", split: SplitSpec = SplitSpec(),
+                 block_size: int = 512) -> ProteinData:
+    splits, info = load_splits(data, tokenizer, column=column, split=split)
     for name in ("val",):
         if not splits[name][0]:
             raise DataError(f"{info['data']}: the {name} split is empty; use more data or a larger {name} fraction")
@@ -224,14 +294,16 @@ def prepare_data(data: str, tokenizer, *, column: str = "sequence", fractions=(0
     return ProteinData(train_blocks, held["val"], held["test"], {**info, "train_blocks": len(train_blocks)})
 
 
-def heldout_split(data: str, tokenizer, split: str = "test", *, column: str = "sequence", fractions=(0.9, 0.05, 0.05)) -> HeldOut:
+def heldout_split(data: str, tokenizer, name: str = "test", *, column: str = "sequence",
+                  split: SplitSpec = SplitSpec()) -> HeldOut:
     """One held-out split of a data file, without packing the train blocks."""
-    splits, info = load_splits(data, tokenizer, column=column, fractions=fractions)
-    if not splits[split][0]:
-        raise DataError(f"{info['data']}: the {split} split is empty")
-    return HeldOut(*splits[split], residues_per_token(tokenizer))
+    splits, info = load_splits(data, tokenizer, column=column, split=split)
+    if not splits[name][0]:
+        raise DataError(f"{info['data']}: the {name} split is empty")
+    return HeldOut(*splits[name], residues_per_token(tokenizer))
 
 
 def heldout_from_file(data: str, tokenizer, column: str = "sequence") -> HeldOut:
     """Every protein of a file as one held-out set (no split): `kdsweep evaluate --data`."""
-    return heldout_split(data, tokenizer, "val", column=column, fractions=(0.0, 1.0, 0.0))
+    # Everything lands in val, so clustering would change nothing: the hash method needs no MMseqs2.
+    return heldout_split(data, tokenizer, "val", column=column, split=SplitSpec("hash", (0.0, 1.0, 0.0)))

@@ -22,41 +22,49 @@ from distill.models import (
     teacher_logits,
 )
 from distill.runtime import resolve_runtime
+from distill.splits import SplitSpec
 
 # Generation throughput is measured at one fixed setting so numbers compare across runs.
 THROUGHPUT_BATCH = 8
 THROUGHPUT_TOKENS = 64
 
 
-def evaluate_student(student, teacher, tokenizer, heldout: HeldOut, *, cfg, runtime) -> dict:
-    """ppl, ppl_teacher, ppl_ratio, kl_teacher, ece (+accuracy, confidence, bins), aa_kl_natural,
-    aa_kl_uniprot, compression, generation tokens/s; plus what was scored."""
+def evaluate_student(student, teacher, tokenizer, heldout: HeldOut, *, cfg, runtime, generation: bool = True) -> dict:
+    """ppl, ppl_teacher, ppl_ratio, kl_teacher, ece (+accuracy, confidence, bins), compression; with
+    `generation`, also aa_kl_natural / aa_kl_uniprot (and their sample size and expected bias) and
+    generation tokens/s; plus what was scored.
+
+    Student and teacher are scored at the same precision: both under the runtime's autocast.
+    """
     n_pos = student.config.n_positions
     max_tokens = min(cfg.max_eval_tokens or n_pos, n_pos, teacher.config.n_positions)
-    scored = score_heldout(
+
+    def teacher_fn(ids, mask):
+        with runtime.autocast():
+            return teacher_logits(teacher, ids, mask)
+
+    out = score_heldout(
         student,
-        lambda ids, mask: teacher_logits(teacher, ids, mask),
+        teacher_fn,
         heldout.batches(cfg.eval_batch_size, max_tokens, tokenizer.eos_token_id),
         device=runtime.device,
         autocast_dtype=runtime.autocast_dtype,
     )
-    gen_tokens = min(cfg.gen_max_new_tokens, n_pos - 1)
-    aa = aa_kl_natural(student, tokenizer, heldout.sequences, seed=cfg.seed, num_sequences=cfg.gen_num_sequences,
-                       max_new_tokens=gen_tokens, device=runtime.device)
-    speed = generation_throughput(student, batch_size=THROUGHPUT_BATCH, new_tokens=min(THROUGHPUT_TOKENS, n_pos - 1),
-                                  device=runtime.device, autocast_dtype=runtime.autocast_dtype, seed=cfg.seed)
     t_params, s_params = count_params(teacher), count_params(student)
-    return {
-        **scored,
-        **aa,
-        "gen_tokens_per_s": speed["tokens_per_s"],
-        "gen_setting": {k: speed[k] for k in ("batch_size", "new_tokens", "device", "param_dtype", "autocast_dtype")},
-        "teacher_params": t_params,
-        "student_params": s_params,
-        "compression": compression(t_params, s_params),
-        "max_eval_tokens": max_tokens,
-        "n_proteins": len(heldout),
-    }
+    out.update({"teacher_params": t_params, "student_params": s_params, "compression": compression(t_params, s_params),
+                "max_eval_tokens": max_tokens, "n_proteins": len(heldout), "precision": runtime.precision})
+    if generation:
+        gen_tokens = min(cfg.gen_max_new_tokens or n_pos - 1, n_pos - 1)
+        out.update(aa_kl_natural(student, tokenizer, heldout.sequences, seed=cfg.seed,
+                                 min_residues=cfg.gen_min_residues, max_new_tokens=gen_tokens,
+                                 batch_size=cfg.gen_batch_size, device=runtime.device))
+        speed = generation_throughput(student, batch_size=THROUGHPUT_BATCH,
+                                      new_tokens=min(THROUGHPUT_TOKENS, n_pos - 1), device=runtime.device,
+                                      autocast_dtype=runtime.autocast_dtype, seed=cfg.seed)
+        out["gen_tokens_per_s"] = speed["tokens_per_s"]
+        out["gen_setting"] = {k: speed[k] for k in ("batch_size", "new_tokens", "device", "param_dtype",
+                                                      "autocast_dtype")}
+    return out
 
 
 def headline(metrics: dict) -> str:
@@ -66,7 +74,8 @@ def headline(metrics: dict) -> str:
     return (
         f"ppl {metrics['ppl']:.3f} (teacher {metrics['ppl_teacher']:.3f})  ppl_ratio {metrics['ppl_ratio']:.3f}  "
         f"kl_teacher {metrics['kl_teacher']:.4f}  ece {metrics['ece']:.4f} with accuracy {acc:.3f}{flag}  "
-        f"aa_kl_natural {metrics['aa_kl_natural']:.4f}  compression {metrics['compression']:.1f}x"
+        f"aa_kl_natural {metrics['aa_kl_natural']:.4f} (perfect sampler: {metrics['aa_kl_expected_bias']:.4f} at "
+        f"{metrics['aa_gen_residues']} residues)  compression {metrics['compression']:.1f}x"
     )
 
 
@@ -84,6 +93,6 @@ def evaluate_dirs(student_dir: str, teacher: str, *, data: str | None = None, de
     if data is not None:
         heldout = heldout_from_file(data, tokenizer, column=cfg.sequence_column)
     else:
-        heldout = heldout_split("bundled", tokenizer, "test", fractions=cfg.split)
+        heldout = heldout_split("bundled", tokenizer, "test", split=SplitSpec.from_config(cfg))
     metrics = evaluate_student(student, teacher_model, tokenizer, heldout, cfg=cfg, runtime=rt)
     return {**metrics, "student": str(student_dir), "teacher": teacher, "data": data or "bundled:test"}

@@ -18,7 +18,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from distill.metrics import UNIPROT_BACKGROUND, aa_composition, aa_counts, aa_kl
+from distill.metrics import STANDARD_AA, UNIPROT_BACKGROUND, aa_composition, aa_counts, aa_kl
 from distill.runtime import autocast, eval_mode
 
 PROTGPT2_TOP_K = 950
@@ -84,45 +84,66 @@ def sample_proteins(
     model: torch.nn.Module,
     tokenizer,
     *,
-    num_sequences: int,
     max_new_tokens: int,
     seed: int,
+    device: torch.device | str,
+    num_sequences: int | None = None,
+    min_residues: int | None = None,
     top_k: int = PROTGPT2_TOP_K,
     repetition_penalty: float = PROTGPT2_REPETITION_PENALTY,
-    device: torch.device | str,
     batch_size: int = 32,
 ) -> list[str]:
-    """Sample `num_sequences` proteins with ProtGPT2's recipe.
+    """Sample proteins with ProtGPT2's recipe, in batches of `batch_size`.
 
+    Give exactly one of `num_sequences` (that many proteins) or `min_residues` (batches
+    until the proteins hold at least that many standard residues, or until
+    ceil(min_residues / batch_size) batches have been drawn: a model that keeps ending its
+    samples at once cannot loop forever; the caller sees the shortfall in the count).
     Each sample is cut at its first <|endoftext|> (or after `max_new_tokens` tokens),
     decoded, and stripped of everything but letters (newlines, special tokens), then
-    upper-cased. Returns exactly `num_sequences` strings; one that ended at once is "".
-    `model` must already be on `device`; it runs in eval mode (its mode is restored).
-    Same seed, batch size and device ⇒ same proteins.
+    upper-cased; one that ended at once is "". `model` must already be on `device`; it
+    runs in eval mode (its mode is restored). Same seed, batch size and device => same
+    proteins.
     """
+    if (num_sequences is None) == (min_residues is None):
+        raise ValueError("give exactly one of num_sequences and min_residues")
     device = torch.device(device)
     _check_length(model, max_new_tokens)
     eos_id = tokenizer.eos_token_id
     if eos_id is None:
         raise ValueError("the tokenizer has no eos token (ProtGPT2's is <|endoftext|>)")
     prompt_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos_id
+    max_batches = math.ceil((num_sequences or min_residues) / batch_size)
     proteins: list[str] = []
+    residues = 0
     with _seeded(seed, device), eval_mode(model), torch.no_grad():
-        for start in range(0, num_sequences, batch_size):
+        for _ in range(max_batches):
+            size = batch_size if num_sequences is None else min(batch_size, num_sequences - len(proteins))
             ids = _sample(
-                model, prompt_id=prompt_id, eos_id=eos_id,
-                batch_size=min(batch_size, num_sequences - start),
+                model, prompt_id=prompt_id, eos_id=eos_id, batch_size=size,
                 max_new_tokens=max_new_tokens, min_new_tokens=0, top_k=top_k,
                 repetition_penalty=repetition_penalty, device=device,
             )  # (b, 1 + T)
+            batch = []
             for row in ids[:, 1:].tolist():
                 # A protein ends at its first <|endoftext|> (generate pads finished rows
                 # with it), whatever the tokenizer's special-token flags say.
                 if eos_id in row:
                     row = row[:row.index(eos_id)]
                 text = tokenizer.decode(row, skip_special_tokens=True)
-                proteins.append(_NON_LETTERS.sub("", text).upper())
+                batch.append(_NON_LETTERS.sub("", text).upper())
+            proteins += batch
+            residues += int(aa_counts(batch).sum())
+            if min_residues is not None and residues >= min_residues:
+                break
     return proteins
+
+
+def expected_aa_kl_bias(n_residues: int, n_categories: int = len(STANDARD_AA)) -> float:
+    """E[KL(p_hat || q)] for a sampler whose composition is exactly q, from n_residues draws:
+    about (K - 1) / (2 N) nats (the chi-square limit of 2N * KL). aa_kl_natural values near this
+    are indistinguishable from a perfect composition at that sample size."""
+    return (n_categories - 1) / (2 * n_residues)
 
 
 def aa_kl_natural(
@@ -131,40 +152,42 @@ def aa_kl_natural(
     heldout_sequences: Sequence[str],
     *,
     seed: int,
-    num_sequences: int,
+    min_residues: int,
     max_new_tokens: int,
     device: torch.device | str,
     batch_size: int = 32,
     top_k: int = PROTGPT2_TOP_K,
     repetition_penalty: float = PROTGPT2_REPETITION_PENALTY,
 ) -> dict:
-    """Amino-acid composition KL of sampled proteins (method §5).
+    """Amino-acid composition KL of sampled full-length proteins (method §5).
 
-    Returns `aa_kl_natural` = KL(p_gen ‖ held-out composition), `aa_kl_uniprot` =
-    KL(p_gen ‖ UNIPROT_BACKGROUND), `aa_gen_residues` (standard residues sampled) and
-    `aa_note` (None, or why the KLs are NaN: no standard residue was generated). A KL is
-    +inf if the held-out split lacks an amino acid that was generated.
+    Samples until at least `min_residues` standard residues (see `sample_proteins`).
+    Returns `aa_kl_natural` = KL(p_gen || held-out composition), `aa_kl_uniprot` =
+    KL(p_gen || UNIPROT_BACKGROUND), `aa_gen_residues` and `aa_gen_sequences` (what was
+    sampled), `aa_kl_expected_bias` (what a perfect sampler would score at that sample
+    size) and `aa_note` (None, or what is wrong: no standard residue at all, or fewer than
+    `min_residues`). A KL is +inf if the held-out split lacks an amino acid that was generated.
     """
     q_natural = aa_composition(heldout_sequences)  # (20,); raises if no residues
     proteins = sample_proteins(
-        model, tokenizer, num_sequences=num_sequences, max_new_tokens=max_new_tokens,
+        model, tokenizer, min_residues=min_residues, max_new_tokens=max_new_tokens,
         seed=seed, top_k=top_k, repetition_penalty=repetition_penalty, device=device,
         batch_size=batch_size,
     )
     n_residues = int(aa_counts(proteins).sum())
+    sampled = {"aa_gen_residues": n_residues, "aa_gen_sequences": len(proteins)}
     if n_residues == 0:
-        return {
-            "aa_kl_natural": math.nan,
-            "aa_kl_uniprot": math.nan,
-            "aa_gen_residues": 0,
-            "aa_note": f"no standard amino-acid residue in {num_sequences} sampled sequences",
-        }
+        return {"aa_kl_natural": math.nan, "aa_kl_uniprot": math.nan, "aa_kl_expected_bias": math.nan, **sampled,
+                "aa_note": f"no standard amino-acid residue in {len(proteins)} sampled sequences"}
     p_gen = aa_composition(proteins)  # (20,)
+    short = n_residues < min_residues
     return {
         "aa_kl_natural": aa_kl(p_gen, q_natural),
         "aa_kl_uniprot": aa_kl(p_gen, UNIPROT_BACKGROUND),
-        "aa_gen_residues": n_residues,
-        "aa_note": None,
+        "aa_kl_expected_bias": expected_aa_kl_bias(n_residues),
+        **sampled,
+        "aa_note": (f"only {n_residues} standard residues in {len(proteins)} samples (asked for {min_residues}): "
+                    "the samples end early") if short else None,
     }
 
 

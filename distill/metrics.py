@@ -310,13 +310,16 @@ def student_ppl(
     autocast_dtype: torch.dtype | None = None,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
 ) -> dict:
-    """Held-out perplexity of one model at τ = 1, no teacher (early-stopping validation).
+    """Held-out perplexity of one model at τ = 1, no teacher (early-stopping validation), with its
+    calibration (the Pareto view of ppl vs ECE needs both from the same evaluation).
 
-    Returns ppl, nll_per_token, nll_per_residue, n_tokens, n_residues, n_sequences.
+    Returns ppl, nll_per_token, nll_per_residue, ece, accuracy, confidence, n_tokens, n_residues,
+    n_sequences.
     """
     result = _run_scorer(model, None, batches, device=device, autocast_dtype=autocast_dtype,
                          chunk_elements=chunk_elements).result()
-    keys = ("ppl", "nll_per_token", "nll_per_residue", "n_tokens", "n_residues", "n_sequences")
+    keys = ("ppl", "nll_per_token", "nll_per_residue", "ece", "accuracy", "confidence", "n_tokens", "n_residues",
+            "n_sequences")
     return {k: result[k] for k in keys}
 
 

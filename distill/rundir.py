@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distill.config import TrainConfig, dump_config
-from distill.numbers import dumps
+from distill.numbers import dumps, number
 
 LOG_NAME = "metrics.jsonl"
 SUMMARY_NAME = "metrics.json"
@@ -75,38 +75,68 @@ def eval_rows(run_dir: str | Path) -> list[dict]:
 
 @dataclass
 class RunResult:
-    status: str  # COMPLETED | DIVERGED
+    status: str  # COMPLETED | STOPPED_EARLY | DIVERGED
     step: int  # last optimizer step taken (diverged: the step whose loss was non-finite)
-    best_val_ppl: float
+    best_val_ppl: float  # lowest val ppl seen (for reading curves; never used to choose)
     best_step: int
     run_dir: Path
     last_row: dict | None = None  # the row the run reported last (eval row, or its diverged event)
-    final_metrics: dict | None = None
+    val_ppl: float | None = None  # the FINAL model's val ppl: the objective (completed runs)
+    final_metrics: dict | None = None  # test-split metrics (reporting)
+    val_metrics: dict | None = None  # the same metrics on the val split (choosing)
 
 
 def write_summary(result: RunResult) -> Path:
-    """`<run>/metrics.json`: status, best val ppl and its step, and the test metrics if any."""
+    """`<run>/metrics.json`: status, step, the final val ppl (the objective), the best val ppl seen
+    and its step, and the val/test metrics if any."""
     path = result.run_dir / SUMMARY_NAME
-    summary = {"status": result.status, "step": result.step, "best_val_ppl": result.best_val_ppl,
-               "best_step": result.best_step, "test": result.final_metrics}
-    _write_atomic(path, dumps(summary, indent=2) + "\n")
+    _write_atomic(path, _summary_text(result))
     return path
 
 
+def write_summary_if_absent(result: RunResult) -> bool:
+    """Write the summary unless the run wrote its own first (atomic create-if-absent: a run that
+    ended by itself wins over a scheduler's verdict about it). Returns whether it wrote."""
+    path = result.run_dir / SUMMARY_NAME
+    if path.exists() or not result.run_dir.is_dir():
+        return False
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    tmp.write_text(_summary_text(result))
+    try:
+        os.link(tmp, path)  # fails if the run's own summary appeared meanwhile
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _summary_text(result: RunResult) -> str:
+    return dumps({"status": result.status, "step": result.step, "val_ppl": result.val_ppl,
+                  "best_val_ppl": result.best_val_ppl, "best_step": result.best_step,
+                  "val": result.val_metrics, "test": result.final_metrics}, indent=2) + "\n"
+
+
 def finished_run(run_dir: Path) -> RunResult | None:
-    """The RunResult of a run folder whose metrics.json says it ended, else None."""
+    """The RunResult of a run folder whose metrics.json says it ended, else None.
+
+    `last_row` is what the run reported last: its final eval row (completed), the row it was
+    stopped at (stopped early), or its diverged event (with val_ppl inf).
+    """
     path = Path(run_dir) / SUMMARY_NAME
     if not path.is_file():
         return None
     summary = json.loads(path.read_text())
-    final = [r for r in read_log(run_dir) if r.get("event") == DIVERGED or is_eval_row(r)]
-    if not final:
+    rows = [r for r in read_log(run_dir) if (r.get("event") == DIVERGED or is_eval_row(r))
+            and r.get("step", 0) <= summary["step"]]
+    if not rows:
         return None
-    last = dict(final[-1])
+    last = dict(rows[-1])
     if last.get("event") == DIVERGED:
         last["val_ppl"] = float("inf")
-    return RunResult(summary["status"], summary["step"], float(summary["best_val_ppl"]), summary["best_step"],
-                     Path(run_dir), last_row=last, final_metrics=summary.get("test"))
+    return RunResult(summary["status"], summary["step"], number(summary["best_val_ppl"]), summary["best_step"],
+                     Path(run_dir), last_row=last, val_ppl=summary.get("val_ppl"),
+                     final_metrics=summary.get("test"), val_metrics=summary.get("val"))
 
 
 def save_student(student, tokenizer, out: Path, cfg: TrainConfig) -> None:

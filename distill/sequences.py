@@ -116,6 +116,18 @@ def is_fasta(path: Path) -> bool:
     return path.name.lower().endswith(FASTA_SUFFIXES)
 
 
+def dedupe(seqs: list[str]) -> tuple[list[int], int]:
+    """Indices of the first occurrence of each non-empty sequence (in order), and the number of empties."""
+    first: dict[str, int] = {}
+    n_empty = 0
+    for i, s in enumerate(seqs):
+        if not s:
+            n_empty += 1
+        else:
+            first.setdefault(s, i)
+    return list(first.values()), n_empty
+
+
 def read_sequences(path: str | Path, column: str = "sequence") -> SequenceSet:
     """Read, validate, drop empties and deduplicate the proteins of one file or folder."""
     path = Path(path)
@@ -130,15 +142,8 @@ def read_sequences(path: str | Path, column: str = "sequence") -> SequenceSet:
             f"{path}: unknown data format; allowed: FASTA ({', '.join(FASTA_SUFFIXES)}), "
             "a .parquet table, or a Hugging Face datasets directory"
         )
-    seen: set[str] = set()
-    unique: list[str] = []
-    n_empty = 0
-    for s in raw:
-        if not s:
-            n_empty += 1
-        elif s not in seen:
-            seen.add(s)
-            unique.append(s)
+    keep, n_empty = dedupe(raw)
+    unique = [raw[i] for i in keep]
     if not unique:
         raise DataError(f"{path}: empty dataset: no non-empty protein sequences ({len(raw)} records read)")
     return SequenceSet(str(path), unique, len(raw), n_empty, len(raw) - n_empty - len(unique))

@@ -58,6 +58,7 @@ from distill.rundir import (
 )
 from distill.runtime import Runtime, resolve_runtime
 from distill.seeding import seed_everything
+from distill.splits import SplitSpec
 
 ReportFn = Callable[[dict, "str | None"], None]
 
@@ -136,7 +137,8 @@ def run_training(
     teacher = load_teacher(teacher_name, device=rt.device)
     tokenizer = load_tokenizer(cfg.tokenizer or teacher_name)
     check_vocab(tokenizer, teacher.config, tokenizer_name=cfg.tokenizer or teacher_name)
-    data = prepare_data(cfg.data, tokenizer, column=cfg.sequence_column, fractions=cfg.split, block_size=cfg.block_size)
+    data = prepare_data(cfg.data, tokenizer, column=cfg.sequence_column, split=SplitSpec.from_config(cfg),
+                        block_size=cfg.block_size)
     sizes = student_sizes(cfg.scale, cfg.n_layer, cfg.n_head, cfg.n_embd)
     student = build_student(teacher.config, sizes, cfg.dropout, seed=cfg.seed).to(rt.device)
     check_vocab(tokenizer, teacher.config, student.config)
@@ -215,8 +217,15 @@ def run_training(
         optimizer.zero_grad(set_to_none=True)
 
         done = step + 1
-        if done % cfg.eval_interval == 0 or done == steps:
+        final = done == steps
+        if done % cfg.eval_interval == 0 or final:
             val = _heldout_ppl(student, data, cfg, rt, pad_id)
+            if cfg.inject_inf_val_at_step == done:
+                val["ppl"] = math.inf
+            if not math.isfinite(val["ppl"]):
+                # The loss stayed finite but the model's predictions did not (e.g. inf logits on
+                # held-out proteins): the run has diverged just the same (method §4).
+                return _diverged(runlog, report, run_dir, done, best, log)
             if val["ppl"] < best["val_ppl"]:
                 best = {"val_ppl": val["ppl"], "step": done}
             elapsed = time.time() - t0
@@ -231,10 +240,12 @@ def run_training(
                 "lr": scheduler.get_last_lr()[0],
                 "val_ppl": val["ppl"],
                 "val_nll_per_residue": val["nll_per_residue"],
+                "val_ece": val["ece"],
+                "val_accuracy": val["accuracy"],
                 "best_val_ppl": best["val_ppl"],
                 "best_step": best["step"],
                 "tokens_per_s": tokens_seen / max(elapsed, 1e-9),
-                "done_training": done == steps,
+                "done_training": final,
             }
             window.zero_()
             window_steps = 0
@@ -245,24 +256,39 @@ def run_training(
                                                {"best": best}, cfg.keep_checkpoints))
                 log(f"step {done}/{steps} train_loss {row['train_loss']:.4f} val_ppl {val['ppl']:.4f} "
                     f"({row['tokens_per_s']:.0f} tok/s)")
+                if final:
+                    # Everything the run leaves behind is written BEFORE its last report: a
+                    # scheduler may end the trial's process as soon as it has that report.
+                    _finish(student, teacher, tokenizer, data, cfg, rt, runlog, row, best)
             if report is not None:
                 report(row, ckpt_dir)
+    return finished_run(run_dir) if is_main else RunResult(COMPLETED, steps, best["val_ppl"], best["step"], run_dir)
 
-    result = RunResult(COMPLETED, steps, best["val_ppl"], best["step"], run_dir)
-    if is_main:
-        save_student(student, tokenizer, run_dir / STUDENT_DIR, cfg)
-        if cfg.final_eval:
+
+def _finish(student, teacher, tokenizer, data: ProteinData, cfg: TrainConfig, rt: Runtime, runlog: RunLog,
+            row: dict, best: dict) -> None:
+    """The end of a completed run: the student (the FINAL model: it is what the objective, the
+    final val_ppl, measured), the held-out metrics if asked (val for choosing, test for
+    reporting: method §7), then the summary that marks the run as ended."""
+    run_dir = Path(cfg.output_dir)
+    save_student(student, tokenizer, run_dir / STUDENT_DIR, cfg)
+    result = RunResult(COMPLETED, row["step"], best["val_ppl"], best["step"], run_dir, last_row=row,
+                       val_ppl=row["val_ppl"])
+    if cfg.final_eval:
+        result.val_metrics = evaluate_student(student, teacher, tokenizer, data.val, cfg=cfg, runtime=rt,
+                                              generation=False)
+        runlog.append({"event": "val", "step": row["step"], **result.val_metrics})
+        if len(data.test):
             result.final_metrics = evaluate_student(student, teacher, tokenizer, data.test, cfg=cfg, runtime=rt)
-            runlog.append({"event": "test", "step": steps, **result.final_metrics})
-        write_summary(result)
-    return result
+            runlog.append({"event": "test", "step": row["step"], **result.final_metrics})
+    write_summary(result)
 
 
 def _diverged(runlog: RunLog | None, report: ReportFn | None, run_dir: Path, step: int, best: dict, log) -> RunResult:
-    """method §4: a non-finite loss ends the run as `diverged` with its step; it never continues."""
+    """method §4: a non-finite loss (or held-out ppl) ends the run as `diverged` with its step; it never continues."""
     row = {"event": DIVERGED, "step": step, "status": DIVERGED, "best_val_ppl": best["val_ppl"],
            "best_step": best["step"], "done_training": False, "diverged": True}
-    log(f"diverged: non-finite loss at step {step}")
+    log(f"diverged: non-finite loss or held-out perplexity at step {step}")
     result = RunResult(DIVERGED, step, best["val_ppl"], best["step"], run_dir, last_row=row)
     if runlog:
         runlog.append(row)

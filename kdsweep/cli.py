@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from distill.errors import KDSweepError
+from distill.splits import SplitSpec
 from kdsweep import __version__
 
 DESCRIPTION = ("Systematic hyperparameter sweeps for knowledge distillation of protein language models "
@@ -69,7 +70,8 @@ def _train(args) -> int:
     if args.out:
         overrides.append(f"output_dir={args.out}")
     result = run_training(load_config(args.config, overrides))
-    print(f"status: {result.status} at step {result.step}; best val_ppl {result.best_val_ppl:.4f} "
+    final = f"val_ppl {result.val_ppl:.4f} (final model); " if result.val_ppl is not None else ""
+    print(f"status: {result.status} at step {result.step}; {final}best val_ppl seen {result.best_val_ppl:.4f} "
           f"(step {result.best_step})")
     if result.final_metrics:
         print("test split: " + headline(result.final_metrics))
@@ -168,6 +170,15 @@ def _dashboard(args) -> int:
                            tensorboard_port=args.tensorboard_port if args.tensorboard else None)
 
 
+def _data_report(args) -> int:
+    from distill.data_report import data_report, format_data_report
+    from distill.numbers import dumps
+
+    report = data_report(args.data, identity=args.identity, coverage=args.coverage, column=args.column)
+    print(dumps(report, indent=2) if args.json else format_data_report(report))
+    return 0
+
+
 def _train_resume_hint(args) -> str:
     out = args.out or "the same --out"
     return f"interrupted; run the same command again to resume {out} from its last checkpoint"
@@ -219,6 +230,13 @@ COMMANDS: dict[str, Command] = {
         arg("--tensorboard", action="store_true", help="also serve TensorBoard on the sweep's runs"),
         arg("--tensorboard-port", type=int, default=6006, help="TensorBoard port on 127.0.0.1"),
         arg("--print-only", action="store_true", help="print the commands, serve nothing")]),
+    "data report": Command(_data_report, "split sizes and leakage (held-out 20-mers found in train) of the hash "
+                           "and the cluster split of a data file", [
+        arg("data", help="'bundled' or a data file (FASTA, parquet, datasets folder)"),
+        arg("--identity", type=float, default=SplitSpec.identity, help="MMseqs2 --min-seq-id of the cluster split"),
+        arg("--coverage", type=float, default=SplitSpec.coverage, help="MMseqs2 -c of the cluster split"),
+        arg("--column", default="sequence", help="sequence column of a table"),
+        arg("--json", action="store_true", help="print JSON instead of a table")]),
     "demo-teacher": Command(_demo_teacher, "(re)build the bundled CPU demo teacher (about an hour on 2 cores)", [
         arg("--out", default=str(Path(__file__).resolve().parent.parent / "distill" / "assets" / "demo-teacher"),
             help="output folder"),

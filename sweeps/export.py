@@ -2,8 +2,8 @@
 
 Each file is a complete TrainConfig YAML (so `kdsweep train --config FILE`
 takes it unchanged) whose `provenance` mapping says where it came from: sweep,
-Tune trial id, Optuna trial number, best val_ppl and its step, kdsweep git
-commit, teacher id and the SHA-256 of the data file.
+Tune trial id, Optuna trial number, its objective (the final model's val_ppl) and
+step, kdsweep git commit, teacher id and the SHA-256 of the data file.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from distill.config import dump_config
 from distill.data import file_sha256, resolve_data_path
 from distill.errors import ConfigError
 from sweeps.layout import SweepDir, config_file_name
-from sweeps.study import ATTR_BEST_STEP, ATTR_TRIAL, best_trial, study_trials
+from sweeps.study import ATTR_STEP, ATTR_TRIAL, best_trial, study_trials
 
 
 def export_best(sd: SweepDir, out_dir: str | Path, *, train_root: str = "runs/final") -> list[Path]:
@@ -33,7 +33,7 @@ def export_best(sd: SweepDir, out_dir: str | Path, *, train_root: str = "runs/fi
             continue
         provenance = {
             "sweep": sd.name, "study": study.name, "trial_id": best.user_attrs.get(ATTR_TRIAL),
-            "optuna_number": best.number, "val_ppl": best.value, "step": best.user_attrs.get(ATTR_BEST_STEP),
+            "optuna_number": best.number, "val_ppl": best.value, "step": best.user_attrs.get(ATTR_STEP),
             "git_commit": meta.get("git_commit"), "teacher": space.teacher, "data": space.data,
             "data_sha256": data_hash,
         }

@@ -2,8 +2,10 @@
 
 method §6: best configurations are re-run with several seeds before they enter a
 table. Each replicate is a Ray Tune trial (same executor as the sweep) training
-the best params of one (scale, arm) to the space's full budget with seed k, then
-scoring the **test** split with every method §5 metric (its `metrics.json`).
+the best params of one (scale, arm) to the space's full budget with a seed that is
+never the search seed, then scoring the **val** split (what the analysis chooses
+arms on) and the **test** split (what it reports) with every method §5 metric (its
+`metrics.json`).
 
 Re-running skips replicates whose `metrics.json` says completed; an interrupted
 replicate resumes from the checkpoints in its own folder.
@@ -26,14 +28,15 @@ from sweeps.trial import EXECUTORS, trial_resources
 
 
 def replicate_specs(sd: SweepDir, seeds: int) -> tuple[object, list[dict]]:
-    """(space, [trial config per (study, seed)]) for every study with a completed trial."""
+    """(space, [trial config per (study, seed)]) for every study with a completed trial; the seeds
+    are `space.replicate_seeds(seeds)`, never the search seed."""
     space, by_study = study_trials(sd)
     specs = []
     for study in space.studies:
         best = best_trial(by_study[study.name])
         if best is None:
             continue
-        for seed in range(seeds):
+        for seed in space.replicate_seeds(seeds):
             specs.append({"study": study.name, "scale": study.scale, "arm": study.arm, "optuna_number": best.number,
                           "replicate_seed": seed, **best.params})
     if not specs:

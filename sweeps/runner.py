@@ -17,7 +17,10 @@ from typing import Callable
 import ray
 from ray import tune
 
+from distill.config import config_from_dict
+from distill.data import precluster
 from distill.errors import ConfigError
+from distill.splits import SplitSpec
 from distill.train import total_steps
 from sweeps.callbacks import tracker_callbacks, tune_callbacks
 from sweeps.layout import SweepDir, git_commit, open_sweep, storage_root
@@ -65,7 +68,8 @@ def _tuner(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool,
         trainable,
         # num_samples=-1: the searcher alone says when every study has its trials (a count here
         # would end the sweep early when trials lost to a driver kill are handed out again).
-        tune_config=tune.TuneConfig(search_alg=StudySearcher(space, sd.name, storage_url), scheduler=scheduler,
+        tune_config=tune.TuneConfig(search_alg=StudySearcher(space, sd, storage_url, sd.meta().get("git_commit", "unknown")),
+                                    scheduler=scheduler,
                                     num_samples=-1,
                                     trial_dirname_creator=lambda t: t.trial_id, trial_name_creator=lambda t: t.trial_id),
         run_config=tune.RunConfig(
@@ -94,6 +98,7 @@ def run_sweep(space: SearchSpace, *, name: str | None = None, storage: str | Non
                               f"({', '.join(taken)}); pick another --name")
     callbacks = tune_callbacks(space, name, title=f"sweep {name}", max_steps=max_steps(space),
                                budgets={s.name: space.search["trials_per_study"] for s in space.studies})
+    _precluster(space)
     sd.root.mkdir(parents=True, exist_ok=True)
     dump_space(space, sd.space)
     # storage_url null = the optuna.db beside sweep.json, wherever the folder is later moved.
@@ -110,12 +115,20 @@ def resume_sweep(name: str, *, storage: str | None = None, address: str | None =
         raise ConfigError(f"sweep {name!r} has no Tune experiment to resume in {sd.tune}")
     space = load_space(sd.space)
     tracker_callbacks(space, sd.name)  # Tune resumes with its pickled callbacks: check they can run
+    _precluster(space)
     storage_url = sd.storage_url()
     orphaned = reconcile_with_tune(space, sd.name, storage_url, {t.trial_id for t in tune_unfinished(sd)})
     if orphaned:
         log(f"{len(orphaned)} trial(s) started after Tune's last snapshot were lost and will be run again: "
             + ", ".join(orphaned))
     return _fit(space, sd, storage_url, restore=True, address=address, log=log, callbacks=[])
+
+
+def _precluster(space: SearchSpace) -> None:
+    """Cluster the sweep's data before Ray starts: a missing mmseqs stops the sweep here, not in
+    every trial, and the trials read the clusters from the cache (distill.data.precluster)."""
+    cfg = config_from_dict({**space.train, "data": space.data}, source=space.source or "search space")
+    precluster(space.data, column=cfg.sequence_column, split=SplitSpec.from_config(cfg))
 
 
 def tune_unfinished(sd: SweepDir) -> list:

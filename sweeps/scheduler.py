@@ -42,7 +42,15 @@ class PerStudyASHA(FIFOScheduler):
     def on_trial_result(self, tc, trial, result) -> str:
         if result.get("diverged"):
             return TrialScheduler.STOP
-        return self._for(tc, trial).on_trial_result(tc, trial, result)
+        asha = self._for(tc, trial)
+        decision = asha.on_trial_result(tc, trial, result)  # records the value in its rung either way
+        if decision == TrialScheduler.STOP and result.get("done_training"):
+            # A rung at max_t (max_t = grace * rf^k) would "stop" a trial on its final report:
+            # its budget is spent, so stopping saves nothing, and the trial is completed, not
+            # stopped early.
+            asha._num_stopped -= 1
+            return TrialScheduler.CONTINUE
+        return decision
 
     def on_trial_complete(self, tc, trial, result) -> None:
         self._for(tc, trial).on_trial_complete(tc, trial, result)

@@ -9,9 +9,14 @@ so TPE learns from partial results. Here:
   `suggest` hands out trials round-robin over studies with budget left;
 * intermediate `val_ppl` values are reported to the Optuna trial at their
   training step;
-* at the end a trial is told COMPLETE (trained to its full budget), PRUNED
-  (stopped early by ASHA: its last result says `done_training: false`),
-  or FAIL with user attribute `status` = "diverged" or "failed".
+* at the end a trial is told COMPLETE with its FINAL val_ppl (trained to its full
+  budget: the objective measures the model the run saves, replicates and tests),
+  PRUNED (stopped early by ASHA; the driver writes its run summary first), PRUNED with
+  +inf at the divergence step and a violated constraint `diverged` (so TPE learns
+  where training blows up), or FAIL (crashed, retries exhausted); the user attribute
+  `status` names which (`sweeps.study` states);
+* TPE is multivariate, with `search.startup_trials` random start-up trials, and a
+  reopened study is reseeded from its trial count so a resume never replays proposals.
 
 The searcher keeps no state of its own that a restore could get wrong. Which
 Optuna trial belongs to which Tune trial (user attribute `ray_trial_id`), how
@@ -30,12 +35,14 @@ import math
 import warnings
 from collections.abc import Iterable
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from distill.numbers import dumps
-from distill.rundir import COMPLETED, DIVERGED, STOPPED_EARLY
+from distill.numbers import dumps, number
+from distill.rundir import COMPLETED, DIVERGED, STOPPED_EARLY, RunResult, finished_run, write_summary_if_absent
+from sweeps.layout import SweepDir
 from sweeps.space import SearchSpace
 from sweeps.study import (
     ATTR_BEST_STEP,
@@ -51,10 +58,29 @@ from sweeps.study import (
 )
 
 
+def sampler_seed(base: int, study_index: int, n_existing: int) -> int:
+    """The TPE seed of a study: `base * 1000 + index` for a fresh study; for a reopened one
+    (resume) a seed derived from how many trials it already holds. Why: a sampler re-created
+    with its first seed replays its first proposals (its random start-up trials come from
+    its own RNG, not from the study), so a resumed study would re-try configurations."""
+    if n_existing == 0:
+        return base * 1000 + study_index
+    return int(np.random.SeedSequence([base, study_index, n_existing]).generate_state(1)[0])
+
+
+def startup_trials(space: SearchSpace) -> int:
+    """TPE's random start-up trials per study: `search.startup_trials`, else a third of the budget
+    (at most Optuna's default of 10): with 10 random trials a budget of 3 or 16 would be mostly
+    random search."""
+    given = space.search["startup_trials"]
+    return given if given is not None else min(10, max(1, space.search["trials_per_study"] // 3))
+
+
 class StudySearcher(Searcher):
-    def __init__(self, space: SearchSpace, sweep: str, storage_url: str):
+    def __init__(self, space: SearchSpace, sd: SweepDir, storage_url: str, git_commit: str = "unknown"):
         super().__init__(metric=METRIC, mode=MODE)
-        self.space, self.sweep, self.storage_url = space, sweep, storage_url
+        self.space, self.sweep_dir, self.storage_url, self.git_commit = space, sd.root, storage_url, git_commit
+        self.sweep = sd.name
         self.budget = space.search["trials_per_study"]
         self.max_concurrent = space.search["max_concurrent"]
         self._studies: dict[str, optuna.Study] = {}
@@ -65,9 +91,26 @@ class StudySearcher(Searcher):
     def _study(self, name: str) -> optuna.Study:
         if name not in self._studies:
             index = [s.name for s in self.space.studies].index(name)
-            sampler = optuna.samplers.TPESampler(seed=self.space.search["seed"] * 1000 + index)
-            self._studies[name] = open_study(self.storage_url, self.sweep, name, sampler)
+            study = open_study(self.storage_url, self.sweep, name)
+            n_existing = len(study.get_trials(deepcopy=False))
+            # Multivariate TPE models the parameters jointly (lr and warmup interact); constant
+            # liar (Optuna's default) keeps concurrent trials from being proposed the same point.
+            study.sampler = optuna.samplers.TPESampler(
+                seed=sampler_seed(self.space.search["seed"], index, n_existing),
+                n_startup_trials=startup_trials(self.space), multivariate=True)
+            if n_existing == 0:
+                self._describe(study, self.space.study(name))
+            self._studies[name] = study
         return self._studies[name]
+
+    def _describe(self, study: optuna.Study, spec) -> None:
+        """What optuna-dashboard shows: the objective's name, and what this study is."""
+        with warnings.catch_warnings():  # set_metric_names is marked experimental in Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([METRIC])
+        for key, value in (("sweep", self.sweep), ("scale", spec.scale), ("arm", spec.arm),
+                           ("git_commit", self.git_commit), ("search_space", self.space.raw)):
+            study.set_user_attr(key, value)
 
     @property
     def assigned(self) -> dict[str, int]:
@@ -129,20 +172,43 @@ class StudySearcher(Searcher):
         result = result or {}
         # Tune hands the result that made ASHA stop a trial to on_trial_complete, not on_trial_result.
         self._report(name, number, result)
+        value = None
         if error:
-            status, state, value = FAILED, TrialState.FAIL, None
+            status, state = FAILED, TrialState.FAIL
         elif result.get("diverged"):
-            status, state, value = DIVERGED, TrialState.FAIL, None
+            # PRUNED with +inf at the divergence step and a violated constraint: TPE ranks it
+            # behind every feasible trial, so it learns where training blows up (a FAIL trial
+            # would be ignored by the sampler altogether).
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                trial.report(math.inf, step=int(result.get("step", 0)))
+            trial.set_constraint("diverged", 1.0)
+            status, state = DIVERGED, TrialState.PRUNED
         elif result.get("done_training"):
-            status, state, value = COMPLETED, TrialState.COMPLETE, result.get("best_val_ppl", result.get(METRIC))
+            # The objective is the FINAL model's val_ppl: the model the run saves, replicates and tests.
+            status, state, value = COMPLETED, TrialState.COMPLETE, result[METRIC]
         else:
-            # ASHA stopped it: PRUNED keeps its intermediate values, and TPE treats it as such.
-            status, state, value = STOPPED_EARLY, TrialState.PRUNED, None
+            status, state, value = self._stopped_early(trial_id, result)
         trial.set_user_attr(ATTR_STATUS, status)
         for key, attr in (("step", ATTR_STEP), ("best_step", ATTR_BEST_STEP)):
             if key in result:
                 trial.set_user_attr(attr, int(result[key]))
-        study.tell(number, value if state == TrialState.COMPLETE else None, state=state)
+        study.tell(number, value, state=state)
+
+    def _stopped_early(self, trial_id: str, result: dict) -> tuple[str, TrialState, float | None]:
+        """ASHA stopped the trial: its process is ended without warning, so its summary is written
+        here, BEFORE Optuna is told (a resume trusts "Optuna says it ended" to mean "its run folder
+        says so too"). A run that reached its end first and wrote its own summary wins that race:
+        it is told as what it is, completed with its final val_ppl."""
+        run_dir = SweepDir(self.sweep_dir).run_dir(trial_id)
+        stopped = RunResult(STOPPED_EARLY, int(result.get("step", 0)), number(result.get("best_val_ppl")),
+                            int(result.get("best_step", -1)), run_dir, val_ppl=result.get(METRIC))
+        if not write_summary_if_absent(stopped):
+            own = finished_run(run_dir)
+            if own is not None and own.status == COMPLETED and own.val_ppl is not None:
+                return COMPLETED, TrialState.COMPLETE, float(own.val_ppl)
+        # PRUNED keeps its intermediate values, and TPE treats it as such.
+        return STOPPED_EARLY, TrialState.PRUNED, None
 
     # Optuna's ask/tell API has no public "report to trial number N" after a restart: these two
     # helpers (and `reconcile_with_tune`) are the only places that reach into the study's storage.

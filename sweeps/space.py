@@ -38,7 +38,7 @@ EXECUTORS = ("local", "ray_train")
 TOP_KEYS = ("name", "description", "teacher", "tokenizer", "data", "scales", "arms", "params", "scale_params",
             "arm_params", "train", "search", "resources", "tracking")
 SEARCH_DEFAULTS = {"trials_per_study": 4, "max_concurrent": 2, "seed": 0, "grace_period": 20, "reduction_factor": 2,
-                   "max_failures": 2, "executor": "local", "storage_url": None}
+                   "max_failures": 2, "executor": "local", "storage_url": None, "startup_trials": None}
 RESOURCE_DEFAULTS = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0.0}
 TRACKERS = ("mlflow", "wandb")
 NO_TRACKER = "none"  # `--tracker none`: off, whatever the space says
@@ -124,6 +124,16 @@ class SearchSpace:
     @property
     def total_trials(self) -> int:
         return len(self.studies) * self.search["trials_per_study"]
+
+    @property
+    def search_seed(self) -> int:
+        """The training seed of every search trial (`train.seed`, default 0)."""
+        return int(self.train.get("seed", TrainConfig.seed))
+
+    def replicate_seeds(self, n: int) -> list[int]:
+        """n training seeds for replicates, disjoint from the search seed (method §6): a replicate
+        with the search seed would re-run the lucky search trial itself."""
+        return [self.search_seed + 1 + k for k in range(n)]
 
 
 class _Problems(list):
@@ -293,6 +303,10 @@ def _parse_search(raw: dict, p: _Problems) -> dict:
         p.append(f"search.reduction_factor: got {search['reduction_factor']!r}, allowed: a number >= 2")
     if not isinstance(search["seed"], int):
         p.append(f"search.seed: got {search['seed']!r}, allowed: an integer")
+    st = search["startup_trials"]
+    if st is not None and (not isinstance(st, int) or isinstance(st, bool) or st < 0):
+        p.append(f"search.startup_trials: got {st!r}, allowed: null (a third of trials_per_study, at most 10) "
+                 "or an integer >= 0")
     if search["executor"] not in EXECUTORS:
         p.append(f"search.executor: got {search['executor']!r}, allowed: {', '.join(EXECUTORS)}")
     return search

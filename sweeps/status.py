@@ -1,6 +1,8 @@
 """`kdsweep sweep status`: per (scale, arm) study, trials by state and the best so far.
 
-Read from the Optuna storage alone (no Ray; states as `sweeps.study` defines them).
+Read from the Optuna storage alone (no Ray; states as `sweeps.study` defines them). A
+study's best trial is its completed trial with the lowest objective, the final model's
+val_ppl.
 Orphaned trials (lost to a driver kill before Tune saved them) are not counted.
 """
 
@@ -8,7 +10,7 @@ from __future__ import annotations
 
 from sweeps.layout import SweepDir
 from sweeps.study import (
-    ATTR_BEST_STEP,
+    ATTR_STEP,
     ATTR_TRIAL,
     ORPHANED,
     PENDING,
@@ -30,7 +32,7 @@ def sweep_status(sd: SweepDir) -> list[dict]:
             "study": s.name, "scale": s.scale, "arm": s.arm, "planned": space.search["trials_per_study"],
             PENDING: max(0, space.search["trials_per_study"] - len(trials)), **counts,
             "best_val_ppl": best.value if best else None,
-            "best_step": best.user_attrs.get(ATTR_BEST_STEP) if best else None,
+            "best_step": best.user_attrs.get(ATTR_STEP) if best else None,
             "best_trial": best.user_attrs.get(ATTR_TRIAL) if best else None,
             "best_params": best.params if best else {},
         })

@@ -8,11 +8,14 @@ Trial states, one vocabulary everywhere (status, analysis, live view, docs):
 
     pending        in the budget, not started yet (no Optuna trial yet)
     running        handed out, not ended
-    completed      trained to its full budget (Optuna COMPLETE)
+    completed      trained to its full budget (Optuna COMPLETE, value = final val_ppl)
     stopped_early  stopped by ASHA before its full budget (Optuna PRUNED)
-    diverged       ended by a non-finite loss (Optuna FAIL, user attribute status)
+    diverged       ended by a non-finite loss or val ppl (Optuna PRUNED with +inf at that step
+                   and the constraint `diverged` violated, so TPE learns from it)
     failed         crashed, retries exhausted (Optuna FAIL)
     orphaned       lost to a driver kill before Tune saved it; not counted (Optuna FAIL)
+
+The user attribute `status` holds the state of every ended trial.
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ def trial_status(t: FrozenTrial) -> str:
     if t.state == TrialState.COMPLETE:
         return COMPLETED
     if t.state == TrialState.PRUNED:
-        return STOPPED_EARLY
+        return t.user_attrs.get(ATTR_STATUS, STOPPED_EARLY)
     if t.state == TrialState.RUNNING:
         return RUNNING
     if t.state == TrialState.FAIL:

@@ -22,6 +22,7 @@ import ray.tune
 from ray.train import Checkpoint
 
 from distill.config import TrainConfig, config_from_dict
+from distill.rundir import finished_run
 from distill.train import run_training
 from sweeps.layout import SweepDir
 from sweeps.space import SearchSpace
@@ -31,9 +32,10 @@ def trial_train_config(space: SearchSpace, config: dict, sweep_dir: str, trial_i
     """The TrainConfig of a Tune trial.
 
     A search trial's config is the searcher's {study, optuna_number, params...}: it
-    trains in `runs/<trial id>`. A replicate's config also holds `replicate_seed`:
-    it retrains that study's best params with that seed in
-    `replicates/<scale>__<arm>__seed<k>` and ends with the test-split metrics.
+    trains in `runs/<trial id>` with the search seed. A replicate's config also holds
+    `replicate_seed` (never the search seed: `SearchSpace.replicate_seeds`): it retrains
+    that study's best params with that seed in `replicates/<scale>__<arm>__seed<k>` and
+    ends with the val-split (choosing) and test-split (reporting) metrics.
     """
     sd = SweepDir(Path(sweep_dir))
     study = space.study(config["study"])
@@ -45,7 +47,18 @@ def trial_train_config(space: SearchSpace, config: dict, sweep_dir: str, trial_i
         return space.trial_config(study, params, str(sd.run_dir(trial_id)), provenance=provenance)
     run_dir = sd.replicate_dir(study.scale, study.arm, seed)
     return space.trial_config(study, params, str(run_dir), seed=seed, final_eval=True,
-                              provenance={**provenance, "replicate_seed": seed})
+                              provenance={**provenance, "search_seed": space.search_seed, "replicate_seed": seed})
+
+
+def _already_ended(cfg: TrainConfig) -> bool:
+    """A restored trial whose run already ended (its summary was written, and Optuna told, after
+    Tune's last snapshot): report its last row again so Tune's record is the real one, and train
+    nothing. Returning normally (not raising) makes Tune count it as finished, not as an error."""
+    done = finished_run(Path(cfg.output_dir))
+    if done is None:
+        return False
+    ray.tune.report(done.last_row)
+    return True
 
 
 @contextlib.contextmanager
@@ -69,6 +82,8 @@ def local_trial(config: dict, *, space: SearchSpace, sweep_dir: str) -> None:
     _limit_threads(space.resources["cpus_per_worker"])
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = trial_train_config(space, config, sweep_dir, trial_id)
+    if _already_ended(cfg):
+        return
 
     def report(metrics: dict, ckpt_dir: str | None) -> None:
         ray.tune.report(metrics, checkpoint=Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
@@ -96,6 +111,8 @@ def ray_train_trial(config: dict, *, space: SearchSpace, sweep_dir: str) -> None
 
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = trial_train_config(space, config, sweep_dir, trial_id)
+    if _already_ended(cfg):  # before Train's ~15 s start-up
+        return
     res = space.resources
     gpus = float(res["gpus_per_worker"])
     resources = {"CPU": float(res["cpus_per_worker"])} | ({"GPU": gpus} if gpus else {})

@@ -16,7 +16,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
 from distill.models import PROTGPT2_TOKENIZER_DIR
-from tests.fixtures import make_char_teacher, write_real_fasta
+from tests.fixtures import homolog_families, make_char_teacher, write_real_fasta
 
 hf_logging.disable_progress_bar()
 
@@ -33,6 +33,36 @@ def _isolated_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_fasta(tmp_path_factory) -> Path:
     return write_real_fasta(tmp_path_factory.mktemp("data") / "small.fasta", 400)
+
+
+@pytest.fixture(scope="session")
+def bundled_proteins() -> list[str]:
+    """The 18,801 unique proteins of the bundled UniProt sample."""
+    from distill.data import BUNDLED_DATA
+    from distill.sequences import read_sequences
+
+    return read_sequences(BUNDLED_DATA).sequences
+
+
+@pytest.fixture(scope="session")
+def homologs(bundled_proteins) -> list[str]:
+    """~250 real proteins in 60 families of >= 3 homologs (shipped MMseqs2 clusters of the bundled data)."""
+    return homolog_families(bundled_proteins, 60)
+
+
+@pytest.fixture
+def no_mmseqs(monkeypatch, tmp_path):
+    """A PATH on which no `mmseqs` can be found."""
+    empty = tmp_path / "empty-path"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+
+
+@pytest.fixture(scope="session")
+def homolog_fasta(tmp_path_factory, homologs) -> Path:
+    path = tmp_path_factory.mktemp("data") / "homologs.fasta"
+    path.write_text("".join(f">p{i}\n{s}\n" for i, s in enumerate(homologs)))
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
+import pytest
 import yaml
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -23,6 +24,10 @@ from distill.demo_teacher import build_aa_tokenizer
 from sweeps.layout import SweepDir
 from sweeps.space import SEARCH_SPACES_DIR
 from sweeps.study import ATTR_STATUS, ATTR_TRIAL, open_study
+
+# Tests that run the real MMseqs2 binary; CI installs it (`apt-get install -y mmseqs2`).
+requires_mmseqs = pytest.mark.skipif(shutil.which("mmseqs") is None,
+                                     reason="needs MMseqs2's `mmseqs` binary on PATH (apt-get install mmseqs2)")
 
 
 def write_real_fasta(path: Path, n: int, max_len: int = 300) -> Path:
@@ -36,6 +41,22 @@ def write_real_fasta(path: Path, n: int, max_len: int = 300) -> Path:
                 if k == n:
                     break
     return path
+
+
+def homolog_families(bundled: list[str], n_families: int, min_size: int = 3, max_len: int = 400) -> list[str]:
+    """The members of `n_families` shipped MMseqs2 clusters of the bundled proteins with at least
+    `min_size` members of at most `max_len` residues: a small real set full of homologs. Families are
+    taken in the order of their representative's sequence, which is unrelated to the split hash (the
+    order of representative ids is not: an id is the same SHA-256 that decides the split)."""
+    from distill.homology import BUNDLED_CLUSTERS, read_assignment, sequence_id
+
+    by_id = {sequence_id(s): s for s in bundled if len(s) <= max_len}
+    members: dict[str, list[str]] = {}
+    for member, rep in sorted(read_assignment(BUNDLED_CLUSTERS)[0].items()):
+        if member in by_id and rep in by_id:
+            members.setdefault(by_id[rep], []).append(by_id[member])
+    families = [m for _, m in sorted(members.items()) if len(m) >= min_size][:n_families]
+    return [s for family in families for s in family]
 
 
 def make_char_teacher(out: Path, n_positions: int = 512, seed: int = 0) -> Path:
@@ -56,7 +77,7 @@ def tiny_config(teacher: Path, data: Path, out: Path, **overrides) -> TrainConfi
     base = dict(
         teacher=str(teacher), data=str(data), scale=None, n_layer=1, n_head=2, n_embd=16,
         block_size=64, batch_size=4, micro_batch_size=2, max_steps=6, eval_interval=3,
-        val_max_proteins=16, eval_batch_size=8, gen_num_sequences=2, gen_max_new_tokens=16,
+        val_max_proteins=16, eval_batch_size=8, gen_min_residues=40, gen_max_new_tokens=16, gen_batch_size=4,
         output_dir=str(out), lr=1e-3,
     )
     base.update(overrides)

@@ -36,7 +36,7 @@ SPACE = {
         "smoothing": {"type": "loguniform", "low": 0.01, "high": 0.2},
     },
     "train": {"max_steps": 12, "eval_interval": 4, "batch_size": 4, "micro_batch_size": 4, "block_size": 128,
-              "val_max_proteins": 16, "eval_batch_size": 16, "gen_num_sequences": 2, "gen_max_new_tokens": 16,
+              "val_max_proteins": 16, "eval_batch_size": 16, "gen_min_residues": 40, "gen_max_new_tokens": 16, "gen_batch_size": 4,
               "final_eval": False},
     "search": {"trials_per_study": 2, "max_concurrent": 2, "grace_period": 4, "reduction_factor": 2,
                "executor": "local"},

@@ -2,6 +2,7 @@ import pytest
 
 from distill.config import TrainConfig, config_from_dict, load_config, parse_overrides
 from distill.errors import ConfigError
+from distill.splits import SplitSpec
 
 
 def test_defaults_validate_and_round_trip(tmp_path):
@@ -29,6 +30,9 @@ def test_defaults_validate_and_round_trip(tmp_path):
         ({"uncertainty": "yes"}, "uncertainty: got 'yes', allowed: true or false"),
         ({"split": [0.5, 0.5]}, "split"),
         ({"split": [0.9, 0.2, 0.1]}, "summing to 1"),
+        ({"split_method": "random"}, "split_method: got 'random', allowed: one of 'cluster', 'hash'"),
+        ({"cluster_identity": 0}, "cluster_identity: got 0.0, allowed: 0 < cluster_identity <= 1"),
+        ({"cluster_coverage": 1.5}, "cluster_coverage: got 1.5, allowed: 0 <= cluster_coverage <= 1"),
         ({"batch_size": 10, "micro_batch_size": 4}, "not a whole multiple"),
         ({"scale": "huge"}, "scale: unknown scale 'huge'"),
         ({"scale": None}, "scale: null requires n_layer, n_head and n_embd"),
@@ -72,3 +76,7 @@ def test_malformed_and_missing_files(tmp_path):
         load_config(lst)
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_split_defaults_are_the_cluster_split():
+    assert SplitSpec.from_config(TrainConfig()) == SplitSpec(method="cluster", identity=0.5, coverage=0.8)

@@ -1,10 +1,16 @@
 import pytest
 import torch
 
-from distill.data import heldout_from_file, prepare_data, protgpt2_text
+from distill.data import cache_dir, heldout_from_file, load_splits, prepare_data, protgpt2_text, split_proteins
 from distill.demo_teacher import build_aa_tokenizer
 from distill.errors import DataError
+from distill.homology import cluster_representatives
 from distill.models import PROTGPT2_TOKENIZER_DIR, load_tokenizer
+from distill.splits import SPLITS, SplitSpec
+from tests.fixtures import requires_mmseqs, write_real_fasta
+
+# 60 families of homologs: 0.6/0.2/0.2 puts ~12 whole families in each held-out split.
+WIDE = (0.6, 0.2, 0.2)
 
 
 def test_protgpt2_format():
@@ -58,7 +64,7 @@ def test_pretokenized_parquet(tmp_path, small_fasta):
     tok = build_aa_tokenizer()
     rows = [tok(protgpt2_text("MKV" * (i + 5)), add_special_tokens=False)["input_ids"] for i in range(300)]
     pq.write_table(pa.table({"input_ids": rows}), tmp_path / "tok.parquet")
-    d = prepare_data(str(tmp_path / "tok.parquet"), tok, block_size=32)
+    d = prepare_data(str(tmp_path / "tok.parquet"), tok, split=SplitSpec("hash"), block_size=32)
     assert len(d.val) + len(d.test) > 0 and d.train_blocks.shape[1] == 32
     assert all(set(s) <= set("MKV") for s in d.val.sequences)
     pq.write_table(pa.table({"input_ids": [[0, 1, 99999]]}), tmp_path / "other.parquet")
@@ -71,3 +77,64 @@ def test_too_little_data(tmp_path):
     p.write_text(">a\nMKV\n")
     with pytest.raises(DataError):
         prepare_data(str(p), build_aa_tokenizer(), block_size=512)
+
+
+@requires_mmseqs
+def test_cluster_split_is_the_default_and_its_leakage_is_recorded(homolog_fasta, homologs):
+    tok = build_aa_tokenizer()
+    splits, info = load_splits(str(homolog_fasta), tok, column="sequence", split=SplitSpec(fractions=WIDE))
+    assert info["split_method"] == "cluster" and (info["cluster_identity"], info["cluster_coverage"]) == (0.5, 0.8)
+    assert info["clusters"] == 60 and info["clustering"].startswith("mmseqs: mmseqs easy-linclust ")
+    rep = cluster_representatives(homologs, 0.5, 0.8, cache=cache_dir()).representative_sequences(homologs)
+    families = {n: {rep[s] for s in splits[n][1]} for n in SPLITS}
+    assert all(families[n] for n in SPLITS) and sum(len(f) for f in families.values()) == 60  # no family split
+    # The hash split of the same proteins leaves homologs on both sides; the cluster split does not.
+    hashed = prepare_data(str(homolog_fasta), tok, split=SplitSpec("hash", WIDE), block_size=64).info
+    assert hashed["split_method"] == "hash" and hashed["cluster_identity"] is None
+    for n in ("val", "test"):
+        assert hashed["leakage"][n]["ge50"] > 0.15 and info["leakage"][n]["ge50"] == 0.0
+    assert info["split_note"].startswith("split: cluster (MMseqs2 0.5/0.8); leakage (held-out proteins with >= 50 %")
+    assert hashed["split_note"].startswith("split: hash; leakage") and "test: 28.6 % >=50 %" in hashed["split_note"]
+    # Thresholds enter the cache key: a stricter identity gives other clusters.
+    strict = prepare_data(str(homolog_fasta), tok, split=SplitSpec("cluster", WIDE, identity=0.95), block_size=64)
+    assert strict.info["cluster_identity"] == 0.95 and strict.info["clusters"] > 60
+
+
+def test_bundled_data_splits_by_shipped_clusters_without_mmseqs(bundled_proteins, no_mmseqs):
+    split, info = split_proteins(bundled_proteins, SplitSpec())
+    assert info["clustering"].startswith("shipped: mmseqs easy-linclust ") and info["clusters"] == 9821
+    assert [len(split[n]) for n in SPLITS] == [17037, 841, 923]
+    hashed = split_proteins(bundled_proteins, SplitSpec("hash"))[1]
+    for n in ("val", "test"):  # docs/benchmarks.md: 28 % -> about 2 %
+        assert hashed["leakage"][n]["ge50"] > 0.25 and info["leakage"][n]["ge50"] < 0.03
+
+
+def test_user_data_without_mmseqs_fails_with_install_hint(tmp_path, no_mmseqs):
+    data = str(write_real_fasta(tmp_path / "user.fasta", 60))
+    with pytest.raises(DataError, match="apt-get install mmseqs2"):
+        prepare_data(data, build_aa_tokenizer(), block_size=64)
+    assert prepare_data(data, build_aa_tokenizer(), split=SplitSpec("hash"), block_size=64).info["split_method"] == "hash"
+
+
+@requires_mmseqs
+def test_pretokenized_rows_are_deduplicated_and_split_like_their_sequences(tmp_path, homologs, homolog_fasta):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tok = build_aa_tokenizer()
+    rows = tok([protgpt2_text(s) for s in homologs], add_special_tokens=False)["input_ids"]
+    # Three exact copies, and one protein written with 30-residue lines: other token ids, same protein.
+    relined = tok(protgpt2_text(homologs[7], line_length=30), add_special_tokens=False)["input_ids"]
+    assert relined != rows[7]
+    rows += [rows[0], rows[5], rows[5], relined]
+    pq.write_table(pa.table({"input_ids": rows}), tmp_path / "tok.parquet")
+    spec = SplitSpec(fractions=WIDE)
+    d = prepare_data(str(tmp_path / "tok.parquet"), tok, split=spec, block_size=64)
+    assert (d.info["records"], d.info["duplicates"], d.info["empty"]) == (len(homologs) + 4, 4, 0)
+    assert d.info["n_train"] + d.info["n_val"] + d.info["n_test"] == len(homologs)
+    # The same proteins from FASTA split identically: the cluster split ran on the decoded rows.
+    f = prepare_data(str(homolog_fasta), tok, split=spec, block_size=64)
+    assert d.val.sequences == f.val.sequences and d.test.sequences == f.test.sequences
+    assert d.info["leakage"] == f.info["leakage"] and d.info["clusters"] == 60
+    # Held-out rows are the file's own token ids.
+    assert all(ids.tolist() in rows for ids in d.val.ids)

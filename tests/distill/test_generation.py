@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from distill.generation import aa_kl_natural, generation_throughput, sample_proteins
+from distill.generation import aa_kl_natural, expected_aa_kl_bias, generation_throughput, sample_proteins
+from distill.metrics import UNIPROT_BACKGROUND, aa_kl
 
 LETTERS = "ACDEFGHIKLMNPQRSTVWYBXZUO"
 HELDOUT = ["MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQ",
@@ -93,9 +95,11 @@ def test_sample_proteins_rejects_too_long_generation(tokenizer):
 
 def test_aa_kl_natural_finite_for_random_model(tokenizer):
     assert set("".join(HELDOUT)) == set("ACDEFGHIKLMNPQRSTVWY")  # so KL < inf
-    result = aa_kl_natural(tiny_gpt2(1), tokenizer, HELDOUT, seed=0, num_sequences=8,
-                           max_new_tokens=40, device="cpu")
-    assert result["aa_gen_residues"] > 0
+    result = aa_kl_natural(tiny_gpt2(1), tokenizer, HELDOUT, seed=0, min_residues=200,
+                           max_new_tokens=40, device="cpu", batch_size=4)
+    assert result["aa_gen_residues"] >= 200  # sampled until the sample size was reached
+    assert result["aa_gen_sequences"] % 4 == 0 and result["aa_gen_sequences"] >= 200 // 40
+    assert result["aa_kl_expected_bias"] == pytest.approx(19 / (2 * result["aa_gen_residues"]))
     assert result["aa_note"] is None
     for key in ("aa_kl_natural", "aa_kl_uniprot"):
         # A random model's composition is far from natural: a KL > 0 that is finite.
@@ -105,11 +109,23 @@ def test_aa_kl_natural_finite_for_random_model(tokenizer):
 def test_aa_kl_natural_reports_no_residues(tokenizer):
     # <|endoftext|> has logit 1600, everything else 0: every sample ends at once.
     model = constant_output_model({0: 100.0})
-    result = aa_kl_natural(model, tokenizer, HELDOUT, seed=0, num_sequences=3,
-                           max_new_tokens=10, device="cpu")
+    result = aa_kl_natural(model, tokenizer, HELDOUT, seed=0, min_residues=30,
+                           max_new_tokens=10, device="cpu", batch_size=4)
     assert result["aa_gen_residues"] == 0
+    assert result["aa_gen_sequences"] == 8 * 4  # gave up after ceil(30 / 4) = 8 batches of 4, not forever
     assert math.isnan(result["aa_kl_natural"]) and math.isnan(result["aa_kl_uniprot"])
     assert "no standard amino-acid residue" in result["aa_note"]
+
+
+def test_expected_bias_is_what_a_perfect_sampler_scores():
+    """The KL of a sample drawn from q itself, against q, averages (K - 1) / (2 N): the floor any
+    aa_kl_natural at N residues sits on. Checked by drawing 400 perfect samples of N = 10,000."""
+    rng = np.random.default_rng(0)
+    q = UNIPROT_BACKGROUND
+    n = 10_000
+    kls = [aa_kl(rng.multinomial(n, q) / n, q) for _ in range(400)]
+    assert np.mean(kls) == pytest.approx(expected_aa_kl_bias(n), rel=0.1)
+    assert expected_aa_kl_bias(n) == pytest.approx(19 / 20_000)
 
 
 def test_generation_throughput_positive():

@@ -309,10 +309,10 @@ def test_score_heldout_matches_unpadded_model_runs():
     assert_matches_naive(result, naive_metrics(proteins, n_res, s_logits, t_logits))
 
     fast = student_ppl(student, batches, device="cpu")
-    assert set(fast) == {"ppl", "nll_per_token", "nll_per_residue", "n_tokens", "n_residues",
-                         "n_sequences"}
+    assert set(fast) == {"ppl", "nll_per_token", "nll_per_residue", "ece", "accuracy", "confidence", "n_tokens",
+                         "n_residues", "n_sequences"}
     assert fast["n_tokens"] == sum(len(p) - 1 for p in proteins)
-    for key in ("ppl", "nll_per_token", "nll_per_residue"):
+    for key in ("ppl", "nll_per_token", "nll_per_residue", "ece", "accuracy", "confidence"):
         assert fast[key] == pytest.approx(result[key], rel=1e-6), key
 
 

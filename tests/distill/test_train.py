@@ -69,6 +69,47 @@ def test_nonfinite_loss_ends_diverged_with_step(tmp_path, char_teacher, small_fa
     assert not (tmp_path / "r" / "student").exists()  # it never continued to the end
 
 
+def test_nonfinite_val_ppl_ends_diverged(tmp_path, char_teacher, small_fasta):
+    """A finite loss with a non-finite held-out ppl is divergence too, not an early stop."""
+    seen = []
+    res = run_training(tiny_config(char_teacher, small_fasta, tmp_path / "v", inject_inf_val_at_step=4,
+                                   eval_interval=2), report=lambda m, c: seen.append(m))
+    assert (res.status, res.step) == ("diverged", 4)
+    assert json.loads((tmp_path / "v" / "metrics.json").read_text())["status"] == "diverged"
+    assert [m["step"] for m in seen] == [2, 4] and seen[-1]["diverged"] is True
+    assert not (tmp_path / "v" / "student").exists()
+
+
+def test_everything_a_run_leaves_exists_before_its_last_report(tmp_path, char_teacher, small_fasta):
+    """A scheduler may end the trial's process as soon as it has the final report: the student,
+    the val/test metrics and the summary must already be on disk then."""
+    out = tmp_path / "f"
+    at_final = {}
+
+    def report(row, ckpt):
+        if row["done_training"]:
+            at_final["summary"] = json.loads((out / "metrics.json").read_text())
+            at_final["student"] = (out / "student" / "model.safetensors").is_file()
+        else:
+            assert not (out / "metrics.json").exists()
+
+    res = run_training(tiny_config(char_teacher, small_fasta, out, max_steps=4, eval_interval=2,
+                                   gen_min_residues=60), report=report)
+    summary = at_final["summary"]
+    assert at_final["student"] and summary["status"] == "completed" and summary["step"] == 4
+    rows = _eval_rows(out)
+    # the objective is the final model's val ppl; the best-seen one is kept for reading curves
+    assert summary["val_ppl"] == rows[-1]["val_ppl"] == res.val_ppl
+    assert summary["best_val_ppl"] == min(r["val_ppl"] for r in rows)
+    # val metrics (for choosing) and test metrics (for reporting), same precision for both models
+    val, test = summary["val"], summary["test"]
+    assert val["n_proteins"] > 0 and "aa_kl_natural" not in val and val["ppl_ratio"] > 0
+    assert test["aa_gen_residues"] >= 60 and test["aa_kl_expected_bias"] == pytest.approx(19 / (2 * test["aa_gen_residues"]))
+    assert val["precision"] == test["precision"] == "fp32"
+    for r in rows:  # the Pareto view needs each eval's calibration next to its ppl
+        assert 0 <= r["val_ece"] <= 1 and 0 <= r["val_accuracy"] <= 1
+
+
 def test_gradient_accumulation_matches_one_big_batch(tmp_path, char_teacher, small_fasta):
     common = dict(max_steps=1, eval_interval=1, final_eval=False, dropout=0.0, batch_size=4)
     one = run_training(tiny_config(char_teacher, small_fasta, tmp_path / "a", micro_batch_size=4, **common))

@@ -7,11 +7,12 @@ import sys
 import pytest
 
 from kdsweep.cli import main
+from tests.fixtures import write_real_fasta
 
 TINY = ["--set", "scale=null", "--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=16",
         "--set", "block_size=64", "--set", "batch_size=4", "--set", "micro_batch_size=2",
         "--set", "max_steps=2", "--set", "eval_interval=2", "--set", "val_max_proteins=8",
-        "--set", "gen_num_sequences=2", "--set", "gen_max_new_tokens=8"]
+        "--set", "gen_min_residues=20", "--set", "gen_max_new_tokens=8", "--set", "gen_batch_size=4"]
 
 
 def run_cli(args, capsys):
@@ -90,3 +91,12 @@ def test_real_process_exit_code(tmp_path):
     cfg.write_text("lr: [1, 2\n")
     p = subprocess.run([sys.executable, "-m", "kdsweep", "train", "--config", str(cfg)], capture_output=True, text=True)
     assert p.returncode == 2 and "c.yaml: malformed YAML" in p.stderr
+
+
+def test_missing_mmseqs_fails_before_training(tmp_path, char_teacher, no_mmseqs, capsys):
+    data = write_real_fasta(tmp_path / "user.fasta", 80)  # not cached yet: its cluster split needs mmseqs
+    out = tmp_path / "out"
+    code, io = run_cli(["train", "--set", f"teacher={char_teacher}", "--set", f"data={data}", *TINY,
+                        "--out", str(out)], capsys)
+    assert code == 2 and "mmseqs not found" in io.err and "apt-get install mmseqs2" in io.err
+    assert not out.exists()

@@ -8,6 +8,7 @@ import yaml
 from distill.errors import ConfigError
 from kdsweep.cli import main
 from sweeps.space import SEARCH_SPACES_DIR, dump_space, load_space, parse_space, smoke_space, with_tracker
+from tests.fixtures import write_real_fasta
 
 SHIPPED = sorted(SEARCH_SPACES_DIR.glob("*.yaml"))
 DEMO = yaml.safe_load((SEARCH_SPACES_DIR / "demo.yaml").read_text())
@@ -98,6 +99,18 @@ def test_cli_rejects_before_ray_starts(tmp_path, capsys):
     malformed = tmp_path / "m.yaml"
     malformed.write_text("scales: [demo-s\n")
     assert main(["sweep", "run", str(malformed)]) == 2 and "malformed YAML" in capsys.readouterr().err
+
+
+def test_missing_mmseqs_stops_a_sweep_before_ray_starts(tmp_path, no_mmseqs, capsys):
+    import ray
+
+    data = write_real_fasta(tmp_path / "user.fasta", 80)
+    space = tmp_path / "s.yaml"
+    space.write_text(yaml.safe_dump(_with(data=str(data))))
+    code = main(["sweep", "run", str(space), "--storage", str(tmp_path / "store")])
+    err = capsys.readouterr().err
+    assert code == 2 and "mmseqs not found" in err and "split_method: hash" in err
+    assert not ray.is_initialized() and not (tmp_path / "store").exists()
 
 
 def test_smoke_space_is_small_but_complete():

@@ -79,11 +79,21 @@ def test_smoke_sweep_prunes_exports_and_round_trips(tmp_path, ray_env, monkeypat
         # Pruned, not COMPLETE with a partial score; its intermediate values are kept.
         assert t.user_attrs[ATTR_STATUS] == "stopped_early"
         assert t.intermediate_values and max(t.intermediate_values) < 16
-        steps = _eval_steps(sd.runs / t.user_attrs["ray_trial_id"])
+        run = sd.runs / t.user_attrs["ray_trial_id"]
+        steps = _eval_steps(run)
         assert steps and max(steps) < 16  # it really stopped training
+        # its run folder says so too (written by the driver: the trial's process was ended)
+        summary = json.loads((run / "metrics.json").read_text())
+        assert summary["status"] == "stopped_early" and summary["step"] == max(t.intermediate_values)
     for t in completed:
-        assert t.value == pytest.approx(min(t.intermediate_values.values()))
         assert max(t.intermediate_values) == 16
+        assert t.value == t.intermediate_values[16]  # the objective is the final model's val_ppl
+        # The smoke space has an ASHA rung at its last step (4, 8, 16 = max_t): no completed trial
+        # may lose its outputs to a stop at its final report.
+        run = sd.runs / t.user_attrs["ray_trial_id"]
+        summary = json.loads((run / "metrics.json").read_text())
+        assert summary["status"] == "completed" and summary["val_ppl"] == t.value
+        assert (run / "student" / "model.safetensors").is_file()
 
     # status is served from the storage alone
     out = run_kdsweep(["sweep", "status", "demo-smoke", "--storage", str(store), "--json"], ray_env).stdout
@@ -207,7 +217,8 @@ def test_ray_train_executor_and_diverged_trial(tmp_path, ray_env, small_fasta, c
     [bad] = _trials(sd, "demo-s/baseline")
     assert ok.state == TrialState.COMPLETE and ok.value > 1
     assert _eval_steps(sd.runs / ok.user_attrs["ray_trial_id"]) == [4, 8]
-    assert bad.state == TrialState.FAIL and bad.user_attrs[ATTR_STATUS] == "diverged"
+    assert bad.state == TrialState.PRUNED and bad.user_attrs[ATTR_STATUS] == "diverged"
+    assert bad.constraints == {"diverged": 1.0}
     summary = json.loads((sd.runs / bad.user_attrs["ray_trial_id"] / "metrics.json").read_text())
     assert summary["status"] == "diverged" and summary["step"] == bad.user_attrs["step"] == 1
     assert (sd.root / "train" / f"train-{ok.user_attrs['ray_trial_id']}").is_dir()  # a real Ray Train run
