@@ -15,6 +15,7 @@ import pytest
 
 from distill.rundir import eval_rows
 from sweeps.layout import SweepDir
+from sweeps.space import load_space
 from sweeps.study import best_trial, open_study
 from sweeps.tracking import CURVES
 from tests.fixtures import ray_subprocess_env, run_kdsweep, write_small_space
@@ -140,7 +141,8 @@ def test_mlflow_sweep_and_wandb_replicates(tmp_path, small_fasta, char_teacher):
         study, seed = config["study"], config["replicate_seed"]
         scale, arm = study.split("/")
         best = best_trial([t for s, t in trials if s == study])  # what a replicate retrains
-        assert run["name"] == f"{scale}_{arm}_{best.number}_seed0_{config['trial_id']}" and seed == 0
+        assert [seed] == load_space(sd.space).replicate_seeds(1)
+        assert run["name"] == f"{scale}_{arm}_{best.number}_seed{seed}_{config['trial_id']}"
         assert run["tags"] == [scale, arm, study]
         assert {k: config[k] for k in best.params} == best.params and config["sweep"] == "tracked"
         logged = [(r["step"], r["val_ppl"]) for r in eval_rows(sd.replicate_dir(scale, arm, seed))]
