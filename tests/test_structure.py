@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sweeps.layout import SweepDir
 from sweeps.study import open_study
-from tests.fixtures import finished_sweep
+from tests.fixtures import write_finished_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("kdsweep", "distill", "sweeps", "analysis", "search_spaces")
@@ -109,7 +109,7 @@ def test_layers_import_downwards_only():
 
 
 def test_reading_a_sweep_imports_no_ray(tmp_path):
-    sd = finished_sweep(tmp_path / "store")
+    sd = write_finished_sweep(tmp_path / "store")
     script = f"""
 import json, sys
 from kdsweep.cli import main
@@ -129,7 +129,7 @@ print(json.dumps({{"codes": codes, "ray": sorted(m for m in sys.modules if m == 
 
 
 def test_a_moved_sweep_folder_reads_its_own_database(tmp_path):
-    sd = finished_sweep(tmp_path / "a")
+    sd = write_finished_sweep(tmp_path / "a")
     moved = SweepDir(tmp_path / "b" / "norays")
     moved.root.parent.mkdir()
     sd.root.rename(moved.root)

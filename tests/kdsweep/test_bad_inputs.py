@@ -22,14 +22,14 @@ import yaml
 
 from distill.config import dump_config, load_config
 from kdsweep.cli import main
-from tests.fixtures import finished_sweep, ray_subprocess_env
+from tests.fixtures import ray_subprocess_env, write_finished_sweep
 
 TINY = ["--set", "scale=null", "--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=16",
         "--set", "block_size=64", "--set", "batch_size=4", "--set", "micro_batch_size=2",
         "--set", "max_steps=2", "--set", "eval_interval=2", "--set", "val_max_proteins=8"]
 TRAIN = ["train", "--set", "teacher={teacher}", "--set", "data={data}", *TINY, "--out", "{tmp}/out"]
 RUN = ["sweep", "run", "{tmp}/space.yaml", "--storage", "{tmp}/store"]
-SWEPT = ["--storage", "{tmp}/swept"]  # a finished sweep named `norays` (tests.fixtures.finished_sweep)
+SWEPT = ["--storage", "{tmp}/swept"]  # a finished sweep named `norays` (tests.fixtures.write_finished_sweep)
 
 SPACE = {
     "name": "bad", "teacher": "{teacher}", "data": "{data}", "scales": ["demo-xs"], "arms": ["baseline"],
@@ -222,7 +222,7 @@ def _prepare(case: Case, tmp: Path, ctx: dict) -> None:
         pairs = [a for a, flag in zip(_fill(TRAIN[2:], ctx), _fill(TRAIN[1:], ctx)) if flag == "--set"]
         dump_config(load_config(None, [*pairs, f"output_dir={out}"]), out / "config.yaml")
     if case.setup in ("swept", "swept_without_db", "busy_port"):
-        sd = finished_sweep(tmp / "swept")
+        sd = write_finished_sweep(tmp / "swept")
         if case.setup == "swept_without_db":
             sd.default_db.unlink()  # as a folder copied without its database
 

@@ -24,8 +24,7 @@ from distill.rundir import read_log
 from sweeps.layout import SweepDir
 from sweeps.study import ATTR_STATUS, ATTR_TRIAL, ORPHANED, open_study
 from sweeps.trial import NODE_EVENT
-from tests.fixtures import kill_ray_processes, ray_subprocess_env
-from tests.sweeps.test_sweeps_ray import SMALL_SPACE, _eval_steps, _space_file
+from tests.fixtures import eval_steps, kill_ray_processes, ray_subprocess_env, write_small_space
 
 pytestmark = pytest.mark.ray
 
@@ -64,7 +63,7 @@ def test_sweep_across_nodes_survives_losing_one(tmp_path, cluster, small_fasta, 
     c, (node_a, node_b), env = cluster
     store = tmp_path / "store"
     # No ASHA stop before the full budget (grace = max_steps): every trial must reach step 24.
-    space = _space_file(tmp_path, "multinode", small_fasta, char_teacher,
+    space = write_small_space(tmp_path, "multinode", small_fasta, char_teacher,
                         train={"max_steps": STEPS, "eval_interval": 4, "block_size": 256},
                         search={"trials_per_study": 2, "max_concurrent": 2, "grace_period": STEPS})
     t0 = time.time()
@@ -78,12 +77,12 @@ def test_sweep_across_nodes_survives_losing_one(tmp_path, cluster, small_fasta, 
         time.sleep(0.2)
         assert driver.poll() is None, driver.stdout.read()[-3000:]
         for run in sd.runs.glob("*") if sd.runs.is_dir() else []:
-            steps = _eval_steps(run)
+            steps = eval_steps(run)
             # Mid-way on node A: past a checkpoint, well before the end.
             if _node_ids(run)[-1:] == [node_a.node_id] and steps and 8 <= steps[-1] <= 16:
                 victim = run
     assert victim is not None, "no trial reached mid-way on node A"
-    removed_at, step_at_loss = time.time(), _eval_steps(victim)[-1]
+    removed_at, step_at_loss = time.time(), eval_steps(victim)[-1]
     c.remove_node(lost, allow_graceful=False)  # its raylet and workers die, as in a machine crash
     replacement = c.add_node(num_cpus=1, resources={"node_2": 1})  # as an autoscaler would replace it
     resumed_after = None
@@ -108,7 +107,7 @@ def test_sweep_across_nodes_survives_losing_one(tmp_path, cluster, small_fasta, 
     nodes = {n for rid in run_ids for n in _node_ids(sd.runs / rid)}
     assert node_a.node_id in nodes and len(nodes) >= 2
     for rid in run_ids:
-        assert _eval_steps(sd.runs / rid) == list(range(4, STEPS + 1, 4)), rid  # no step lost or counted twice
+        assert eval_steps(sd.runs / rid) == list(range(4, STEPS + 1, 4)), rid  # no step lost or counted twice
         assert json.loads((sd.runs / rid / "metrics.json").read_text())["status"] == "completed"
 
     # The trial on the lost node moved to another node and continued from its last checkpoint.

@@ -23,9 +23,7 @@ from optuna.trial import TrialState
 from distill.rundir import read_log
 from sweeps.layout import SweepDir
 from sweeps.study import ATTR_STATUS, ORPHANED, open_study
-from tests.fixtures import ray_subprocess_env
-from tests.sweeps.test_postgres_ray import _ray_processes
-from tests.sweeps.test_sweeps_ray import SMALL_SPACE, _eval_steps, _space_file
+from tests.fixtures import SMALL_SPACE, eval_steps, ray_processes, ray_subprocess_env, write_small_space
 
 pytestmark = pytest.mark.ray
 STEPS = 16
@@ -55,7 +53,7 @@ def _wait(driver, ready, what: str, timeout: float = 600) -> None:
 def _gone_after_kill(env: dict) -> float:
     """Seconds until no process of the killed driver's Ray is left (fails after 60 s)."""
     t0 = time.time()
-    while (left := _ray_processes(env["RAY_TMPDIR"])) and time.time() - t0 < 60:
+    while (left := ray_processes(env["RAY_TMPDIR"])) and time.time() - t0 < 60:
         time.sleep(0.5)
     assert left == [], f"Ray processes of the killed driver still running after 60 s: {left}"
     return time.time() - t0
@@ -63,7 +61,7 @@ def _gone_after_kill(env: dict) -> float:
 
 def test_driver_faults_at_three_points_then_resume(tmp_path, small_fasta, char_teacher):
     store = tmp_path / "store"
-    space = _space_file(tmp_path, "faults", small_fasta, char_teacher, arms=["baseline"],
+    space = write_small_space(tmp_path, "faults", small_fasta, char_teacher, arms=["baseline"],
                         params={k: v for k, v in SMALL_SPACE["params"].items() if k != "smoothing"},
                         train={"max_steps": STEPS, "eval_interval": 4, "block_size": 256},
                         search={"trials_per_study": 2, "max_concurrent": 1, "grace_period": STEPS})
@@ -78,7 +76,7 @@ def test_driver_faults_at_three_points_then_resume(tmp_path, small_fasta, char_t
     # 1. SIGKILL before the first report: a run folder exists, no evaluation yet.
     with ray_subprocess_env() as env:
         d = start([sys.executable, "-m", "kdsweep", "sweep", "run", str(space), "--storage", str(store)], env)
-        _wait(d, lambda: any(run.is_dir() and not _eval_steps(run) for run in sd.runs.iterdir()), "a trial started")
+        _wait(d, lambda: any(run.is_dir() and not eval_steps(run) for run in sd.runs.iterdir()), "a trial started")
         d.kill()
         d.wait()
         figures["kill 1: Ray gone after s"] = _gone_after_kill(env)
@@ -86,7 +84,7 @@ def test_driver_faults_at_three_points_then_resume(tmp_path, small_fasta, char_t
     # 2. Ctrl-C mid-sweep: exit 130, one line saying how to resume, the sweep not marked finished.
     with ray_subprocess_env() as env:
         d = start(resume, env)
-        _wait(d, lambda: any(len(_eval_steps(run)) >= 2 for run in sd.runs.iterdir()), "a trial mid-way")
+        _wait(d, lambda: any(len(eval_steps(run)) >= 2 for run in sd.runs.iterdir()), "a trial mid-way")
         os.killpg(d.pid, signal.SIGINT)
         _, err = d.communicate(timeout=300)
         assert d.returncode == 130, err[-3000:]
@@ -101,7 +99,7 @@ def test_driver_faults_at_three_points_then_resume(tmp_path, small_fasta, char_t
     with ray_subprocess_env() as env:
         d = start(resume, env)
         _wait(d, lambda: len(_trials(sd)) == 2 and all(
-            _eval_steps(sd.runs / t.user_attrs["ray_trial_id"])[-1:] == [STEPS] for t in _trials(sd)),
+            eval_steps(sd.runs / t.user_attrs["ray_trial_id"])[-1:] == [STEPS] for t in _trials(sd)),
               "every trial at its last step")
         d.kill()
         d.wait()
@@ -119,7 +117,7 @@ def test_driver_faults_at_three_points_then_resume(tmp_path, small_fasta, char_t
     assert len(trials) == 2 and all(t.state == TrialState.COMPLETE for t in trials)
     for t in trials:
         run = sd.runs / t.user_attrs["ray_trial_id"]
-        assert _eval_steps(run) == list(range(4, STEPS + 1, 4)), run.name  # every step once
+        assert eval_steps(run) == list(range(4, STEPS + 1, 4)), run.name  # every step once
     assert json.loads(sd.meta_path.read_text())["state"] == "finished"
     resumed = [r for run in sd.runs.iterdir() for r in read_log(run) if r.get("event") == "resumed"]
     assert resumed, "no trial continued from a checkpoint after Ctrl-C"

@@ -26,8 +26,7 @@ from optuna.trial import TrialState
 
 from sweeps.layout import SweepDir
 from sweeps.study import ATTR_STATUS, ATTR_TRIAL, ORPHANED, existing_studies, open_study
-from tests.fixtures import ray_subprocess_env
-from tests.sweeps.test_sweeps_ray import SMALL_SPACE, _eval_steps, _resumable, _space_file
+from tests.fixtures import SMALL_SPACE, eval_steps, ray_processes, ray_subprocess_env, resumable_runs, write_small_space
 
 pytestmark = pytest.mark.ray
 STEPS = 16
@@ -76,23 +75,10 @@ def _start(space: Path, store: Path, env: dict) -> subprocess.Popen:
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _ray_processes(ray_tmp: str) -> list[int]:
-    import psutil
-
-    found = []
-    for p in psutil.process_iter(["pid"]):
-        try:
-            if p.environ().get("RAY_TMPDIR") == ray_tmp and p.status() != psutil.STATUS_ZOMBIE:
-                found.append(p.pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            pass
-    return found
-
-
 def test_two_sweeps_share_postgres_and_one_survives_a_driver_kill(tmp_path, postgres_url, small_fasta, char_teacher):
     store = tmp_path / "store"
     # No ASHA stop before the full budget: every trial must reach its last step.
-    spaces = {name: _space_file(tmp_path, name, small_fasta, char_teacher, arms=["baseline"],
+    spaces = {name: write_small_space(tmp_path, name, small_fasta, char_teacher, arms=["baseline"],
                                 params={k: v for k, v in SMALL_SPACE["params"].items() if k != "smoothing"},
                                 train={"max_steps": STEPS, "eval_interval": 4, "block_size": 256},
                                 search={"trials_per_study": 2, "max_concurrent": 1, "grace_period": STEPS,
@@ -105,16 +91,16 @@ def test_two_sweeps_share_postgres_and_one_survives_a_driver_kill(tmp_path, post
         while time.time() < deadline:  # kill A once a trial of it is mid-way and resumable
             time.sleep(0.2)
             assert a.poll() is None, a.stdout.read()[-3000:]
-            if sds["pg-a"].runs.is_dir() and any(8 <= (_eval_steps(d) or [0])[-1] < STEPS for d in _resumable(sds["pg-a"])):
+            if sds["pg-a"].runs.is_dir() and any(8 <= (eval_steps(d) or [0])[-1] < STEPS for d in resumable_runs(sds["pg-a"])):
                 break
         else:
             pytest.fail("sweep pg-a never reached a killable state")
         a.send_signal(signal.SIGKILL)
         a.wait()
         killed_at = time.time()
-        while _ray_processes(env_a["RAY_TMPDIR"]) and time.time() - killed_at < 60:
+        while ray_processes(env_a["RAY_TMPDIR"]) and time.time() - killed_at < 60:
             time.sleep(0.5)
-        left = _ray_processes(env_a["RAY_TMPDIR"])
+        left = ray_processes(env_a["RAY_TMPDIR"])
         print(f"\nRay processes of the killed driver gone after {time.time() - killed_at:.1f} s")
         assert left == [], f"Ray processes of the killed sweep still running 60 s later: {left}"
 
@@ -136,7 +122,7 @@ def test_two_sweeps_share_postgres_and_one_survives_a_driver_kill(tmp_path, post
             run_ids += [t.user_attrs[ATTR_TRIAL] for t in trials]
         assert len(set(run_ids)) == 2
         for rid in run_ids:  # every step once: the killed sweep's interrupted trial continued, not restarted
-            assert _eval_steps(sd.runs / rid) == list(range(4, STEPS + 1, 4)), (name, rid)
+            assert eval_steps(sd.runs / rid) == list(range(4, STEPS + 1, 4)), (name, rid)
             assert json.loads((sd.runs / rid / "metrics.json").read_text())["status"] == "completed"
         status = subprocess.run([sys.executable, "-m", "kdsweep", "sweep", "status", name, "--storage", str(store),
                                  "--json"], capture_output=True, text=True, timeout=120)
