@@ -148,23 +148,14 @@ def kd_loss_terms(
     shifted_student, targets = shift_for_next_token(student_logits, labels)  # (B, L', V), (B, L')
     shifted_teacher, _ = shift_for_next_token(teacher_logits.detach(), labels)  # (B, L', V)
     mask = targets != IGNORE_INDEX  # (B, L')
-    n_valid = int(mask.sum())
-    if n_valid == 0:
-        raise ValueError(
-            f"kd_loss: no valid positions: every shifted label labels[:, 1:] is "
-            f"{IGNORE_INDEX} (labels shape {tuple(labels.shape)}), nothing to score"
-        )
-    compute_dtype = _compute_dtype(student_logits, teacher_logits)
-
+    n_valid = count_valid(mask, labels)
+    weights = None
     if uncertainty:
         weights = uncertainty_weights(
             teacher_entropy(shifted_teacher, chunk_rows=chunk_rows), mask)  # (B, L')
-        weight_sum = weights.sum()  # masked positions hold 0
-    else:
-        weights = None
-        weight_sum = torch.tensor(float(n_valid), dtype=compute_dtype,
-                                  device=student_logits.device)
-    soft_norm = weight_sum if weight_norm == "weight" else float(n_valid)
+    weight_sum, soft_norm = soft_normalization(
+        weights, n_valid, weight_norm, dtype=compute_dtype(student_logits, teacher_logits),
+        device=student_logits.device)
 
     args = (shifted_teacher, targets, mask, weights, n_valid, soft_norm,
             temperature, alpha, smoothing, chunk_rows)
@@ -172,7 +163,7 @@ def kd_loss_terms(
         loss, hard, soft = _ChunkedKD.apply(student_logits, *args)
     else:  # evaluation: no gradient buffer needed
         hard, soft = _chunked_kd_pass(shifted_student, *args, grad_out=None)
-        loss = _combine(hard, soft, temperature, alpha)
+        loss = combine(hard, soft, temperature, alpha)
     return KDTerms(loss, hard.detach(), soft.detach(), (weight_sum / n_valid).detach())
 
 
@@ -190,13 +181,43 @@ def teacher_entropy(shifted_teacher_logits: torch.Tensor, *, chunk_rows: int) ->
     chunk's (b, l, V) temporaries die within its statement).
     """
     batch, length, _ = shifted_teacher_logits.shape
-    dtype = _compute_dtype(shifted_teacher_logits)
+    dtype = compute_dtype(shifted_teacher_logits)
     entropy = torch.empty(batch, length, dtype=dtype, device=shifted_teacher_logits.device)
     with torch.no_grad():
-        for rows in _chunks(batch, length, chunk_rows):
-            _, neg_entropy = _soft_targets(shifted_teacher_logits[rows].to(dtype), 1.0, None)
+        for rows in chunks(batch, length, chunk_rows):
+            _, neg_entropy = soft_targets(shifted_teacher_logits[rows].to(dtype), 1.0, None)
             entropy[rows] = -neg_entropy
     return entropy
+
+
+def count_valid(mask: torch.Tensor, labels: torch.Tensor, *, caller: str = "kd_loss") -> int:
+    """Number of scored positions, ``mask.sum()`` for the (B, L') mask of shifted labels.
+
+    Raises ValueError when it is 0: a loss over no positions is 0 / 0.
+    """
+    n_valid = int(mask.sum())
+    if n_valid == 0:
+        raise ValueError(
+            f"{caller}: no valid positions: every shifted label labels[:, 1:] is "
+            f"{IGNORE_INDEX} (labels shape {tuple(labels.shape)}), nothing to score"
+        )
+    return n_valid
+
+
+def soft_normalization(
+    weights: torch.Tensor | None, n_valid: int, weight_norm: str, *,
+    dtype: torch.dtype, device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor | float]:
+    """(weight_sum, soft_norm) of method §3.5 for (B, L') ``weights`` (0 where masked) or None.
+
+    ``weight_sum`` is sum(m * w) (n_valid when unweighted), a 0-dim tensor of ``dtype``;
+    ``soft_norm``, the soft term's denominator, is it for ``"weight"``, n_valid for ``"mask"``.
+    """
+    if weights is None:
+        weight_sum = torch.tensor(float(n_valid), dtype=dtype, device=device)
+    else:
+        weight_sum = weights.sum()  # masked positions hold 0
+    return weight_sum, weight_sum if weight_norm == "weight" else float(n_valid)
 
 
 def uncertainty_weights(entropy: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -258,7 +279,7 @@ class _ChunkedKD(torch.autograd.Function):
             soft_norm, temperature, alpha, smoothing, chunk_rows, grad_out=grad[:, :-1])
         ctx.save_for_backward(grad)
         ctx.mark_non_differentiable(hard, soft)
-        return _combine(hard, soft, temperature, alpha), hard, soft
+        return combine(hard, soft, temperature, alpha), hard, soft
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -291,11 +312,11 @@ def _chunked_kd_pass(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One walk over the position chunks: returns (hard, soft), fills ``grad_out`` if given."""
     batch, length, _ = student.shape
-    dtype = _compute_dtype(student, teacher)
+    dtype = compute_dtype(student, teacher)
     hard_sum = torch.zeros((), dtype=dtype, device=student.device)
     soft_sum = torch.zeros((), dtype=dtype, device=student.device)
-    for rows in _chunks(batch, length, chunk_rows):
-        chunk_hard, chunk_soft = _chunk_terms(
+    for rows in chunks(batch, length, chunk_rows):
+        chunk_hard, chunk_soft = chunk_terms(
             student[rows].to(dtype), teacher[rows].to(dtype), targets[rows], mask[rows],
             None if weights is None else weights[rows], n_valid, soft_norm, temperature,
             alpha, smoothing, None if grad_out is None else grad_out[rows])
@@ -304,7 +325,7 @@ def _chunked_kd_pass(
     return hard_sum / n_valid, soft_sum / soft_norm
 
 
-def _chunk_terms(
+def chunk_terms(
     s: torch.Tensor,  # (b, l, V) student logits, compute dtype
     t: torch.Tensor,  # (b, l, V) teacher logits, compute dtype
     targets: torch.Tensor,  # (b, l)
@@ -321,7 +342,7 @@ def _chunk_terms(
     its gradient into ``grad_out``. A function of its own so that the chunk's
     (b, l, V) temporaries are freed on return, before the next chunk allocates."""
     # Teacher first, so that its temporaries are gone before the student's exist.
-    p_bar, neg_entropy = _soft_targets(t, tau, smoothing)
+    p_bar, neg_entropy = soft_targets(t, tau, smoothing)
     log_q = F.log_softmax(s / tau, dim=-1)  # (b, l, V) student at tau
     log_q1 = log_q if tau == 1 else F.log_softmax(s, dim=-1)  # student at tau = 1
     kl = neg_entropy - _row_dot(p_bar, log_q)  # (b, l)
@@ -347,7 +368,7 @@ def _chunk_terms(
     return torch.where(valid, ce, 0.0).sum(), torch.where(valid, kl, 0.0).sum()
 
 
-def _soft_targets(
+def soft_targets(
     teacher: torch.Tensor, tau: float, smoothing: float | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher chunk (b, l, V) -> (p_bar (b, l, V), sum_v p_bar * log p_bar (b, l))."""
@@ -366,13 +387,13 @@ def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.unsqueeze(-2) @ b.unsqueeze(-1)).squeeze(-1).squeeze(-1)
 
 
-def _combine(hard: torch.Tensor, soft: torch.Tensor, temperature: float,
-             alpha: float) -> torch.Tensor:
+def combine(hard: torch.Tensor, soft: torch.Tensor, temperature: float,
+            alpha: float) -> torch.Tensor:
     """method §3.7: alpha * hard + (1 - alpha) * tau**2 * soft."""
     return alpha * hard + (1.0 - alpha) * temperature**2 * soft
 
 
-def _chunks(batch: int, length: int, chunk_rows: int) -> Iterator[tuple[slice, slice]]:
+def chunks(batch: int, length: int, chunk_rows: int) -> Iterator[tuple[slice, slice]]:
     """(batch, position) slices covering (batch, length), each at most ``chunk_rows`` rows.
 
     Slicing keeps every chunk a view of the (B, L, V) logits: whole sequences
@@ -388,7 +409,7 @@ def _chunks(batch: int, length: int, chunk_rows: int) -> Iterator[tuple[slice, s
                 yield slice(b, b + 1), slice(start, start + chunk_rows)
 
 
-def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     """fp32 for half/bfloat16/fp32 inputs, fp64 if any input is fp64."""
     dtype = torch.float32
     for tensor in tensors:
@@ -413,19 +434,29 @@ def _validate(student_logits, teacher_logits, labels, temperature, alpha, smooth
     if not (student_logits.is_floating_point() and teacher_logits.is_floating_point()):
         raise ValueError(f"kd_loss: logits must be floating point, got "
                          f"{student_logits.dtype} and {teacher_logits.dtype}")
+    validate_options(labels, student_shape[2], temperature, alpha, smoothing, weight_norm,
+                     chunk_rows)
+
+
+def validate_options(labels, vocab, temperature, alpha, smoothing, weight_norm, chunk_rows,
+                     *, caller: str = "kd_loss") -> None:
+    """The checks every KD loss entry point shares, after its own shape checks:
+    integer labels in [0, vocab) or -100, and the scalar arguments' ranges.
+    Messages start with ``caller``."""
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise ValueError(f"kd_loss: labels must be integer token ids, got {labels.dtype}")
+        raise ValueError(f"{caller}: labels must be integer token ids, got {labels.dtype}")
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"kd_loss: alpha must be in [0, 1], got {alpha}")
+        raise ValueError(f"{caller}: alpha must be in [0, 1], got {alpha}")
     if not temperature > 0:
-        raise ValueError(f"kd_loss: temperature must be > 0, got {temperature}")
+        raise ValueError(f"{caller}: temperature must be > 0, got {temperature}")
     if smoothing is not None and not 0.0 <= smoothing <= 1.0:
-        raise ValueError(f"kd_loss: smoothing must be None or in [0, 1], got {smoothing}")
+        raise ValueError(f"{caller}: smoothing must be None or in [0, 1], got {smoothing}")
     if weight_norm not in WEIGHT_NORMS:
-        raise ValueError(f"kd_loss: weight_norm must be one of {WEIGHT_NORMS}, got {weight_norm!r}")
+        raise ValueError(f"{caller}: weight_norm must be one of {WEIGHT_NORMS}, "
+                         f"got {weight_norm!r}")
     if chunk_rows is not None and chunk_rows < 1:
-        raise ValueError(f"kd_loss: chunk_rows must be >= 1 or None, got {chunk_rows}")
-    out_of_range = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= student_shape[2]))
+        raise ValueError(f"{caller}: chunk_rows must be >= 1 or None, got {chunk_rows}")
+    out_of_range = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= vocab))
     if bool(out_of_range.any()):
-        raise ValueError(f"kd_loss: labels must be in [0, {student_shape[2]}) or "
+        raise ValueError(f"{caller}: labels must be in [0, {vocab}) or "
                          f"{IGNORE_INDEX}; got e.g. {int(labels[out_of_range][0])}")

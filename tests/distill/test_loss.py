@@ -1,4 +1,4 @@
-"""Tests of distill/loss.py against a naive, unchunked reference written from method §3."""
+"""Tests of distill/loss.py against the naive, unchunked reference (distill/loss_reference.py)."""
 
 from __future__ import annotations
 
@@ -18,46 +18,10 @@ from distill.loss import (
     teacher_entropy,
     uncertainty_weights,
 )
+from distill.loss_reference import ARMS, reference_kd_loss
 
 PROTGPT2_VOCAB = 50_257
-# (uncertainty, smoothing) for the four arms of method §6.
-ARMS = {
-    "baseline": (False, None),
-    "uncertainty": (True, None),
-    "calibration": (False, 0.1),
-    "both": (True, 0.1),
-}
 WEIGHT_NORMS = ("mask", "weight")
-
-
-def reference_kd_loss(s, t, y, *, temperature, alpha, uncertainty, smoothing, weight_norm):
-    """method §3 step by step with plain autograd; everything (B, L', V) is materialized."""
-    tau = temperature
-    s, t, y = s[:, :-1], t[:, :-1], y[:, 1:]  # position i predicts token i + 1
-    m = (y != -100).to(s.dtype)  # (B, L')
-    vocab = s.shape[-1]
-    p = torch.softmax(t / tau, dim=-1)  # 1.
-    if smoothing is not None:  # 2.
-        eps = smoothing * (1 - p.max(dim=-1, keepdim=True).values)
-        p = (1 - eps) * p + eps * torch.full_like(p, 1.0 / vocab)
-    kl = (p * (torch.log(p) - torch.log_softmax(s / tau, dim=-1))).sum(-1)  # 3.
-    w = torch.ones_like(kl)
-    if uncertainty:  # 4.
-        p1 = torch.softmax(t, dim=-1)
-        entropy = -(p1 * torch.log(p1)).sum(-1)
-        for b in range(s.shape[0]):
-            valid = entropy[b][m[b].bool()]
-            low, high = valid.min(), valid.max()
-            if high - low >= 1e-8:
-                w[b] = 0.5 + 0.5 * (entropy[b] - low) / (high - low)
-            else:
-                w[b] = 0.5
-        kl = w * kl
-    norm = m.sum() if weight_norm == "mask" else (m * w).sum()  # 5.
-    soft = (m * kl).sum() / norm
-    ce = F.cross_entropy(s.reshape(-1, vocab), y.reshape(-1), reduction="none")  # 6.
-    hard = (m.reshape(-1) * ce).sum() / m.sum()
-    return alpha * hard + (1 - alpha) * tau**2 * soft  # 7.
 
 
 def random_batch(batch, length, vocab, *, seed, dtype=torch.float32, masked=((0, 3), (1, 1))):

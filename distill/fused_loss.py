@@ -1,0 +1,448 @@
+"""Fused LM head + KD loss (method §3): the loss from hidden states, no (B, L, V) logits.
+
+What it computes
+----------------
+Student hidden states ``h_s`` (B, L, d_s) and LM-head weight ``W_s`` (V, d_s)
+(bias ``b_s`` (V,) optional), teacher ``h_t`` (B, L, d_t), ``W_t`` (V, d_t), labels
+(B, L) with -100 where ignored, all UNSHIFTED. With ``s = h_s W_s^T + b_s`` and
+``t = h_t W_t^T + b_t`` the loss is exactly ``distill.loss.kd_loss(s, t, labels, ...)``:
+the shift (position i predicts token i + 1), calibration smoothing, uncertainty
+weighting, both ``weight_norm`` choices, the hard CE over valid positions and
+``alpha * hard + (1 - alpha) * tau**2 * soft``; see ``distill/loss.py`` for the math.
+The per-chunk math is ``distill.loss.chunk_terms`` itself, not a copy.
+
+Gradient
+--------
+For a chunk of ``rows`` positions with hidden states ``h`` (rows, d_s), let
+``g = d loss / d s`` (rows, V), the analytic gradient of ``chunk_terms``:
+
+    g = (1 - alpha) * tau * w * (softmax(s / tau) - p_bar) / norm
+      + alpha * (softmax(s) - onehot(y)) / sum(m)
+
+on valid rows and 0 on masked rows. As ``s = h W^T + b``:
+
+    d loss / d h  = g @ W            (rows, V) @ (V, d_s) -> (rows, d_s)
+    d loss / d W += g^T @ h          (V, rows) @ (rows, d_s) -> (V, d_s), summed over chunks
+    d loss / d b += sum_rows g       (V,)
+
+The last position (it predicts nothing) and masked positions have g = 0, so their
+hidden-state gradient is exactly 0. Like Liger-Kernel's fused linear distillation,
+``_FusedKD`` computes these during its single forward walk; backward only scales
+them by the incoming gradient (and casts them). The teacher never gets a gradient.
+
+Memory
+------
+Each chunk's student and teacher logits (rows, V) are made from the hidden states,
+used and freed before the next chunk; nothing of shape (B, L, V) is allocated.
+Peak memory above the inputs is the fp32 gradients (B, L, d_s) + (V, d_s) (+ V) and
+about seven chunk-sized temporaries: both chunks' logits, the soft targets, the
+student's two log-softmaxes, the chunk gradient ``g`` and one transient (under autocast
+also ``g``'s low-precision copy and a low-precision (V, d_s) product). The default chunk
+(``FUSED_CHUNK_ELEMENTS``, 2**22 elements: 83 rows at V = 50,257, 17 MB per fp32
+temporary) is 4x smaller than ``kd_loss``'s, because here the temporaries ARE the
+peak; on the 2-core CPU the teacher pass ran as fast at 83 rows as at 333 (a GPU,
+not measured yet, may want a larger ``chunk_rows``).
+Uncertainty weighting needs every valid position's teacher entropy before the
+weighted walk: a first teacher-only chunked pass (``teacher_entropy_from_hidden``)
+computes it, unless the caller passes it precomputed (e.g. from a teacher cache).
+
+Precision contract
+------------------
+* Matmuls (the chunk logits ``h W^T + b``, ``g @ W``, ``g^T @ h``) run in the ambient
+  ``torch.autocast`` dtype when autocast is enabled for the inputs' device (as
+  ``F.linear`` would under autocast; on CUDA training runs under bf16/fp16), else in
+  the inputs' dtype. fp64 inputs always run in fp64 (autocast leaves fp64 alone).
+* Everything else (softmaxes, logs, the KL and CE, every reduction) runs in fp32, or
+  fp64 when any input is fp64 (for gradcheck), with autocast disabled: CPU autocast
+  would otherwise run the row dot products of ``chunk_terms`` (a matmul) in bf16.
+* ``g`` is computed in fp32 and rounded to the matmul dtype before the gradient
+  matmuls, as plain autograd does for logits made under autocast, but first divided by
+  a power of two >= max |g| of its chunk (exact; undone in fp32 after the matmuls):
+  its entries, ~probability / n_valid, would otherwise mostly flush to 0 in fp16.
+* The gradients are kept in fp32 (fp64): ``d loss / d W`` and ``d loss / d b``
+  accumulated across chunks. backward scales them by the upstream gradient (e.g. a
+  GradScaler's scale) and only then casts them to the dtypes of ``student_hidden``,
+  ``student_head`` and the bias. The loss and its terms are fp32 (fp64).
+"""
+
+from __future__ import annotations
+
+from functools import reduce
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from distill.loss import (
+    IGNORE_INDEX,
+    KDTerms,
+    chunk_terms,
+    chunks,
+    combine,
+    compute_dtype,
+    count_valid,
+    soft_normalization,
+    soft_targets,
+    uncertainty_weights,
+    validate_options,
+)
+
+# Elements (rows * V) per chunk when chunk_rows is not given: 16 MB per fp32 temporary.
+FUSED_CHUNK_ELEMENTS = 2**22
+CALLER = "fused_kd_loss"
+
+
+def fused_kd_loss(
+    student_hidden: torch.Tensor,
+    student_head: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_head: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: float,
+    alpha: float,
+    uncertainty: bool,
+    smoothing: float | None,
+    weight_norm: str = "mask",
+    chunk_rows: int | None = None,
+    teacher_entropy: torch.Tensor | None = None,
+    student_head_bias: torch.Tensor | None = None,
+    teacher_head_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The method §3 loss from hidden states and LM heads: a 0-dim tensor.
+
+    See ``fused_kd_loss_terms`` for the arguments.
+    """
+    return fused_kd_loss_terms(
+        student_hidden, student_head, teacher_hidden, teacher_head, labels,
+        temperature=temperature, alpha=alpha, uncertainty=uncertainty, smoothing=smoothing,
+        weight_norm=weight_norm, chunk_rows=chunk_rows, teacher_entropy=teacher_entropy,
+        student_head_bias=student_head_bias, teacher_head_bias=teacher_head_bias,
+    ).loss
+
+
+def fused_kd_loss_terms(
+    student_hidden: torch.Tensor,
+    student_head: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_head: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: float,
+    alpha: float,
+    uncertainty: bool,
+    smoothing: float | None,
+    weight_norm: str = "mask",
+    chunk_rows: int | None = None,
+    teacher_entropy: torch.Tensor | None = None,
+    student_head_bias: torch.Tensor | None = None,
+    teacher_head_bias: torch.Tensor | None = None,
+) -> KDTerms:
+    """The method §3 loss and its parts, equal to ``kd_loss_terms`` on the materialized logits.
+
+    Args:
+        student_hidden: (B, L, d_s) the student's last hidden states (after its final
+            layer norm: what its LM head consumes), unshifted. Receives a gradient.
+        student_head: (V, d_s) the student's LM-head weight; pass the model's own
+            Parameter (GPT-2: ``lm_head.weight``, tied to ``transformer.wte.weight``)
+            and autograd adds the head gradient to the embedding's. Receives a gradient.
+        teacher_hidden: (B, L, d_t) the teacher's last hidden states; no gradient.
+        teacher_head: (V, d_t) the teacher's LM-head weight; no gradient.
+        labels: (B, L) integer token ids, -100 where ignored.
+        temperature, alpha, uncertainty, smoothing, weight_norm: as in ``kd_loss_terms``.
+        chunk_rows: positions per chunk; default ``max(1, 2**22 // V)``.
+        teacher_entropy: (B, L - 1) entropy of softmax(t) at tau = 1 per SHIFTED
+            position (``teacher_entropy_from_hidden``), e.g. precomputed by a teacher
+            cache; skips the teacher-only pass. Ignored when ``uncertainty`` is False.
+        student_head_bias, teacher_head_bias: (V,) LM-head biases, or None (GPT-2).
+
+    See the module docstring for the precision contract.
+
+    Raises:
+        ValueError: on bad shapes or arguments, or if no position has a label.
+    """
+    _validate(student_hidden, student_head, student_head_bias, teacher_hidden, teacher_head,
+              teacher_head_bias, labels, teacher_entropy)
+    vocab = student_head.shape[0]
+    validate_options(labels, vocab, temperature, alpha, smoothing, weight_norm, chunk_rows,
+                     caller=CALLER)
+    if chunk_rows is None:
+        chunk_rows = max(1, FUSED_CHUNK_ELEMENTS // vocab)
+    targets = labels[:, 1:]  # (B, L'): position i predicts token i + 1
+    mask = targets != IGNORE_INDEX  # (B, L')
+    n_valid = count_valid(mask, labels, caller=CALLER)
+    dtype = compute_dtype(student_hidden, student_head, teacher_hidden, teacher_head)
+    teacher_hidden, teacher_head = teacher_hidden.detach(), teacher_head.detach()
+    if teacher_head_bias is not None:
+        teacher_head_bias = teacher_head_bias.detach()
+
+    weights = None
+    if uncertainty:
+        if teacher_entropy is None:
+            teacher_entropy = teacher_entropy_from_hidden(
+                teacher_hidden, teacher_head, teacher_head_bias, chunk_rows=chunk_rows)
+        weights = uncertainty_weights(teacher_entropy.to(dtype), mask)  # (B, L')
+    weight_sum, soft_norm = soft_normalization(weights, n_valid, weight_norm, dtype=dtype,
+                                               device=student_hidden.device)
+
+    # Decided here, under the caller's autocast state; the walk itself runs with
+    # autocast off and casts explicitly.
+    student_mm = matmul_dtype(student_hidden, student_head, student_head_bias)
+    teacher_mm = matmul_dtype(teacher_hidden, teacher_head, teacher_head_bias)
+    walk = _Walk(teacher_hidden, teacher_head, teacher_head_bias, targets, mask, weights,
+                 n_valid, soft_norm, temperature, alpha, smoothing, chunk_rows, student_mm,
+                 teacher_mm, dtype)
+    student_inputs = (student_hidden, student_head, student_head_bias)
+    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in student_inputs):
+        loss, hard, soft = _FusedKD.apply(*student_inputs, walk)
+    else:  # evaluation: no gradient buffers
+        with _autocast_off(student_hidden):
+            hard, soft = _fused_pass(*student_inputs, walk, grads=None)
+        loss = combine(hard, soft, temperature, alpha)
+    return KDTerms(loss, hard.detach(), soft.detach(), (weight_sum / n_valid).detach())
+
+
+def teacher_entropy_from_hidden(
+    teacher_hidden: torch.Tensor,
+    teacher_head: torch.Tensor,
+    teacher_head_bias: torch.Tensor | None = None,
+    *,
+    chunk_rows: int | None = None,
+) -> torch.Tensor:
+    """Entropy of softmax(t) at tau = 1 for ``t = teacher_hidden @ teacher_head.T (+ bias)``.
+
+    (B, L, d_t) UNSHIFTED hidden states, (V, d_t) head -> (B, L - 1) entropies of the
+    shifted positions 0 .. L-2 (the last position predicts nothing), fp32 (fp64 if an
+    input is fp64): what ``fused_kd_loss_terms(teacher_entropy=...)`` takes. Walked in
+    chunks of ``chunk_rows`` positions (default ``max(1, 2**22 // V)``) without
+    autograd; the matmul follows the ambient autocast like the loss's.
+    """
+    if teacher_hidden.dim() != 3 or teacher_head.dim() != 2 \
+            or teacher_hidden.shape[-1] != teacher_head.shape[-1]:
+        raise ValueError(f"teacher_entropy_from_hidden: hidden (B, L, d) and head (V, d) do "
+                         f"not match: hidden shape {tuple(teacher_hidden.shape)}, head shape "
+                         f"{tuple(teacher_head.shape)}")
+    if chunk_rows is None:
+        chunk_rows = max(1, FUSED_CHUNK_ELEMENTS // teacher_head.shape[0])
+    dtype = compute_dtype(teacher_hidden, teacher_head)
+    mm_dtype = matmul_dtype(teacher_hidden, teacher_head, teacher_head_bias)
+    shifted = teacher_hidden[:, :-1]  # (B, L', d_t), a view
+    batch, length, _ = shifted.shape
+    entropy = torch.empty(batch, length, dtype=dtype, device=shifted.device)
+    with torch.no_grad(), _autocast_off(teacher_hidden):
+        head = _Head.cast(teacher_head, teacher_head_bias, mm_dtype)
+        for rows in chunks(batch, length, chunk_rows):
+            _, neg_entropy = soft_targets(head.logits(shifted[rows], dtype), 1.0, None)
+            entropy[rows] = -neg_entropy
+    return entropy
+
+
+def matmul_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
+    """The dtype the chunk matmuls run in (see the precision contract)."""
+    present = [x for x in tensors if x is not None]
+    dtype = reduce(torch.promote_types, (x.dtype for x in present))
+    device_type = present[0].device.type
+    if dtype != torch.float64 and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return dtype
+
+
+class _Head(NamedTuple):
+    """An LM head cast once to its matmul dtype: weight (V, d), bias (V,) or None."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+    @classmethod
+    def cast(cls, weight, bias, dtype) -> _Head:
+        # .to is a no-op when the dtype already matches: no copy of the (V, d) weight.
+        return cls(weight.to(dtype), None if bias is None else bias.to(dtype))
+
+    def logits(self, hidden: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(b, l, d) hidden states -> (b, l, V) logits in ``dtype``; the matmul-dtype
+        product dies within the statement when a cast is needed."""
+        return F.linear(hidden.to(self.weight.dtype), self.weight, self.bias).to(dtype)
+
+
+class _Walk(NamedTuple):
+    """Everything a walk over the chunks needs besides the student's inputs."""
+
+    teacher_hidden: torch.Tensor  # (B, L, d_t) unshifted, detached
+    teacher_head: torch.Tensor  # (V, d_t), detached
+    teacher_bias: torch.Tensor | None  # (V,), detached
+    targets: torch.Tensor  # (B, L') shifted labels
+    mask: torch.Tensor  # (B, L') bool, targets != -100
+    weights: torch.Tensor | None  # (B, L') uncertainty weights, or None (all 1)
+    n_valid: int  # mask.sum()
+    soft_norm: torch.Tensor | float  # denominator of the soft term
+    temperature: float
+    alpha: float
+    smoothing: float | None
+    chunk_rows: int
+    student_mm: torch.dtype  # matmul dtypes (precision contract)
+    teacher_mm: torch.dtype
+    dtype: torch.dtype  # compute dtype: fp32, or fp64
+
+
+class _Grads(NamedTuple):
+    """The gradients the forward walk fills, or None where no gradient is needed.
+
+    All in the compute dtype (fp32, or fp64), cast to the inputs' dtypes only in
+    backward, after the scaling by the upstream gradient (an fp16 GradScaler's
+    scale must act before an fp16 cast, or small gradients flush to 0):
+    ``hidden`` (B, L, d_s), 0 at the last position; ``weight`` (V, d_s) and
+    ``bias`` (V,), accumulated over chunks.
+    """
+
+    hidden: torch.Tensor | None
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+
+    def add_chunk(self, rows, g: torch.Tensor, h: torch.Tensor, weight: torch.Tensor) -> None:
+        """Add one chunk: ``g`` (b, l, V) dloss/dlogits in the compute dtype (overwritten),
+        ``h`` (b, l, d_s) hidden states and ``weight`` (V, d_s) in the matmul dtype."""
+        if self.bias is not None:
+            self.bias.add_(g.flatten(0, 1).sum(0))
+        scale = None
+        if g.dtype != h.dtype:
+            # Low-precision matmuls. Entries of g are ~probability / n_valid, mostly
+            # 1e-9 .. 1e-6: below fp16's smallest subnormal (6e-8) they would flush to 0.
+            # Divide by the power of two >= max |g| (exact), multiply back in fp32 after
+            # the matmuls. (bf16 has fp32's exponent range; there it changes nothing.)
+            _, exponent = torch.frexp(g.abs().amax())
+            scale = torch.ldexp(g.new_ones(()), exponent)
+            g = g.div_(scale).to(h.dtype)  # (b, l, V)
+        if self.hidden is not None:
+            grad = g @ weight  # (b, l, d_s)
+            self.hidden[:, :-1][rows] = grad if scale is None else grad.to(scale.dtype) * scale
+        if self.weight is not None:
+            g, h = g.flatten(0, 1), h.flatten(0, 1)  # (b * l, V), (b * l, d_s)
+            if scale is None:
+                self.weight.addmm_(g.T, h)  # no (V, d_s) product tensor
+            else:  # a low-precision (V, d_s) product, accumulated in fp32
+                self.weight.addcmul_(g.T @ h, scale)
+
+
+class _FusedKD(torch.autograd.Function):
+    """Loss whose gradients wrt the student's hidden states, head weight and bias are
+    computed during forward. forward returns (loss, hard, soft); only ``loss`` is
+    differentiable. The stored gradients are for an upstream gradient of 1."""
+
+    @staticmethod
+    def forward(ctx, student_hidden, student_head, student_bias, walk: _Walk):
+        inputs = (student_hidden, student_head, student_bias)
+        with _autocast_off(student_hidden):
+            grads = _Grads(*(
+                torch.zeros(x.shape, dtype=walk.dtype, device=x.device) if needed else None
+                for x, needed in zip(inputs, ctx.needs_input_grad)))
+            hard, soft = _fused_pass(*inputs, walk, grads=grads)
+        ctx.save_for_backward(*grads)
+        ctx.input_dtypes = [None if x is None else x.dtype for x in inputs]
+        ctx.mark_non_differentiable(hard, soft)
+        return combine(hard, soft, walk.temperature, walk.alpha), hard, soft
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss, _grad_hard, _grad_soft):
+        grads = ctx.saved_tensors
+        # Plain loss.backward() passes exactly 1: hand back the stored gradients
+        # themselves when no cast is needed either (see distill.loss._ChunkedKD.backward
+        # for why that is safe).
+        if not bool(grad_loss == 1):
+            grads = [None if grad is None else grad * grad_loss for grad in grads]
+        return (*(None if grad is None else grad.to(dtype)
+                  for grad, dtype in zip(grads, ctx.input_dtypes)), None)
+
+
+def _fused_pass(
+    student_hidden: torch.Tensor,  # (B, L, d_s) unshifted
+    student_head: torch.Tensor,  # (V, d_s)
+    student_bias: torch.Tensor | None,  # (V,)
+    walk: _Walk,
+    *,
+    grads: _Grads | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One walk over the position chunks: returns (hard, soft), fills ``grads`` if given."""
+    # Heads cast once for the whole walk, not per chunk: (V, d) copies under autocast.
+    student = _Head.cast(student_head, student_bias, walk.student_mm)
+    teacher = _Head.cast(walk.teacher_head, walk.teacher_bias, walk.teacher_mm)
+    shifted_student = student_hidden[:, :-1]  # (B, L', d_s), a view
+    shifted_teacher = walk.teacher_hidden[:, :-1]  # (B, L', d_t), a view
+    batch, length, _ = shifted_student.shape
+    hard_sum = torch.zeros((), dtype=walk.dtype, device=student_hidden.device)
+    soft_sum = torch.zeros((), dtype=walk.dtype, device=student_hidden.device)
+    for rows in chunks(batch, length, walk.chunk_rows):
+        chunk_hard, chunk_soft = _chunk(
+            shifted_student[rows].to(walk.student_mm), shifted_teacher[rows], student, teacher,
+            walk, rows, grads)
+        hard_sum += chunk_hard
+        soft_sum += chunk_soft
+    return hard_sum / walk.n_valid, soft_sum / walk.soft_norm
+
+
+def _chunk(
+    h: torch.Tensor,  # (b, l, d_s) student hidden states, matmul dtype
+    th: torch.Tensor,  # (b, l, d_t) teacher hidden states
+    student: _Head,
+    teacher: _Head,
+    walk: _Walk,
+    rows: tuple[slice, slice],
+    grads: _Grads | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk: logits from hidden states, ``chunk_terms``, the gradient matmuls.
+    A function of its own so that the chunk's (b, l, V) tensors are freed on return."""
+    s = student.logits(h, walk.dtype)  # (b, l, V)
+    t = teacher.logits(th, walk.dtype)  # (b, l, V)
+    g = None if grads is None else torch.empty_like(s)  # (b, l, V) dloss/ds, from chunk_terms
+    hard, soft = chunk_terms(
+        s, t, walk.targets[rows], walk.mask[rows],
+        None if walk.weights is None else walk.weights[rows], walk.n_valid, walk.soft_norm,
+        walk.temperature, walk.alpha, walk.smoothing, g)
+    if grads is not None:
+        del s, t  # dead: free them before the gradient matmuls allocate
+        grads.add_chunk(rows, g, h, student.weight)
+    return hard, soft
+
+
+def _autocast_off(like: torch.Tensor) -> torch.autocast:
+    return torch.autocast(like.device.type, enabled=False)
+
+
+def _validate(student_hidden, student_head, student_bias, teacher_hidden, teacher_head,
+              teacher_bias, labels, teacher_entropy) -> None:
+    shapes = (f"student_hidden {tuple(student_hidden.shape)}, student_head "
+              f"{tuple(student_head.shape)}, teacher_hidden {tuple(teacher_hidden.shape)}, "
+              f"teacher_head {tuple(teacher_head.shape)}")
+    if student_hidden.dim() != 3 or teacher_hidden.dim() != 3:
+        raise ValueError(f"{CALLER}: hidden states must be (B, L, d), got {shapes}")
+    if student_head.dim() != 2 or teacher_head.dim() != 2:
+        raise ValueError(f"{CALLER}: head weights must be (V, d), got {shapes}")
+    if teacher_hidden.shape[:2] != student_hidden.shape[:2]:
+        raise ValueError(f"{CALLER}: student and teacher hidden states differ in (B, L): "
+                         f"{shapes}")
+    for who, hidden, head in (("student", student_hidden, student_head),
+                              ("teacher", teacher_hidden, teacher_head)):
+        if hidden.shape[-1] != head.shape[-1]:
+            raise ValueError(f"{CALLER}: {who} width mismatch: hidden d={hidden.shape[-1]}, "
+                             f"head d={head.shape[-1]} ({shapes})")
+    if student_head.shape[0] != teacher_head.shape[0]:
+        raise ValueError(f"{CALLER}: vocabulary mismatch: student V={student_head.shape[0]}, "
+                         f"teacher V={teacher_head.shape[0]}")
+    vocab = student_head.shape[0]
+    for who, bias in (("student_head_bias", student_bias), ("teacher_head_bias", teacher_bias)):
+        if bias is not None and tuple(bias.shape) != (vocab,):
+            raise ValueError(f"{CALLER}: {who} must be (V,) = ({vocab},), "
+                             f"got {tuple(bias.shape)}")
+    if tuple(labels.shape) != tuple(student_hidden.shape[:2]):
+        raise ValueError(f"{CALLER}: labels shape {tuple(labels.shape)} does not match the "
+                         f"hidden states' (B, L) = {tuple(student_hidden.shape[:2])}")
+    batch, length = labels.shape
+    if teacher_entropy is not None and tuple(teacher_entropy.shape) != (batch, length - 1):
+        raise ValueError(f"{CALLER}: teacher_entropy must be (B, L - 1) = "
+                         f"({batch}, {length - 1}) (shifted positions), "
+                         f"got {tuple(teacher_entropy.shape)}")
+    tensors = [student_hidden, student_head, teacher_hidden, teacher_head,
+               *(x for x in (student_bias, teacher_bias) if x is not None)]
+    if not all(x.is_floating_point() for x in tensors):
+        raise ValueError(f"{CALLER}: hidden states and heads must be floating point, got "
+                         f"{[x.dtype for x in tensors]}")
