@@ -109,19 +109,19 @@ def _same_seeds(series: list[pd.Series]) -> bool:
     return all(len(s) > 0 for s in series) and all(set(s.index) == set(series[0].index) for s in series)
 
 
-def improvement_cell(base: pd.Series, best: pd.Series) -> Cell:
-    """(baseline - best) / baseline * 100, in %.
+def improvement_cell(base: pd.Series, chosen: pd.Series) -> Cell:
+    """(baseline - chosen) / baseline * 100, in %.
 
     Same seeds in both arms: computed per seed (paired), then mean ± std over
     seeds. Otherwise from the two means, with first-order error propagation of
     the two seed stds: d/dA = 100 B/A^2, d/dB = -100/A.
     """
-    if base.empty or best.empty:
+    if base.empty or chosen.empty:
         return Cell(note="no value for " + ("baseline" if base.empty else "any enhanced arm"))
-    if _same_seeds([base, best]):
-        c = cell_of(100.0 * (base - best.loc[base.index]) / base)
+    if _same_seeds([base, chosen]):
+        c = cell_of(100.0 * (base - chosen.loc[base.index]) / base)
         return Cell(c.mean, c.std, c.n, PAIRED)
-    a, b = cell_of(base), cell_of(best)
+    a, b = cell_of(base), cell_of(chosen)
     std = 100.0 / a.mean * math.sqrt(b.std**2 + (b.mean / a.mean) ** 2 * a.std**2)
     return Cell(100.0 * (a.mean - b.mean) / a.mean, std, min(a.n, b.n), PROPAGATED)
 
