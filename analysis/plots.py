@@ -266,7 +266,8 @@ def plot_reliability(reps: pd.DataFrame, scale: str, path: Path) -> Plot:
         bottom.bar(centers, [b["count"] for b in full], width=widths, color=_color(arm))
         bottom.set_yscale("log")
     fig.suptitle(f"Reliability at scale {scale} (test split, bins summed over seeds)", fontsize=10)
-    zoom = "" if limit == 1 else f" Axes show confidence and accuracy 0 to {limit:g}: no token was predicted with more."
+    zoom = "" if limit == 1 else (f" Both axes show 0 to {limit:g}, the occupied range: no token was predicted with "
+                                  "more confidence and no bin was more accurate.")
     return _save(fig, path, f"Reliability diagrams at scale {scale} on the test split, one column per arm: bars are "
                             "the accuracy of the tokens in each confidence bin (summed over seeds), dots the bin's "
                             "mean confidence against its accuracy, the dashed diagonal perfect calibration; below, "
