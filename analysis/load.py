@@ -179,8 +179,8 @@ def split_notes(sd: SweepDir) -> list[str]:
     data alike, as a sweep's runs do; an empty list when the logs predate the record."""
     dirs = sorted(sd.replicates.iterdir()) if sd.replicates.is_dir() else []
     dirs += sorted(sd.runs.iterdir()) if sd.runs.is_dir() else []
-    notes = [note for d in dirs for r in read_log(d)[:1]  # the start row leads the log, resumed or not
-             if r.get("event") == "start" and (note := (r.get("data") or {}).get("split_note"))]
+    starts = (next((r for r in read_log(d) if r.get("event") == "start"), {}) for d in dirs)  # first attempt's
+    notes = [note for r in starts if (note := (r.get("data") or {}).get("split_note"))]
     return [note for note, _ in Counter(notes).most_common()]  # ties keep their order: replicates first
 
 
