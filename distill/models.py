@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from distill.errors import ConfigError, ModelError
 
@@ -78,6 +78,12 @@ def load_frozen_model(name: str, *, role: str, device: torch.device | str = "cpu
 def load_teacher(name: str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None):
     """The frozen teacher (method §1)."""
     return load_frozen_model(name, role="teacher", device=device, dtype=dtype)
+
+
+def load_teacher_config(name: str):
+    """The teacher's config alone (vocabulary, positions, special ids, width): all a run needs of
+    the teacher besides its outputs, e.g. when a teacher cache stands in for the model."""
+    return _load("teacher", name, lambda n: AutoConfig.from_pretrained(n, trust_remote_code=False))
 
 
 def load_saved_student(path: str, device: torch.device | str = "cpu"):
@@ -150,10 +156,10 @@ def check_vocab(tokenizer, teacher_config, student_config=None, *, tokenizer_nam
 
 
 def teacher_logits(teacher, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """The one narrow door to the teacher: (B, L) ids -> (B, L, V) logits, no grad.
+    """The live teacher's (B, L) ids -> (B, L, V) logits, no grad.
 
-    Everything (training and metrics) gets teacher logits through here so a
-    logits cache can later replace the live teacher without touching callers.
+    Training and metrics reach the teacher through `distill.teacher_source` (this model,
+    or a teacher cache); its live implementation comes here for logits.
     """
     with torch.no_grad():
         return teacher(input_ids=input_ids, attention_mask=attention_mask).logits

@@ -19,6 +19,7 @@ from ray import tune
 
 from distill.errors import ConfigError
 from distill.rundir import DIVERGED, finished_run
+from sweeps.cache import ensure_teacher_cache
 from sweeps.layout import SweepDir
 from sweeps.live import LiveTable
 from sweeps.runner import Log, init_ray
@@ -66,6 +67,7 @@ def run_replicates(sd: SweepDir, *, seeds: int, address: str | None = None, log:
     if not todo:
         return []
     init_ray(address, log)
+    ensure_teacher_cache(space, sd, log)
     trainable = tune.with_resources(tune.with_parameters(_replicate_trial, space=space, sweep_dir=str(sd.root)),
                                     trial_resources(space))
     tuner = tune.Tuner(

@@ -22,6 +22,7 @@ from distill.data import precluster
 from distill.errors import ConfigError
 from distill.splits import SplitSpec
 from distill.train import total_steps
+from sweeps.cache import ensure_teacher_cache
 from sweeps.layout import SweepDir, git_commit, open_sweep, storage_root
 from sweeps.live import LiveTable
 from sweeps.scheduler import PerStudyASHA
@@ -130,6 +131,7 @@ def tune_unfinished(sd: SweepDir) -> list:
 
 def _fit(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool, address: str | None, log: Log) -> SweepDir:
     init_ray(address, log)
+    ensure_teacher_cache(space, sd, log)  # before any trial: every trial reads it (sweeps/cache.py)
     log(f"sweep {sd.name}: {len(space.studies)} studies x {space.search['trials_per_study']} trials "
         f"({space.search['executor']} executor) -> {sd.root}")
     tuner = _tuner(space, sd, storage_url, restore=restore, log=log)
