@@ -175,8 +175,7 @@ def test_interrupted_build_resumes_to_the_same_bytes_and_never_looks_complete(ru
 def test_a_run_with_another_key_is_refused_naming_each_field(run_cfg, fp32_cache, tmp_path):
     cases = [({"block_size": 32}, ["block_size: cache 64, run 32"]),
              ({"max_steps": 12}, ["n_blocks: cache 24, run 48"]),
-             ({"split_method": "hash", "cluster_identity": 0.5},
-              ["split_method: cache 'cluster', run 'hash'", "cluster_identity: cache 0.5, run None"])]
+             ({"split": [0.8, 0.1, 0.1]}, ["split: cache [0.9, 0.05, 0.05], run [0.8, 0.1, 0.1]"])]
     for change, needles in cases:
         out = tmp_path / "refused"
         with pytest.raises(ConfigError) as err:

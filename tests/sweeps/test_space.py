@@ -7,7 +7,7 @@ import yaml
 
 from distill.errors import ConfigError
 from kdsweep.cli import main
-from sweeps.space import SEARCH_SPACES_DIR, load_space, parse_space, smoke_space
+from sweeps.space import SEARCH_SPACES_DIR, dump_space, load_space, parse_space, smoke_space, with_tracker
 from tests.fixtures import write_real_fasta
 
 SHIPPED = sorted(SEARCH_SPACES_DIR.glob("*.yaml"))
@@ -75,6 +75,9 @@ def _with(**changes):
         (_with(cache__gpus=-1), "cache.gpus: got -1"),
         (_with(cache__path="/x"), "cache.path: unknown key"),
         (_with(train__teacher_cache="/x"), "train.teacher_cache: set by the sweep itself"),
+        (_with(tracking__tracker="neptune"), "tracking.tracker: got 'neptune', allowed: null (none), mlflow, wandb"),
+        (_with(tracking__projekt="x"), "tracking.projekt: unknown key"),
+        (_with(tracking__wandb_project=7), "tracking.wandb_project: expected a W&B project name, got 7"),
     ],
 )
 def test_malformed_spaces_name_the_key(raw, needle):
@@ -127,3 +130,16 @@ def test_cache_section_defaults_to_an_fp32_cache_beside_the_sweeps():
     off = parse_space(_with(cache={"enabled": False}), "off.yaml")
     assert off.cache["enabled"] is False and off.cache["dtype"] == "fp32"
     assert load_space(SEARCH_SPACES_DIR / "protgpt2.yaml").cache["dtype"] == "bf16"
+
+
+def test_tracker_from_the_space_or_the_command_line(tmp_path):
+    plain = load_space(SEARCH_SPACES_DIR / "demo.yaml")
+    assert plain.tracking == {"tracker": None, "mlflow_uri": None, "wandb_project": "kdsweep"}
+    tracked = parse_space(_with(tracking={"tracker": "wandb", "wandb_project": "kd"}), "t.yaml")
+    assert tracked.tracking == {"tracker": "wandb", "mlflow_uri": None, "wandb_project": "kd"}
+    assert with_tracker(tracked, None) is tracked  # no --tracker: the space decides
+    assert with_tracker(tracked, "mlflow").tracking == {"tracker": "mlflow", "mlflow_uri": None, "wandb_project": "kd"}
+    off = with_tracker(tracked, "none")
+    assert off.tracking["tracker"] is None
+    dump_space(off, tmp_path / "space.yaml")  # what a sweep keeps, and a resume reads
+    assert load_space(tmp_path / "space.yaml").tracking["tracker"] is None
