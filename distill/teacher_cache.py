@@ -54,7 +54,8 @@ from distill.errors import ConfigError, DataError, ModelError
 from distill.fingerprint import teacher_fingerprint
 from distill.fused_loss import teacher_entropy_from_hidden
 from distill.heads import head_inputs, is_linear_head
-from distill.models import check_vocab, load_teacher, load_teacher_config, load_tokenizer, resolve_teacher
+from distill.models import (check_vocab, load_teacher, load_teacher_config, load_tokenizer, n_positions,
+                            resolve_teacher)
 from distill.numbers import dumps
 from distill.runtime import Runtime, resolve_runtime
 from distill.splits import SplitSpec
@@ -157,8 +158,7 @@ class CachePlan:
 
     @property
     def n_positions(self) -> int:
-        c = self.teacher_config
-        return int(getattr(c, "n_positions", None) or c.max_position_embeddings)
+        return int(n_positions(self.teacher_config))
 
     def heldout_tokens(self) -> dict[str, int]:
         """Stored tokens per non-empty held-out split (each protein up to n_positions)."""
@@ -167,22 +167,29 @@ class CachePlan:
 
     def sizes(self) -> dict[str, int]:
         """Bytes per part of the cache: train hidden states, entropies, head, each held-out split."""
-        item = np.dtype(_DTYPES[self.key.dtype][0]).itemsize
+        per_token = bytes_per_token(self.hidden_size, self.key.dtype)
         k, t, d = self.key.n_blocks, self.key.block_size, self.hidden_size
-        out = {"train": k * t * d * item, "entropy": k * (t - 1) * 4,
+        out = {"train": k * t * per_token, "entropy": k * (t - 1) * 4,
                "head": self.teacher_config.vocab_size * d * 4}
-        out.update({name: n * d * item for name, n in self.heldout_tokens().items()})
+        out.update({name: n * per_token for name, n in self.heldout_tokens().items()})
         return out
 
     def describe(self) -> str:
         """The size line printed before a build."""
-        item = np.dtype(_DTYPES[self.key.dtype][0]).itemsize
         sizes = self.sizes()
         k, t, d = self.key.n_blocks, self.key.block_size, self.hidden_size
+        per_token = bytes_per_token(d, self.key.dtype)
         held = ", ".join(f"{name} {n:,} tokens {_mb(sizes[name])}" for name, n in self.heldout_tokens().items())
-        return (f"teacher cache: {k:,} blocks × {t} tokens × {d} dims × {item} B = {_mb(sizes['train'])} "
+        return (f"teacher cache: {k:,} blocks × {t} tokens × {d} dims × {per_token // d} B = {_mb(sizes['train'])}, "
+                f"{per_token / 1e3:.3g} kB per token "
                 f"(+ entropies {_mb(sizes['entropy'])}, head {_mb(sizes['head'])}, {held}) = "
                 f"{_mb(sum(sizes.values()))} {self.key.dtype} in {self.path}")
+
+
+def bytes_per_token(hidden_size: int, dtype: str) -> int:
+    """Bytes one token's stored hidden state takes: d_t × the storage dtype's size
+    (ProtGPT2, d_t = 1280, bf16: 2,560 B, so 50M train tokens take 128 GB)."""
+    return hidden_size * np.dtype(_DTYPES[dtype][0]).itemsize
 
 
 def _mb(n: int) -> str:
@@ -228,9 +235,7 @@ def build_teacher_cache(plan: CachePlan, *, log: Callable[[str], None] = print, 
     this call (tests use it to interrupt a build at a known point).
     """
     if is_complete(plan.path):
-        manifest = read_manifest(plan.path)
-        if bad := plan.key.differences(manifest["key"]):
-            raise DataError(f"{plan.path}: a complete teacher cache with another key: {'; '.join(bad)}")
+        TeacherCache.open(plan.path, plan.key)  # its key and files are this plan's, or a ConfigError/DataError
         log(f"teacher cache: complete, {plan.path}")
         return plan.path
     log(plan.describe())
@@ -278,8 +283,8 @@ class _Part:
 class _Builder:
     def __init__(self, plan: CachePlan, teacher, shard_bytes: int):
         self.plan, self.teacher = plan, teacher
-        item = np.dtype(_DTYPES[plan.key.dtype][0]).itemsize
-        self.shard_blocks = max(1, shard_bytes // (plan.key.block_size * plan.hidden_size * item))
+        block_bytes = plan.key.block_size * bytes_per_token(plan.hidden_size, plan.key.dtype)
+        self.shard_blocks = max(1, shard_bytes // block_bytes)
         self.partial = plan.path.with_name(f"{plan.path.name}.partial-{os.getpid()}")
         self.done: dict[str, dict] = {}
         self.advance: Callable[[int], object] = lambda tokens: None  # progress: teacher tokens computed

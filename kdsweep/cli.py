@@ -195,8 +195,9 @@ def _data_report(args) -> int:
 
 def _cache_build(args) -> int:
     from distill.teacher_cache import build_teacher_cache
-    from sweeps.cache import plan_space_cache
+    from sweeps.cache import check_cache_dir, plan_space_cache
     from sweeps.layout import storage_root
+    from sweeps.preflight import check_inputs_of_space
     from sweeps.space import load_space, smoke_space
 
     space = load_space(args.space)
@@ -204,7 +205,10 @@ def _cache_build(args) -> int:
         space = smoke_space(space)
     if not space.cache["enabled"]:
         print(f"note: {args.space} has cache.enabled: false; its sweeps run the live teacher and will not read this")
-    path = build_teacher_cache(plan_space_cache(space, storage_root(args.storage)))
+    root = storage_root(args.storage)
+    check_inputs_of_space(space, root)  # data, teacher, sizes, --storage: before any work
+    check_cache_dir(space, root)
+    path = build_teacher_cache(plan_space_cache(space, root))
     print(f"teacher cache: {path}\n  sweeps of this space read it; for one run: kdsweep train --set teacher_cache={path}")
     return 0
 

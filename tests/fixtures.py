@@ -20,7 +20,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from distill.config import TrainConfig
 from distill.data import BUNDLED_DATA
-from distill.rundir import eval_rows
+from distill.rundir import eval_rows, read_log
 from distill.demo_teacher import build_aa_tokenizer
 from sweeps.layout import SweepDir
 from sweeps.space import SEARCH_SPACES_DIR
@@ -71,6 +71,11 @@ def make_char_teacher(out: Path, n_positions: int = 512, seed: int = 0) -> Path:
     GPT2LMHeadModel(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+def start_row(run_dir: Path) -> dict:
+    """A run's "start" event (in a sweep, the trial's node event comes before it)."""
+    return next(r for r in read_log(run_dir) if r.get("event") == "start")
 
 
 def tiny_config(teacher: Path, data: Path, out: Path, **overrides) -> TrainConfig:

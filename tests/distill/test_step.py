@@ -12,17 +12,14 @@ from safetensors.torch import load_file
 from distill.checkpoint import latest_checkpoint
 from distill.config import TrainConfig
 from distill.errors import ModelError
-from distill.rundir import read_log
+from distill.rundir import eval_rows
 from distill.runtime import Runtime
 from distill.teacher_source import open_teacher
-from tests.fixtures import tiny_config
+from tests.fixtures import start_row, tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 BOTH_ARM = dict(uncertainty=True, smoothing=0.1, temperature=2.0, alpha=0.3)
 
-
-def _eval_rows(run_dir):
-    return [r for r in read_log(run_dir) if "val_ppl" in r and "event" not in r]
 
 
 def _weights(run_dir: Path) -> dict:
@@ -31,7 +28,7 @@ def _weights(run_dir: Path) -> dict:
 
 def assert_same_training(a: Path, b: Path, *, rtol: float, atol: float) -> None:
     """Two runs' loss rows, val ppl and final weights agree to tolerance."""
-    rows_a, rows_b = _eval_rows(a), _eval_rows(b)
+    rows_a, rows_b = eval_rows(a), eval_rows(b)
     assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b]
     for ra, rb in zip(rows_a, rows_b):
         for key in ("train_loss", "train_hard", "train_soft", "val_ppl"):
@@ -51,7 +48,7 @@ def test_fused_training_equals_logits_training(tmp_path, char_teacher, small_fas
 
         assert run_training(cfg).status == "completed"
         runs[impl] = tmp_path / impl
-    assert read_log(runs["fused"])[0]["loss_impl"] == "fused"
+    assert start_row(runs["fused"])["loss_impl"] == "fused"
     assert_same_training(runs["logits"], runs["fused"], rtol=1e-5, atol=1e-6)
 
 
@@ -87,12 +84,12 @@ def test_fused_path_under_ddp_matches_one_process(tmp_path, char_teacher, small_
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
-    assert read_log(tmp_path / "ddp")[0]["world_size"] == 2
+    assert start_row(tmp_path / "ddp")["world_size"] == 2
     # rank 0 logs its own slice's train loss, so only the weights and the val ppl (computed from them) compare
     wa, wb = _weights(tmp_path / "one"), _weights(tmp_path / "ddp")
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6, msg=k)
-    for ra, rb in zip(_eval_rows(tmp_path / "one"), _eval_rows(tmp_path / "ddp")):
+    for ra, rb in zip(eval_rows(tmp_path / "one"), eval_rows(tmp_path / "ddp")):
         assert rb["val_ppl"] == pytest.approx(ra["val_ppl"], rel=1e-5)
 
 
@@ -113,29 +110,35 @@ def test_fused_refuses_a_teacher_whose_logits_are_not_a_linear_head(tmp_path):
     assert open_teacher(logits, logits.teacher, None, {}, 1, rt).describe() == f"live {logits.teacher}"
 
 
-# ------------------------------------------------------------------------------ CUDA only
+# ------------------------------------------------------------------------------ mixed precision
+
+CUDA = pytest.param("cuda", marks=[pytest.mark.cuda,
+                                   pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")])
 
 
-def _cuda_run(tmp_path, teacher, data, name, **overrides) -> Path:
+def _run(tmp_path, teacher, data, name, **overrides) -> Path:
     from distill.train import run_training
 
-    cfg = tiny_config(teacher, data, tmp_path / name, device="cuda", final_eval=False, dropout=0.0, **BOTH_ARM,
-                      **overrides)
+    cfg = tiny_config(teacher, data, tmp_path / name, final_eval=False, dropout=0.0, max_steps=4, eval_interval=2,
+                      **BOTH_ARM, **overrides)
     assert run_training(cfg).status == "completed"
     return tmp_path / name
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_cuda_mixed_precision_fused_training(tmp_path, protgpt2_tiny_teacher, small_fasta, precision):
-    """On a GPU with ProtGPT2's vocabulary: fused training under bf16/fp16 autocast (fp16 with a GradScaler)
-    stays near fp32 fused training, and near the logits path at the same precision."""
-    fp32 = _cuda_run(tmp_path, protgpt2_tiny_teacher, small_fasta, "fp32", precision="fp32")
-    fused = _cuda_run(tmp_path, protgpt2_tiny_teacher, small_fasta, precision, precision=precision)
-    logits = _cuda_run(tmp_path, protgpt2_tiny_teacher, small_fasta, f"{precision}-logits", precision=precision,
-                       loss_impl="logits")
+def test_mixed_precision_fused_training(tmp_path, request, small_fasta, device, precision):
+    """On the CPU (the char teacher: 2 cores) and on a GPU (ProtGPT2's vocabulary): fused training under bf16/fp16
+    autocast (fp16 with a GradScaler) stays near fp32 fused training, and near the logits path at the same
+    precision; autocast was on (the losses are not the fp32 ones bit for bit)."""
+    teacher = request.getfixturevalue("char_teacher" if device == "cpu" else "protgpt2_tiny_teacher")
+    fp32 = _run(tmp_path, teacher, small_fasta, "fp32", device=device, precision="fp32")
+    fused = _run(tmp_path, teacher, small_fasta, precision, device=device, precision=precision)
+    logits = _run(tmp_path, teacher, small_fasta, f"{precision}-logits", device=device, precision=precision,
+                  loss_impl="logits")
+    assert start_row(fused)["precision"] == precision and start_row(fused)["loss_impl"] == "fused"
+    assert [r["train_loss"] for r in eval_rows(fused)] != [r["train_loss"] for r in eval_rows(fp32)]
     for ref, other, rel in ((fp32, fused, 2e-2), (logits, fused, 1e-2)):
-        for ra, rb in zip(_eval_rows(ref), _eval_rows(other)):
+        for ra, rb in zip(eval_rows(ref), eval_rows(other), strict=True):
             assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=rel), (ref.name, other.name, ra["step"])
             assert rb["val_ppl"] == pytest.approx(ra["val_ppl"], rel=rel), (ref.name, other.name, ra["step"])

@@ -14,19 +14,20 @@ from distill.data import prepare_data
 from distill.errors import ConfigError, DataError
 from distill.fused_loss import teacher_entropy_from_hidden
 from distill.heads import head_inputs
-from distill.models import load_teacher, load_tokenizer
-from distill.rundir import read_log
+from distill.models import PROTGPT2_TOKENIZER_DIR, load_teacher, load_teacher_config, load_tokenizer
+from distill.rundir import eval_rows, read_log
 from distill.splits import SplitSpec
 from distill.teacher_cache import (
     MANIFEST,
     BuildInterrupted,
     TeacherCache,
     build_teacher_cache,
+    bytes_per_token,
     plan_teacher_cache,
     read_manifest,
 )
 from distill.train import run_training
-from tests.fixtures import tiny_config
+from tests.fixtures import start_row, tiny_config
 
 # tiny_config: 6 steps x 4 blocks -> a pool of 24 blocks of 64 tokens; the char teacher is 32 wide.
 # 8 blocks per shard: 3 train shards, then the head, val and test: 6 parts.
@@ -58,9 +59,6 @@ def live_run(run_cfg, tmp_path_factory):
     assert run_training(run_cfg.replace(output_dir=str(out))).status == "completed"
     return out
 
-
-def _rows(run_dir):
-    return [r for r in read_log(run_dir) if "val_ppl" in r and "event" not in r]
 
 
 def _summary_metrics(run_dir):
@@ -112,10 +110,10 @@ def test_fp32_cache_trains_like_the_live_teacher(run_cfg, fp32_cache, live_run, 
     monkeypatch.setattr("distill.teacher_source.load_teacher", no_teacher)
     out = tmp_path / "cached"
     assert run_training(run_cfg.replace(output_dir=str(out), teacher_cache=str(fp32_cache))).status == "completed"
-    start = read_log(out)[0]
+    start = start_row(out)
     assert start["teacher"] == f"cache {read_manifest(fp32_cache)['key_digest']} {fp32_cache}"
-    assert read_log(live_run)[0]["teacher"].startswith("live ")
-    for ra, rb in zip(_rows(live_run), _rows(out), strict=True):
+    assert start_row(live_run)["teacher"].startswith("live ")
+    for ra, rb in zip(eval_rows(live_run), eval_rows(out), strict=True):
         for key in ("train_loss", "train_hard", "train_soft", "val_ppl", "grad_norm"):
             assert rb[key] == pytest.approx(ra[key], rel=1e-5), (key, ra["step"])
     wa = load_file(str(latest_checkpoint(live_run / "checkpoints") / "model.safetensors"))
@@ -139,7 +137,7 @@ def test_half_precision_storage_stays_close(run_cfg, live_run, tmp_path, dtype, 
     assert run_training(run_cfg.replace(output_dir=str(out), teacher_cache=str(path))).status == "completed"
     diffs = {}
     for key in ("train_loss", "val_ppl"):
-        diffs[key] = max(abs(rb[key] / ra[key] - 1) for ra, rb in zip(_rows(live_run), _rows(out), strict=True))
+        diffs[key] = max(abs(rb[key] / ra[key] - 1) for ra, rb in zip(eval_rows(live_run), eval_rows(out), strict=True))
     for key in ("ppl_teacher", "kl_teacher"):
         live, cached = _summary_metrics(live_run)[1][key], _summary_metrics(out)[1][key]
         diffs[f"test {key}"] = abs(cached / live - 1)
@@ -217,3 +215,12 @@ def test_numpy_has_no_bf16_so_it_is_stored_as_its_bits(run_cfg, tmp_path):
     hidden = cache.train_hidden(torch.tensor([0]))
     assert hidden.dtype == torch.bfloat16
     assert np.array_equal(hidden.view(torch.int16).numpy().view(np.uint16), raw[:1])
+
+
+def test_protgpt2_takes_2_56_kb_per_token_in_bf16():
+    """The figure the size line and the docs quote: ProtGPT2's d_t = 1280 (its real config) x 2 bytes."""
+    d_t = load_teacher_config(str(PROTGPT2_TOKENIZER_DIR)).n_embd
+    assert d_t == 1280
+    assert bytes_per_token(d_t, "bf16") == bytes_per_token(d_t, "fp16") == 2560
+    assert bytes_per_token(d_t, "fp32") == 5120
+    assert 50_000_000 * bytes_per_token(d_t, "bf16") == 128e9  # protgpt2.yaml's token budget: 128 GB

@@ -1,4 +1,5 @@
-"""`kdsweep cache build SPACE.yaml`: prints the size first, builds once, reuses; bad input exits 2."""
+"""`kdsweep cache build SPACE.yaml`: prints the size first, builds once, reuses, where `cache.dir` says (its bad
+input: tests/kdsweep/test_bad_inputs.py)."""
 
 import yaml
 
@@ -34,8 +35,12 @@ def test_cache_build_prints_the_size_then_builds_once(tmp_path, small_fasta, cha
     assert len(list((store / "teacher_cache").iterdir())) == 1
 
 
-def test_cache_build_rejects_a_bad_space_before_any_work(tmp_path, small_fasta, char_teacher, capsys):
-    space = _space(tmp_path, small_fasta, char_teacher, dtype="int4")
-    assert main(["cache", "build", str(space), "--storage", str(tmp_path / "store")]) == 2
-    assert "cache.dtype: got 'int4', allowed: fp32, bf16, fp16" in capsys.readouterr().err
-    assert not (tmp_path / "store").exists()
+def test_cache_dir_puts_the_cache_elsewhere(tmp_path, small_fasta, char_teacher, capsys):
+    """`cache.dir` (e.g. node-local scratch) instead of `<storage>/teacher_cache/`."""
+    scratch = tmp_path / "scratch" / "kd"
+    space = _space(tmp_path, small_fasta, char_teacher, dir=str(scratch))
+    assert main(["cache", "build", str(space), "--storage", str(tmp_path / "store")]) == 0
+    [folder] = scratch.iterdir()
+    assert f"in {folder}" in capsys.readouterr().out
+    assert read_manifest(folder)["dtype"] == "fp32"  # the default storage dtype
+    assert not (tmp_path / "store" / "teacher_cache").exists()
