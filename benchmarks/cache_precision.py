@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.teacher_cache_step import write_proteins  # noqa: E402
 from distill.config import TrainConfig  # noqa: E402
+from distill.data import write_bundled_subset  # noqa: E402
 from distill.rundir import eval_rows, read_log  # noqa: E402
 from distill.teacher_cache import build_teacher_cache, cache_size_bytes, plan_teacher_cache  # noqa: E402
 from distill.train import run_training  # noqa: E402
@@ -45,7 +45,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="kdsweep-cache-precision-"))
-    cfg = TrainConfig(data=str(write_proteins(work / "proteins.fasta", args.proteins)), split_method="hash",
+    cfg = TrainConfig(data=str(write_bundled_subset(work / "proteins.fasta", args.proteins)), split_method="hash",
                       scale="demo-s", max_steps=args.steps, eval_interval=5, batch_size=8, micro_batch_size=8,
                       block_size=256, val_max_proteins=48, eval_batch_size=16, precision="fp32", lr=3e-3,
                       temperature=2.0, alpha=0.5, uncertainty=True, smoothing=0.1, gen_min_residues=200,

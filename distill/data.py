@@ -22,6 +22,7 @@ not re-tokenize, re-cluster or re-measure the same file.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
 import json
 import os
@@ -31,6 +32,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from Bio.SeqIO.FastaIO import SimpleFastaParser
 
 from distill.errors import DataError
 from distill.homology import cluster_representatives, find_mmseqs
@@ -42,6 +44,20 @@ ASSETS = Path(__file__).parent / "assets"
 BUNDLED_DATA = ASSETS / "data" / "uniprot_sample_20k.fasta.gz"
 EOS_TEXT = "<|endoftext|>"
 CACHE_VERSION = 2
+
+
+def write_bundled_subset(path: Path, n: int, max_len: int | None = None) -> Path:
+    """The first `n` bundled UniProt proteins (of at most `max_len` residues) as plain FASTA: small
+    real data for tests and benchmarks."""
+    with gzip.open(BUNDLED_DATA, "rt") as fh, open(path, "w") as out:
+        k = 0
+        for title, seq in SimpleFastaParser(fh):
+            if k == n:
+                break
+            if max_len is None or len(seq) <= max_len:
+                out.write(f">{title}\n{seq}\n")
+                k += 1
+    return path
 
 
 def protgpt2_text(seq: str, line_length: int = 60) -> str:

@@ -8,6 +8,8 @@ and bos/eos ids. Scale presets are data (`assets/scales.yaml`), not code.
 
 from __future__ import annotations
 
+import json
+import shutil
 from functools import lru_cache
 from pathlib import Path
 
@@ -88,6 +90,20 @@ def load_teacher_config(name: str):
 
 def n_positions(model_config) -> int:
     return getattr(model_config, "n_positions", None) or getattr(model_config, "max_position_embeddings")
+
+
+def save_protgpt2_shaped(out: Path, *, n_layer: int, n_head: int, n_embd: int, seed: int = 0) -> Path:
+    """A GPT-2 with ProtGPT2's real config (vocabulary 50,257, 1024 positions, special ids) resized to
+    `n_layer` x `n_embd`, random init (seeded), saved with ProtGPT2's tokenizer files: a stand-in of
+    ProtGPT2's shape for tests and benchmarks (nothing is downloaded)."""
+    raw = json.loads((PROTGPT2_TOKENIZER_DIR / "config.json").read_text())
+    raw.update(n_layer=n_layer, n_head=n_head, n_embd=n_embd)
+    torch.manual_seed(seed)
+    GPT2LMHeadModel(GPT2Config(**raw)).save_pretrained(out)
+    for f in PROTGPT2_TOKENIZER_DIR.iterdir():
+        if f.name != "config.json":
+            shutil.copy(f, out / f.name)
+    return out
 
 
 def load_saved_student(path: str, device: torch.device | str = "cpu"):

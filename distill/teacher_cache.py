@@ -49,13 +49,13 @@ import numpy as np
 import torch
 
 from distill.block_order import pool_size
-from distill.data import HeldOut, ProteinData, prepare_data
+from distill.data import HeldOut, ProteinData
 from distill.errors import ConfigError, DataError, ModelError
 from distill.fingerprint import teacher_fingerprint
 from distill.fused_loss import teacher_entropy_from_hidden
 from distill.heads import head_inputs, is_linear_head
-from distill.models import (check_vocab, load_teacher, load_teacher_config, load_tokenizer, n_positions,
-                            resolve_teacher)
+from distill.inputs import load_run_inputs
+from distill.models import load_teacher, n_positions
 from distill.numbers import dumps
 from distill.runtime import Runtime, resolve_runtime
 from distill.splits import SplitSpec
@@ -203,14 +203,10 @@ def plan_teacher_cache(cfg, dtype: str, root: str | Path) -> CachePlan:
     if dtype not in STORAGE_DTYPES:
         raise ConfigError(f"cache.dtype: got {dtype!r}, allowed: {', '.join(STORAGE_DTYPES)}")
     rt = resolve_runtime(cfg.precision, cfg.device)
-    teacher_name = resolve_teacher(cfg.teacher)
-    teacher_config = load_teacher_config(teacher_name)
-    tokenizer = load_tokenizer(cfg.tokenizer or teacher_name)
-    check_vocab(tokenizer, teacher_config, tokenizer_name=cfg.tokenizer or teacher_name)
-    data = prepare_data(cfg.data, tokenizer, column=cfg.sequence_column, split=SplitSpec.from_config(cfg),
-                        block_size=cfg.block_size)
-    key = run_key(cfg, teacher_name, data.info, pool_size(cfg, len(data.train_blocks)), rt.precision, dtype)
-    return CachePlan(key, Path(root) / folder_name(teacher_name, key), teacher_name, data, teacher_config, rt, cfg)
+    inputs = load_run_inputs(cfg)
+    name, data = inputs.teacher_name, inputs.data
+    key = run_key(cfg, name, data.info, pool_size(cfg, len(data.train_blocks)), rt.precision, dtype)
+    return CachePlan(key, Path(root) / folder_name(name, key), name, data, inputs.teacher_config, rt, cfg)
 
 
 def is_complete(path: str | Path) -> bool:

@@ -31,12 +31,12 @@ import torch
 from distill.block_order import BlockOrder, pool_size, total_steps
 from distill.checkpoint import restore_latest, save_checkpoint
 from distill.config import TrainConfig, dump_config
-from distill.data import ProteinData, prepare_data
+from distill.data import ProteinData
 from distill.errors import ConfigError
 from distill.evaluate import evaluate_student
-from distill.inputs import check_positions
+from distill.inputs import check_positions, load_run_inputs
 from distill.metrics import student_ppl
-from distill.models import build_student, check_vocab, load_teacher_config, load_tokenizer, resolve_teacher, student_sizes
+from distill.models import build_student, check_vocab, student_sizes
 from distill.optim import make_optimizer, make_scheduler
 from distill.rundir import (
     CHECKPOINTS_DIR,
@@ -53,7 +53,6 @@ from distill.rundir import (
 from distill.rerun import check_same_config
 from distill.runtime import Runtime, resolve_runtime
 from distill.seeding import seed_everything
-from distill.splits import SplitSpec
 from distill.step import LossSettings, optimizer_step, training_module
 from distill.teacher_source import open_teacher
 
@@ -102,16 +101,12 @@ def run_training(
     seed_everything(cfg.seed)
 
     # ---- models and data ------------------------------------------------
-    teacher_name = resolve_teacher(cfg.teacher)
-    teacher_config = load_teacher_config(teacher_name)
-    tokenizer = load_tokenizer(cfg.tokenizer or teacher_name)
-    check_vocab(tokenizer, teacher_config, tokenizer_name=cfg.tokenizer or teacher_name)
-    data = prepare_data(cfg.data, tokenizer, column=cfg.sequence_column, split=SplitSpec.from_config(cfg),
-                        block_size=cfg.block_size)
+    inputs = load_run_inputs(cfg)
+    teacher_config, tokenizer, data = inputs.teacher_config, inputs.tokenizer, inputs.data
     pool = pool_size(cfg, len(data.train_blocks))
     # Before the student is built: loading a model may draw from torch's RNG, and the student's
     # initialisation and dropout must not depend on whether the teacher is live or cached.
-    teacher = open_teacher(cfg, teacher_name, teacher_config, data.info, pool, rt)
+    teacher = open_teacher(cfg, inputs.teacher_name, teacher_config, data.info, pool, rt)
     sizes = student_sizes(cfg.scale, cfg.n_layer, cfg.n_head, cfg.n_embd)
     student = build_student(teacher_config, sizes, cfg.dropout, seed=cfg.seed).to(rt.device)
     check_vocab(tokenizer, teacher_config, student.config)

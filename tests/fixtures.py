@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import shutil
@@ -15,11 +14,10 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from Bio.SeqIO.FastaIO import SimpleFastaParser
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from distill.config import TrainConfig
-from distill.data import BUNDLED_DATA
+from distill.data import write_bundled_subset
 from distill.rundir import eval_rows, read_log
 from distill.demo_teacher import build_aa_tokenizer
 from sweeps.layout import SweepDir
@@ -33,15 +31,7 @@ requires_mmseqs = pytest.mark.skipif(shutil.which("mmseqs") is None,
 
 def write_real_fasta(path: Path, n: int, max_len: int = 300) -> Path:
     """The first `n` bundled UniProt proteins of at most `max_len` residues, as plain FASTA."""
-    with gzip.open(BUNDLED_DATA, "rt") as fh, open(path, "w") as out:
-        k = 0
-        for title, seq in SimpleFastaParser(fh):
-            if len(seq) <= max_len:
-                out.write(f">{title}\n{seq}\n")
-                k += 1
-                if k == n:
-                    break
-    return path
+    return write_bundled_subset(path, n, max_len)
 
 
 def homolog_families(bundled: list[str], n_families: int, min_size: int = 3, max_len: int = 400) -> list[str]:
