@@ -27,6 +27,7 @@ from distill.splits import SplitMethod, SplitSpec
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 WeightNorm = Literal["mask", "weight"]
+LossImpl = Literal["fused", "logits"]
 _SPLIT = SplitSpec()  # the split defaults live with the split
 
 
@@ -38,6 +39,10 @@ class TrainConfig:
     teacher: str = "demo"
     # Tokenizer directory/id; None = the teacher's own tokenizer.
     tokenizer: str | None = None
+    # A teacher cache folder (`kdsweep cache build`, or a sweep whose space enables `cache:`)
+    # read instead of running the teacher: its stored last hidden states times the teacher's
+    # head (method §4). None = the live teacher. Its key must match this run's.
+    teacher_cache: str | None = None
     # Student: a preset name from distill/assets/scales.yaml, or explicit sizes
     # (explicit n_layer/n_head/n_embd override the preset's values).
     scale: str | None = "demo-s"
@@ -71,6 +76,10 @@ class TrainConfig:
     uncertainty: bool = False
     smoothing: float | None = None
     weight_norm: WeightNorm = "mask"
+    # "fused": the loss from hidden states and LM heads, no (B, L, V) logits (method §3,
+    # distill/fused_loss.py); "logits": from both models' logits (distill/loss.py), the reference,
+    # and the one for a teacher whose logits are not a linear head of its last hidden state.
+    loss_impl: LossImpl = "fused"
     # ---- optimisation (method §4) -----------------------------------------
     lr: float = 1e-3
     weight_decay: float = 0.01

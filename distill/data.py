@@ -22,6 +22,7 @@ not re-tokenize, re-cluster or re-measure the same file.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
 import json
 import os
@@ -31,6 +32,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from Bio.SeqIO.FastaIO import SimpleFastaParser
 
 from distill.errors import DataError
 from distill.homology import cluster_representatives, find_mmseqs
@@ -42,6 +44,20 @@ ASSETS = Path(__file__).parent / "assets"
 BUNDLED_DATA = ASSETS / "data" / "uniprot_sample_20k.fasta.gz"
 EOS_TEXT = "<|endoftext|>"
 CACHE_VERSION = 2
+
+
+def write_bundled_subset(path: Path, n: int, max_len: int | None = None) -> Path:
+    """The first `n` bundled UniProt proteins (of at most `max_len` residues) as plain FASTA: small
+    real data for tests and benchmarks."""
+    with gzip.open(BUNDLED_DATA, "rt") as fh, open(path, "w") as out:
+        k = 0
+        for title, seq in SimpleFastaParser(fh):
+            if k == n:
+                break
+            if max_len is None or len(seq) <= max_len:
+                out.write(f">{title}\n{seq}\n")
+                k += 1
+    return path
 
 
 def protgpt2_text(seq: str, line_length: int = 60) -> str:
@@ -85,15 +101,20 @@ class HeldOut:
     ids: list[np.ndarray]  # each (n_tokens,) int64
     sequences: list[str]  # residues, for the held-out amino-acid composition
     residues_per_token: np.ndarray  # (V,) residue letters in each token id, 0 for special tokens
+    # Which split of the run's data these are ("val", "test"), so a teacher cache can find their
+    # hidden states by protein index; None for proteins that are no split of it (`--data FILE`).
+    split: str | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def subset(self, n: int | None) -> "HeldOut":
-        return self if n is None else HeldOut(self.ids[:n], self.sequences[:n], self.residues_per_token)
+        """The first `n` proteins (their indices stay those of the full split)."""
+        return self if n is None else HeldOut(self.ids[:n], self.sequences[:n], self.residues_per_token, self.split)
 
     def batches(self, batch_size: int, max_tokens: int, pad_id: int) -> Iterator[dict[str, torch.Tensor]]:
-        """Yield {"input_ids" (B, L), "attention_mask" (B, L), "n_residues" (B,)} batches.
+        """Yield {"input_ids" (B, L), "attention_mask" (B, L), "n_residues" (B,), "protein" (B,)} batches;
+        "protein" holds each row's index in this split.
 
         Proteins are sorted by length first so padding waste stays small;
         the order does not change any summed metric.
@@ -110,7 +131,8 @@ class HeldOut:
                 mask[j, : len(r)] = 1
             # Exact residues kept after truncation: sum the letters of the kept tokens.
             n_res = [int(self.residues_per_token[r].sum()) for r in rows]
-            yield {"input_ids": input_ids, "attention_mask": mask, "n_residues": torch.tensor(n_res)}
+            yield {"input_ids": input_ids, "attention_mask": mask, "n_residues": torch.tensor(n_res),
+                   "protein": torch.tensor(idx, dtype=torch.long)}
 
 
 @dataclass
@@ -290,7 +312,7 @@ def prepare_data(data: str, tokenizer, *, column: str = "sequence", split: Split
             raise DataError(f"{info['data']}: the {name} split is empty; use more data or a larger {name} fraction")
     train_blocks = _pack(splits["train"][0], block_size, info["data"])
     table = residues_per_token(tokenizer)
-    held = {n: HeldOut(*splits[n], table) for n in ("val", "test")}
+    held = {n: HeldOut(*splits[n], table, n) for n in ("val", "test")}
     return ProteinData(train_blocks, held["val"], held["test"], {**info, "train_blocks": len(train_blocks)})
 
 
@@ -300,10 +322,11 @@ def heldout_split(data: str, tokenizer, name: str = "test", *, column: str = "se
     splits, info = load_splits(data, tokenizer, column=column, split=split)
     if not splits[name][0]:
         raise DataError(f"{info['data']}: the {name} split is empty")
-    return HeldOut(*splits[name], residues_per_token(tokenizer))
+    return HeldOut(*splits[name], residues_per_token(tokenizer), name)
 
 
 def heldout_from_file(data: str, tokenizer, column: str = "sequence") -> HeldOut:
     """Every protein of a file as one held-out set (no split): `kdsweep evaluate --data`."""
     # Everything lands in val, so clustering would change nothing: the hash method needs no MMseqs2.
-    return heldout_split(data, tokenizer, "val", column=column, split=SplitSpec("hash", (0.0, 1.0, 0.0)))
+    heldout = heldout_split(data, tokenizer, "val", column=column, split=SplitSpec("hash", (0.0, 1.0, 0.0)))
+    return dataclasses.replace(heldout, split=None)  # no split of a run's data: no cache holds it

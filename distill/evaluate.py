@@ -13,35 +13,32 @@ from distill.config import TrainConfig, load_config
 from distill.data import HeldOut, heldout_from_file, heldout_split
 from distill.generation import aa_kl_natural, generation_throughput
 from distill.metrics import compression, count_params, score_heldout
-from distill.models import (
-    check_vocab,
-    load_saved_student,
-    load_teacher,
-    load_tokenizer,
-    resolve_teacher,
-    teacher_logits,
-)
+from distill.models import check_vocab, load_saved_student, load_teacher, load_tokenizer, resolve_teacher
 from distill.runtime import resolve_runtime
 from distill.splits import SplitSpec
+from distill.teacher_source import LiveTeacher, TeacherSource
 
 # Generation throughput is measured at one fixed setting so numbers compare across runs.
 THROUGHPUT_BATCH = 8
 THROUGHPUT_TOKENS = 64
 
 
-def evaluate_student(student, teacher, tokenizer, heldout: HeldOut, *, cfg, runtime, generation: bool = True) -> dict:
+def evaluate_student(student, teacher: TeacherSource, tokenizer, heldout: HeldOut, *, cfg, runtime,
+                     generation: bool = True) -> dict:
     """ppl, ppl_teacher, ppl_ratio, kl_teacher, ece (+accuracy, confidence, bins), compression; with
     `generation`, also aa_kl_natural / aa_kl_uniprot (and their sample size and expected bias) and
-    generation tokens/s; plus what was scored.
+    generation tokens/s; plus what was scored. `teacher`: the live model or a teacher cache
+    (distill/teacher_source.py).
 
     Student and teacher are scored at the same precision: both under the runtime's autocast.
     """
     n_pos = student.config.n_positions
     max_tokens = min(cfg.max_eval_tokens or n_pos, n_pos, teacher.config.n_positions)
+    teacher_logits = teacher.heldout_logits_fn(heldout)
 
-    def teacher_fn(ids, mask):
+    def teacher_fn(ids, mask, proteins):
         with runtime.autocast():
-            return teacher_logits(teacher, ids, mask)
+            return teacher_logits(ids, mask, proteins)
 
     out = score_heldout(
         student,
@@ -50,7 +47,7 @@ def evaluate_student(student, teacher, tokenizer, heldout: HeldOut, *, cfg, runt
         device=runtime.device,
         autocast_dtype=runtime.autocast_dtype,
     )
-    t_params, s_params = count_params(teacher), count_params(student)
+    t_params, s_params = teacher.n_params, count_params(student)
     out.update({"teacher_params": t_params, "student_params": s_params, "compression": compression(t_params, s_params),
                 "max_eval_tokens": max_tokens, "n_proteins": len(heldout), "precision": runtime.precision})
     if generation:
@@ -94,5 +91,5 @@ def evaluate_dirs(student_dir: str, teacher: str, *, data: str | None = None, de
         heldout = heldout_from_file(data, tokenizer, column=cfg.sequence_column)
     else:
         heldout = heldout_split("bundled", tokenizer, "test", split=SplitSpec.from_config(cfg))
-    metrics = evaluate_student(student, teacher_model, tokenizer, heldout, cfg=cfg, runtime=rt)
+    metrics = evaluate_student(student, LiveTeacher(teacher_model, teacher), tokenizer, heldout, cfg=cfg, runtime=rt)
     return {**metrics, "student": str(student_dir), "teacher": teacher, "data": data or "bundled:test"}

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from distill.config import TrainConfig
-from distill.data import prepare_data
+from distill.data import ProteinData, prepare_data
 from distill.errors import ConfigError, DataError
 from distill.models import (
     check_vocab,
@@ -28,6 +29,27 @@ from distill.models import (
     student_sizes,
 )
 from distill.splits import SplitSpec
+
+
+@dataclass
+class RunInputs:
+    """What a run reads before any model weights: the teacher's name and config, the tokenizer
+    (its vocabulary checked against the teacher's) and the data, split and packed."""
+
+    teacher_name: str
+    teacher_config: object
+    tokenizer: object
+    data: ProteinData
+
+
+def load_run_inputs(cfg: TrainConfig) -> RunInputs:
+    teacher_name = resolve_teacher(cfg.teacher)
+    teacher_config = load_teacher_config(teacher_name)
+    tokenizer = load_tokenizer(cfg.tokenizer or teacher_name)
+    check_vocab(tokenizer, teacher_config, tokenizer_name=cfg.tokenizer or teacher_name)
+    data = prepare_data(cfg.data, tokenizer, column=cfg.sequence_column, split=SplitSpec.from_config(cfg),
+                        block_size=cfg.block_size)
+    return RunInputs(teacher_name, teacher_config, tokenizer, data)
 
 
 def check_positions(cfg: TrainConfig, positions: int, model: str) -> None:

@@ -12,8 +12,9 @@ Everything is streamed: `HeldOutScorer.update` turns one batch into a handful of
 (fp32 within a chunk of positions, float64 across chunks and batches), so no logits are
 kept between batches and at most a few (chunk, V) fp32 tensors exist at once.
 
-The teacher is only ever seen through `teacher_logits_fn(input_ids, attention_mask) ->
-(B, L, V)`, so a logits cache can stand in for the live model.
+The teacher is only ever seen through `teacher_logits_fn(input_ids, attention_mask, proteins) ->
+(B, L, V)` (`proteins`: the batch's (B,) protein indices, or None), so a teacher cache can
+stand in for the live model (distill/teacher_source.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import torch
 
 from distill.runtime import autocast, eval_mode
 
-TeacherLogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# (input_ids (B, L), attention_mask (B, L), protein indices (B,) or None) -> (B, L, V) logits
+TeacherLogitsFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 # (chunk positions × V) elements per fp32 temporary: 2**24 floats = 64 MiB, i.e. 333
 # positions at ProtGPT2's V = 50,257. A chunk needs about six such temporaries.
@@ -272,7 +274,7 @@ def _run_scorer(
                 ).logits  # (B, L, V)
             # The teacher function owns its precision (it may be a cache on the host).
             teacher_logits = (
-                teacher_logits_fn(input_ids, attention_mask).to(device)
+                teacher_logits_fn(input_ids, attention_mask, batch.get("protein")).to(device)
                 if teacher_logits_fn is not None
                 else None
             )
@@ -295,8 +297,9 @@ def score_heldout(
 
     `student_model` must already be on `device`; it runs in eval mode (its previous mode
     is restored) under `torch.autocast(autocast_dtype)` if one is given.
-    `teacher_logits_fn(input_ids, attention_mask)` gets the batch on `device` and returns
-    (B, L, V) logits (any device/dtype). Returns `HeldOutScorer.result()`.
+    `teacher_logits_fn(input_ids, attention_mask, proteins)` gets the batch on `device` (and its
+    "protein" indices when the batches carry them, else None) and returns (B, L, V) logits (any
+    device/dtype). Returns `HeldOutScorer.result()`.
     """
     return _run_scorer(student_model, teacher_logits_fn, batches, device=device,
                        autocast_dtype=autocast_dtype, chunk_elements=chunk_elements).result()

@@ -8,6 +8,8 @@ and bos/eos ids. Scale presets are data (`assets/scales.yaml`), not code.
 
 from __future__ import annotations
 
+import json
+import shutil
 from functools import lru_cache
 from pathlib import Path
 
@@ -81,12 +83,27 @@ def load_teacher(name: str, device: torch.device | str = "cpu", dtype: torch.dty
 
 
 def load_teacher_config(name: str):
-    """The teacher's config alone (no weights): what a check before any work needs."""
+    """The teacher's config alone (no weights): what a check before any work needs, and all a run
+    needs of the teacher besides its outputs when a teacher cache stands in for the model."""
     return _load("teacher", name, lambda n: AutoConfig.from_pretrained(n, trust_remote_code=False))
 
 
 def n_positions(model_config) -> int:
     return getattr(model_config, "n_positions", None) or getattr(model_config, "max_position_embeddings")
+
+
+def save_protgpt2_shaped(out: Path, *, n_layer: int, n_head: int, n_embd: int, seed: int = 0) -> Path:
+    """A GPT-2 with ProtGPT2's real config (vocabulary 50,257, 1024 positions, special ids) resized to
+    `n_layer` x `n_embd`, random init (seeded), saved with ProtGPT2's tokenizer files: a stand-in of
+    ProtGPT2's shape for tests and benchmarks (nothing is downloaded)."""
+    raw = json.loads((PROTGPT2_TOKENIZER_DIR / "config.json").read_text())
+    raw.update(n_layer=n_layer, n_head=n_head, n_embd=n_embd)
+    torch.manual_seed(seed)
+    GPT2LMHeadModel(GPT2Config(**raw)).save_pretrained(out)
+    for f in PROTGPT2_TOKENIZER_DIR.iterdir():
+        if f.name != "config.json":
+            shutil.copy(f, out / f.name)
+    return out
 
 
 def load_saved_student(path: str, device: torch.device | str = "cpu"):
@@ -158,10 +175,10 @@ def check_vocab(tokenizer, teacher_config, student_config=None, *, tokenizer_nam
 
 
 def teacher_logits(teacher, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """The one narrow door to the teacher: (B, L) ids -> (B, L, V) logits, no grad.
+    """The live teacher's (B, L) ids -> (B, L, V) logits, no grad.
 
-    Everything (training and metrics) gets teacher logits through here so a
-    logits cache can later replace the live teacher without touching callers.
+    Training and metrics reach the teacher through `distill.teacher_source` (this model,
+    or a teacher cache); its live implementation comes here for logits.
     """
     with torch.no_grad():
         return teacher(input_ids=input_ids, attention_mask=attention_mask).logits

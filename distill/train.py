@@ -2,15 +2,17 @@
 
 `run_training(cfg, report=...)` trains a student against a frozen teacher:
 
+    teacher = the live model, or a teacher cache (distill/teacher_source.py)
     for step in range(start, total):
-        for each micro-batch:                       # gradient accumulation
-            s = student(x).logits                   # (b, T, V), autocast on CUDA
-            t = teacher_logits(teacher, x)          # (b, T, V), the one teacher door
-            loss = kd_loss(s, t, x, ...) / accum    # method §3, shift inside
+        for each micro-batch of pool blocks:        # gradient accumulation (distill/step.py)
+            h_s, W_s = student body(x), its head    # fused path: no (b, T, V) logits
+            h_t, W_t = teacher.train_batch(x)       # live forward, or cached hidden states
+            loss = fused_kd_loss(h_s, W_s, h_t, W_t, x, ...) / accum   # method §3, shift inside
             scaler.scale(loss).backward()
         unscale, clip, optimizer + scheduler step
         every eval_interval: val ppl -> JSONL log -> checkpoint -> report(...)
 
+The blocks come from a fixed pool read in a seeded order (distill/block_order.py).
 It runs alone (`kdsweep train`) and unchanged inside a Ray trial: Ray only
 supplies `report(metrics, checkpoint_dir)` and, on restore, `resume_from`.
 When torch.distributed is initialised (Ray Train DDP), each rank takes its
@@ -19,7 +21,6 @@ slice of every global batch and gradients are averaged by DDP.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from pathlib import Path
@@ -27,23 +28,15 @@ from typing import Callable
 
 import torch
 
+from distill.block_order import BlockOrder, pool_size, total_steps
 from distill.checkpoint import restore_latest, save_checkpoint
 from distill.config import TrainConfig, dump_config
-from distill.data import ProteinData, prepare_data
+from distill.data import ProteinData
 from distill.errors import ConfigError
 from distill.evaluate import evaluate_student
-from distill.inputs import check_positions
-from distill.loss import kd_loss_terms
+from distill.inputs import check_positions, load_run_inputs
 from distill.metrics import student_ppl
-from distill.models import (
-    build_student,
-    check_vocab,
-    load_teacher,
-    load_tokenizer,
-    resolve_teacher,
-    student_sizes,
-    teacher_logits,
-)
+from distill.models import build_student, check_vocab, student_sizes
 from distill.optim import make_optimizer, make_scheduler
 from distill.rundir import (
     CHECKPOINTS_DIR,
@@ -60,7 +53,8 @@ from distill.rundir import (
 from distill.rerun import check_same_config
 from distill.runtime import Runtime, resolve_runtime
 from distill.seeding import seed_everything
-from distill.splits import SplitSpec
+from distill.step import LossSettings, optimizer_step, training_module
+from distill.teacher_source import open_teacher
 
 ReportFn = Callable[[dict, "str | None"], None]
 
@@ -73,35 +67,6 @@ def accumulation_steps(cfg: TrainConfig, world_size: int) -> int:
             f"= {cfg.micro_batch_size} x {world_size}"
         )
     return cfg.batch_size // per_step
-
-
-def total_steps(cfg: TrainConfig) -> int:
-    if cfg.max_tokens is None:
-        return cfg.max_steps
-    return max(1, math.ceil(cfg.max_tokens / (cfg.batch_size * cfg.block_size)))
-
-
-class BlockOrder:
-    """Which training blocks each (step, rank, micro-batch) reads, as a pure function of the seed.
-
-    The blocks are visited in a fresh seeded permutation per epoch; the global
-    batch of step k is positions [k*B, (k+1)*B) of that endless sequence. Being
-    a function of the step alone is what makes resume reproduce the data order.
-    """
-
-    def __init__(self, n_blocks: int, seed: int):
-        self.n, self.seed, self._perms = n_blocks, seed, {}
-
-    def _perm(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._perms:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perms = {epoch: torch.randperm(self.n, generator=g)}  # keep one epoch in memory
-        return self._perms[epoch]
-
-    def indices(self, step: int, batch_size: int, rank: int, world: int, micro: int, micro_size: int) -> torch.Tensor:
-        start = step * batch_size + rank * (batch_size // world) + micro * micro_size
-        pos = torch.arange(start, start + micro_size)
-        return torch.stack([self._perm(int(p) // self.n)[int(p) % self.n] for p in pos])
 
 
 def _heldout_ppl(student, data: ProteinData, cfg: TrainConfig, rt: Runtime, pad_id: int) -> dict:
@@ -136,19 +101,21 @@ def run_training(
     seed_everything(cfg.seed)
 
     # ---- models and data ------------------------------------------------
-    teacher_name = resolve_teacher(cfg.teacher)
-    teacher = load_teacher(teacher_name, device=rt.device)
-    tokenizer = load_tokenizer(cfg.tokenizer or teacher_name)
-    check_vocab(tokenizer, teacher.config, tokenizer_name=cfg.tokenizer or teacher_name)
-    data = prepare_data(cfg.data, tokenizer, column=cfg.sequence_column, split=SplitSpec.from_config(cfg),
-                        block_size=cfg.block_size)
+    inputs = load_run_inputs(cfg)
+    teacher_config, tokenizer, data = inputs.teacher_config, inputs.tokenizer, inputs.data
+    pool = pool_size(cfg, len(data.train_blocks))
+    # Before the student is built: loading a model may draw from torch's RNG, and the student's
+    # initialisation and dropout must not depend on whether the teacher is live or cached.
+    teacher = open_teacher(cfg, inputs.teacher_name, teacher_config, data.info, pool, rt)
     sizes = student_sizes(cfg.scale, cfg.n_layer, cfg.n_head, cfg.n_embd)
-    student = build_student(teacher.config, sizes, cfg.dropout, seed=cfg.seed).to(rt.device)
-    check_vocab(tokenizer, teacher.config, student.config)
+    student = build_student(teacher_config, sizes, cfg.dropout, seed=cfg.seed).to(rt.device)
+    check_vocab(tokenizer, teacher_config, student.config)
     check_positions(cfg, student.config.n_positions, "student")
-    model = student
+    model = training_module(student, cfg.loss_impl)
     if rt.world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(student, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+        # DDP wraps the module the loop calls forward on (for fused: the body + head module), so
+        # every parameter's gradient, the tied head's included, is all-reduced.
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
 
     # ---- optimisation state ---------------------------------------------
     steps = total_steps(cfg)
@@ -157,7 +124,8 @@ def run_training(
     scheduler = make_scheduler(optimizer, cfg.warmup_steps, steps)
     # fp16 needs loss scaling; bf16/fp32 do not (the scaler is then a no-op).
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.precision == "fp16")
-    order = BlockOrder(len(data.train_blocks), cfg.seed)
+    order = BlockOrder(pool, cfg.seed)
+    loss_settings = LossSettings.from_config(cfg)
     pad_id = tokenizer.eos_token_id
     # Only now, with every input validated, does the run write anything.
     runlog = RunLog(run_dir) if is_main else None
@@ -176,7 +144,8 @@ def run_training(
         runlog.truncate_after(0)
         dump_config(cfg, run_dir / CONFIG_NAME)
         runlog.append({"event": "start", "step": 0, "total_steps": steps, "params": sum(p.numel() for p in student.parameters()),
-                       "data": data.info, "precision": rt.precision, "world_size": rt.world_size})
+                       "data": data.info, "pool_blocks": pool, "precision": rt.precision, "world_size": rt.world_size,
+                       "teacher": teacher.describe(), "loss_impl": cfg.loss_impl})
 
     # ---- the loop ---------------------------------------------------------
     model.train()
@@ -185,37 +154,20 @@ def run_training(
     # them only at evaluation, so the step itself never waits for the device.
     window, window_steps = torch.zeros(3, dtype=torch.float64, device=rt.device), 0
     for step in range(start_step, steps):
-        step_terms = torch.zeros(3, dtype=torch.float64, device=rt.device)
+        batches = []
         for micro in range(accum):
             idx = order.indices(step, cfg.batch_size, rt.rank, rt.world_size, micro, cfg.micro_batch_size)
-            x = data.train_blocks[idx].to(rt.device)  # (b, T): inputs and labels (every position valid)
-            # DDP all-reduces on the last micro-batch only.
-            sync = contextlib.nullcontext() if (micro == accum - 1 or rt.world_size == 1) else model.no_sync()
-            with sync:
-                with rt.autocast():
-                    s_logits = model(input_ids=x).logits  # (b, T, V)
-                    t_logits = teacher_logits(teacher, x)  # (b, T, V)
-                terms = kd_loss_terms(s_logits, t_logits, x, temperature=cfg.temperature, alpha=cfg.alpha,
-                                      uncertainty=cfg.uncertainty, smoothing=cfg.smoothing, weight_norm=cfg.weight_norm)
-                loss = terms.loss
-                if cfg.inject_nan_at_step is not None and step == cfg.inject_nan_at_step:
-                    loss = loss * float("nan")
-                # Mean over the accumulated micro-batches: divide each by accum.
-                scaler.scale(loss / accum).backward()
-            step_terms += torch.stack([loss.detach(), terms.hard, terms.soft]).double() / accum
-            tokens_seen += x.numel() * rt.world_size
-        # method §4: a non-finite loss ends the run, before its gradients reach the weights
-        # (one host sync per optimizer step).
-        if not torch.isfinite(step_terms[0]):
+            batches.append((idx, data.train_blocks[idx].to(rt.device)))  # (b,) blocks, (b, T) ids = labels
+        result = optimizer_step(model, student, teacher, batches, loss=loss_settings, rt=rt, optimizer=optimizer,
+                                scheduler=scheduler, scaler=scaler, grad_clip=cfg.grad_clip,
+                                poison=cfg.inject_nan_at_step == step)
+        if result.grad_norm is None:
+            # method §4: a non-finite loss ends the run, before its gradients reach the weights.
             return _diverged(runlog, report, run_dir, step, best, log)
-        window += step_terms
+        tokens_seen += accum * cfg.micro_batch_size * cfg.block_size * rt.world_size
+        window += result.terms
         window_steps += 1
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = result.grad_norm
 
         done = step + 1
         final = done == steps

@@ -24,6 +24,7 @@ from kdsweep import __version__
 DESCRIPTION = ("Systematic hyperparameter sweeps for knowledge distillation of protein language models "
                "(ProtGPT2 -> small GPT-2 students), on Ray Tune + Optuna.")
 WORKFLOW = """typical workflow:
+  kdsweep cache build search_spaces/demo.yaml    # optional: the teacher cache (a sweep builds it too)
   kdsweep sweep run search_spaces/demo.yaml      # search: one Optuna study per (scale, arm)
   kdsweep sweep status demo                      # trials by state, best val_ppl per study
   kdsweep dashboard demo                         # watch it: optuna-dashboard (+ --tensorboard)
@@ -192,6 +193,30 @@ def _data_report(args) -> int:
     return 0
 
 
+def _cache_build(args) -> int:
+    from distill.teacher_cache import build_teacher_cache
+    from sweeps.cache import check_cache_dir, plan_space_cache
+    from sweeps.layout import storage_root
+    from sweeps.preflight import check_inputs_of_space
+    from sweeps.space import load_space, smoke_space
+
+    space = load_space(args.space)
+    if args.smoke:
+        space = smoke_space(space)
+    if not space.cache["enabled"]:
+        print(f"note: {args.space} has cache.enabled: false; its sweeps run the live teacher and will not read this")
+    root = storage_root(args.storage)
+    check_inputs_of_space(space, root)  # data, teacher, sizes, --storage: before any work
+    check_cache_dir(space, root)
+    path = build_teacher_cache(plan_space_cache(space, root))
+    print(f"teacher cache: {path}\n  sweeps of this space read it; for one run: kdsweep train --set teacher_cache={path}")
+    return 0
+
+
+def _cache_build_hint(args) -> str:
+    return "interrupted; run the same command again to resume the build (finished shards are kept)"
+
+
 def _train_resume_hint(args) -> str:
     out = args.out or "the same --out"
     return f"interrupted; run the same command again to resume {out} from its last checkpoint"
@@ -238,6 +263,11 @@ COMMANDS: dict[str, Command] = {
     "sweep replicate": Command(_sweep_replicate, "retrain each (scale, arm)'s best config with N new seeds", [
         NAME, STORAGE, ADDRESS, TRACKER, arg("--seeds", type=int, default=3, help="replicates per (scale, arm)")],
         _sweep_resume_hint),
+    "cache build": Command(_cache_build, "build a space's teacher cache (resumable; sweeps also build it at start)", [
+        arg("space", help="search-space YAML, or the name of one in search_spaces/ (e.g. demo)"),
+        STORAGE,
+        arg("--smoke", action="store_true", help="the cache of the space's --smoke sweep")],
+        _cache_build_hint),
     "analyze": Command(_analyze, "tables (md/csv/tex), plots, configs and index.html of a sweep", [
         NAME, STORAGE, arg("--out", help="output folder (default: <sweep>/analysis)")]),
     "dashboard": Command(_dashboard, "serve optuna-dashboard (and TensorBoard) for a sweep on 127.0.0.1", [

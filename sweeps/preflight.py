@@ -5,8 +5,8 @@ take fails inside every trial (tracebacks, then a sweep folder marked finished
 under the name), and a trial no node can hold waits forever (Tune only warns,
 every 60 s, and only about CPU/GPU totals).
 
-* `check_inputs_of_space`, before Ray starts: the storage folder is writable,
-  and for each scale the trial config builds and its tokenizer, teacher config,
+* `check_inputs_of_space`, before Ray starts: the storage folder (and the teacher
+  cache's folder, when the space uses one) is writable, and for each scale the trial config builds and its tokenizer, teacher config,
   vocabularies, sizes and data pass `distill.inputs.check_inputs` (the data is
   read and split once; trials reuse the on-disk cache).
 * `check_resources`, after `ray.init` and before Tune: every bundle a trial
@@ -23,6 +23,7 @@ from typing import Callable
 from distill.errors import ConfigError
 from distill.inputs import check_inputs, check_writable_dir
 from distill.train import accumulation_steps
+from sweeps.cache import check_cache_dir
 from sweeps.space import Dist, SearchSpace, Study
 from sweeps.trial import trial_bundles
 
@@ -43,6 +44,8 @@ def check_inputs_of_space(space: SearchSpace, storage: Path, *, final_eval: bool
 
     `final_eval=True` checks the configs replicate trials run (they score the test split)."""
     check_writable_dir(storage, "--storage")
+    if space.cache["enabled"]:
+        check_cache_dir(space, storage)
     checked = set()
     for study in space.studies:
         if study.scale in checked:

@@ -19,6 +19,7 @@ from ray import tune
 
 from distill.errors import ConfigError
 from distill.rundir import DIVERGED, finished_run
+from sweeps.cache import ensure_teacher_cache, record_teacher_cache
 from sweeps.callbacks import tune_callbacks
 from sweeps.layout import SweepDir
 from sweeps.preflight import check_inputs_of_space, check_resources
@@ -77,6 +78,7 @@ def run_replicates(sd: SweepDir, *, seeds: int, address: str | None = None, trac
         return []
     init_ray(address, log)
     check_resources(space, log)
+    record_teacher_cache(sd, ensure_teacher_cache(space, sd.root.parent, log))
     trainable = tune.with_resources(tune.with_parameters(_replicate_trial, space=space, sweep_dir=str(sd.root)),
                                     trial_resources(space))
     tuner = tune.Tuner(

@@ -24,6 +24,8 @@ from distill.data import precluster
 from distill.errors import ConfigError
 from distill.splits import SplitSpec
 from distill.train import total_steps
+from sweeps.cache import META_KEY as TEACHER_CACHE_KEY
+from sweeps.cache import ensure_teacher_cache, record_teacher_cache
 from sweeps.callbacks import tracker_callbacks, tune_callbacks
 from sweeps.layout import SweepDir, git_commit, open_sweep, storage_root
 from sweeps.preflight import check_inputs_of_space, check_resources
@@ -110,12 +112,15 @@ def run_sweep(space: SearchSpace, *, name: str | None = None, storage: str | Non
     callbacks = tune_callbacks(space, name, title=f"sweep {name}", max_steps=max_steps(space),
                                budgets={s.name: space.search["trials_per_study"] for s in space.studies})
     start_ray(space, address, space.search["storage_url"], log)
+    # Before the sweep folder: an interrupted build leaves no sweep, and the same command resumes it.
+    teacher_cache = ensure_teacher_cache(space, sd.root.parent, log)
     sd.root.mkdir(parents=True, exist_ok=True)
     dump_space(space, sd.space)
     # storage_url null = the optuna.db beside sweep.json, wherever the folder is later moved.
     sd.write_meta({"name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git_commit(),
                    "storage_url": space.search["storage_url"], "executor": space.search["executor"],
-                   "source": space.source, "total_trials": space.total_trials, "state": "running"})
+                   "source": space.source, "total_trials": space.total_trials, "state": "running",
+                   TEACHER_CACHE_KEY: teacher_cache})
     return _fit(space, sd, sd.storage_url(create=True), restore=False, address=address, log=log, callbacks=callbacks)
 
 
@@ -130,6 +135,7 @@ def resume_sweep(name: str, *, storage: str | None = None, address: str | None =
     storage_url = sd.storage_url()
     check_inputs_of_space(space, sd.root.parent)
     start_ray(space, address, sd.meta().get("storage_url"), log)
+    record_teacher_cache(sd, ensure_teacher_cache(space, sd.root.parent, log))  # rebuilt if deleted meanwhile
     orphaned = reconcile_with_tune(space, sd.name, storage_url, {t.trial_id for t in tune_unfinished(sd)})
     if orphaned:
         log(f"{len(orphaned)} trial(s) started after Tune's last snapshot were lost and will be run again: "

@@ -25,6 +25,7 @@ from distill.config import TrainConfig, config_from_dict, did_you_mean, read_yam
 from distill.errors import ConfigError
 from distill.models import load_scales
 from distill.numbers import parse_number
+from distill.teacher_cache import STORAGE_DTYPES
 from sweeps.storage import storage_url_problem
 
 SEARCH_SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
@@ -37,7 +38,7 @@ SEARCHABLE = ("lr", "warmup_steps", "temperature", "alpha", "smoothing")
 DIST_TYPES = ("loguniform", "uniform", "int", "choice")
 EXECUTORS = ("local", "ray_train")
 TOP_KEYS = ("name", "description", "teacher", "tokenizer", "data", "scales", "arms", "params", "scale_params",
-            "arm_params", "train", "search", "resources", "tracking")
+            "arm_params", "train", "search", "resources", "tracking", "cache")
 SEARCH_DEFAULTS = {"trials_per_study": 4, "max_concurrent": 2, "seed": 0, "grace_period": 20, "reduction_factor": 2,
                    "max_failures": 2, "executor": "local", "storage_url": None, "startup_trials": None}
 RESOURCE_DEFAULTS = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0.0}
@@ -45,8 +46,12 @@ TRACKERS = ("mlflow", "wandb")
 NO_TRACKER = "none"  # `--tracker none`: off, whatever the space says
 # mlflow_uri null: $MLFLOW_TRACKING_URI, else the sweep's own mlflow.db (sweeps/trackers.py).
 TRACKING_DEFAULTS = {"tracker": None, "mlflow_uri": None, "wandb_project": "kdsweep"}
+# The teacher cache (distill/teacher_cache.py, sweeps/cache.py): on by default. dir null = a
+# `teacher_cache/` folder beside the sweeps in the storage root; gpus null = one GPU if trials use GPUs.
+CACHE_DEFAULTS = {"enabled": True, "dtype": "fp32", "dir": None, "gpus": None}
 # Keys the sweep itself sets per trial: not allowed under `train:`.
-TRIAL_SET = ("teacher", "tokenizer", "data", "scale", "uncertainty", "output_dir", "provenance") + SEARCHABLE
+TRIAL_SET = ("teacher", "tokenizer", "data", "scale", "uncertainty", "output_dir", "provenance",
+             "teacher_cache") + SEARCHABLE
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,7 @@ class SearchSpace:
     train: dict[str, Any]  # fixed TrainConfig keys
     search: dict[str, Any]
     resources: dict[str, Any]
+    cache: dict[str, Any] = field(default_factory=lambda: dict(CACHE_DEFAULTS))
     tracking: dict[str, Any] = field(default_factory=lambda: dict(TRACKING_DEFAULTS))
     source: str = ""
     raw: dict = field(default_factory=dict, repr=False, compare=False)
@@ -330,6 +336,21 @@ def _parse_resources(raw: dict, executor: str, p: _Problems) -> dict:
     return resources
 
 
+def _parse_cache(raw: dict, p: _Problems) -> dict:
+    """`cache`: whether trials read a teacher cache built before they start, stored how and where."""
+    cache = _merged(raw, "cache", CACHE_DEFAULTS, p)
+    if not isinstance(cache["enabled"], bool):
+        p.append(f"cache.enabled: got {cache['enabled']!r}, allowed: true or false")
+    if cache["dtype"] not in STORAGE_DTYPES:
+        p.append(f"cache.dtype: got {cache['dtype']!r}, allowed: {', '.join(STORAGE_DTYPES)}")
+    if cache["dir"] is not None and not isinstance(cache["dir"], str):
+        p.append(f"cache.dir: got {cache['dir']!r}, allowed: null (beside the sweeps) or a folder path")
+    gpus = cache["gpus"]
+    if gpus is not None and (parse_number(gpus) is None or parse_number(gpus) < 0):
+        p.append(f"cache.gpus: got {gpus!r}, allowed: null (one GPU if trials use GPUs) or a number >= 0")
+    return cache
+
+
 def _parse_tracking(raw: dict, p: _Problems) -> dict:
     tracking = _merged(raw, "tracking", TRACKING_DEFAULTS, p)
     if tracking["tracker"] is not None and tracking["tracker"] not in TRACKERS:
@@ -357,6 +378,7 @@ def parse_space(raw: Any, source: str = "search space") -> SearchSpace:
     train = _parse_train(raw, p)
     search = _parse_search(raw, p)
     resources = _parse_resources(raw, search["executor"], p)
+    cache = _parse_cache(raw, p)
     tracking = _parse_tracking(raw, p)
     if p:
         raise ConfigError(p, f"search space {source}")
@@ -379,6 +401,7 @@ def parse_space(raw: Any, source: str = "search space") -> SearchSpace:
         train=train,
         search=search,
         resources=resources,
+        cache=cache,
         tracking=tracking,
         source=source,
         raw=copy.deepcopy(raw),

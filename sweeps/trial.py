@@ -24,6 +24,7 @@ from ray.train import Checkpoint
 from distill.config import TrainConfig, config_from_dict
 from distill.rundir import RunLog, finished_run
 from distill.train import run_training
+from sweeps.cache import META_KEY as TEACHER_CACHE_KEY
 from sweeps.layout import SweepDir
 from sweeps.space import SearchSpace
 
@@ -38,17 +39,22 @@ def trial_train_config(space: SearchSpace, config: dict, sweep_dir: str, trial_i
     `replicate_seed` (never the search seed: `SearchSpace.replicate_seeds`): it retrains
     that study's best params with that seed in `replicates/<scale>__<arm>__seed<k>` and
     ends with the val-split (choosing) and test-split (reporting) metrics.
+
+    Either reads the sweep's teacher cache when it has one (`sweep.json`'s `teacher_cache`,
+    written by sweeps/cache.py before any trial starts).
     """
     sd = SweepDir(Path(sweep_dir))
     study = space.study(config["study"])
     params = {k: config[k] for k in study.params}
     provenance = {"sweep": sd.name, "trial_id": trial_id, "study": study.name,
                   "optuna_number": config.get("optuna_number")}
+    teacher_cache = sd.meta().get(TEACHER_CACHE_KEY)
     seed = config.get("replicate_seed")
     if seed is None:
-        return space.trial_config(study, params, str(sd.run_dir(trial_id)), provenance=provenance)
+        return space.trial_config(study, params, str(sd.run_dir(trial_id)), provenance=provenance,
+                                  teacher_cache=teacher_cache)
     run_dir = sd.replicate_dir(study.scale, study.arm, seed)
-    return space.trial_config(study, params, str(run_dir), seed=seed, final_eval=True,
+    return space.trial_config(study, params, str(run_dir), seed=seed, final_eval=True, teacher_cache=teacher_cache,
                               provenance={**provenance, "search_seed": space.search_seed, "replicate_seed": seed})
 
 

@@ -7,15 +7,12 @@ Everything here is real (real FASTA records, real HF tokenizers, real
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
-from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
-from distill.models import PROTGPT2_TOKENIZER_DIR
+from distill.models import save_protgpt2_shaped
 from tests.fixtures import homolog_families, make_char_teacher, write_real_fasta
 
 hf_logging.disable_progress_bar()
@@ -74,14 +71,4 @@ def char_teacher(tmp_path_factory) -> Path:
 def protgpt2_tiny_teacher(tmp_path_factory) -> Path:
     """ProtGPT2's real config (vocab 50,257, 1024 positions, ids) shrunk to one tiny layer,
     saved with ProtGPT2's real tokenizer files."""
-    import torch
-
-    out = tmp_path_factory.mktemp("protgpt2-tiny")
-    raw = json.loads((PROTGPT2_TOKENIZER_DIR / "config.json").read_text())
-    raw.update(n_layer=1, n_head=2, n_embd=16)
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(**raw)).save_pretrained(out)
-    for f in PROTGPT2_TOKENIZER_DIR.iterdir():
-        if f.name != "config.json":
-            shutil.copy(f, out / f.name)
-    return out
+    return save_protgpt2_shaped(tmp_path_factory.mktemp("protgpt2-tiny"), n_layer=1, n_head=2, n_embd=16)

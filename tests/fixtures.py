@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import shutil
@@ -15,12 +14,11 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from Bio.SeqIO.FastaIO import SimpleFastaParser
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from distill.config import TrainConfig
-from distill.data import BUNDLED_DATA
-from distill.rundir import eval_rows
+from distill.data import write_bundled_subset
+from distill.rundir import eval_rows, read_log
 from distill.demo_teacher import build_aa_tokenizer
 from sweeps.layout import SweepDir
 from sweeps.space import SEARCH_SPACES_DIR
@@ -33,15 +31,7 @@ requires_mmseqs = pytest.mark.skipif(shutil.which("mmseqs") is None,
 
 def write_real_fasta(path: Path, n: int, max_len: int = 300) -> Path:
     """The first `n` bundled UniProt proteins of at most `max_len` residues, as plain FASTA."""
-    with gzip.open(BUNDLED_DATA, "rt") as fh, open(path, "w") as out:
-        k = 0
-        for title, seq in SimpleFastaParser(fh):
-            if len(seq) <= max_len:
-                out.write(f">{title}\n{seq}\n")
-                k += 1
-                if k == n:
-                    break
-    return path
+    return write_bundled_subset(path, n, max_len)
 
 
 def homolog_families(bundled: list[str], n_families: int, min_size: int = 3, max_len: int = 400) -> list[str]:
@@ -71,6 +61,11 @@ def make_char_teacher(out: Path, n_positions: int = 512, seed: int = 0) -> Path:
     GPT2LMHeadModel(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+def start_row(run_dir: Path) -> dict:
+    """A run's "start" event (in a sweep, the trial's node event comes before it)."""
+    return next(r for r in read_log(run_dir) if r.get("event") == "start")
 
 
 def tiny_config(teacher: Path, data: Path, out: Path, **overrides) -> TrainConfig:

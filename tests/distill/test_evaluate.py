@@ -9,6 +9,7 @@ from distill.evaluate import evaluate_student
 from distill.metrics import score_heldout
 from distill.models import build_student, load_teacher, load_tokenizer
 from distill.runtime import Runtime
+from distill.teacher_source import LiveTeacher
 from tests.fixtures import tiny_config
 
 
@@ -19,10 +20,11 @@ def test_teacher_runs_under_the_students_autocast(tmp_path, char_teacher, small_
     heldout = heldout_from_file(str(small_fasta), tokenizer).subset(12)
     cfg = tiny_config(char_teacher, small_fasta, tmp_path / "e", eval_batch_size=4)
     rt = Runtime(torch.device("cpu"), "bf16")
-    got = evaluate_student(student, teacher, tokenizer, heldout, cfg=cfg, runtime=rt, generation=False)
+    got = evaluate_student(student, LiveTeacher(teacher, str(char_teacher)), tokenizer, heldout, cfg=cfg, runtime=rt,
+                           generation=False)
 
     def scored(teacher_autocast: bool) -> dict:
-        def teacher_fn(ids, mask):
+        def teacher_fn(ids, mask, _proteins):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=teacher_autocast):
                 return teacher(input_ids=ids, attention_mask=mask).logits
         batches = heldout.batches(4, teacher.config.n_positions, tokenizer.eos_token_id)

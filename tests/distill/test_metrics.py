@@ -296,7 +296,7 @@ def test_score_heldout_matches_unpadded_model_runs():
     student.train()  # the driver must switch dropout off and then restore train mode
     batches = pad_batches(proteins, n_res, 3)
 
-    def teacher_logits_fn(input_ids, attention_mask):
+    def teacher_logits_fn(input_ids, attention_mask, _proteins):
         return teacher(input_ids=input_ids, attention_mask=attention_mask).logits
 
     result = score_heldout(student, teacher_logits_fn, batches, device="cpu")

@@ -21,7 +21,10 @@ import pytest
 import yaml
 
 from distill.config import dump_config, load_config
+from distill.teacher_cache import BuildInterrupted, build_teacher_cache, plan_teacher_cache
 from kdsweep.cli import main
+from sweeps.cache import cache_train_config, plan_space_cache
+from sweeps.space import load_space
 from tests.fixtures import ray_subprocess_env, write_finished_sweep
 
 TINY = ["--set", "scale=null", "--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=16",
@@ -29,6 +32,7 @@ TINY = ["--set", "scale=null", "--set", "n_layer=1", "--set", "n_head=2", "--set
         "--set", "max_steps=2", "--set", "eval_interval=2", "--set", "val_max_proteins=8"]
 TRAIN = ["train", "--set", "teacher={teacher}", "--set", "data={data}", *TINY, "--out", "{tmp}/out"]
 RUN = ["sweep", "run", "{tmp}/space.yaml", "--storage", "{tmp}/store"]
+CACHE_BUILD = ["cache", "build", "{tmp}/space.yaml", "--storage", "{tmp}/store"]
 SWEPT = ["--storage", "{tmp}/swept"]  # a finished sweep named `norays` (tests.fixtures.write_finished_sweep)
 
 SPACE = {
@@ -168,6 +172,22 @@ CASES = [
                       ["{tmp}/store/bad"], space={"resources": {"cpus_per_worker": 64}}, ray=True), marks=pytest.mark.ray),
     pytest.param(Case("sweep-gpu-on-cpu-cluster", RUN, "each trial needs 1 CPU, 1 GPU, but no node of this Ray cluster",
                       ["{tmp}/store/bad"], space={"resources": {"gpus_per_worker": 1}}, ray=True), marks=pytest.mark.ray),
+    # ---- the teacher cache: its config, where it goes, a cache of another run -------------------------
+    Case("sweep-cache-dtype-int8", RUN, "cache.dtype: got 'int8', allowed: fp32, bf16, fp16", ["{tmp}/store"],
+         space={"cache": {"dtype": "int8"}}),
+    Case("sweep-cache-dir-unwritable", RUN, "cache.dir: /sys/kdsweep-test-cache is not writable",
+         ["{tmp}/store/bad", "/sys/kdsweep-test-cache"], space={"cache": {"dir": "/sys/kdsweep-test-cache"}}),
+    Case("cache-build-dtype-int8", CACHE_BUILD, "cache.dtype: got 'int8', allowed: fp32, bf16, fp16", ["{tmp}/store"],
+         space={"cache": {"dtype": "int8"}}),
+    Case("cache-build-dir-unwritable", CACHE_BUILD, "cache.dir: /sys/kdsweep-test-cache is not writable",
+         ["/sys/kdsweep-test-cache"], space={"cache": {"dir": "/sys/kdsweep-test-cache"}}),
+    Case("cache-build-another-runs-manifest", CACHE_BUILD, "was built for another run: block_size: cache 32, run 64",
+         setup="foreign_cache_in_store"),
+    Case("train-cache-of-another-run", train(*sets(teacher_cache="{tmp}/cache")),
+         "was built for another run: block_size: cache 32, run 64", ["{tmp}/out"], setup="foreign_cache"),
+    Case("train-cache-unfinished", train(*sets(teacher_cache="{tmp}/cache")),
+         "{tmp}/cache: no complete teacher cache here (an unfinished build is in {tmp}/cache.partial-",
+         ["{tmp}/out"], setup="unfinished_cache"),
     # ---- the other sweep commands ------------------------------------------------------------------
     Case("resume-unknown-sweep", ["sweep", "resume", "nosuch", *SWEPT], "no sweep here (no sweep.json)",
          ["{tmp}/swept/nosuch"], setup="swept"),
@@ -219,12 +239,42 @@ def _prepare(case: Case, tmp: Path, ctx: dict) -> None:
     if case.setup == "old_run":  # a run folder whose config.yaml records the plain TRAIN run (lr 1e-3)
         out = tmp / "out"
         out.mkdir()
-        pairs = [a for a, flag in zip(_fill(TRAIN[2:], ctx), _fill(TRAIN[1:], ctx)) if flag == "--set"]
-        dump_config(load_config(None, [*pairs, f"output_dir={out}"]), out / "config.yaml")
+        dump_config(_train_config(ctx, f"output_dir={out}"), out / "config.yaml")
+    if case.setup in ("foreign_cache", "foreign_cache_in_store", "unfinished_cache"):
+        _cache_setup(case.setup, tmp, ctx)
     if case.setup in ("swept", "swept_without_db", "busy_port"):
         sd = write_finished_sweep(tmp / "swept")
         if case.setup == "swept_without_db":
             sd.default_db.unlink()  # as a folder copied without its database
+
+
+def _train_config(ctx: dict, *extra: str):
+    """The config of the plain TRAIN command line, with `extra` key=value pairs."""
+    pairs = [a for a, flag in zip(_fill(TRAIN[2:], ctx), _fill(TRAIN[1:], ctx)) if flag == "--set"]
+    return load_config(None, [*pairs, *extra])
+
+
+def _cache_setup(setup: str, tmp: Path, ctx: dict) -> None:
+    """A real teacher cache where the case's command looks: built for block_size 32 where the command runs
+    64 (in {tmp}/cache, or in the very folder `cache build` would build the space's), or interrupted."""
+    cfg = _train_config(ctx, f"output_dir={tmp}/unused")
+    if setup == "unfinished_cache":
+        with pytest.raises(BuildInterrupted):
+            build_teacher_cache(plan_teacher_cache(cfg, "fp32", tmp), progress=False, log=lambda _: None,
+                                stop_after_parts=1)
+        [partial] = tmp.glob("*.partial-*")
+        partial.rename(tmp / f"cache.partial-{partial.name.rpartition('-')[2]}")
+        return
+    if setup == "foreign_cache":
+        target = tmp / "cache"
+    else:
+        space = load_space(tmp / "space.yaml")
+        cfg = cache_train_config(space)
+        target = plan_space_cache(space, tmp / "store").path
+    foreign = build_teacher_cache(plan_teacher_cache(cfg.replace(block_size=32), "fp32", tmp / "caches"),
+                                  progress=False, log=lambda _: None)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    foreign.rename(target)
 
 
 @pytest.mark.timeout(300)

@@ -70,6 +70,11 @@ def _with(**changes):
         (_with(train__max_stepz=3), "train.max_stepz: unknown key (did you mean 'max_steps'?)"),
         (_with(search__trials_per_study=0), "search.trials_per_study: got 0"),
         (_with(search__executor="slurm"), "search.executor: got 'slurm'"),
+        (_with(cache__dtype="int8"), "cache.dtype: got 'int8', allowed: fp32, bf16, fp16"),
+        (_with(cache__enabled="yes"), "cache.enabled: got 'yes', allowed: true or false"),
+        (_with(cache__gpus=-1), "cache.gpus: got -1"),
+        (_with(cache__path="/x"), "cache.path: unknown key"),
+        (_with(train__teacher_cache="/x"), "train.teacher_cache: set by the sweep itself"),
         (_with(tracking__tracker="neptune"), "tracking.tracker: got 'neptune', allowed: null (none), mlflow, wandb"),
         (_with(tracking__projekt="x"), "tracking.projekt: unknown key"),
         (_with(tracking__wandb_project=7), "tracking.wandb_project: expected a W&B project name, got 7"),
@@ -117,6 +122,14 @@ def test_smoke_space_is_small_but_complete():
     s = smoke_space(load_space(SEARCH_SPACES_DIR / "demo.yaml"))
     assert len(s.scales) == 1 and len(s.arms) == 4 and s.train["max_steps"] <= 20
     assert s.search["grace_period"] < s.train["max_steps"]
+
+
+def test_cache_section_defaults_to_an_fp32_cache_beside_the_sweeps():
+    assert load_space(SEARCH_SPACES_DIR / "demo.yaml").cache == {"enabled": True, "dtype": "fp32", "dir": None,
+                                                                  "gpus": None}
+    off = parse_space(_with(cache={"enabled": False}), "off.yaml")
+    assert off.cache["enabled"] is False and off.cache["dtype"] == "fp32"
+    assert load_space(SEARCH_SPACES_DIR / "protgpt2.yaml").cache["dtype"] == "bf16"
 
 
 def test_tracker_from_the_space_or_the_command_line(tmp_path):

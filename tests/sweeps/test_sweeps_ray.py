@@ -20,13 +20,14 @@ import yaml
 from optuna.trial import TrialState
 
 from distill.rundir import read_log
+from distill.teacher_cache import read_manifest
 from kdsweep.cli import main
 from sweeps.layout import SweepDir
 from sweeps.study import ATTR_STATUS, ORPHANED, open_study
 from sweeps.space import SEARCH_SPACES_DIR
 from sweeps.tracking import CURVES
 from tests.fixtures import (SMALL_SPACE, eval_steps, kill_ray_processes, ray_subprocess_env, resumable_runs,
-                            run_kdsweep, write_small_space)
+                            run_kdsweep, start_row, write_small_space)
 
 pytestmark = pytest.mark.ray
 
@@ -223,6 +224,9 @@ def test_ray_train_executor_and_diverged_trial(tmp_path, ray_env, small_fasta, c
     [bad] = _trials(sd, "demo-s/baseline")
     assert ok.state == TrialState.COMPLETE and ok.value > 1
     assert eval_steps(sd.runs / ok.user_attrs["ray_trial_id"]) == [4, 8]
+    # the ray_train executor's worker read the sweep's teacher cache, like the local executor's trials
+    assert start_row(sd.runs / ok.user_attrs["ray_trial_id"])["teacher"] == \
+        f"cache {read_manifest(sd.meta()['teacher_cache'])['key_digest']} {sd.meta()['teacher_cache']}"
     assert bad.state == TrialState.PRUNED and bad.user_attrs[ATTR_STATUS] == "diverged"
     assert bad.constraints == {"diverged": 1.0}
     summary = json.loads((sd.runs / bad.user_attrs["ray_trial_id"] / "metrics.json").read_text())

@@ -1,0 +1,125 @@
+"""The teacher as a run sees it: the live model, or a teacher cache (method §4).
+
+One small interface, two implementations, used by the training step (distill/step.py)
+and the evaluation (distill/evaluate.py):
+
+    config           the teacher's config (vocabulary, positions, special ids)
+    n_params         its parameter count (compression)
+    describe()       "live <name>" or "cache <key digest> <folder>": what the run log records
+    train_batch(blocks, ids) -> TeacherBatch: hidden (b, T, d_t), head weight (V, d_t),
+                     bias (V,) or None, entropy (b, T - 1) at tau = 1 or None
+    train_logits(blocks, ids) -> (b, T, V)      (loss_impl: logits)
+    heldout_logits_fn(heldout) -> (ids, mask, proteins) -> (B, L, V)   (distill.metrics)
+
+`blocks` are the (b,) pool indices of the train blocks `ids` (b, T) were read from: the
+live teacher runs on `ids`, the cache looks up `blocks`. Callers run these under the
+run's autocast, so the live model's forward and a cached head's matmul run at the
+student's precision, like the fused loss's own matmuls.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from distill.data import HeldOut
+from distill.errors import ModelError
+from distill.heads import head_inputs, is_linear_head
+from distill.metrics import TeacherLogitsFn, count_params
+from distill.models import load_teacher, teacher_logits
+from distill.runtime import Runtime
+from distill.teacher_cache import TeacherCache, run_key
+
+
+class TeacherBatch(NamedTuple):
+    """What the fused loss needs of the teacher for one micro-batch (no gradients)."""
+
+    hidden: torch.Tensor  # (b, T, d_t) last hidden states, after the final layer norm
+    weight: torch.Tensor  # (V, d_t) LM-head weight
+    bias: torch.Tensor | None  # (V,)
+    entropy: torch.Tensor | None  # (b, T - 1) fp32 entropy at tau = 1, or None: the loss computes it
+
+
+class LiveTeacher:
+    """The loaded teacher model: every batch runs its forward."""
+
+    def __init__(self, model, name: str):
+        self.model, self.name = model, name
+        self.config = model.config
+        self.n_params = count_params(model)
+
+    def describe(self) -> str:
+        return f"live {self.name}"
+
+    def train_batch(self, blocks: torch.Tensor, ids: torch.Tensor) -> TeacherBatch:
+        with torch.no_grad():
+            hidden, weight, bias = head_inputs(self.model, ids)
+        return TeacherBatch(hidden, weight, bias, None)
+
+    def train_logits(self, blocks: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return teacher_logits(self.model, ids)
+
+    def heldout_logits_fn(self, heldout: HeldOut) -> TeacherLogitsFn:
+        return lambda ids, mask, _proteins: teacher_logits(self.model, ids, mask)
+
+
+class CachedTeacher:
+    """A teacher cache: hidden states by pool block or held-out protein, times the teacher's head.
+    Holds only the head on the device, never the teacher's other weights."""
+
+    def __init__(self, cache: TeacherCache, config, device: torch.device):
+        self.cache, self.config, self.device = cache, config, device
+        weight, bias = cache.head()
+        self.weight = weight.to(device)  # (V, d_t) fp32
+        self.bias = None if bias is None else bias.to(device)
+        self.n_params = cache.teacher_params
+
+    def describe(self) -> str:
+        return f"cache {self.cache.key_digest} {self.cache.path}"
+
+    def train_batch(self, blocks: torch.Tensor, ids: torch.Tensor) -> TeacherBatch:
+        hidden = self.cache.train_hidden(blocks).to(self.device)  # storage dtype; the loss upcasts
+        entropy = self.cache.train_entropy(blocks).to(self.device)
+        return TeacherBatch(hidden, self.weight, self.bias, entropy)
+
+    def train_logits(self, blocks: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return self._logits(self.cache.train_hidden(blocks))
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(b, L, d_t) storage-dtype hidden states -> (b, L, V), as the live head computes them:
+        an exact upcast to the head's fp32, then F.linear (under the caller's autocast)."""
+        return F.linear(hidden.to(self.device, self.weight.dtype), self.weight, self.bias)
+
+    def heldout_logits_fn(self, heldout: HeldOut) -> TeacherLogitsFn:
+        if heldout.split is None:
+            raise ValueError("a teacher cache scores only the val/test split of its own data, "
+                             "not proteins from another file")
+        split = heldout.split
+        self.cache.check_heldout(split, heldout)
+
+        def logits(ids: torch.Tensor, mask: torch.Tensor, proteins: torch.Tensor | None) -> torch.Tensor:
+            if proteins is None:
+                raise ValueError("held-out batches for a teacher cache must carry their 'protein' indices")
+            return self._logits(self.cache.heldout_hidden(split, proteins.cpu(), ids.shape[1]))
+
+        return logits
+
+
+TeacherSource = LiveTeacher | CachedTeacher
+
+
+def open_teacher(cfg, teacher_name: str, teacher_config, data_info: dict, pool: int, rt: Runtime) -> TeacherSource:
+    """The teacher a run with config `cfg` trains against: the cache `cfg.teacher_cache` (its key
+    checked against this run's: teacher, data, split, tokenizer, block size, pool of `pool`
+    blocks, precision), else the live model."""
+    if cfg.teacher_cache is not None:
+        expected = run_key(cfg, teacher_name, data_info, pool, rt.precision)
+        return CachedTeacher(TeacherCache.open(cfg.teacher_cache, expected), teacher_config, rt.device)
+    model = load_teacher(teacher_name, device=rt.device)
+    if cfg.loss_impl == "fused" and not is_linear_head(model):
+        raise ModelError(f"loss_impl: 'fused' needs a teacher whose logits are a linear head of its last hidden "
+                         f"state, and {teacher_name}'s are not (a soft cap or scaling after the head?); "
+                         "set loss_impl: logits")
+    return LiveTeacher(model, teacher_name)

@@ -1,0 +1,116 @@
+"""A sweep's teacher cache: built before its trials start, as a Ray task with the teacher's resources.
+
+Every trial of a space reads the same pool of train blocks (its `train:` budget is not
+searched) and scores the same held-out proteins, so one cache serves every scale, arm,
+trial and replicate (distill/teacher_cache.py). `sweep run`, `sweep resume` and `sweep
+replicate` call `ensure_teacher_cache` once Ray is up and before any trial: it plans the
+cache in a Ray task (data and teacher config only), checks a complete one against its key,
+builds it if absent in a Ray task that reserves the teacher's resources (so on a cluster it
+runs on a GPU node), and its folder goes into `sweep.json` (`record_teacher_cache`), from
+which every trial's TrainConfig gets `teacher_cache` (sweeps/trial.py), whichever executor
+runs it.
+
+Where: `cache.dir` of the space, else `<storage root>/teacher_cache/`, beside the
+sweeps: storage every node mounts whenever the sweep folders are, and shared by every
+sweep in that root with the same key. A node-local `cache.dir` is only right when every
+trial runs on that node.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import ray
+
+from distill.config import TrainConfig
+from distill.errors import KDSweepError
+from distill.inputs import check_writable_dir
+from distill.teacher_cache import CachePlan, TeacherCache, build_teacher_cache, is_complete, plan_teacher_cache
+from sweeps.layout import SweepDir
+from sweeps.space import SearchSpace
+
+CACHE_DIR = "teacher_cache"
+META_KEY = "teacher_cache"
+
+
+def cache_root(space: SearchSpace, storage_root: Path) -> Path:
+    """The folder caches of this space live in (each in a subfolder named by its key)."""
+    given = space.cache["dir"]
+    return Path(given).expanduser().resolve() if given else storage_root / CACHE_DIR
+
+
+def cache_train_config(space: SearchSpace) -> TrainConfig:
+    """A trial config of the space: what every trial shares that the cache key depends on
+    (teacher, tokenizer, data, split, block size, budget, precision)."""
+    return space.trial_config(space.studies[0], {}, "unused")
+
+
+def plan_space_cache(space: SearchSpace, storage_root: Path) -> CachePlan:
+    return plan_teacher_cache(cache_train_config(space), space.cache["dtype"], cache_root(space, storage_root))
+
+
+def build_resources(space: SearchSpace) -> dict:
+    """What the build task reserves: a trial worker's CPUs, and `cache.gpus` (default: one GPU
+    when trials use GPUs; the teacher needs a whole one even when trials share it)."""
+    gpus = space.cache["gpus"]
+    if gpus is None:
+        gpus = 1.0 if float(space.resources["gpus_per_worker"]) > 0 else 0.0
+    return {"num_cpus": float(space.resources["cpus_per_worker"]), "num_gpus": float(gpus)}
+
+
+def check_cache_dir(space: SearchSpace, storage_root: Path) -> None:
+    """Before any work: the folder the space's cache goes in can be created and written."""
+    check_writable_dir(cache_root(space, storage_root), "cache.dir")
+
+
+def _plan_task(space: SearchSpace, storage_root: str) -> tuple[str, bool, str]:
+    """In a Ray task on a node like the trials': the precision the key holds resolves there
+    ('auto' is bf16 on a GPU, fp32 on the driver's CPU). A complete cache is opened (its key and
+    file sizes checked against the plan). Returns (folder, complete, size line)."""
+    plan = plan_space_cache(space, Path(storage_root))
+    complete = is_complete(plan.path)
+    if complete:
+        TeacherCache.open(plan.path, plan.key)
+    return str(plan.path), complete, plan.describe()
+
+
+def _build_task(space: SearchSpace, storage_root: str) -> str:
+    return str(build_teacher_cache(plan_space_cache(space, Path(storage_root)), progress=False))
+
+
+def _get(ref):
+    """ray.get, with an input error raised in the task re-raised as itself (one line, exit 2)."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, KDSweepError):
+            raise e.cause from None
+        raise
+
+
+def ensure_teacher_cache(space: SearchSpace, storage_root: Path, log: Callable[[str], None] = print) -> str | None:
+    """The folder of the space's teacher cache under `storage_root` (the folder holding the sweeps),
+    built first if absent, as a Ray task with the teacher's resources; None when the space turns the
+    cache off. Ray must be initialised."""
+    if not space.cache["enabled"]:
+        return None
+    task = ray.remote(**build_resources(space))
+    path, complete, size = _get(task(_plan_task).remote(space, str(storage_root)))
+    if complete:
+        log(f"teacher cache: reading {path}")
+        return path
+    res = build_resources(space)
+    log(f"{size}\nteacher cache: building as a Ray task ({res['num_cpus']:g} CPU, {res['num_gpus']:g} GPU)")
+    started = time.time()
+    path = _get(task(_build_task).remote(space, str(storage_root)))
+    log(f"teacher cache: built in {time.time() - started:.1f} s: {path}")
+    return path
+
+
+def record_teacher_cache(sd: SweepDir, path: str | None) -> None:
+    """Record in sweep.json the cache the sweep's trials read (None: the live teacher)."""
+    meta = sd.meta()
+    if meta.get(META_KEY) != path:
+        sd.write_meta({**meta, META_KEY: path})
