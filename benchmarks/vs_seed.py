@@ -57,7 +57,15 @@ from distill.data import prepare_data  # noqa: E402
 from distill.fused_loss import fused_kd_loss  # noqa: E402
 from distill.loss_reference import ARMS  # noqa: E402
 from distill.models import PROTGPT2_TOKENIZER_DIR, build_student, load_teacher, load_tokenizer, student_sizes  # noqa: E402
-from distill.probe import PHASES, FusedStep, LossSettings, PhaseTimer, teacher_states  # noqa: E402
+from distill.probe import (  # noqa: E402
+    PHASES,
+    FusedStep,
+    LossSettings,
+    PhaseTimer,
+    forward_flops_per_token,
+    teacher_states,
+    train_flops_per_token,
+)
 from distill.runtime import Runtime  # noqa: E402
 
 STUDY, LIVE, CACHED = "study trainer", "kdsweep, live teacher", "kdsweep, cached teacher"
@@ -194,16 +202,8 @@ def loss_and_heads_memory(args, teacher, student, blocks, loss: LossSettings, rt
 
 
 def flops_per_token(student, teacher, length: int, live: bool) -> float:
-    """Model FLOPs per trained token: 6 N + 12 l d L for the student (the LM head counted as a
-    matmul), plus 2 N + 4 l d L for a live teacher's forward (PaLM's accounting)."""
-    def matmul_params(model):
-        return sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "wpe" not in n)  # wte = head
-
-    s, t = student.config, teacher.config
-    flops = 6 * matmul_params(student) + 12 * s.n_layer * s.n_embd * length
-    if live:
-        flops += 2 * matmul_params(teacher) + 4 * t.n_layer * t.n_embd * length
-    return float(flops)
+    """Model FLOPs per trained token: the student's training, plus a live teacher's forward."""
+    return train_flops_per_token(student, length) + (forward_flops_per_token(teacher, length) if live else 0.0)
 
 
 def largest_batch(fn, limit: int) -> int:

@@ -150,6 +150,24 @@ class FusedStep:
         return float(terms.loss.detach())
 
 
+def matmul_params(model) -> int:
+    """Parameters that multiply every token: the 2-D weights (the tied embedding counted once,
+    as the LM head's matmul), without position embeddings (a lookup)."""
+    return sum(p.numel() for name, p in model.named_parameters() if p.dim() == 2 and "wpe" not in name)
+
+
+def train_flops_per_token(student, length: int) -> float:
+    """Model FLOPs of one trained token: 6 N + 12 l d L (PaLM's accounting, N = matmul_params)."""
+    c = student.config
+    return 6.0 * matmul_params(student) + 12.0 * c.n_layer * c.n_embd * length
+
+
+def forward_flops_per_token(model, length: int) -> float:
+    """Model FLOPs of one token through a forward pass: 2 N + 4 l d L."""
+    c = model.config
+    return 2.0 * matmul_params(model) + 4.0 * c.n_layer * c.n_embd * length
+
+
 def random_tokens(batch: int, length: int, vocab: int, device, seed: int = 0) -> torch.Tensor:
     """(batch, length) token ids drawn with a fixed seed."""
     gen = torch.Generator().manual_seed(seed)

@@ -16,6 +16,7 @@ from typing import Callable
 
 import ray
 from ray import tune
+from ray.tune.schedulers import FIFOScheduler
 
 from distill.config import config_from_dict
 from distill.data import precluster
@@ -55,9 +56,12 @@ def _tuner(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool,
     if restore:
         return tune.Tuner.restore(str(sd.tune), trainable=trainable, resume_unfinished=True, resume_errored=False)
     probe = space.trial_config(space.studies[0], {}, "unused")
-    scheduler = PerStudyASHA([s.name for s in space.studies], max_t=total_steps(probe),
-                             grace_period=space.search["grace_period"],
-                             reduction_factor=space.search["reduction_factor"])
+    if space.search["early_stopping"]:
+        scheduler = PerStudyASHA([s.name for s in space.studies], max_t=total_steps(probe),
+                                 grace_period=space.search["grace_period"],
+                                 reduction_factor=space.search["reduction_factor"])
+    else:  # every trial trains its full budget (benchmarks/asha_value.py measures what ASHA saves)
+        scheduler = FIFOScheduler()
     return tune.Tuner(
         trainable,
         # num_samples=-1: the searcher alone says when every study has its trials (a count here

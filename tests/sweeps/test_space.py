@@ -70,6 +70,7 @@ def _with(**changes):
         (_with(train__max_stepz=3), "train.max_stepz: unknown key (did you mean 'max_steps'?)"),
         (_with(search__trials_per_study=0), "search.trials_per_study: got 0"),
         (_with(search__executor="slurm"), "search.executor: got 'slurm'"),
+        (_with(search__early_stopping="no"), "search.early_stopping: got 'no', allowed: true"),
     ],
 )
 def test_malformed_spaces_name_the_key(raw, needle):
@@ -108,6 +109,11 @@ def test_missing_mmseqs_stops_a_sweep_before_ray_starts(tmp_path, no_mmseqs, cap
     err = capsys.readouterr().err
     assert code == 2 and "mmseqs not found" in err and "split_method: hash" in err
     assert not ray.is_initialized() and not (tmp_path / "store").exists()
+
+
+def test_early_stopping_is_on_unless_switched_off():
+    assert load_space(SEARCH_SPACES_DIR / "demo.yaml").search["early_stopping"] is True
+    assert parse_space(_with(search__early_stopping=False), "x.yaml").search["early_stopping"] is False
 
 
 def test_smoke_space_is_small_but_complete():
