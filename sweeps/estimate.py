@@ -16,8 +16,13 @@ Per scale (every arm of a scale costs the same to within its loss options):
   of a live step is 2 N_t / (2 N_t + 6 N_s) (N = parameters that multiply every token);
 * validation: every report scores `val_max_proteins` proteins (their real token lengths
   from the data, capped like the trials cap them) at the probed student-forward tokens/s;
-* per trial a fixed overhead (the executor's start-up and report hand-overs, measured in
-  docs/benchmarks.md) and its checkpoint writes (weights + AdamW moments per report);
+* per trial a fixed overhead, measured here because it grows with the machine's load: a
+  fresh Python process importing the trial's code (`sweeps.trial`: Ray, torch,
+  transformers; a trial runs in a new Ray worker process) plus the trial's own set-up as
+  this process times it (tokenized data from the cache, the student built); the
+  executor's extra (a `ray_train` trial starts Train's controller and workers,
+  docs/benchmarks.md) and the checkpoint writes (weights + AdamW moments per report);
+  once per sweep, Ray's start, counted as one more process start;
 * teacher cache: the blocks a trial reads (every trial of a sweep reads the same blocks in the
   same order: they share the data seed), so min(T x batch_size, train blocks) x block_size
   tokens, each d_t values of the precision's width (+ one fp32 entropy when an arm weights
@@ -31,6 +36,8 @@ once here (`max_concurrent`, capped by the cores or GPUs available).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,9 +65,11 @@ from sweeps.space import SearchSpace
 
 # Hub teachers whose config and tokenizer ship with kdsweep: estimated without a download.
 SHIPPED_TEACHERS = {"nferruz/ProtGPT2": PROTGPT2_TOKENIZER_DIR}
-# Per-trial overhead of each executor, seconds (docs/benchmarks.md, "Sweep executors": a
-# demo trial's time above a plain loop, 8 reports with checkpoints included).
-EXECUTOR_OVERHEAD_S = {"local": 7.0, "ray_train": 28.0}
+# Per-trial overhead of each executor beyond a process start, seconds (docs/benchmarks.md,
+# "Sweep executors": Train V2's controller and worker group cost ray_train ~21 s more than local).
+EXECUTOR_EXTRA_S = {"local": 0.0, "ray_train": 21.0}
+# The import a trial's fresh worker process pays before it trains (timed in a subprocess).
+TRIAL_IMPORTS = "import sweeps.trial, distill.train"
 # Checkpoint write rate assumed for the per-report checkpoints (weights + 2 AdamW moments, fp32).
 CHECKPOINT_BYTES_PER_S = 500e6
 # A CPU probe call is sized to about this many model FLOPs (a few seconds on 2 cores), so
@@ -115,6 +124,7 @@ class Estimate:
     cache_bytes: int
     cache_build_s: float
     early_stopping: bool
+    startup_s: float  # once per sweep (Ray's start); wall clock, not device time
     notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
 
@@ -125,6 +135,10 @@ class Estimate:
     @property
     def device_s_cached(self) -> float:
         return self.cache_build_s + sum(s.device_s_cached for s in self.scales)
+
+    def wall_s(self, cached: bool) -> float:
+        """Wall clock of the whole sweep here: start-up, then the device time spread over the trials at once."""
+        return self.startup_s + (self.device_s_cached if cached else self.device_s_live) / self.concurrency
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -208,6 +222,13 @@ def tokens_per_s(fn, tokens: int, device: torch.device) -> float:
     return tokens / ((once() + once()) / 2)  # the median of two
 
 
+def process_start_s() -> float:
+    """Seconds a fresh Python process takes to import a trial's code, on this machine now."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", TRIAL_IMPORTS], check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
 def _loss_settings(space: SearchSpace) -> LossSettings:
     """The costliest loss options among the space's arms (the cost differs little between arms)."""
     uncertainty = any(s.uncertainty for s in space.studies)
@@ -280,9 +301,12 @@ def estimate(space: SearchSpace, *, tokens_per_s: list[str] | None = None, devic
     cfg = space.trial_config(study, {}, "unused", device=device)
     rt = resolve_runtime(cfg.precision, cfg.device)
     teacher_config = load_teacher_config(space.teacher)
+    process_s = process_start_s()
+    setup_started = time.perf_counter()  # what a trial does before training: tokenizer, cached data
     tokenizer = load_tokenizer(space.tokenizer or teacher_files(space.teacher))
     data = prepare_data(space.data, tokenizer, column=cfg.sequence_column, split=SplitSpec.from_config(cfg),
                         block_size=cfg.block_size)
+    setup_s = time.perf_counter() - setup_started
     figures = parse_tokens_per_s(tokens_per_s, space.scales)
     threads = torch.get_num_threads()
     try:
@@ -315,7 +339,7 @@ def estimate(space: SearchSpace, *, tokens_per_s: list[str] | None = None, devic
                 if search["early_stopping"] else without_early_stopping(n, steps))
         row = ScaleEstimate(scale, studies * n, steps, steps * cfg.batch_size * cfg.block_size, asha, studies,
                             throughput[scale], eval_tokens, 12 * n_params,
-                            EXECUTOR_OVERHEAD_S[search["executor"]])
+                            process_s + setup_s + EXECUTOR_EXTRA_S[search["executor"]])
         row.trial_steps = studies * asha.expected_steps
         row.train_tokens = row.trial_steps * cfg.batch_size * cfg.block_size
         # A trial reports every eval_interval steps (and at its last step).
@@ -335,7 +359,7 @@ def estimate(space: SearchSpace, *, tokens_per_s: list[str] | None = None, devic
         notes.append("train.final_eval is on: the test-split metrics at each trial's end are not counted")
     return Estimate(space.name, f"{rt.device.type} ({rt.precision})", _concurrency(space, rt.device, devices), rows,
                     cache_tokens, cache_bytes, cache_tokens / rows[0].throughput.teacher, search["early_stopping"],
-                    notes, time.perf_counter() - started)
+                    process_s, notes, time.perf_counter() - started)
 
 
 def _hours(seconds: float) -> str:
@@ -361,10 +385,11 @@ def format_estimate(est: Estimate) -> str:
                  f"{_hours(est.device_s_live):>13}{_hours(est.device_s_cached):>14}")
     lines.append(f"teacher cache: {est.cache_tokens:,} tokens, {est.cache_bytes / 1e9:.3g} GB, built in "
                  f"{_hours(est.cache_build_s)} (counted in the cached total)")
-    lines.append(f"wall clock here, {est.concurrency:g} trial(s) at once: {_hours(est.device_s_live / est.concurrency)} "
-                 f"with a live teacher, {_hours(est.device_s_cached / est.concurrency)} with the cache")
+    lines.append(f"wall clock here, {est.concurrency:g} trial(s) at once: {_hours(est.wall_s(cached=False))} "
+                 f"with a live teacher, {_hours(est.wall_s(cached=True))} with the cache")
     lines.append("tokens/s: " + "; ".join(f"{s.scale}: {s.throughput.source}" for s in est.scales))
-    lines.append(f"per trial also: executor overhead {est.scales[0].overhead_s_per_trial:g} s, validation of "
+    lines.append(f"per trial also: {est.scales[0].overhead_s_per_trial:.0f} s of start-up (process start and "
+                 f"imports {est.startup_s:.0f} s, measured now), validation of "
                  f"{est.scales[0].eval_tokens_per_report:,} tokens and a checkpoint per report")
     lines.extend(f"note: {n}" for n in est.notes)
     lines.append(f"(estimated in {est.elapsed_s:.0f} s; nothing was launched)")
