@@ -7,6 +7,12 @@ follows the live tensors and memory one measurement freed cannot hide the next o
 allocations. (glibc's default threshold adapts up to 32 MiB, below which freed chunks
 can stay in its heap.)
 
+Timing wants the opposite: a long-running training process ends up with glibc's adapted
+32 MiB threshold, where temporaries below it are reused from the heap instead of being
+page-faulted in again each time. ``allocator_for(memory=...)`` switches between the two
+(``MEASURE_THRESHOLD`` and ``TIMING_THRESHOLD``), trimming the heap before a memory
+measurement so that memory freed earlier and kept by the heap cannot hide new allocations.
+
 CUDA: ``torch.cuda.max_memory_allocated`` above ``memory_allocated`` at entry.
 """
 
@@ -29,12 +35,32 @@ def rss_bytes() -> int:
         return int(statm.read().split()[1]) * PAGE_BYTES
 
 
+def trim_heap() -> None:
+    """glibc only: hand the heap's free memory back to the OS, so RSS starts from live memory."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def fix_mmap_threshold(threshold: int) -> bool:
     """glibc only: mmap every allocation above ``threshold`` (no dynamic raise). True if set."""
     try:
         return ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, threshold) == 1
     except (OSError, AttributeError):
         return False
+
+
+MEASURE_THRESHOLD, TIMING_THRESHOLD = 2**20, 32 * 2**20
+
+
+def allocator_for(memory: bool) -> bool:
+    """Set glibc's mmap threshold for a memory measurement (1 MiB, heap trimmed) or for timing
+    (32 MiB). True if glibc took it."""
+    ok = fix_mmap_threshold(MEASURE_THRESHOLD if memory else TIMING_THRESHOLD)
+    if memory:
+        trim_heap()
+    return ok
 
 
 class PeakRSS:

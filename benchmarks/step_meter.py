@@ -3,7 +3,8 @@
 Shared by every variant of benchmarks/vs_seed.py, so that the study's Trainer and kdsweep's
 step are measured by the same code: ``begin()`` right before the step (after the previous
 step's ``zero_grad``: the steady state), ``end()`` right after its optimizer step. A step is either timed or, with
-``begin(memory=True)``, measured for peak memory (the sampler thread would skew its time). Phases
+``begin(memory=True)``, measured for peak memory (the sampler thread would skew its time);
+on CPU glibc's allocator is set for the one or the other (``benchmarks.memory.allocator_for``). Phases
 come from a ``distill.probe.PhaseTimer`` the step charges; ``end(rest=NAME)`` charges
 whatever the step spent outside the timed phases to ``NAME``.
 """
@@ -15,7 +16,7 @@ import time
 
 import torch
 
-from benchmarks.memory import PeakExtra
+from benchmarks.memory import PeakExtra, allocator_for
 
 
 class StepMeter:
@@ -31,6 +32,8 @@ class StepMeter:
         """Start a step; ``memory``: sample its peak memory (a background thread on CPU, which
         costs CPU time itself: a step is either timed or measured for memory, not both)."""
         self._sync()
+        if self.device.type == "cpu":
+            allocator_for(memory=memory)
         self._memory = PeakExtra(self.device).__enter__() if memory else None
         self._phases, self._phases_cpu = dict(self.timer.wall), dict(self.timer.cpu)
         self._wall, self._cpu = time.perf_counter(), time.process_time()

@@ -22,7 +22,9 @@ on CUDA):
 
 Per variant: tokens/s (B * L / median step wall time), median CPU seconds per step, peak
 extra memory of a step (above the steady state just before it: RSS with glibc's mmap
-threshold fixed at 1 MiB on CPU, the allocator's peak on CUDA; benchmarks/memory.py), and
+threshold fixed at 1 MiB on CPU, the allocator's peak on CUDA; benchmarks/memory.py; a
+step is timed or measured for memory, never both: the last step of each run is the memory
+step, timed steps run with glibc's 32 MiB threshold like a long-running process), and
 where the time goes (mean seconds per phase). Then, separately, the loss + LM heads alone at
 B * L = 4096 from the two models' hidden states: the study's two (B, L, V) logits and its
 loss against the fused loss, forward and backward (gradients wrt the student's hidden states
@@ -50,7 +52,7 @@ from transformers.utils import logging as hf_logging
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.memory import MB, PeakExtra, fix_mmap_threshold  # noqa: E402
+from benchmarks.memory import MB, PeakExtra, allocator_for  # noqa: E402
 from benchmarks.step_meter import StepMeter  # noqa: E402
 from benchmarks.study_trainer import FixedBatch, StepClock, StudyTrainer, study_arguments, study_loss  # noqa: E402
 from distill.data import prepare_data  # noqa: E402
@@ -193,6 +195,8 @@ def loss_and_heads_memory(args, teacher, student, blocks, loss: LossSettings, rt
         h = student_hidden.detach().clone().requires_grad_(True)
         w = student_head.clone().requires_grad_(True)
         gc.collect()
+        if rt.device.type == "cpu":
+            allocator_for(memory=True)
         with rt.autocast(), PeakExtra(rt.device) as peak:
             fn(h, w).backward()
         peaks[name] = peak.extra
@@ -229,14 +233,14 @@ def main() -> None:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    mmap_fixed = device.type == "cpu" and fix_mmap_threshold(2**20)
+    mmap_fixed = device.type == "cpu" and allocator_for(memory=False)
     rt = Runtime(device, "bf16" if device.type == "cuda" else "fp32")
     loss = loss_settings(args.arm)
     work = Path(tempfile.mkdtemp(prefix="kdsweep-vs-seed-"))
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     print(f"torch {torch.__version__}, device {gpu or 'cpu'}, threads {torch.get_num_threads()}, "
           f"{rt.precision}, arm {args.arm} (tau {loss.temperature}, alpha {loss.alpha}, lambda {loss.smoothing})"
-          + (", glibc mmap threshold 1 MiB" if mmap_fixed else ""))
+          + (", glibc mmap threshold 32 MiB for timed steps, 1 MiB (heap trimmed) for memory" if mmap_fixed else ""))
     print(f"load average at start: {load_average()}")
     teacher_dir = build_teacher_dir(args, work)
     kd_teacher = load_teacher(str(teacher_dir), device=device)  # kdsweep's teacher door
