@@ -65,9 +65,11 @@ def make_char_teacher(out: Path, n_positions: int = 512, seed: int = 0) -> Path:
 
 
 def tiny_config(teacher: Path, data: Path, out: Path, **overrides) -> TrainConfig:
-    """A run that takes a few seconds on CPU."""
+    """A run that takes a few seconds on CPU. Its split is the hash split: these runs test training,
+    not homology, and so need no `mmseqs` (the cluster split has its own tests, run where the
+    binary exists: `requires_mmseqs`)."""
     base = dict(
-        teacher=str(teacher), data=str(data), scale=None, n_layer=1, n_head=2, n_embd=16,
+        teacher=str(teacher), data=str(data), split_method="hash", scale=None, n_layer=1, n_head=2, n_embd=16,
         block_size=64, batch_size=4, micro_batch_size=2, max_steps=6, eval_interval=3,
         val_max_proteins=16, eval_batch_size=8, gen_min_residues=40, gen_max_new_tokens=16, gen_batch_size=4,
         output_dir=str(out), lr=1e-3,

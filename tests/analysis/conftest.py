@@ -35,7 +35,8 @@ SPACE = {
         "alpha": {"type": "uniform", "low": 0.1, "high": 0.9},
         "smoothing": {"type": "loguniform", "low": 0.01, "high": 0.2},
     },
-    "train": {"max_steps": 12, "eval_interval": 4, "batch_size": 4, "micro_batch_size": 4, "block_size": 128,
+    # hash split: user FASTA under the cluster split needs `mmseqs`, which these tests are not about
+    "train": {"split_method": "hash", "max_steps": 12, "eval_interval": 4, "batch_size": 4, "micro_batch_size": 4, "block_size": 128,
               "val_max_proteins": 16, "eval_batch_size": 16, "gen_min_residues": 40, "gen_max_new_tokens": 16, "gen_batch_size": 4,
               "final_eval": False},
     "search": {"trials_per_study": 2, "max_concurrent": 2, "grace_period": 4, "reduction_factor": 2,

@@ -12,6 +12,9 @@ from tests.fixtures import requires_mmseqs, write_real_fasta
 # 60 families of homologs: 0.6/0.2/0.2 puts ~12 whole families in each held-out split.
 WIDE = (0.6, 0.2, 0.2)
 
+# Packing and batching do not depend on the split method; the hash split needs no `mmseqs`.
+HASH = SplitSpec(method="hash")
+
 
 def test_protgpt2_format():
     seq = "A" * 61 + "K"
@@ -20,7 +23,7 @@ def test_protgpt2_format():
 
 def test_packing_and_heldout_batches(small_fasta):
     tok = build_aa_tokenizer()
-    d = prepare_data(str(small_fasta), tok, block_size=64)
+    d = prepare_data(str(small_fasta), tok, block_size=64, split=HASH)
     assert d.train_blocks.shape[1] == 64 and d.train_blocks.dtype == torch.long
     # Packing keeps the token stream: the first block is the first train protein's text start.
     assert d.train_blocks[0, 0].item() == tok.eos_token_id
@@ -38,7 +41,7 @@ def test_packing_and_heldout_batches(small_fasta):
 
 def test_truncation_counts_kept_residues(small_fasta):
     tok = build_aa_tokenizer()
-    d = prepare_data(str(small_fasta), tok, block_size=64)
+    d = prepare_data(str(small_fasta), tok, block_size=64, split=HASH)
     b = next(d.val.batches(64, 20, tok.eos_token_id))
     assert b["input_ids"].shape[1] <= 20
     # 20 tokens = eos + newline + 18 residues when the protein is longer than 18

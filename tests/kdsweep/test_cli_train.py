@@ -9,7 +9,8 @@ import pytest
 from kdsweep.cli import main
 from tests.fixtures import write_real_fasta
 
-TINY = ["--set", "scale=null", "--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=16",
+# hash split: these runs test the CLI, not homology, and so need no `mmseqs`
+TINY = ["--set", "split_method=hash", "--set", "scale=null", "--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=16",
         "--set", "block_size=64", "--set", "batch_size=4", "--set", "micro_batch_size=2",
         "--set", "max_steps=2", "--set", "eval_interval=2", "--set", "val_max_proteins=8",
         "--set", "gen_min_residues=20", "--set", "gen_max_new_tokens=8", "--set", "gen_batch_size=4"]
@@ -97,6 +98,6 @@ def test_missing_mmseqs_fails_before_training(tmp_path, char_teacher, no_mmseqs,
     data = write_real_fasta(tmp_path / "user.fasta", 80)  # not cached yet: its cluster split needs mmseqs
     out = tmp_path / "out"
     code, io = run_cli(["train", "--set", f"teacher={char_teacher}", "--set", f"data={data}", *TINY,
-                        "--out", str(out)], capsys)
+                        "--set", "split_method=cluster", "--out", str(out)], capsys)
     assert code == 2 and "mmseqs not found" in io.err and "apt-get install mmseqs2" in io.err
     assert not out.exists()
