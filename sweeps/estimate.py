@@ -163,8 +163,9 @@ def load_teacher_config(teacher: str):
     try:
         return AutoConfig.from_pretrained(teacher_files(teacher), local_files_only=True)
     except (OSError, ValueError) as e:
-        raise ConfigError(f"teacher {teacher!r}: no local config to estimate from ({str(e).splitlines()[0]}); "
-                          "use a local teacher folder, or pass --tokens-per-s") from None
+        raise ConfigError(f"teacher {teacher!r}: no local config to estimate from (not a folder, and not in the "
+                          "Hugging Face cache; estimate downloads nothing); point `teacher:` at a folder holding "
+                          "its config.json and tokenizer") from None
 
 
 def parse_tokens_per_s(values: list[str] | None, scales) -> dict[str, float]:
@@ -297,6 +298,9 @@ def estimate(space: SearchSpace, *, tokens_per_s: list[str] | None = None, devic
              devices: int | None = None) -> Estimate:
     """The bill of ``space`` (see the module docstring)."""
     started = time.perf_counter()
+    if devices is not None and devices < 1:
+        raise ConfigError(f"--devices: got {devices}, allowed: an integer >= 1")
+    figures = parse_tokens_per_s(tokens_per_s, space.scales)  # bad figures fail before any work
     study = space.studies[0]
     cfg = space.trial_config(study, {}, "unused", device=device)
     rt = resolve_runtime(cfg.precision, cfg.device)
@@ -307,7 +311,6 @@ def estimate(space: SearchSpace, *, tokens_per_s: list[str] | None = None, devic
     data = prepare_data(space.data, tokenizer, column=cfg.sequence_column, split=SplitSpec.from_config(cfg),
                         block_size=cfg.block_size)
     setup_s = time.perf_counter() - setup_started
-    figures = parse_tokens_per_s(tokens_per_s, space.scales)
     threads = torch.get_num_threads()
     try:
         if rt.device.type == "cpu":  # a trial's threads (sweeps.trial._limit_threads)

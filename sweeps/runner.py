@@ -49,25 +49,28 @@ def init_ray(address: str | None, log: Log):
         ray.init(include_dashboard=False, configure_logging=True, logging_level="WARNING", log_to_driver=False)
 
 
+def scheduler_for(space: SearchSpace):
+    """ASHA per study (method §6), or with `search.early_stopping: false` none: every trial trains
+    its full budget (benchmarks/asha_value.py measures what ASHA saves)."""
+    if not space.search["early_stopping"]:
+        return FIFOScheduler()
+    probe = space.trial_config(space.studies[0], {}, "unused")
+    return PerStudyASHA([s.name for s in space.studies], max_t=total_steps(probe),
+                        grace_period=space.search["grace_period"], reduction_factor=space.search["reduction_factor"])
+
+
 def _tuner(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool, log: Log):
     executor = EXECUTORS[space.search["executor"]]
     trainable = tune.with_resources(tune.with_parameters(executor, space=space, sweep_dir=str(sd.root)),
                                     trial_resources(space))
     if restore:
         return tune.Tuner.restore(str(sd.tune), trainable=trainable, resume_unfinished=True, resume_errored=False)
-    probe = space.trial_config(space.studies[0], {}, "unused")
-    if space.search["early_stopping"]:
-        scheduler = PerStudyASHA([s.name for s in space.studies], max_t=total_steps(probe),
-                                 grace_period=space.search["grace_period"],
-                                 reduction_factor=space.search["reduction_factor"])
-    else:  # every trial trains its full budget (benchmarks/asha_value.py measures what ASHA saves)
-        scheduler = FIFOScheduler()
     return tune.Tuner(
         trainable,
         # num_samples=-1: the searcher alone says when every study has its trials (a count here
         # would end the sweep early when trials lost to a driver kill are handed out again).
         tune_config=tune.TuneConfig(search_alg=StudySearcher(space, sd, storage_url, sd.meta().get("git_commit", "unknown")),
-                                    scheduler=scheduler,
+                                    scheduler=scheduler_for(space),
                                     num_samples=-1,
                                     trial_dirname_creator=lambda t: t.trial_id, trial_name_creator=lambda t: t.trial_id),
         run_config=tune.RunConfig(

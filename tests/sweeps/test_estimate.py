@@ -4,6 +4,8 @@ import json
 import math
 
 import pytest
+import torch
+import yaml
 
 from distill.errors import ConfigError
 from kdsweep.cli import main
@@ -54,8 +56,6 @@ def test_tokens_per_s_forms():
 
 
 def test_cpu_probe_is_sized_by_flops():
-    import torch
-
     cpu = torch.device("cpu")
     assert probe_shape(1e6, 8, 256, cpu) == (8, 256)  # a demo model: the trial's own micro-batch
     assert probe_shape(1.5e9, 8, 512, cpu) == (1, 64)  # ProtGPT2: a short probe
@@ -124,6 +124,28 @@ def test_cli_estimate_json(capsys):
     assert out["space"] == "demo" and len(out["scales"]) == 2 and out["device_s_live"] > out["device_s_cached"] > 0
 
 
-def test_cli_estimate_refuses_a_bad_figure(capsys):
-    assert main(["estimate", "demo", "--tokens-per-s", "demo-xl=3"]) == 2
-    assert "not a scale of this space" in capsys.readouterr().err
+def _unknown_teacher_space(tmp_path):
+    raw = load_space(SEARCH_SPACES_DIR / "demo.yaml").raw
+    path = tmp_path / "absent.yaml"
+    path.write_text(yaml.safe_dump({**raw, "teacher": "nobody/absent-teacher"}))
+    return str(path)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["demo", "--tokens-per-s", "demo-xl=3"], "'demo-xl' is not a scale of this space (demo-xs, demo-s)"),
+    (["demo", "--tokens-per-s", "fast"], "expected a number > 0, or SCALE=NUMBER"),
+    (["demo", "--devices", "0"], "--devices: got 0, allowed: an integer >= 1"),
+    (["no-such-space"], "no-such-space: search space file not found"),
+    ([_unknown_teacher_space, "--tokens-per-s", "100"], "'nobody/absent-teacher': no local config to estimate from"),
+])
+def test_cli_estimate_bad_input_exits_2(argv, needle, capsys, tmp_path):
+    argv = [a(tmp_path) if callable(a) else a for a in argv]
+    assert main(["estimate", *argv]) == 2
+    captured = capsys.readouterr()
+    assert needle in captured.err and captured.out == ""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_cli_estimate_cuda_without_a_gpu(capsys):
+    assert main(["estimate", "demo", "--device", "cuda"]) == 2
+    assert "no CUDA device is visible" in capsys.readouterr().err
