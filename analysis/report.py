@@ -1,13 +1,14 @@
-"""`kdsweep analyze`: tables, plots, best configs and an offline index.html for one sweep.
+"""`kdsweep analyze`: tables, plots, warnings, best configs and an offline index.html for one sweep.
 
 `analyze(sd, out_dir)` writes everything under `out_dir` (default `<sweep>/analysis/`):
 
-    tables/<name>.md|.csv|.tex   method §7 tables + trial / replicate status counts
+    tables/<name>.md|.csv|.tex   method §7 tables + Pareto view + trial / replicate status counts
     plots/<name>.png             see analysis/plots.py
     configs/<scale>__<arm>.yaml  `sweep export` of every study with a completed trial
     index.html                   all of the above; inline CSS, relative links, no network
 
-and returns what it wrote; it prints nothing (the CLI prints).
+and returns what it wrote; it prints nothing (the CLI prints). Every table's notes end with
+the data split the runs used and its leakage figure (from the runs' own logs).
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ import time
 import warnings
 from pathlib import Path
 
-from analysis.load import history_frame, replicates_frame, trials_frame, usable_replicates
+from analysis.checks import report_warnings
+from analysis.load import history_frame, replicates_frame, split_notes, trials_frame, usable_replicates
+from analysis.pareto import pareto_table
 from analysis.plots import make_plots
-from analysis.tables import (Table, ablation_table, best_arm, replicate_status_table, scale_table,
-                             trial_counts_table, write_table)
+from analysis.select import choose_arm
+from analysis.tables import (Table, ablation_table, replicate_status_table, scale_table, trial_counts_table,
+                             verdict_table, write_table)
 from distill.errors import KDSweepError
 from distill.rundir import COMPLETED
 from sweeps.export import export_best
@@ -29,19 +33,16 @@ from sweeps.layout import SweepDir, config_file_name
 from sweeps.space import load_space
 from sweeps.study import TRIAL_STATES
 
+NO_SPLIT_RECORD = "split: not recorded (the runs' logs predate the split record); leakage unknown"
 
-def recommend(reps, trials, scale: str, arms: list[str]) -> tuple[str | None, str]:
-    """Per scale, the arm whose exported config to train, and on what basis.
 
-    Test ppl_ratio over the replicates when there are any (that is what the
-    tables compare); before replication, the search's best val_ppl.
-    """
-    if arm := best_arm(usable_replicates(reps), scale, arms):
-        return arm, "lowest mean test ppl_ratio over the replicates"
-    done = trials[(trials["scale"] == scale) & (trials["status"] == COMPLETED) & trials["best_val_ppl"].notna()]
-    if not done.empty:
-        return str(done.loc[done["best_val_ppl"].idxmin(), "arm"]), "lowest search val_ppl (no replicate yet)"
-    return None, "no completed trial at this scale"
+def split_line(notes: list[str]) -> str:
+    """The data split and its leakage figure, as every table's last note says it."""
+    if not notes:
+        return NO_SPLIT_RECORD
+    if len(notes) == 1:
+        return notes[0]
+    return "the runs split their data differently: " + " | ".join(notes)
 
 
 def _export(sd: SweepDir, trials, out: Path) -> tuple[dict[str, Path], str | None]:
@@ -60,7 +61,8 @@ def _export(sd: SweepDir, trials, out: Path) -> tuple[dict[str, Path], str | Non
 
 def analyze(sd: SweepDir, out_dir: str | Path | None = None) -> dict:
     """Write the analysis of a sweep; returns {"out_dir", "tables", "plots", "skipped", "configs",
-    "recommended", "summary", "replicates", "html"} (paths are `Path`s)."""
+    "recommended", "warnings", "split", "summary", "replicates", "html"} (paths are `Path`s; plots
+    are `analysis.plots.Plot`s)."""
     out = Path(out_dir) if out_dir is not None else sd.analysis
     out.mkdir(parents=True, exist_ok=True)
     space = load_space(sd.space)
@@ -68,11 +70,15 @@ def analyze(sd: SweepDir, out_dir: str | Path | None = None) -> dict:
     trials = trials_frame(sd)
     history = history_frame(sd, trials)
     reps = replicates_frame(sd)
+    split = split_line(split_notes(sd))
 
     # Order = order in index.html: the short status summary, the method §7 tables, then what was left out.
     tables: list[Table] = [trial_counts_table(trials, scales, arms, space.search["trials_per_study"]),
-                           scale_table(reps, scales), *(ablation_table(reps, s) for s in scales),
+                           scale_table(reps, trials, scales), verdict_table(reps, trials, scales),
+                           *(ablation_table(reps, s) for s in scales), pareto_table(trials, scales),
                            replicate_status_table(reps, scales, arms)]
+    for t in tables:
+        t.notes.append(split)
     table_paths = {t.name: write_table(t, out / "tables") for t in tables}
 
     with warnings.catch_warnings():
@@ -84,8 +90,9 @@ def analyze(sd: SweepDir, out_dir: str | Path | None = None) -> dict:
         skipped["configs"] = why_not
     recommended = {}
     for scale in scales:
-        arm, basis = recommend(reps, trials, scale, arms)
-        recommended[scale] = {"arm": arm, "basis": basis, "config": configs.get(f"{scale}/{arm}") if arm else None}
+        choice = choose_arm(usable_replicates(reps), trials, scale, arms)
+        recommended[scale] = {"arm": choice.arm, "basis": choice.basis,
+                              "config": configs.get(f"{scale}/{choice.arm}") if choice.arm else None}
 
     ok = usable_replicates(reps)
     result = {
@@ -95,6 +102,8 @@ def analyze(sd: SweepDir, out_dir: str | Path | None = None) -> dict:
         "skipped": skipped,
         "configs": configs,
         "recommended": recommended,
+        "warnings": report_warnings(space, trials, reps),
+        "split": split,
         "summary": tables[0].data.to_dict("records"),
         "replicates": {"total": len(reps), "in_tables": len(ok), "excluded": len(reps) - len(ok)},
     }
@@ -110,9 +119,11 @@ def summary_lines(result: dict) -> list[str]:
             f"{r[k]} {k}" for k in TRIAL_STATES if r[k]))
     reps = result["replicates"]
     lines.append(f"replicates: {reps['in_tables']} in tables, {reps['excluded']} excluded")
+    lines.append(result["split"])
     for scale, rec in result["recommended"].items():
         lines.append(f"  {scale}: train {rec['config'] or '-'} ({rec['arm'] or 'none'}: {rec['basis']})")
     lines += [f"  skipped {name}: {why}" for name, why in result["skipped"].items()]
+    lines += [f"warning: {w}" for w in result["warnings"]]
     return lines
 
 
@@ -127,6 +138,8 @@ th,td{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top}
 th{background:#f2f2f2} td.missing{color:#b00} td.nospread{color:#a60}
 img{max-width:100%;border:1px solid #ddd;margin:.3em 0}
 .notes{font-size:12px;color:#555} code{background:#f5f5f5;padding:0 3px}
+.warnings{background:#fff4e5;border:1px solid #e0a040;padding:.3em 1em .3em 2em}
+figcaption{font-size:13px;color:#333;max-width:1100px;margin-bottom:1.5em}
 """
 
 
@@ -159,9 +172,14 @@ def write_html(sd: SweepDir, out: Path, tables: list[Table], result: dict) -> Pa
              f"<h1>Sweep <code>{e(sd.name)}</code></h1>",
              f"<p>created {e(str(meta.get('created', '?')))}, kdsweep commit <code>{e(str(meta.get('git_commit', '?')))}"
              f"</code>; analysed {e(time.strftime('%Y-%m-%d %H:%M:%S'))}. Replicates: {result['replicates']['in_tables']}"
-             f" in tables, {result['replicates']['excluded']} excluded (diverged / failed / unfinished).</p>"]
+             f" in tables, {result['replicates']['excluded']} excluded (diverged / failed / unfinished).</p>",
+             f"<p>Data: {e(result['split'])}. Arms are chosen on the val split; the test split only reports.</p>"]
+    if result["warnings"]:
+        parts.append("<h2>Warnings</h2><ul class=warnings>" + "".join(f"<li>{e(w)}</li>" for w in result["warnings"])
+                     + "</ul>")
 
-    parts.append("<h2>Configs to train</h2><table><tr><th>scale</th><th>arm</th><th>config</th><th>why</th></tr>")
+    parts.append("<h2>Configs to train</h2><table><tr><th>scale</th><th>arm</th><th>config</th><th>chosen on</th>"
+                 "</tr>")
     for scale, rec in result["recommended"].items():
         cfg = _a(rec["config"], out, rec["config"].name) if rec["config"] else "-"
         parts.append(f"<tr><td>{e(scale)}</td><td>{e(rec['arm'] or 'missing')}</td><td>{cfg}</td>"
@@ -177,10 +195,12 @@ def write_html(sd: SweepDir, out: Path, tables: list[Table], result: dict) -> Pa
         parts.append(f"<h2>{e(t.title)}</h2><p class=notes>files: {links}</p>{table_html(t)}")
 
     parts.append("<h2>Plots</h2>")
-    for name, p in result["plots"].items():
-        rel = _rel(p, out)
+    for name, plot in result["plots"].items():
+        rel = _rel(plot.path, out)
         if rel:
-            parts.append(f"<figure><img src=\"{e(rel)}\" alt=\"{e(name)}\"><figcaption>{e(name)}</figcaption></figure>")
+            parts.append(f"<figure id=\"{e(name)}\"><img src=\"{e(rel)}\" alt=\"{e(plot.caption)}\">"
+                         f"<figcaption>{e(plot.caption)} <span class=notes>({_a(plot.path, out, rel)})</span>"
+                         "</figcaption></figure>")
     if result["skipped"]:
         parts.append("<h3>Skipped</h3><ul>" + "".join(f"<li><b>{e(k)}</b>: {e(v)}</li>"
                                                        for k, v in result["skipped"].items()) + "</ul>")

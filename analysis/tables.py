@@ -1,17 +1,19 @@
 """The method §7 tables, built from completed replicates only, as Markdown, CSV and LaTeX.
 
-* scale x enhancement: per scale, baseline vs the best enhanced arm (lowest mean
-  test ppl_ratio among uncertainty / calibration / both);
+* scale x enhancement: per scale, baseline vs the enhanced arm chosen on **val**
+  (`analysis.select`), both reported on **test**, with the selection-free improvement;
+* verdicts: every enhanced arm vs baseline per scale, the paired per-seed difference on test
+  with its 95 % t-interval and a verdict word (`analysis.stats`);
 * ablation per scale: the four arms side by side and the interaction term
   both - (uncertainty + calibration - baseline);
 * replicate status and search-trial counts, so what was left out is visible.
 
-Every number is mean ± std (ddof=1) over seeds with its n. A replicate enters
-a table only if its run completed and has test metrics: diverged, failed or
-unfinished runs are counted in their own column, never averaged (a diverged
-seed has no test metrics to average, and dropping it silently would flatter
-the arm). With fewer than 2 seeds a cell says "no spread" rather than "± 0",
-and an arm or scale without any usable replicate says "missing".
+Every number is mean ± std (ddof=1) over seeds with its n, printed per `analysis.fmt`. A
+replicate enters a table only if its run completed and has test metrics: diverged, failed or
+unfinished runs are counted in their own column, never averaged (a diverged seed has no test
+metrics to average, and dropping it silently would flatter the arm). With fewer than 2 seeds a
+cell says "no spread" rather than "± 0", a value equal in every run says "constant", and an arm
+or scale without any usable replicate says "missing".
 """
 
 from __future__ import annotations
@@ -22,25 +24,28 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.load import INCOMPLETE, UNREADABLE, usable_replicates
+from analysis.fmt import mean_pm, sig, with_interval
+from analysis.load import INCOMPLETE, TEST, UNREADABLE, column, per_seed, usable_replicates
+from analysis.select import choose_arm, search_best, selection_free_improvement
+from analysis.stats import LEVEL, paired_difference
 from distill.rundir import COMPLETED, DIVERGED
 from sweeps.space import ARMS, BASELINE, ENHANCED_ARMS
 from sweeps.study import TRIAL_STATES
 
 ABLATION_METRICS = ("ppl_ratio", "kl_teacher", "ece", "accuracy", "aa_kl_natural")
+# Printed beside a metric of the ablation table (no interaction term): what a perfect sampler of
+# the same number of residues would score, so a small aa_kl_natural can be read against it.
+BESIDE = {"aa_kl_natural": "aa_kl_expected_bias"}
 INTERACTION = "interaction: both - (uncertainty + calibration - baseline)"
 PAIRED, PROPAGATED = "per seed", "propagated"
+CHOSE_ON_VAL = ("Chosen arm: the enhanced arm with the lowest mean val ppl_ratio over its replicates (the full val "
+                "split); before any replicate has val metrics, the arm of the search's best completed trial (its "
+                "objective: the final val_ppl), as chosen_basis in the CSV says. The test split only reports.")
 
 
 # --------------------------------------------------------------------------------------
 # Cells: mean, std, n, and how they print
 # --------------------------------------------------------------------------------------
-
-
-def fmt(x: float, digits: int = 4) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "nan"
-    return f"{x:.{digits}g}"
 
 
 @dataclass(frozen=True)
@@ -59,9 +64,11 @@ class Cell:
         if self.missing:
             return f"missing ({self.note})" if self.note else "missing"
         if self.n < 2 or math.isnan(self.std):
-            out = f"{fmt(self.mean)} (n={self.n}, no spread)"
+            out = f"{sig(self.mean)} (n={self.n}, no spread)"
+        elif self.std == 0:
+            out = f"{sig(self.mean)} (n={self.n}, constant)"
         else:
-            out = f"{fmt(self.mean)} ± {fmt(self.std, 3)} (n={self.n})"
+            out = f"{mean_pm(self.mean, self.std)} (n={self.n})"
         if self.nan_seeds:
             out += f" [NaN in seed {', '.join(map(str, self.nan_seeds))}, not averaged]"
         return out
@@ -79,16 +86,8 @@ def cell_of(values: pd.Series, note: str = "") -> Cell:
     return Cell(mean, std, len(v))
 
 
-def per_seed(reps: pd.DataFrame, scale: str, arm: str, metric: str) -> pd.Series:
-    """A metric of the usable replicates of (scale, arm), indexed by seed (NaN values dropped)."""
-    if reps.empty or metric not in reps.columns:
-        return pd.Series(dtype=float)
-    sel = reps[(reps["scale"] == scale) & (reps["arm"] == arm)]
-    return pd.to_numeric(sel.set_index("seed")[metric], errors="coerce").dropna().astype(float).sort_index()
-
-
-def metric_cell(ok: pd.DataFrame, scale: str, arm: str, metric: str) -> Cell:
-    """The cell of one metric of (scale, arm) over its usable replicates.
+def metric_cell(ok: pd.DataFrame, scale: str, arm: str, metric: str, split: str = TEST) -> Cell:
+    """The cell of one metric of (scale, arm) on one split over its usable replicates.
 
     A NaN value (e.g. aa_kl_natural when the sampled sequences held no standard
     residue) is not a number to average: the cell names those seeds instead.
@@ -96,9 +95,10 @@ def metric_cell(ok: pd.DataFrame, scale: str, arm: str, metric: str) -> Cell:
     sel = ok[(ok["scale"] == scale) & (ok["arm"] == arm)] if not ok.empty else ok
     if sel.empty:
         return Cell(note="no completed replicate")
-    if metric not in sel.columns:
-        return Cell(note=f"{metric} not in the test metrics")
-    vals = pd.to_numeric(sel.set_index("seed")[metric], errors="coerce")
+    col = column(split, metric)
+    if col not in sel.columns:
+        return Cell(note=f"{metric} not in the {split} metrics")
+    vals = pd.to_numeric(sel.set_index("seed")[col], errors="coerce")
     c = cell_of(vals.dropna())
     if c.missing:
         return Cell(note=f"NaN in all {len(sel)} completed replicates")
@@ -109,19 +109,19 @@ def _same_seeds(series: list[pd.Series]) -> bool:
     return all(len(s) > 0 for s in series) and all(set(s.index) == set(series[0].index) for s in series)
 
 
-def improvement_cell(base: pd.Series, best: pd.Series) -> Cell:
-    """(baseline - best) / baseline * 100, in %.
+def improvement_cell(base: pd.Series, chosen: pd.Series) -> Cell:
+    """(baseline - chosen) / baseline * 100, in %.
 
     Same seeds in both arms: computed per seed (paired), then mean ± std over
     seeds. Otherwise from the two means, with first-order error propagation of
     the two seed stds: d/dA = 100 B/A^2, d/dB = -100/A.
     """
-    if base.empty or best.empty:
+    if base.empty or chosen.empty:
         return Cell(note="no value for " + ("baseline" if base.empty else "any enhanced arm"))
-    if _same_seeds([base, best]):
-        c = cell_of(100.0 * (base - best.loc[base.index]) / base)
+    if _same_seeds([base, chosen]):
+        c = cell_of(100.0 * (base - chosen.loc[base.index]) / base)
         return Cell(c.mean, c.std, c.n, PAIRED)
-    a, b = cell_of(base), cell_of(best)
+    a, b = cell_of(base), cell_of(chosen)
     std = 100.0 / a.mean * math.sqrt(b.std**2 + (b.mean / a.mean) ** 2 * a.std**2)
     return Cell(100.0 * (a.mean - b.mean) / a.mean, std, min(a.n, b.n), PROPAGATED)
 
@@ -195,38 +195,39 @@ def excluded_text(ex: dict[str, list[int]]) -> str:
 
 
 def _acc_zero_seeds(ok: pd.DataFrame, scale: str, arm: str) -> list[int]:
-    if ok.empty or "accuracy_is_zero" not in ok.columns:
+    col = column(TEST, "accuracy_is_zero")
+    if ok.empty or col not in ok.columns:
         return []
     sel = ok[(ok["scale"] == scale) & (ok["arm"] == arm)]
-    return sorted(int(s) for s, z in zip(sel["seed"], sel["accuracy_is_zero"]) if z is True or z == 1.0)
+    return sorted(int(s) for s, z in zip(sel["seed"], sel[col]) if z is True or z == 1.0)
 
 
-def best_arm(ok: pd.DataFrame, scale: str, arms) -> str | None:
-    """Among `arms`, the one with the lowest mean test ppl_ratio over its usable replicates."""
-    means = {a: s.mean() for a in arms if not (s := per_seed(ok, scale, a, "ppl_ratio")).empty}
-    return min(means, key=means.get) if means else None
-
-
-def scale_table(reps: pd.DataFrame, scales: list[str]) -> Table:
-    """method §7 scale x enhancement: a row per scale."""
+def scale_table(reps: pd.DataFrame, trials: pd.DataFrame, scales: list[str]) -> Table:
+    """method §7 scale x enhancement: a row per scale; the enhanced arm is chosen on val, reported on test."""
     ok = usable_replicates(reps)
-    header = ["scale", "compression", "baseline ppl_ratio", "best arm", "best-arm ppl_ratio", "improvement %",
-              "baseline ECE", "baseline accuracy", "best-arm ECE", "best-arm accuracy", "baseline kl_teacher",
-              "best-arm kl_teacher", "excluded replicates"]
+    header = ["scale", "compression", "baseline ppl_ratio", "chosen arm (on val)", "chosen-arm ppl_ratio",
+              "improvement %", "selection-free improvement %", "baseline ECE", "baseline accuracy", "chosen-arm ECE",
+              "chosen-arm accuracy", "baseline kl_teacher", "chosen-arm kl_teacher", "excluded replicates"]
     rows, records, notes = [], [], []
     for scale in scales:
         scale_ok = ok[ok["scale"] == scale] if not ok.empty else ok
         # compression = teacher / student params: the same for every arm of a scale, so all its runs count.
-        comp = cell_of(scale_ok["compression"]) if "compression" in scale_ok.columns else Cell(note="no completed replicate")
-        arm = best_arm(ok, scale, ENHANCED_ARMS)
+        comp_col = column(TEST, "compression")
+        comp = cell_of(scale_ok[comp_col]) if comp_col in scale_ok.columns else Cell(note="no completed replicate")
+        choice = choose_arm(ok, trials, scale, ENHANCED_ARMS)
+        arm = choice.arm
         cells = {"compression": comp}
-        for who, a in (("baseline", BASELINE), ("best", arm)):
+        for who, a in (("baseline", BASELINE), ("chosen", arm)):
             for m in ("ppl_ratio", "ece", "accuracy", "kl_teacher"):
                 cells[f"{who}_{m}"] = (metric_cell(ok, scale, a, m) if a else
                                        Cell(note="no completed replicate of any enhanced arm"))
         imp = improvement_cell(per_seed(ok, scale, BASELINE, "ppl_ratio"),
                                per_seed(ok, scale, arm, "ppl_ratio") if arm else pd.Series(dtype=float))
         cells["improvement_pct"] = imp
+        free, free_arms = selection_free_improvement(ok, scale, BASELINE, ENHANCED_ARMS)
+        cells["selection_free_improvement_pct"] = free_cell = cell_of(
+            free, note="needs >= 2 seeds shared by baseline and every enhanced arm, with val metrics")
+        free_txt = "; ".join(f"seed {s}: {a}" for s, a in free_arms.items())
         excluded = {a: ex for a in ARMS if (ex := excluded_by_arm(reps, scale, a))}
         excluded_txt = "; ".join(f"{a}: {excluded_text(ex)}" for a, ex in excluded.items()) or "-"
 
@@ -235,56 +236,112 @@ def scale_table(reps: pd.DataFrame, scales: list[str]) -> Table:
             return cells[f"{who}_ece"].text() + (f" [accuracy 0 in seed {', '.join(map(str, zero))}: ECE = mean "
                                                  "confidence]" if zero else "")
 
-        rows.append([scale, comp.text(), cells["baseline_ppl_ratio"].text(), arm or "missing",
-                     cells["best_ppl_ratio"].text(),
+        rows.append([scale, comp.text(), cells["baseline_ppl_ratio"].text(),
+                     (arm + ("" if choice.on_replicates else " (search objective)")) if arm else "missing",
+                     cells["chosen_ppl_ratio"].text(),
                      imp.text() + (" [from means]" if imp.note == PROPAGATED else ""),
-                     ece_text("baseline", BASELINE), cells["baseline_accuracy"].text(), ece_text("best", arm),
-                     cells["best_accuracy"].text(), cells["baseline_kl_teacher"].text(),
-                     cells["best_kl_teacher"].text(), excluded_txt])
-        rec = {"scale": scale, "best_arm": arm or ""}
+                     free_cell.text() + (f" [chose {free_txt}]" if free_txt else ""),
+                     ece_text("baseline", BASELINE), cells["baseline_accuracy"].text(), ece_text("chosen", arm),
+                     cells["chosen_accuracy"].text(), cells["baseline_kl_teacher"].text(),
+                     cells["chosen_kl_teacher"].text(), excluded_txt])
+        rec = {"scale": scale, "chosen_arm": arm or "", "chosen_basis": choice.basis}
         for k, c in cells.items():
             _put(rec, k, c)
         rec["improvement_pct_method"] = imp.note if not imp.missing else ""
+        rec["selection_free_arms"] = free_txt
         rec["n_excluded"] = sum(len(s) for ex in excluded.values() for s in ex.values())
         rec["excluded"] = excluded_txt if excluded else ""
         records.append(rec)
         if imp.note == PROPAGATED:
             notes.append(f"{scale}: baseline and {arm} do not share the same seeds; improvement % is computed from "
                          "the two means, its std by first-order error propagation.")
-    notes.append("Each cell: mean ± std (ddof=1) over seeds of completed replicates (test split), with n. "
-                 "best arm = the enhanced arm with the lowest mean ppl_ratio. improvement % = "
-                 "(baseline - best) / baseline * 100, per seed when the seeds are shared.")
-    return Table("scale_enhancement", "Scale x enhancement (test split)", header, rows, pd.DataFrame(records), notes)
+    notes += [CHOSE_ON_VAL,
+              "Each cell: mean ± std (ddof=1) over seeds of completed replicates on the test split, with n. "
+              "improvement % = (baseline - chosen) / baseline * 100, per seed when the seeds are shared.",
+              "improvement % is measured on the seeds the arm was chosen on: choosing on val removes the luck of the "
+              "test split's proteins, not the luck of a seed (a lucky model is lucky on both splits), so with no "
+              "real effect it still favours the chosen arm. selection-free improvement % leaves one seed out: the "
+              "arm is chosen on the val values of the other seeds and reported on that seed's test value, so no "
+              "model takes part in choosing itself.",
+              "Every enhanced arm's paired difference from baseline, with its 95 % interval and verdict, is in the "
+              "verdict table."]
+    return Table("scale_enhancement", "Scale x enhancement (chosen on val, reported on test)", header, rows,
+                 pd.DataFrame(records), notes)
+
+
+def verdict_table(reps: pd.DataFrame, trials: pd.DataFrame, scales: list[str]) -> Table:
+    """method §7 verdicts: each enhanced arm minus baseline on test, paired by seed, 95 % t-interval, a word."""
+    ok = usable_replicates(reps)
+    pct = round(100 * LEVEL)
+    header = ["scale", "arm", "chosen on val", "paired seeds", "baseline ppl_ratio", "arm ppl_ratio",
+              f"arm - baseline: mean [{pct} % CI]", "verdict"]
+    rows, records = [], []
+    for scale in scales:
+        chosen = choose_arm(ok, trials, scale, ENHANCED_ARMS).arm
+        base = per_seed(ok, scale, BASELINE, "ppl_ratio")
+        for arm in ENHANCED_ARMS:
+            d = paired_difference(per_seed(ok, scale, arm, "ppl_ratio"), base)
+            if d.n == 0:
+                diff = "missing (no seed shared with baseline)"
+            elif d.n == 1:
+                diff = f"{sig(d.mean)} (n=1, no interval)"
+            else:
+                diff = f"{with_interval(d.mean, d.lo, d.hi)} (n={d.n})"
+            rows.append([scale, arm, "yes" if arm == chosen else "no", ", ".join(map(str, d.seeds)) or "-",
+                         metric_cell(ok, scale, BASELINE, "ppl_ratio").text(),
+                         metric_cell(ok, scale, arm, "ppl_ratio").text(), diff, d.verdict])
+            records.append({"scale": scale, "arm": arm, "chosen": arm == chosen, "seeds": " ".join(map(str, d.seeds)),
+                            "diff_mean": d.mean, "ci_low": d.lo, "ci_high": d.hi, "n": d.n, "level": d.level,
+                            "verdict": d.verdict})
+    notes = [f"Each enhanced arm vs the baseline of its scale on the test split, paired by replicate seed: "
+             f"d = arm - baseline per seed, mean(d) ± t(0.975, n-1) * sd(d) / sqrt(n) ({pct} % interval). "
+             "Lower ppl_ratio is better: better when the whole interval lies below 0, worse when above, else "
+             "inconclusive; with one pair there is no interval.",
+             "Verdicts are reported for every enhanced arm, not only the chosen one: reporting all of them is not a "
+             "selection. The chosen arm (chosen on val) is marked; its own verdict comes from the seeds it was "
+             "chosen on and shares the scale table's selection caveat.",
+             f"Three arms per scale are each tested at {pct} %: with no real effect, at least one of them reads "
+             f"better or worse in up to 1 - {LEVEL}^3 = {100 * (1 - LEVEL ** 3):.0f} % of scales (not corrected)."]
+    return Table("verdicts", f"Enhanced arm vs baseline: paired difference, {pct} % interval, verdict (test split)",
+                 header, rows, pd.DataFrame(records), notes)
 
 
 def ablation_table(reps: pd.DataFrame, scale: str, metrics=ABLATION_METRICS) -> Table:
-    """method §7 ablation at one scale: four arms + the interaction term, per metric."""
+    """method §7 ablation at one scale: four arms + the interaction term, per metric (and, beside a
+    metric, its reference value: `BESIDE`)."""
     ok = usable_replicates(reps)
     metrics = list(metrics)  # all of them always (stable columns); an absent metric's cells say "missing"
-    header = ["arm", "seeds", *metrics, "excluded replicates"]
+    columns = [c for m in metrics for c in (m, BESIDE.get(m)) if c]
+    header = ["arm", "seeds", *columns, "excluded replicates"]
     rows, records = [], []
     for arm in ARMS:
         seeds = sorted(int(s) for s in ok[(ok["scale"] == scale) & (ok["arm"] == arm)]["seed"]) if not ok.empty else []
-        cells = {m: metric_cell(ok, scale, arm, m) for m in metrics}
+        cells = {m: metric_cell(ok, scale, arm, m) for m in columns}
         ex = excluded_by_arm(reps, scale, arm)
-        rows.append([arm, ", ".join(map(str, seeds)) or "-", *(cells[m].text() for m in metrics), excluded_text(ex)])
+        rows.append([arm, ", ".join(map(str, seeds)) or "-", *(cells[m].text() for m in columns), excluded_text(ex)])
         rec = {"arm": arm, "seeds": " ".join(map(str, seeds))}
-        for m in metrics:
+        for m in columns:
             _put(rec, m, cells[m])
             rec[f"{m}_spread"] = "seeds" if not cells[m].missing else ""
         rec["n_excluded"] = sum(len(s) for s in ex.values())
         records.append(rec)
     inter = {m: interaction_cell({a: per_seed(ok, scale, a, m) for a in ARMS}) for m in metrics}
     methods = sorted({c.note for c in inter.values() if not c.missing})
-    rows.append([INTERACTION, " / ".join(methods) or "-", *(inter[m].text() for m in metrics), "-"])
+    rows.append([INTERACTION, " / ".join(methods) or "-", *(inter[m].text() if m in inter else "-" for m in columns),
+                 "-"])
     rec = {"arm": "interaction", "seeds": " / ".join(methods)}
     for m in metrics:
         _put(rec, m, inter[m])
         rec[f"{m}_spread"] = inter[m].note if not inter[m].missing else ""
     rec["n_excluded"] = 0
     records.append(rec)
-    notes = ["Each cell: mean ± std (ddof=1) over seeds of completed replicates (test split), with n. A NaN value "
-             "(aa_kl_natural when no standard residue was sampled: see the run's aa_note) is named, not averaged."]
+    notes = ["No arm is chosen here: the four arms are reported side by side on the test split.",
+             "Each cell: mean ± std (ddof=1) over seeds of completed replicates, with n. A NaN value "
+             "(aa_kl_natural when no standard residue was sampled: see the run's aa_note) is named, not averaged.",
+             "aa_kl_natural: KL divergence of the amino-acid composition of proteins sampled from the student from "
+             "the test split's; aa_kl_expected_bias beside it is what a perfect sampler scores with the same number "
+             "of sampled residues (a finite sample is never exactly the composition), so values near it are as "
+             "close as the sample can tell."]
     for method in methods:
         used = [m for m in metrics if inter[m].note == method]
         notes.append(f"interaction ({', '.join(used)}): " + spread_text(inter[used[0]]) + ".")
@@ -318,24 +375,24 @@ def replicate_status_table(reps: pd.DataFrame, scales: list[str], arms: list[str
 
 
 def trial_counts_table(trials: pd.DataFrame, scales: list[str], arms: list[str], planned: int) -> Table:
-    """Search trials by status per (scale, arm), and the best val_ppl of the completed ones."""
-    header = ["scale", "arm", "planned", *TRIAL_STATES, "best val_ppl", "best trial"]
+    """Search trials by status per (scale, arm), and the best objective of the completed ones."""
+    header = ["scale", "arm", "planned", *TRIAL_STATES, "best objective (final val_ppl)", "best trial"]
     rows, records = [], []
     for scale in scales:
         for arm in arms:
             sel = trials[(trials["scale"] == scale) & (trials["arm"] == arm)]
             counts = {s: int((sel["status"] == s).sum()) for s in TRIAL_STATES}
-            done = sel[(sel["status"] == COMPLETED) & sel["best_val_ppl"].notna()]
-            best = done.loc[done["best_val_ppl"].idxmin()] if not done.empty else None
+            best = search_best(trials, scale, arm)
             rec = {"scale": scale, "arm": arm, "planned": planned, **counts,
-                   "best_val_ppl": float(best["best_val_ppl"]) if best is not None else math.nan,
+                   "best_val_ppl": float(best["val_ppl"]) if best is not None else math.nan,
                    "best_trial": best["trial_id"] if best is not None else ""}
             records.append(rec)
             rows.append([scale, arm, str(planned), *(str(counts[s]) for s in TRIAL_STATES),
-                         fmt(rec["best_val_ppl"]) if best is not None else "-", rec["best_trial"] or "-"])
-    notes = ["stopped_early = stopped by ASHA before the full budget (its best val_ppl is not an objective value); "
-             "best val_ppl counts completed trials only."]
-    return Table("trial_status", "Search trials by status", header, rows, pd.DataFrame(records), notes)
+                         sig(rec["best_val_ppl"]) if best is not None else "-", rec["best_trial"] or "-"])
+    notes = ["The search chooses on the val split only: its objective is the final model's val_ppl on the val "
+             "split's early-stopping subset (completed trials; the best one is exported). stopped_early = stopped by "
+             "ASHA before the full budget: its last val_ppl is no objective value."]
+    return Table("trial_status", "Search trials by status (val split)", header, rows, pd.DataFrame(records), notes)
 
 
 # --------------------------------------------------------------------------------------

@@ -209,11 +209,11 @@ def _range_problems(c: TrainConfig) -> list[str]:
 
     need(c.lr > 0 and math.isfinite(c.lr), f"lr: got {c.lr}, allowed: a finite number > 0")
     need(0.0 <= c.alpha <= 1.0, f"alpha: got {c.alpha}, allowed: 0 <= alpha <= 1")
-    need(c.temperature > 0, f"temperature: got {c.temperature}, allowed: > 0")
+    need(0 < c.temperature < math.inf, f"temperature: got {c.temperature}, allowed: a finite number > 0")
     need(c.smoothing is None or 0.0 <= c.smoothing <= 1.0,
          f"smoothing: got {c.smoothing}, allowed: null (off) or 0 <= smoothing <= 1")
     need(0.0 <= c.dropout < 1.0, f"dropout: got {c.dropout}, allowed: 0 <= dropout < 1")
-    need(c.weight_decay >= 0, f"weight_decay: got {c.weight_decay}, allowed: >= 0")
+    need(0 <= c.weight_decay < math.inf, f"weight_decay: got {c.weight_decay}, allowed: a finite number >= 0")
     need(c.warmup_steps >= 0, f"warmup_steps: got {c.warmup_steps}, allowed: >= 0")
     need(c.max_steps >= 1, f"max_steps: got {c.max_steps}, allowed: >= 1")
     need(c.max_tokens is None or c.max_tokens >= 1, f"max_tokens: got {c.max_tokens}, allowed: null or >= 1")
@@ -238,6 +238,9 @@ def _range_problems(c: TrainConfig) -> list[str]:
     need(all(0 <= x <= 1 for x in fr) and abs(sum(fr) - 1.0) < 1e-6 and fr[0] > 0 and fr[1] > 0,
          f"split: got {list(fr)}, allowed: three fractions train/val/test in [0, 1] summing to 1, "
          "with train > 0 and val > 0")
+    need(not (c.final_eval and fr[2] == 0),
+         f"split: the test fraction is 0 but final_eval is true (it scores the test split); "
+         "give the test split a fraction > 0 or set final_eval: false")
     need(0.0 < c.cluster_identity <= 1.0,
          f"cluster_identity: got {c.cluster_identity}, allowed: 0 < cluster_identity <= 1 (MMseqs2 --min-seq-id)")
     need(0.0 <= c.cluster_coverage <= 1.0,
@@ -292,13 +295,27 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys silently; a config that says `lr` twice is ambiguous."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1})", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
-    """Read a YAML file that must hold a mapping; errors name the file."""
+    """Read a YAML file that must hold a mapping (each key once); errors name the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: malformed YAML: {e}") from None
     if not isinstance(raw, dict):

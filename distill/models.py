@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from distill.errors import ConfigError, ModelError
 
@@ -80,6 +80,15 @@ def load_teacher(name: str, device: torch.device | str = "cpu", dtype: torch.dty
     return load_frozen_model(name, role="teacher", device=device, dtype=dtype)
 
 
+def load_teacher_config(name: str):
+    """The teacher's config alone (no weights): what a check before any work needs."""
+    return _load("teacher", name, lambda n: AutoConfig.from_pretrained(n, trust_remote_code=False))
+
+
+def n_positions(model_config) -> int:
+    return getattr(model_config, "n_positions", None) or getattr(model_config, "max_position_embeddings")
+
+
 def load_saved_student(path: str, device: torch.device | str = "cpu"):
     """A student saved by `kdsweep train` (its `student/` folder), frozen for evaluation."""
     return load_frozen_model(path, role="student", device=device)
@@ -89,10 +98,9 @@ def student_config(teacher_config, *, n_layer: int, n_head: int, n_embd: int, dr
     """GPT-2 config with the teacher's vocab, positions and special ids (method §1)."""
     if n_embd % n_head:
         raise ConfigError(f"n_embd: {n_embd} is not divisible by n_head {n_head}")
-    n_positions = getattr(teacher_config, "n_positions", None) or getattr(teacher_config, "max_position_embeddings")
     return GPT2Config(
         vocab_size=teacher_config.vocab_size,
-        n_positions=n_positions,
+        n_positions=n_positions(teacher_config),
         n_layer=n_layer,
         n_head=n_head,
         n_embd=n_embd,

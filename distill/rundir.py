@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from distill.config import TrainConfig, dump_config
+from distill.diskfull import disk_full_as_oserror
 from distill.numbers import dumps, number
 
 LOG_NAME = "metrics.jsonl"
@@ -40,9 +42,14 @@ class RunLog:
 
     def append(self, row: dict) -> None:
         with open(self.path, "a") as fh:
-            fh.write(dumps(row) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+            end = fh.tell()
+            try:
+                fh.write(dumps(row) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            except OSError:
+                fh.truncate(end)  # a disk-full write must not leave half a line for the next row to join
+                raise
 
     def truncate_after(self, step: int) -> None:
         """Drop rows with step > `step` (atomic rewrite)."""
@@ -140,14 +147,26 @@ def finished_run(run_dir: Path) -> RunResult | None:
 
 
 def save_student(student, tokenizer, out: Path, cfg: TrainConfig) -> None:
-    """A folder `AutoModelForCausalLM/AutoTokenizer.from_pretrained` load directly."""
-    out.mkdir(parents=True, exist_ok=True)
-    student.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    dump_config(cfg, out / "kdsweep_config.yaml")
+    """A folder `AutoModelForCausalLM/AutoTokenizer.from_pretrained` load directly, put in place
+    whole (written beside it, then renamed) so no reader ever sees half a student."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        with disk_full_as_oserror(tmp):
+            student.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            dump_config(cfg, tmp / "kdsweep_config.yaml")
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # after a failed write (disk full): no stray temp file

@@ -27,11 +27,12 @@ from typing import Callable
 
 import torch
 
-from distill.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from distill.checkpoint import restore_latest, save_checkpoint
 from distill.config import TrainConfig, dump_config
 from distill.data import ProteinData, prepare_data
 from distill.errors import ConfigError
 from distill.evaluate import evaluate_student
+from distill.inputs import check_positions
 from distill.loss import kd_loss_terms
 from distill.metrics import student_ppl
 from distill.models import (
@@ -56,6 +57,7 @@ from distill.rundir import (
     save_student,
     write_summary,
 )
+from distill.rerun import check_same_config
 from distill.runtime import Runtime, resolve_runtime
 from distill.seeding import seed_everything
 from distill.splits import SplitSpec
@@ -122,6 +124,7 @@ def run_training(
     is_main = rt.rank == 0
     run_dir = Path(cfg.output_dir)
     ckpt_root = run_dir / CHECKPOINTS_DIR
+    check_same_config(cfg, run_dir)  # a re-run with another config must not mix into this run
     finished = finished_run(run_dir)
     if finished is not None:
         # A run that already ended (e.g. just before a driver kill, so Tune restarts it):
@@ -142,8 +145,7 @@ def run_training(
     sizes = student_sizes(cfg.scale, cfg.n_layer, cfg.n_head, cfg.n_embd)
     student = build_student(teacher.config, sizes, cfg.dropout, seed=cfg.seed).to(rt.device)
     check_vocab(tokenizer, teacher.config, student.config)
-    if cfg.block_size > student.config.n_positions:
-        raise ConfigError(f"block_size: {cfg.block_size} exceeds the model's n_positions {student.config.n_positions}")
+    check_positions(cfg, student.config.n_positions, "student")
     model = student
     if rt.world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(student, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
@@ -160,10 +162,9 @@ def run_training(
     # Only now, with every input validated, does the run write anything.
     runlog = RunLog(run_dir) if is_main else None
 
-    start_step, best = 0, {"val_ppl": math.inf, "step": -1}
-    ckpt = Path(resume_from) if resume_from else latest_checkpoint(ckpt_root)
+    best = {"val_ppl": math.inf, "step": -1}
+    ckpt, start_step, extra = restore_latest(ckpt_root, resume_from, student, optimizer, scheduler, scaler, log)
     if ckpt is not None:
-        start_step, extra = load_checkpoint(ckpt, student, optimizer, scheduler, scaler)
         best = extra["best"]
         if runlog:
             runlog.truncate_after(start_step)

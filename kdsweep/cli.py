@@ -10,6 +10,7 @@ validate before they write. Ctrl-C prints how to resume and exits 130.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from dataclasses import dataclass, field
@@ -41,6 +42,9 @@ def arg(*flags: str, **kwargs) -> tuple[tuple[str, ...], dict]:
 NAME = arg("name", help="sweep name (a folder under --storage)")
 STORAGE = arg("--storage", help=STORAGE_HELP)
 ADDRESS = arg("--address", help=ADDRESS_HELP)
+TRACKER = arg("--tracker", choices=["mlflow", "wandb", "none"],
+              help="experiment tracker, one run per trial (default: the space's tracking.tracker, else none); "
+                   "needs pip install \"kdsweep[mlflow]\" or \"kdsweep[wandb]\"")
 
 
 @dataclass(frozen=True)
@@ -60,13 +64,20 @@ class Command:
 def _train(args) -> int:
     from distill.config import load_config
     from distill.evaluate import headline
+    from distill.inputs import check_inputs, check_writable_dir
+    from distill.rerun import clear_run
     from distill.rundir import COMPLETED, STUDENT_DIR, SUMMARY_NAME
     from distill.train import run_training
 
     overrides = list(args.set or [])
     if args.out:
         overrides.append(f"output_dir={args.out}")
-    result = run_training(load_config(args.config, overrides))
+    cfg = load_config(args.config, overrides)
+    check_writable_dir(cfg.output_dir, "output_dir (--out)")
+    if args.restart:
+        check_inputs(cfg)  # the old run is deleted only for a new one that can start
+        clear_run(cfg.output_dir)
+    result = run_training(cfg)
     final = f"val_ppl {result.val_ppl:.4f} (final model); " if result.val_ppl is not None else ""
     print(f"status: {result.status} at step {result.step}; {final}best val_ppl seen {result.best_val_ppl:.4f} "
           f"(step {result.best_step})")
@@ -78,8 +89,11 @@ def _train(args) -> int:
 
 def _evaluate(args) -> int:
     from distill.evaluate import evaluate_dirs, headline
+    from distill.inputs import check_writable_file
     from distill.numbers import dumps
 
+    if args.out:
+        check_writable_file(args.out, "--out")  # before the work, not after it
     metrics = evaluate_dirs(args.student, args.teacher, data=args.data, device=args.device)
     print(dumps(metrics, indent=2))
     print(headline(metrics))
@@ -99,10 +113,10 @@ def _demo_teacher(args) -> int:
 
 def _sweep_run(args) -> int:
     from sweeps.runner import next_steps, run_sweep
-    from sweeps.space import load_space, smoke_space
+    from sweeps.space import load_space, smoke_space, with_tracker
     from sweeps.status import format_status, sweep_status
 
-    space = load_space(args.space)  # validated before Ray starts
+    space = with_tracker(load_space(args.space), args.tracker)  # validated before Ray starts
     if args.smoke:
         space = smoke_space(space)
     sd = run_sweep(space, name=args.name, storage=args.storage, address=args.address)
@@ -132,9 +146,11 @@ def _sweep_status(args) -> int:
 
 
 def _sweep_export(args) -> int:
+    from distill.inputs import check_writable_dir
     from sweeps.export import export_best
     from sweeps.layout import open_sweep
 
+    check_writable_dir(args.out, "--out")
     for path in export_best(open_sweep(args.name, args.storage), args.out):
         print(f"written: {path}   (kdsweep train --config {path})")
     return 0
@@ -145,7 +161,7 @@ def _sweep_replicate(args) -> int:
     from sweeps.replicate import run_replicates
 
     sd = open_sweep(args.name, args.storage)
-    run_replicates(sd, seeds=args.seeds, address=args.address)
+    run_replicates(sd, seeds=args.seeds, address=args.address, tracker=args.tracker)
     flag = f" --storage {args.storage}" if args.storage else ""
     print(f"replicates: {sd.replicates}\nnext: kdsweep analyze {args.name}{flag}")
     return 0
@@ -163,7 +179,8 @@ def _dashboard(args) -> int:
     from sweeps.dashboard import serve_dashboard
     from sweeps.layout import open_sweep
 
-    return serve_dashboard(open_sweep(args.name, args.storage), port=args.port, print_only=args.print_only)
+    return serve_dashboard(open_sweep(args.name, args.storage), port=args.port, print_only=args.print_only,
+                           tensorboard_port=args.tensorboard_port if args.tensorboard else None)
 
 
 def _data_report(args) -> int:
@@ -202,15 +219,18 @@ def _sweep_resume_hint(args) -> str:
 
 COMMANDS: dict[str, Command] = {
     "train": Command(_train, "run one distillation (demo teacher, bundled data and demo-s student by default)", [
-        arg("--config", help="YAML config (every key: distill/config.py; a `sweep export` file works unchanged)"),
-        arg("--set", action="append", metavar="KEY=VALUE", help="override one config key (repeatable)"),
+        arg("--config", help="YAML config (every key: distill/config.py; a `sweep export` file works unchanged; "
+                             "default: every key at its default)"),
+        arg("--set", action="append", metavar="KEY=VALUE", help="override one config key (repeatable; default: none)"),
         arg("--out", help="output directory (same as --set output_dir=...; default: runs/train)"),
+        arg("--restart", action="store_true",
+            help="delete the run already in the output directory (checkpoints, log, summary, student) and start over"),
     ], _train_resume_hint),
     "evaluate": Command(_evaluate, "every held-out metric of a saved student against a teacher", [
         arg("--student", required=True, help="student directory (`student/` of a `kdsweep train` run)"),
         arg("--teacher", required=True, help="teacher directory or hub id ('demo' = the bundled demo teacher)"),
         arg("--data", help="score every protein of this file (default: the bundled test split)"),
-        arg("--out", help="also write the metrics as JSON to this file"),
+        arg("--out", help="also write the metrics as JSON to this file (default: print only)"),
         arg("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run"),
     ]),
     "estimate": Command(_estimate, "what a sweep will cost (trials, tokens, trial-steps after ASHA, teacher cache, "
@@ -226,7 +246,7 @@ COMMANDS: dict[str, Command] = {
     "sweep run": Command(_sweep_run, "start a sweep from a search-space YAML", [
         arg("space", help="search-space YAML, or the name of one in search_spaces/ (e.g. demo)"),
         arg("--name", help="sweep name (default: the space's name)"),
-        STORAGE, ADDRESS,
+        STORAGE, ADDRESS, TRACKER,
         arg("--smoke", action="store_true", help="smallest run that exercises every part (one scale, 16 steps)"),
     ], _sweep_resume_hint),
     "sweep resume": Command(_sweep_resume, "continue a sweep whose driver was killed or interrupted",
@@ -236,12 +256,14 @@ COMMANDS: dict[str, Command] = {
     "sweep export": Command(_sweep_export, "write the best config of each (scale, arm) for `kdsweep train`", [
         NAME, STORAGE, arg("--out", required=True, help="folder to write <scale>__<arm>.yaml into")]),
     "sweep replicate": Command(_sweep_replicate, "retrain each (scale, arm)'s best config with N new seeds", [
-        NAME, STORAGE, ADDRESS, arg("--seeds", type=int, default=3, help="replicates per (scale, arm)")],
+        NAME, STORAGE, ADDRESS, TRACKER, arg("--seeds", type=int, default=3, help="replicates per (scale, arm)")],
         _sweep_resume_hint),
     "analyze": Command(_analyze, "tables (md/csv/tex), plots, configs and index.html of a sweep", [
         NAME, STORAGE, arg("--out", help="output folder (default: <sweep>/analysis)")]),
-    "dashboard": Command(_dashboard, "serve optuna-dashboard for a sweep; print how to open TensorBoard/Ray's", [
+    "dashboard": Command(_dashboard, "serve optuna-dashboard (and TensorBoard) for a sweep on 127.0.0.1", [
         NAME, STORAGE, arg("--port", type=int, default=8080, help="optuna-dashboard port on 127.0.0.1"),
+        arg("--tensorboard", action="store_true", help="also serve TensorBoard on the sweep's runs"),
+        arg("--tensorboard-port", type=int, default=6006, help="TensorBoard port on 127.0.0.1"),
         arg("--print-only", action="store_true", help="print the commands, serve nothing")]),
     "data report": Command(_data_report, "split sizes and leakage (held-out 20-mers found in train) of the hash "
                            "and the cluster split of a data file", [
@@ -258,7 +280,13 @@ COMMANDS: dict[str, Command] = {
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows every option's default and keeps the workflow epilog's line breaks."""
+    """Shows every option's default and keeps the workflow epilog's line breaks. A help text that
+    says its default itself (what an unset option means) is left as written, and so is a flag's."""
+
+    def _get_help_string(self, action):
+        if "default" in (action.help or "") or action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -284,6 +312,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return _dispatch(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe surfaces here rather than in the interpreter's exit flush
+    except BrokenPipeError:
+        # Output piped into `head` and closed: not an error. Point stdout at devnull so the
+        # interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _dispatch(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     cmd: Command = args.command_
     try:
@@ -295,11 +336,15 @@ def main(argv: list[str] | None = None) -> int:
         hint = cmd.resume_hint(args) if cmd.resume_hint else "interrupted"
         print(f"\nkdsweep: {hint}", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        # Output piped into `head` and closed: not an error. Point stdout at devnull so the
-        # interpreter's final flush does not raise again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # Every file is written atomically (temp file + rename) or append-only, so what is on disk
+        # is whole: free space and run the same command again.
+        print(f"kdsweep: error: no space left on the device writing {e.filename or 'a file'}; "
+              "nothing was left half-written: free space, then run the same command again to resume",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,32 +1,86 @@
 """`kdsweep dashboard NAME`: watch a sweep live.
 
 * optuna-dashboard on the sweep's Optuna storage, bound to 127.0.0.1 (served here);
-* TensorBoard on the Tune experiment folder (Tune writes event files per trial);
-* the Ray dashboard of a cluster: token auth is on by default in Ray >= 2.59, so
-  the page needs the token from `~/.ray/auth_token` (never turn auth off).
+* with `--tensorboard`, TensorBoard on the sweep's `tensorboard/` runs beside it, also on
+  127.0.0.1 (one run per trial, `<scale>_<arm>_<n>_<trial id>`: filter by scale or arm);
+* the SSH port-forward line that opens both from another machine: to the head of the
+  Ray cluster the sweep joined (`ray_address` in sweep.json), else a generic `user@head`;
+* the Ray dashboard of a cluster: token auth is on by default in Ray >= 2.59, so the
+  page needs the token from `~/.ray/auth_token` (never turn auth off).
 """
 
 from __future__ import annotations
 
+import getpass
+import socket
+
+from distill.errors import ConfigError
 from sweeps.layout import SweepDir
 
 HOST = "127.0.0.1"
+OPTUNA_PORT, TENSORBOARD_PORT = 8080, 6006
 
 
-def instructions(sd: SweepDir, port: int) -> str:
+def ssh_forward(sd: SweepDir, ports: list[int]) -> str:
+    address = sd.meta().get("ray_address")
+    forwards = " ".join(f"-L {p}:{HOST}:{p}" for p in ports)
+    if not address:
+        return f"from another machine: ssh -N {forwards} user@head   (user@head: this machine's login)"
+    host = address.rsplit(":", 1)[0]
+    if host in (HOST, "localhost"):
+        host = socket.gethostname()
+    return (f"from your machine:   ssh -N {forwards} {getpass.getuser()}@{host}   "
+            f"(the sweep ran on the Ray cluster at {address})")
+
+
+def instructions(sd: SweepDir, port: int, tensorboard_port: int | None) -> str:
+    if tensorboard_port:
+        tensorboard = f"http://{HOST}:{tensorboard_port}   (runs <scale>_<arm>_<n>_<trial id> in {sd.tensorboard})"
+    else:
+        tensorboard = (f"tensorboard --logdir {sd.tensorboard} --host {HOST}   then open http://{HOST}:6006 "
+                       "(or add --tensorboard)")
     return "\n".join([
         f"optuna-dashboard: http://{HOST}:{port}   (studies '{sd.name}:<scale>/<arm>', storage {sd.storage_url()})",
-        f"TensorBoard:      tensorboard --logdir {sd.tune} --host {HOST}   then open http://{HOST}:6006",
+        f"TensorBoard:      {tensorboard}",
+        ssh_forward(sd, [port] + ([tensorboard_port] if tensorboard_port else [])),
         "Ray dashboard (cluster): `ray dashboard cluster.yaml` forwards it to http://127.0.0.1:8265;",
         "                 API calls need: -H \"Authorization: Bearer $(cat ~/.ray/auth_token)\" (token auth stays on)",
     ])
 
 
-def serve_dashboard(sd: SweepDir, *, port: int = 8080, print_only: bool = False) -> int:
-    print(instructions(sd, port), flush=True)
+def check_port_free(port: int, flag: str = "--port") -> None:
+    """A busy port is one clear line, not a traceback from deep inside the web server."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((HOST, port))
+        except OSError as e:
+            raise ConfigError(f"{flag} {port}: {HOST}:{port} is not free ({e.strerror}); is a dashboard "
+                              f"already running? pick another port with {flag}") from None
+
+
+def start_tensorboard(sd: SweepDir, port: int) -> str:
+    """Serve TensorBoard on the sweep's runs from a thread of this process; returns its URL."""
+    from tensorboard import program
+
+    sd.tensorboard.mkdir(exist_ok=True)  # a sweep that has not reported yet: TensorBoard shows runs as they come
+    tb = program.TensorBoard()
+    # load_fast=false: TensorBoard's Python loader (ample for a sweep's runs), without its note on the Rust one
+    tb.configure(argv=[None, "--logdir", str(sd.tensorboard), "--host", HOST, "--port", str(port), "--load_fast=false"])
+    return tb.launch()
+
+
+def serve_dashboard(sd: SweepDir, *, port: int = OPTUNA_PORT, tensorboard_port: int | None = None,
+                    print_only: bool = False) -> int:
+    if not print_only:
+        check_port_free(port)
+        if tensorboard_port:
+            check_port_free(tensorboard_port, "--tensorboard-port")
+    print(instructions(sd, port, tensorboard_port), flush=True)
     if print_only:
         return 0
     from optuna_dashboard import run_server
 
+    if tensorboard_port:
+        start_tensorboard(sd, tensorboard_port)
     run_server(sd.storage_url(), host=HOST, port=port)  # blocks until Ctrl-C
     return 0

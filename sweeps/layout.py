@@ -1,9 +1,14 @@
 """A sweep's folder, `<storage>/<name>/`, and every file and folder name in it.
 
     space.yaml              the validated search space the sweep runs (copied at start)
-    sweep.json              name, created, git commit, executor; storage URL only when the user set one
+    sweep.json              name, created, git commit, executor; storage URL only when the user set one;
+                            the Ray cluster address when it joined one
     optuna.db               Optuna studies, one per (scale, arm) (unless search.storage_url is set)
-    tune/                   Ray Tune experiment (restorable; TensorBoard event files per trial)
+    tune/                   Ray Tune experiment (restorable)
+    tensorboard/<run>/      TensorBoard event files, one run per trial (see sweeps/tracking.py)
+    mlflow.db               MLflow runs (`tracking.tracker: mlflow` without a tracking URI), and
+    mlflow-artifacts/       the artifact folder MLflow records for them
+    wandb/                  W&B run files (`tracking.tracker: wandb`; offline runs stay here)
     runs/<trial>/           kdsweep's own run folder per search trial (see distill/rundir.py)
     replicates/<scale>__<arm>__seed<k>/   the replicate runs of `sweep replicate`
     train/                  Ray Train run storage (ray_train executor only)
@@ -68,6 +73,10 @@ class SweepDir:
     replicates = property(lambda self: self.root / "replicates")
     train_storage = property(lambda self: self.root / "train")
     analysis = property(lambda self: self.root / "analysis")
+    tensorboard = property(lambda self: self.root / "tensorboard")
+    mlflow_db = property(lambda self: self.root / "mlflow.db")
+    mlflow_artifacts = property(lambda self: self.root / "mlflow-artifacts")
+    wandb = property(lambda self: self.root / "wandb")
     default_db = property(lambda self: self.root / "optuna.db")
 
     def run_dir(self, trial_id: str) -> Path:

@@ -19,9 +19,11 @@ from ray import tune
 
 from distill.errors import ConfigError
 from distill.rundir import DIVERGED, finished_run
+from sweeps.callbacks import tune_callbacks
 from sweeps.layout import SweepDir
-from sweeps.live import LiveTable
-from sweeps.runner import Log, init_ray
+from sweeps.preflight import check_inputs_of_space, check_resources
+from sweeps.runner import Log, init_ray, max_steps
+from sweeps.space import with_tracker
 from sweeps.study import best_trial, study_trials
 from sweeps.trial import EXECUTORS, trial_resources
 
@@ -36,7 +38,8 @@ def replicate_specs(sd: SweepDir, seeds: int) -> tuple[object, list[dict]]:
         if best is None:
             continue
         for seed in space.replicate_seeds(seeds):
-            specs.append({"study": study.name, "optuna_number": best.number, "replicate_seed": seed, **best.params})
+            specs.append({"study": study.name, "scale": study.scale, "arm": study.arm, "optuna_number": best.number,
+                          "replicate_seed": seed, **best.params})
     if not specs:
         raise ConfigError(f"sweep {sd.name!r} has no completed trial to replicate yet")
     return space, specs
@@ -53,19 +56,27 @@ def _replicate_trial(config: dict, *, space, sweep_dir: str) -> None:
     EXECUTORS[space.search["executor"]](config["rep"], space=space, sweep_dir=sweep_dir)
 
 
-def run_replicates(sd: SweepDir, *, seeds: int, address: str | None = None, log: Log = print) -> list[dict]:
-    """Run the unfinished replicates; returns the specs that were run."""
+def run_replicates(sd: SweepDir, *, seeds: int, address: str | None = None, tracker: str | None = None,
+                   log: Log = print) -> list[dict]:
+    """Run the unfinished replicates; returns the specs that were run. `tracker` overrides the
+    space's `tracking.tracker` for this run (see `sweeps.space.with_tracker`)."""
     if seeds < 1:
         raise ConfigError(f"--seeds: got {seeds}, allowed: >= 1")
     space, specs = replicate_specs(sd, seeds)
+    check_inputs_of_space(space, sd.root.parent, final_eval=True)
+    space = with_tracker(space, tracker)
+    todo = [s for s in specs if not is_finished(sd, s, space)]
+    studies = [s["study"] for s in todo]
+    callbacks = tune_callbacks(space, sd.name, title=f"replicates of {sd.name}", max_steps=max_steps(space),
+                               budgets={study: studies.count(study) for study in dict.fromkeys(studies)})
     meta = sd.meta()
     meta["replicate_seeds"] = max(seeds, meta.get("replicate_seeds", 0))  # what the analysis should expect
     sd.write_meta(meta)
-    todo = [s for s in specs if not is_finished(sd, s, space)]
     log(f"replicates of {sd.name}: {len(specs)} planned ({len(specs) - len(todo)} already finished, {len(todo)} to run)")
     if not todo:
         return []
     init_ray(address, log)
+    check_resources(space, log)
     trainable = tune.with_resources(tune.with_parameters(_replicate_trial, space=space, sweep_dir=str(sd.root)),
                                     trial_resources(space))
     tuner = tune.Tuner(
@@ -76,7 +87,7 @@ def run_replicates(sd: SweepDir, *, seeds: int, address: str | None = None, log:
         run_config=tune.RunConfig(name=f"replicate-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(sd.root),
                                   failure_config=tune.FailureConfig(max_failures=space.search["max_failures"]),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                                  callbacks=[LiveTable(print_fn=log)], verbose=0),
+                                  callbacks=callbacks, verbose=0),
     )
     tuner.fit()
     return todo

@@ -10,6 +10,8 @@ storage, are first settled against the trials Tune's snapshot will run.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import time
 from typing import Callable
@@ -23,30 +25,42 @@ from distill.data import precluster
 from distill.errors import ConfigError
 from distill.splits import SplitSpec
 from distill.train import total_steps
+from sweeps.callbacks import tracker_callbacks, tune_callbacks
 from sweeps.layout import SweepDir, git_commit, open_sweep, storage_root
-from sweeps.live import LiveTable
+from sweeps.preflight import check_inputs_of_space, check_resources
+from sweeps.reaper import start_reaper
 from sweeps.scheduler import PerStudyASHA
 from sweeps.searcher import StudySearcher, reconcile_with_tune
 from sweeps.space import SearchSpace, dump_space, load_space
+from sweeps.status import sweep_complete
+from sweeps.storage import display, is_sqlite
 from sweeps.study import existing_studies
 from sweeps.trial import EXECUTORS, trial_resources
 
 Log = Callable[[str], None]
 
 
-def init_ray(address: str | None, log: Log):
+def init_ray(address: str | None, log: Log) -> str | None:
+    """Join the cluster at `address` (or $RAY_ADDRESS), else start an embedded local Ray.
+    Returns the address of the cluster joined, None for an embedded Ray."""
     # Checkpointing every eval (for exact resume) trips Tune's "snapshotting too often" warning
     # on short trials; it is expected here, so keep the console readable.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if ray.is_initialized():
-        return
     address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        log(f"joining Ray cluster at {address}")
-        ray.init(address=address)
-    else:
-        # Embedded local Ray: nothing to start by hand; quiet logs, no dashboard process.
-        ray.init(include_dashboard=False, configure_logging=True, logging_level="WARNING", log_to_driver=False)
+    if not ray.is_initialized():
+        if address:
+            log(f"joining Ray cluster at {address}")
+            ray.init(address=address)
+        else:
+            # Embedded local Ray: nothing to start by hand; quiet logs, no dashboard process.
+            ray.init(include_dashboard=False, configure_logging=True, logging_level="WARNING", log_to_driver=False)
+            start_reaper()  # a driver killed without shutting Ray down must not leave Ray's processes running
+    return ray.get_runtime_context().gcs_address if address else None
+
+
+def max_steps(space: SearchSpace) -> int:
+    """The training steps of one full-budget trial (every study trains for the same budget)."""
+    return total_steps(space.trial_config(space.studies[0], {}, "unused"))
 
 
 def scheduler_for(space: SearchSpace):
@@ -54,16 +68,15 @@ def scheduler_for(space: SearchSpace):
     its full budget (benchmarks/asha_value.py measures what ASHA saves)."""
     if not space.search["early_stopping"]:
         return FIFOScheduler()
-    probe = space.trial_config(space.studies[0], {}, "unused")
-    return PerStudyASHA([s.name for s in space.studies], max_t=total_steps(probe),
+    return PerStudyASHA([s.name for s in space.studies], max_t=max_steps(space),
                         grace_period=space.search["grace_period"], reduction_factor=space.search["reduction_factor"])
 
 
-def _tuner(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool, log: Log):
+def _tuner(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool, callbacks: list):
     executor = EXECUTORS[space.search["executor"]]
     trainable = tune.with_resources(tune.with_parameters(executor, space=space, sweep_dir=str(sd.root)),
                                     trial_resources(space))
-    if restore:
+    if restore:  # Tune runs the callbacks it pickled with the experiment
         return tune.Tuner.restore(str(sd.tune), trainable=trainable, resume_unfinished=True, resume_errored=False)
     return tune.Tuner(
         trainable,
@@ -78,7 +91,7 @@ def _tuner(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool,
             storage_path=str(sd.root),
             failure_config=tune.FailureConfig(max_failures=space.search["max_failures"]),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[LiveTable(print_fn=log)],
+            callbacks=callbacks,
             verbose=0,
         ),
     )
@@ -86,25 +99,31 @@ def _tuner(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool,
 
 def run_sweep(space: SearchSpace, *, name: str | None = None, storage: str | None = None,
               address: str | None = None, log: Log = print) -> SweepDir:
-    """Start a new sweep; refuses to overwrite an existing one (resume it instead)."""
+    """Start a new sweep; refuses to overwrite an existing one (resume it instead).
+
+    Every check (inputs, trackers, then the cluster's resources) comes before the sweep folder is written."""
     name = name or space.name
     sd = SweepDir(storage_root(storage) / name)
     if sd.meta_path.exists():
         raise ConfigError(f"sweep {name!r} already exists in {sd.root.parent}; "
                           f"resume it with `kdsweep sweep resume {name}` or pick another --name")
+    _precluster(space)
+    check_inputs_of_space(space, sd.root.parent)
     if space.search["storage_url"]:
         # The searcher counts a study's trials from the storage: a reused name would inherit them.
         if taken := existing_studies(space.search["storage_url"], name):
             raise ConfigError(f"search.storage_url already holds studies of a sweep named {name!r} "
                               f"({', '.join(taken)}); pick another --name")
-    _precluster(space)
+    callbacks = tune_callbacks(space, name, title=f"sweep {name}", max_steps=max_steps(space),
+                               budgets={s.name: space.search["trials_per_study"] for s in space.studies})
+    start_ray(space, address, space.search["storage_url"], log)
     sd.root.mkdir(parents=True, exist_ok=True)
     dump_space(space, sd.space)
     # storage_url null = the optuna.db beside sweep.json, wherever the folder is later moved.
     sd.write_meta({"name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git_commit(),
                    "storage_url": space.search["storage_url"], "executor": space.search["executor"],
                    "source": space.source, "total_trials": space.total_trials, "state": "running"})
-    return _fit(space, sd, sd.storage_url(create=True), restore=False, address=address, log=log)
+    return _fit(space, sd, sd.storage_url(create=True), restore=False, address=address, log=log, callbacks=callbacks)
 
 
 def resume_sweep(name: str, *, storage: str | None = None, address: str | None = None, log: Log = print) -> SweepDir:
@@ -113,13 +132,16 @@ def resume_sweep(name: str, *, storage: str | None = None, address: str | None =
     if not sd.tune.is_dir():
         raise ConfigError(f"sweep {name!r} has no Tune experiment to resume in {sd.tune}")
     space = load_space(sd.space)
+    tracker_callbacks(space, sd.name)  # Tune resumes with its pickled callbacks: check they can run
     _precluster(space)
     storage_url = sd.storage_url()
+    check_inputs_of_space(space, sd.root.parent)
+    start_ray(space, address, sd.meta().get("storage_url"), log)
     orphaned = reconcile_with_tune(space, sd.name, storage_url, {t.trial_id for t in tune_unfinished(sd)})
     if orphaned:
         log(f"{len(orphaned)} trial(s) started after Tune's last snapshot were lost and will be run again: "
             + ", ".join(orphaned))
-    return _fit(space, sd, storage_url, restore=True, address=address, log=log)
+    return _fit(space, sd, storage_url, restore=True, address=address, log=log, callbacks=[])
 
 
 def _precluster(space: SearchSpace) -> None:
@@ -135,12 +157,51 @@ def tune_unfinished(sd: SweepDir) -> list:
     return [t for t in tune.ExperimentAnalysis(str(sd.tune)).trials if t.status not in ("TERMINATED", "ERROR")]
 
 
-def _fit(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool, address: str | None, log: Log) -> SweepDir:
+class _TuneInterruptMessages(logging.Filter):
+    """Drops Tune's own Ctrl-C messages: they advise `Tuner.restore(...)`; kdsweep says
+    `kdsweep sweep resume NAME` instead (kdsweep/cli.py)."""
+
+    PREFIXES = ("Stop signal received", "Experiment has been interrupted", "Trials did not complete")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.PREFIXES)
+
+
+@contextlib.contextmanager
+def quiet_tune_interrupt():
+    tune_log = logging.getLogger("ray.tune.tune")
+    only = _TuneInterruptMessages()
+    tune_log.addFilter(only)
+    try:
+        yield
+    finally:
+        tune_log.removeFilter(only)
+
+
+def start_ray(space: SearchSpace, address: str | None, storage_url: str | None, log: Log) -> None:
+    """Start or join Ray, then check that the cluster can hold a trial (before Tune waits forever)."""
     init_ray(address, log)
+    check_resources(space, log)
+    if (address or os.environ.get("RAY_ADDRESS")) and (storage_url is None or is_sqlite(storage_url)):
+        log("warning: this sweep joins a Ray cluster but keeps its Optuna studies in SQLite "
+            f"({display(storage_url) if storage_url else 'optuna.db in the sweep folder'}); SQLite is not safe "
+            "for concurrent writers on a network file system: set search.storage_url to a PostgreSQL URL "
+            "(postgresql+psycopg://user:password@host:5432/db, pip install 'kdsweep[postgres]')")
+
+
+def _fit(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool, address: str | None, log: Log,
+         callbacks: list) -> SweepDir:
+    joined = init_ray(address, log)  # already started by start_ray: returns the address it joined
+    if joined:  # `kdsweep dashboard` prints the SSH port-forward line to this cluster's head
+        sd.write_meta({**sd.meta(), "ray_address": joined})
     log(f"sweep {sd.name}: {len(space.studies)} studies x {space.search['trials_per_study']} trials "
         f"({space.search['executor']} executor) -> {sd.root}")
-    tuner = _tuner(space, sd, storage_url, restore=restore, log=log)
-    tuner.fit()
+    tuner = _tuner(space, sd, storage_url, restore=restore, callbacks=callbacks)
+    with quiet_tune_interrupt():
+        tuner.fit()
+    if not sweep_complete(sd):
+        # Tune catches Ctrl-C itself: it saves its state and returns as if the sweep had ended.
+        raise KeyboardInterrupt
     meta = sd.meta()
     meta["state"] = "finished"
     meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -154,7 +215,7 @@ def next_steps(sd: SweepDir, storage: str | None) -> str:
         f"results: {sd.root}",
         f"  kdsweep sweep status {sd.name}{flag}          # trials per (scale, arm), best val_ppl and params",
         f"  kdsweep sweep export {sd.name}{flag} --out best_configs/   # one train config per (scale, arm)",
-        f"  kdsweep dashboard {sd.name}{flag}             # optuna-dashboard + TensorBoard",
+        f"  kdsweep dashboard {sd.name}{flag} --tensorboard   # optuna-dashboard + TensorBoard on 127.0.0.1",
     ])
 
 

@@ -2,8 +2,9 @@
 
 A space says what to distill (teacher, data, scales, enhancement arms), which
 hyperparameters to search and how (distributions, per scale and per arm),
-the fixed training settings every trial shares, and the search settings
-(trials per (scale, arm) study, concurrency, ASHA, seed) and resources.
+the fixed training settings every trial shares, the search settings
+(trials per (scale, arm) study, concurrency, ASHA, seed), resources, and an
+optional experiment tracker (MLflow or W&B, one run per trial).
 `load_space` reports every problem at once, each naming its key.
 
 Every (scale, arm) pair is its own Optuna study with the same trial budget:
@@ -24,6 +25,7 @@ from distill.config import TrainConfig, config_from_dict, did_you_mean, read_yam
 from distill.errors import ConfigError
 from distill.models import load_scales
 from distill.numbers import parse_number
+from sweeps.storage import storage_url_problem
 
 SEARCH_SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
@@ -35,11 +37,15 @@ SEARCHABLE = ("lr", "warmup_steps", "temperature", "alpha", "smoothing")
 DIST_TYPES = ("loguniform", "uniform", "int", "choice")
 EXECUTORS = ("local", "ray_train")
 TOP_KEYS = ("name", "description", "teacher", "tokenizer", "data", "scales", "arms", "params", "scale_params",
-            "arm_params", "train", "search", "resources")
+            "arm_params", "train", "search", "resources", "tracking")
 SEARCH_DEFAULTS = {"trials_per_study": 4, "max_concurrent": 2, "seed": 0, "grace_period": 20, "reduction_factor": 2,
                    "max_failures": 2, "executor": "local", "storage_url": None, "startup_trials": None,
                    "early_stopping": True}
 RESOURCE_DEFAULTS = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0.0}
+TRACKERS = ("mlflow", "wandb")
+NO_TRACKER = "none"  # `--tracker none`: off, whatever the space says
+# mlflow_uri null: $MLFLOW_TRACKING_URI, else the sweep's own mlflow.db (sweeps/trackers.py).
+TRACKING_DEFAULTS = {"tracker": None, "mlflow_uri": None, "wandb_project": "kdsweep"}
 # Keys the sweep itself sets per trial: not allowed under `train:`.
 TRIAL_SET = ("teacher", "tokenizer", "data", "scale", "uncertainty", "output_dir", "provenance") + SEARCHABLE
 
@@ -92,6 +98,7 @@ class SearchSpace:
     train: dict[str, Any]  # fixed TrainConfig keys
     search: dict[str, Any]
     resources: dict[str, Any]
+    tracking: dict[str, Any] = field(default_factory=lambda: dict(TRACKING_DEFAULTS))
     source: str = ""
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -307,6 +314,8 @@ def _parse_search(raw: dict, p: _Problems) -> dict:
                  "or an integer >= 0")
     if search["executor"] not in EXECUTORS:
         p.append(f"search.executor: got {search['executor']!r}, allowed: {', '.join(EXECUTORS)}")
+    if search["storage_url"] is not None and (problem := storage_url_problem(search["storage_url"])):
+        p.append(f"search.storage_url: {problem}")
     return search
 
 
@@ -325,6 +334,17 @@ def _parse_resources(raw: dict, executor: str, p: _Problems) -> dict:
     return resources
 
 
+def _parse_tracking(raw: dict, p: _Problems) -> dict:
+    tracking = _merged(raw, "tracking", TRACKING_DEFAULTS, p)
+    if tracking["tracker"] is not None and tracking["tracker"] not in TRACKERS:
+        p.append(f"tracking.tracker: got {tracking['tracker']!r}, allowed: null (none), {', '.join(TRACKERS)}")
+    if tracking["mlflow_uri"] is not None and not isinstance(tracking["mlflow_uri"], str):
+        p.append(f"tracking.mlflow_uri: expected a tracking URI string or null, got {tracking['mlflow_uri']!r}")
+    if not isinstance(tracking["wandb_project"], str) or not tracking["wandb_project"]:
+        p.append(f"tracking.wandb_project: expected a W&B project name, got {tracking['wandb_project']!r}")
+    return tracking
+
+
 def parse_space(raw: Any, source: str = "search space") -> SearchSpace:
     """Validate a search-space mapping; raise ConfigError listing every problem."""
     if not isinstance(raw, dict):
@@ -341,6 +361,7 @@ def parse_space(raw: Any, source: str = "search space") -> SearchSpace:
     train = _parse_train(raw, p)
     search = _parse_search(raw, p)
     resources = _parse_resources(raw, search["executor"], p)
+    tracking = _parse_tracking(raw, p)
     if p:
         raise ConfigError(p, f"search space {source}")
 
@@ -362,6 +383,7 @@ def parse_space(raw: Any, source: str = "search space") -> SearchSpace:
         train=train,
         search=search,
         resources=resources,
+        tracking=tracking,
         source=source,
         raw=copy.deepcopy(raw),
     )
@@ -386,6 +408,16 @@ def smoke_space(space: SearchSpace) -> SearchSpace:
     search = raw.setdefault("search", {})
     search.update(trials_per_study=3, grace_period=4, reduction_factor=2)
     raw["name"] = f"{space.name}-smoke"
+    return parse_space(raw, space.source)
+
+
+def with_tracker(space: SearchSpace, tracker: str | None) -> SearchSpace:
+    """`--tracker`: the space with `tracking.tracker` set to one of TRACKERS or NO_TRACKER
+    (None: unchanged)."""
+    if tracker is None:
+        return space
+    raw = copy.deepcopy(space.raw)
+    raw["tracking"] = {**(raw.get("tracking") or {}), "tracker": None if tracker == NO_TRACKER else tracker}
     return parse_space(raw, space.source)
 
 

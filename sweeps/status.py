@@ -9,7 +9,16 @@ Orphaned trials (lost to a driver kill before Tune saved them) are not counted.
 from __future__ import annotations
 
 from sweeps.layout import SweepDir
-from sweeps.study import ATTR_STEP, ATTR_TRIAL, ORPHANED, TRIAL_STATES, best_trial, study_trials, trial_status
+from sweeps.study import (
+    ATTR_STEP,
+    ATTR_TRIAL,
+    ORPHANED,
+    PENDING,
+    TRIAL_STATES,
+    best_trial,
+    study_trials,
+    trial_status,
+)
 
 
 def sweep_status(sd: SweepDir) -> list[dict]:
@@ -21,7 +30,7 @@ def sweep_status(sd: SweepDir) -> list[dict]:
         best = best_trial(trials)
         rows.append({
             "study": s.name, "scale": s.scale, "arm": s.arm, "planned": space.search["trials_per_study"],
-            "pending": max(0, space.search["trials_per_study"] - len(trials)), **counts,
+            PENDING: max(0, space.search["trials_per_study"] - len(trials)), **counts,
             "best_val_ppl": best.value if best else None,
             "best_step": best.user_attrs.get(ATTR_STEP) if best else None,
             "best_trial": best.user_attrs.get(ATTR_TRIAL) if best else None,
@@ -30,13 +39,20 @@ def sweep_status(sd: SweepDir) -> list[dict]:
     return rows
 
 
+def sweep_complete(sd: SweepDir) -> bool:
+    """Every study has run its whole budget: nothing pending, nothing running."""
+    return all(r["pending"] == 0 and r["running"] == 0 for r in sweep_status(sd))
+
+
 def format_status(rows: list[dict]) -> str:
-    head = f"{'study':<26}{'plan':>5}{'pend':>5}{'run':>5}{'stop':>5}{'done':>5}{'div':>5}{'fail':>5}{'best val_ppl':>14}  best params"
+    """A table with one column per trial state, headed by the state's own name (sweeps.study)."""
+    counted = ("planned", PENDING, *TRIAL_STATES)
+    widths = [max(len(c), 4) + 2 for c in counted]
+    head = f"{'study':<26}" + "".join(f"{c:>{w}}" for c, w in zip(counted, widths)) + f"{'best val_ppl':>14}  best params"
     lines = [head]
     for r in rows:
         params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["best_params"].items())
         best = f"{r['best_val_ppl']:.4f}" if r["best_val_ppl"] is not None else "-"
-        lines.append(f"{r['study']:<26}{r['planned']:>5}{r['pending']:>5}{r['running']:>5}{r['stopped_early']:>5}"
-                     f"{r['completed']:>5}{r['diverged']:>5}{r['failed']:>5}{best:>14}  {params}")
-    lines.append("(run = running, stop = stopped early by ASHA, done = completed, div = diverged)")
+        lines.append(f"{r['study']:<26}" + "".join(f"{r[c]:>{w}}" for c, w in zip(counted, widths))
+                     + f"{best:>14}  {params}")
     return "\n".join(lines)

@@ -6,6 +6,7 @@ imports Ray. The Tune searcher (`sweeps.searcher`) writes what this reads.
 
 Trial states, one vocabulary everywhere (status, analysis, live view, docs):
 
+    pending        in the budget, not started yet (no Optuna trial yet)
     running        handed out, not ended
     completed      trained to its full budget (Optuna COMPLETE, value = final val_ppl)
     stopped_early  stopped by ASHA before its full budget (Optuna PRUNED)
@@ -28,13 +29,15 @@ from optuna.trial import FrozenTrial, TrialState
 from distill.rundir import COMPLETED, DIVERGED, STOPPED_EARLY
 from sweeps.layout import SweepDir
 from sweeps.space import Dist, SearchSpace, load_space
+from sweeps.storage import open_storage
 
 METRIC, MODE = "val_ppl", "min"
 # Optuna user-attribute keys kdsweep writes on every trial.
 ATTR_TRIAL, ATTR_STATUS, ATTR_STEP, ATTR_BEST_STEP = "ray_trial_id", "status", "step", "best_step"
-RUNNING, FAILED, ORPHANED = "running", "failed", "orphaned"
+PENDING, RUNNING, FAILED, ORPHANED = "pending", "running", "failed", "orphaned"
 # Every state a counted trial can be in, in the order tables show them.
 TRIAL_STATES = (RUNNING, STOPPED_EARLY, COMPLETED, DIVERGED, FAILED)
+ENDED_STATES = (STOPPED_EARLY, COMPLETED, DIVERGED, FAILED)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -54,14 +57,25 @@ def study_name(sweep: str, study: str) -> str:
 
 def open_study(storage_url: str, sweep: str, study: str, sampler: optuna.samplers.BaseSampler | None = None
                ) -> optuna.Study:
-    return optuna.create_study(storage=storage_url, study_name=study_name(sweep, study), direction="minimize",
-                               sampler=sampler, load_if_exists=True)
+    return optuna.create_study(storage=open_storage(storage_url), study_name=study_name(sweep, study),
+                               direction="minimize", sampler=sampler, load_if_exists=True)
 
 
 def existing_studies(storage_url: str, sweep: str) -> list[str]:
     """Studies of a sweep of this name already in the storage (a shared database may hold several sweeps)."""
     prefix = study_name(sweep, "")
-    return [n for n in optuna.get_all_study_names(storage_url) if n.startswith(prefix)]
+    return [n for n in optuna.get_all_study_names(open_storage(storage_url)) if n.startswith(prefix)]
+
+
+def ended_status(last_result: dict | None, *, error: bool = False) -> str:
+    """How a Tune trial ended, read from its last reported result (Tune's own "TERMINATED" covers
+    both a trial trained to its full budget and one ASHA stopped)."""
+    result = last_result or {}
+    if error:
+        return FAILED
+    if result.get("diverged"):
+        return DIVERGED
+    return COMPLETED if result.get("done_training") else STOPPED_EARLY
 
 
 def trial_status(t: FrozenTrial) -> str:

@@ -22,10 +22,12 @@ import ray.tune
 from ray.train import Checkpoint
 
 from distill.config import TrainConfig, config_from_dict
-from distill.rundir import finished_run
+from distill.rundir import RunLog, finished_run
 from distill.train import run_training
 from sweeps.layout import SweepDir
 from sweeps.space import SearchSpace
+
+NODE_EVENT = "node"
 
 
 def trial_train_config(space: SearchSpace, config: dict, sweep_dir: str, trial_id: str) -> TrainConfig:
@@ -61,6 +63,12 @@ def _already_ended(cfg: TrainConfig) -> bool:
     return True
 
 
+def record_node(cfg: TrainConfig) -> None:
+    """One run-log row per attempt naming the Ray node it runs on: where each trial ran, and
+    where it moved after losing a node (`kdsweep` cannot learn this from Tune afterwards)."""
+    RunLog(cfg.output_dir).append({"event": NODE_EVENT, "node_id": ray.get_runtime_context().get_node_id()})
+
+
 @contextlib.contextmanager
 def _checkpoint_dir(ckpt: Checkpoint | None):
     if ckpt is None:
@@ -84,6 +92,7 @@ def local_trial(config: dict, *, space: SearchSpace, sweep_dir: str) -> None:
     cfg = trial_train_config(space, config, sweep_dir, trial_id)
     if _already_ended(cfg):
         return
+    record_node(cfg)
 
     def report(metrics: dict, ckpt_dir: str | None) -> None:
         ray.tune.report(metrics, checkpoint=Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
@@ -96,6 +105,8 @@ def _train_worker(loop_config: dict) -> None:
     """Ray Train worker: every rank runs the loop; DDP is set up by TorchTrainer."""
     _limit_threads(loop_config["cpus"])
     cfg = config_from_dict(loop_config["cfg"])
+    if ray.train.get_context().get_world_rank() == 0:
+        record_node(cfg)
 
     def report(metrics: dict, ckpt_dir: str | None) -> None:
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
@@ -115,12 +126,11 @@ def ray_train_trial(config: dict, *, space: SearchSpace, sweep_dir: str) -> None
         return
     res = space.resources
     gpus = float(res["gpus_per_worker"])
-    resources = {"CPU": float(res["cpus_per_worker"])} | ({"GPU": gpus} if gpus else {})
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"cfg": cfg.to_dict(), "cpus": res["cpus_per_worker"]},
         scaling_config=ray.train.ScalingConfig(num_workers=res["workers"], use_gpu=gpus > 0,
-                                               resources_per_worker=resources),
+                                               resources_per_worker=worker_resources(space)),
         torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
         run_config=ray.train.RunConfig(
             name=f"train-{trial_id}",  # fixed per trial: a restored trial resumes this run
@@ -134,9 +144,22 @@ def ray_train_trial(config: dict, *, space: SearchSpace, sweep_dir: str) -> None
 EXECUTORS = {"local": local_trial, "ray_train": ray_train_trial}
 
 
+def worker_resources(space: SearchSpace) -> dict:
+    """One training worker's Ray resources (the local executor's trial is its one worker)."""
+    res = space.resources
+    gpus = float(res["gpus_per_worker"])
+    return {"CPU": float(res["cpus_per_worker"])} | ({"GPU": gpus} if gpus else {})
+
+
+def trial_bundles(space: SearchSpace) -> list[tuple[str, dict]]:
+    """What one trial holds at once, as (what, Ray resources) bundles: each must fit on one node."""
+    if space.search["executor"] == "local":
+        return [("trial", worker_resources(space))]
+    # The Tune function that drives the TorchTrainer, then the workers, which reserve their own.
+    return [("trial driver", {"CPU": 1.0})] + [("Ray Train worker", worker_resources(space))] * space.resources["workers"]
+
+
 def trial_resources(space: SearchSpace) -> dict:
     """What Tune reserves for the trial function itself."""
-    res = space.resources
-    if space.search["executor"] == "local":
-        return {"cpu": float(res["cpus_per_worker"]), "gpu": float(res["gpus_per_worker"])}
-    return {"cpu": 1.0}  # the Tune function that drives the TorchTrainer; workers reserve their own
+    (_, first), *_ = trial_bundles(space)
+    return {"cpu": first["CPU"], "gpu": first.get("GPU", 0.0)}

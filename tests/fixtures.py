@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+import optuna
 import pytest
+import yaml
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from distill.config import TrainConfig
 from distill.data import BUNDLED_DATA
+from distill.rundir import eval_rows
 from distill.demo_teacher import build_aa_tokenizer
+from sweeps.layout import SweepDir
+from sweeps.space import SEARCH_SPACES_DIR
+from sweeps.study import ATTR_STATUS, ATTR_TRIAL, open_study
 
 # Tests that run the real MMseqs2 binary; CI installs it (`apt-get install -y mmseqs2`).
 requires_mmseqs = pytest.mark.skipif(shutil.which("mmseqs") is None,
@@ -78,6 +87,43 @@ def tiny_config(teacher: Path, data: Path, out: Path, **overrides) -> TrainConfi
     return TrainConfig().replace(**base)  # replace() validates
 
 
+# A sweep small enough for a test: one demo scale, two arms, 24-step trials.
+SMALL_SPACE = {
+    "scales": ["demo-xs"],
+    "arms": ["baseline", "both"],
+    "params": {
+        "lr": {"type": "loguniform", "low": 1e-3, "high": 2e-2},
+        "warmup_steps": {"type": "int", "low": 0, "high": 4},
+        "temperature": {"type": "uniform", "low": 1.0, "high": 4.0},
+        "alpha": {"type": "uniform", "low": 0.1, "high": 0.9},
+        "smoothing": {"type": "loguniform", "low": 0.01, "high": 0.2},
+    },
+    # hash split: user FASTA under the cluster split needs `mmseqs`, which these tests are not about
+    "train": {"split_method": "hash", "max_steps": 24, "eval_interval": 4, "batch_size": 4, "micro_batch_size": 4,
+              "block_size": 128, "val_max_proteins": 16, "eval_batch_size": 16, "final_eval": False},
+    "search": {"trials_per_study": 3, "max_concurrent": 2, "grace_period": 8, "reduction_factor": 2},
+}
+
+
+def write_small_space(tmp_path: Path, name: str, data: Path, teacher: Path, **overrides) -> Path:
+    """SMALL_SPACE as a YAML file, with `overrides` (the train and search sections merge, the rest replace)."""
+    raw = json.loads(json.dumps(SMALL_SPACE))
+    raw.update(name=name, data=str(data), teacher=str(teacher))
+    for k, v in overrides.items():
+        raw[k] = {**raw[k], **v} if k in ("train", "search") else v  # sections merge, the rest replace
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def run_kdsweep(args, env, timeout=900) -> subprocess.CompletedProcess:
+    """`kdsweep ARGS` in a subprocess (its own embedded Ray); it must succeed."""
+    p = subprocess.run([sys.executable, "-m", "kdsweep", *args], env=env, capture_output=True, text=True,
+                       timeout=timeout)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p
+
+
 @contextmanager
 def ray_subprocess_env(**extra: str):
     """Environment for `kdsweep` subprocesses with their own embedded Ray: a fresh short RAY_TMPDIR
@@ -103,3 +149,57 @@ def kill_ray_processes(ray_tmp: str) -> None:
                 p.kill()
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             pass
+
+
+def write_finished_sweep(store: Path) -> SweepDir:
+    """A sweep folder as a finished sweep leaves it, made without Ray: space, meta, Optuna studies
+    with a completed and a stopped-early trial in one study."""
+    sd = SweepDir(store / "norays")
+    sd.root.mkdir(parents=True)
+    raw = yaml.safe_load((SEARCH_SPACES_DIR / "demo.yaml").read_text())
+    raw.update(name="norays", scales=["demo-xs"], arms=["baseline"])
+    del raw["params"]["smoothing"]  # no arm here smooths
+    sd.space.write_text(yaml.safe_dump(raw))
+    sd.write_meta({"name": "norays", "storage_url": None, "git_commit": "test"})
+    study = open_study(sd.storage_url(create=True), "norays", "demo-xs/baseline")
+    dists = {"lr": optuna.distributions.FloatDistribution(1e-3, 3e-2, log=True),
+             "warmup_steps": optuna.distributions.IntDistribution(0, 10),
+             "temperature": optuna.distributions.FloatDistribution(1.0, 4.0),
+             "alpha": optuna.distributions.FloatDistribution(0.1, 0.9)}
+    params = {"lr": 3e-3, "warmup_steps": 2, "temperature": 2.0, "alpha": 0.5}
+    study.add_trial(optuna.trial.create_trial(value=19.5, params=params, distributions=dists,
+                                              user_attrs={ATTR_TRIAL: "t1", ATTR_STATUS: "completed"}))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params=params,
+                                              distributions=dists, intermediate_values={10: 25.0},
+                                              user_attrs={ATTR_TRIAL: "t2", ATTR_STATUS: "stopped_early"}))
+    return sd
+
+
+def eval_steps(run_dir: Path) -> list[int]:
+    """The steps of a run's evaluation rows, in log order."""
+    return [r["step"] for r in eval_rows(run_dir)]
+
+
+def resumable_runs(sd: SweepDir) -> list[Path]:
+    """Run folders of the trials Tune's saved snapshot holds as unfinished with a checkpoint."""
+    from sweeps.runner import tune_unfinished  # imports Ray: only for the tests that run sweeps
+
+    try:  # the snapshot is rewritten while the sweep runs: a half-written one is read next time
+        trials = tune_unfinished(sd)
+    except Exception:
+        return []
+    return [sd.run_dir(t.trial_id) for t in trials if t.checkpoint]
+
+
+def ray_processes(ray_tmp: str) -> list[int]:
+    """The live (not zombie) processes whose environment names this RAY_TMPDIR."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if p.environ().get("RAY_TMPDIR") == ray_tmp and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    return found

@@ -13,12 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import optuna
-import yaml
-
 from sweeps.layout import SweepDir
-from sweeps.space import SEARCH_SPACES_DIR
-from sweeps.study import ATTR_STATUS, ATTR_TRIAL, open_study
+from sweeps.study import open_study
+from tests.fixtures import write_finished_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("kdsweep", "distill", "sweeps", "analysis", "search_spaces")
@@ -111,32 +108,8 @@ def test_layers_import_downwards_only():
     assert bad == []
 
 
-def _finished_sweep(store: Path) -> SweepDir:
-    """A sweep folder as a finished sweep leaves it, made without Ray: space, meta, Optuna studies
-    with a completed and a stopped-early trial in one study."""
-    sd = SweepDir(store / "norays")
-    sd.root.mkdir(parents=True)
-    raw = yaml.safe_load((SEARCH_SPACES_DIR / "demo.yaml").read_text())
-    raw.update(name="norays", scales=["demo-xs"], arms=["baseline"])
-    del raw["params"]["smoothing"]  # no arm here smooths
-    sd.space.write_text(yaml.safe_dump(raw))
-    sd.write_meta({"name": "norays", "storage_url": None, "git_commit": "test"})
-    study = open_study(sd.storage_url(create=True), "norays", "demo-xs/baseline")
-    dists = {"lr": optuna.distributions.FloatDistribution(1e-3, 3e-2, log=True),
-             "warmup_steps": optuna.distributions.IntDistribution(0, 10),
-             "temperature": optuna.distributions.FloatDistribution(1.0, 4.0),
-             "alpha": optuna.distributions.FloatDistribution(0.1, 0.9)}
-    params = {"lr": 3e-3, "warmup_steps": 2, "temperature": 2.0, "alpha": 0.5}
-    study.add_trial(optuna.trial.create_trial(value=19.5, params=params, distributions=dists,
-                                              user_attrs={ATTR_TRIAL: "t1", ATTR_STATUS: "completed"}))
-    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params=params,
-                                              distributions=dists, intermediate_values={10: 25.0},
-                                              user_attrs={ATTR_TRIAL: "t2", ATTR_STATUS: "stopped_early"}))
-    return sd
-
-
 def test_reading_a_sweep_imports_no_ray(tmp_path):
-    sd = _finished_sweep(tmp_path / "store")
+    sd = write_finished_sweep(tmp_path / "store")
     script = f"""
 import json, sys
 from kdsweep.cli import main
@@ -156,7 +129,7 @@ print(json.dumps({{"codes": codes, "ray": sorted(m for m in sys.modules if m == 
 
 
 def test_a_moved_sweep_folder_reads_its_own_database(tmp_path):
-    sd = _finished_sweep(tmp_path / "a")
+    sd = write_finished_sweep(tmp_path / "a")
     moved = SweepDir(tmp_path / "b" / "norays")
     moved.root.parent.mkdir()
     sd.root.rename(moved.root)

@@ -7,7 +7,7 @@ import yaml
 
 from distill.errors import ConfigError
 from kdsweep.cli import main
-from sweeps.space import SEARCH_SPACES_DIR, load_space, parse_space, smoke_space
+from sweeps.space import SEARCH_SPACES_DIR, dump_space, load_space, parse_space, smoke_space, with_tracker
 from tests.fixtures import write_real_fasta
 
 SHIPPED = sorted(SEARCH_SPACES_DIR.glob("*.yaml"))
@@ -71,6 +71,9 @@ def _with(**changes):
         (_with(search__trials_per_study=0), "search.trials_per_study: got 0"),
         (_with(search__executor="slurm"), "search.executor: got 'slurm'"),
         (_with(search__early_stopping="no"), "search.early_stopping: got 'no', allowed: true"),
+        (_with(tracking__tracker="neptune"), "tracking.tracker: got 'neptune', allowed: null (none), mlflow, wandb"),
+        (_with(tracking__projekt="x"), "tracking.projekt: unknown key"),
+        (_with(tracking__wandb_project=7), "tracking.wandb_project: expected a W&B project name, got 7"),
     ],
 )
 def test_malformed_spaces_name_the_key(raw, needle):
@@ -120,3 +123,16 @@ def test_smoke_space_is_small_but_complete():
     s = smoke_space(load_space(SEARCH_SPACES_DIR / "demo.yaml"))
     assert len(s.scales) == 1 and len(s.arms) == 4 and s.train["max_steps"] <= 20
     assert s.search["grace_period"] < s.train["max_steps"]
+
+
+def test_tracker_from_the_space_or_the_command_line(tmp_path):
+    plain = load_space(SEARCH_SPACES_DIR / "demo.yaml")
+    assert plain.tracking == {"tracker": None, "mlflow_uri": None, "wandb_project": "kdsweep"}
+    tracked = parse_space(_with(tracking={"tracker": "wandb", "wandb_project": "kd"}), "t.yaml")
+    assert tracked.tracking == {"tracker": "wandb", "mlflow_uri": None, "wandb_project": "kd"}
+    assert with_tracker(tracked, None) is tracked  # no --tracker: the space decides
+    assert with_tracker(tracked, "mlflow").tracking == {"tracker": "mlflow", "mlflow_uri": None, "wandb_project": "kd"}
+    off = with_tracker(tracked, "none")
+    assert off.tracking["tracker"] is None
+    dump_space(off, tmp_path / "space.yaml")  # what a sweep keeps, and a resume reads
+    assert load_space(tmp_path / "space.yaml").tracking["tracker"] is None

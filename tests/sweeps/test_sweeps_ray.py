@@ -8,6 +8,7 @@ short temp folder, removed afterwards, and leftover Ray processes are ended.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -21,28 +22,15 @@ from optuna.trial import TrialState
 from distill.rundir import read_log
 from kdsweep.cli import main
 from sweeps.layout import SweepDir
-from sweeps.runner import tune_unfinished
 from sweeps.study import ATTR_STATUS, ORPHANED, open_study
 from sweeps.space import SEARCH_SPACES_DIR
-from tests.fixtures import kill_ray_processes, ray_subprocess_env
+from sweeps.tracking import CURVES
+from tests.fixtures import (SMALL_SPACE, eval_steps, kill_ray_processes, ray_subprocess_env, resumable_runs,
+                            run_kdsweep, write_small_space)
 
 pytestmark = pytest.mark.ray
 
-SMALL_SPACE = {
-    "scales": ["demo-xs"],
-    "arms": ["baseline", "both"],
-    "params": {
-        "lr": {"type": "loguniform", "low": 1e-3, "high": 2e-2},
-        "warmup_steps": {"type": "int", "low": 0, "high": 4},
-        "temperature": {"type": "uniform", "low": 1.0, "high": 4.0},
-        "alpha": {"type": "uniform", "low": 0.1, "high": 0.9},
-        "smoothing": {"type": "loguniform", "low": 0.01, "high": 0.2},
-    },
-    # hash split: user FASTA under the cluster split needs `mmseqs`, which these tests are not about
-    "train": {"split_method": "hash", "max_steps": 24, "eval_interval": 4, "batch_size": 4, "micro_batch_size": 4, "block_size": 128,
-              "val_max_proteins": 16, "eval_batch_size": 16, "final_eval": False},
-    "search": {"trials_per_study": 3, "max_concurrent": 2, "grace_period": 8, "reduction_factor": 2},
-}
+SMOKE_STUDIES = [f"demo-xs/{arm}" for arm in ("baseline", "uncertainty", "calibration", "both")]
 
 
 @pytest.fixture
@@ -51,45 +39,38 @@ def ray_env():
         yield env
 
 
-def _space_file(tmp_path: Path, name: str, data: Path, teacher: Path, **overrides) -> Path:
-    raw = json.loads(json.dumps(SMALL_SPACE))
-    raw.update(name=name, data=str(data), teacher=str(teacher))
-    for k, v in overrides.items():
-        raw[k] = {**raw[k], **v} if k in ("train", "search") else v  # sections merge, the rest replace
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-def _kdsweep(args, env, timeout=900) -> subprocess.CompletedProcess:
-    p = subprocess.run([sys.executable, "-m", "kdsweep", *args], env=env, capture_output=True, text=True,
-                       timeout=timeout)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    return p
-
-
 def _trials(sd: SweepDir, study: str):
     return open_study(sd.storage_url(), sd.name, study).get_trials(deepcopy=False)
 
 
-def _eval_steps(run_dir: Path) -> list[int]:
-    return [r["step"] for r in read_log(run_dir) if "val_ppl" in r and "event" not in r]
+def _nonstandard_json(root: Path) -> list[str]:
+    """kdsweep's JSON files under a sweep folder holding a token strict readers reject (Infinity, NaN).
+    `tune/` and `train/` are Ray's own files (its experiment snapshot writes -Infinity for a trial
+    that has not reported yet); only Tune reads them."""
+    def reject(token):
+        raise ValueError(token)
 
-
-def _resumable(sd: SweepDir) -> list[Path]:
-    """Run folders of the trials Tune's saved snapshot holds as unfinished with a checkpoint."""
-    try:  # the snapshot is rewritten while the sweep runs: a half-written one is read next time
-        trials = tune_unfinished(sd)
-    except Exception:
-        return []
-    return [sd.runs / t.trial_id for t in trials if t.checkpoint]
+    bad = []
+    for f in root.rglob("*.json*"):
+        if f.relative_to(root).parts[0] in ("tune", "train"):
+            continue
+        for line in f.read_text().splitlines() if f.suffix == ".jsonl" else [f.read_text()]:
+            try:
+                json.loads(line, parse_constant=reject)
+            except ValueError:
+                bad.append(str(f))
+    return bad
 
 
 def test_smoke_sweep_prunes_exports_and_round_trips(tmp_path, ray_env, monkeypatch):
     store = tmp_path / "store"
-    p = _kdsweep(["sweep", "run", str(SEARCH_SPACES_DIR / "demo.yaml"), "--smoke", "--storage", str(store)], ray_env)
+    t0 = time.time()
+    p = run_kdsweep(["sweep", "run", str(SEARCH_SPACES_DIR / "demo.yaml"), "--smoke", "--storage", str(store)], ray_env)
+    elapsed = time.time() - t0
     assert "best val_ppl" in p.stdout and "kdsweep sweep export" in p.stdout  # status table + next steps
     sd = SweepDir(store / "demo-smoke")
+    _check_console(p, sd, elapsed)
+    _check_tensorboard(sd)
     pruned, completed = [], []
     for arm in ("baseline", "uncertainty", "calibration", "both"):
         trials = _trials(sd, f"demo-xs/{arm}")
@@ -105,7 +86,7 @@ def test_smoke_sweep_prunes_exports_and_round_trips(tmp_path, ray_env, monkeypat
         assert t.user_attrs[ATTR_STATUS] == "stopped_early"
         assert t.intermediate_values and max(t.intermediate_values) < 16
         run = sd.runs / t.user_attrs["ray_trial_id"]
-        steps = _eval_steps(run)
+        steps = eval_steps(run)
         assert steps and max(steps) < 16  # it really stopped training
         # its run folder says so too (written by the driver: the trial's process was ended)
         summary = json.loads((run / "metrics.json").read_text())
@@ -121,7 +102,7 @@ def test_smoke_sweep_prunes_exports_and_round_trips(tmp_path, ray_env, monkeypat
         assert (run / "student" / "model.safetensors").is_file()
 
     # status is served from the storage alone
-    out = _kdsweep(["sweep", "status", "demo-smoke", "--storage", str(store), "--json"], ray_env).stdout
+    out = run_kdsweep(["sweep", "status", "demo-smoke", "--storage", str(store), "--json"], ray_env).stdout
     rows = json.loads(out)
     assert sum(r["stopped_early"] for r in rows) == len(pruned) and sum(r["completed"] for r in rows) == len(completed)
 
@@ -139,10 +120,44 @@ def test_smoke_sweep_prunes_exports_and_round_trips(tmp_path, ray_env, monkeypat
     assert summary["status"] == "completed"
 
 
+def _check_console(p: subprocess.CompletedProcess, sd: SweepDir, elapsed: float) -> None:
+    """Not a terminal: one line per ended trial, in the states Optuna holds, bounded summaries, nothing misleading."""
+    lines = p.stdout.splitlines()
+    ended = [m.groups() for line in lines if (m := re.match(r"\d\d:\d\d:\d\d  \d+/12 (\w+) (\S+) (\w+) step ", line))]
+    summaries = [line for line in lines if re.match(r"\d\d:\d\d:\d\d  \[\d+/12 ended\] elapsed ", line)]
+    assert len(ended) == 12, p.stdout
+    assert 1 <= len(summaries) <= 2 + elapsed // 300  # every 5 minutes, and at the end
+    assert len(lines) <= len(ended) + len(summaries) + 12, p.stdout  # + start line, status table, next steps
+    told = {t.user_attrs["ray_trial_id"]: (study, t.user_attrs[ATTR_STATUS])
+            for study in SMOKE_STUDIES for t in _trials(sd, study)}
+    assert {trial: (study, state) for trial, study, state in ended} == told
+    console = p.stdout + p.stderr
+    for misleading in ("9223372036854775807", "/tmp/ray/session", "RAY_AUTH_MODE=disabled", "tensorboard --logdir",
+                       "TERMINATED"):
+        assert misleading not in console, misleading
+
+
+def _check_tensorboard(sd: SweepDir) -> None:
+    """One TensorBoard run per trial, named <scale>_<arm>_<n>_<trial id>, with kdsweep's metrics at the
+    training steps the run logged (not Tune's iterations), and none of Tune's bookkeeping."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    expected = {f"demo-xs_{study.split('/')[1]}_{t.number}_{t.user_attrs['ray_trial_id']}": t.user_attrs["ray_trial_id"]
+                for study in SMOKE_STUDIES for t in _trials(sd, study)}
+    assert sorted(d.name for d in sd.tensorboard.iterdir()) == sorted(expected)
+    for name, trial_id in expected.items():
+        events = EventAccumulator(str(sd.tensorboard / name))
+        events.Reload()
+        assert set(events.Tags()["scalars"]) == set(CURVES), name
+        logged = [(r["step"], r["val_ppl"]) for r in read_log(sd.runs / trial_id) if "val_ppl" in r and "event" not in r]
+        assert [(e.step, pytest.approx(e.value)) for e in events.Scalars("val_ppl")] == logged, name
+    assert not list(sd.tune.rglob("events.out.tfevents*"))  # Tune's own TensorBoard logger is off
+
+
 def test_sigkill_driver_then_resume(tmp_path, ray_env, small_fasta, char_teacher):
     store = tmp_path / "store"
     # Long enough trials (60 steps) that the kill lands mid-trial.
-    space = _space_file(tmp_path, "killme", small_fasta, char_teacher, train={"max_steps": 60, "block_size": 256})
+    space = write_small_space(tmp_path, "killme", small_fasta, char_teacher, train={"max_steps": 60, "block_size": 256})
     cmd = [sys.executable, "-m", "kdsweep", "sweep", "run", str(space), "--storage", str(store)]
     driver = subprocess.Popen(cmd, env=ray_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sd = SweepDir(store / "killme")
@@ -157,7 +172,7 @@ def test_sigkill_driver_then_resume(tmp_path, ray_env, small_fasta, char_teacher
         if not sd.meta_path.exists() or not sd.runs.is_dir():
             continue
         ended = [t for st in studies for t in _trials(sd, st) if t.state.is_finished()]
-        midway = [d for d in _resumable(sd) if (steps := _eval_steps(d)) and 8 < steps[-1] < 56 and steps[-1] % 8]
+        midway = [d for d in resumable_runs(sd) if (steps := eval_steps(d)) and 8 < steps[-1] < 56 and steps[-1] % 8]
         if ended and midway:
             break
     else:
@@ -169,11 +184,11 @@ def test_sigkill_driver_then_resume(tmp_path, ray_env, small_fasta, char_teacher
     # ended (a stopped-early run has no metrics.json); interrupted = what Tune's snapshot resumes.
     told = {t.user_attrs["ray_trial_id"] for st in studies for t in _trials(sd, st) if t.state.is_finished()}
     ended = [d for d in sd.runs.iterdir() if (d / "metrics.json").is_file() or d.name in told]
-    interrupted = [d for d in _resumable(sd) if d not in ended and _eval_steps(d)]
+    interrupted = [d for d in resumable_runs(sd) if d not in ended and eval_steps(d)]
     assert ended and interrupted
     before = {d.name: (d / "metrics.jsonl").read_text() for d in ended}
 
-    _kdsweep(["sweep", "resume", "killme", "--storage", str(store)], ray_env)
+    run_kdsweep(["sweep", "resume", "killme", "--storage", str(store)], ray_env)
 
     run_ids = []
     for study in studies:
@@ -185,7 +200,7 @@ def test_sigkill_driver_then_resume(tmp_path, ray_env, small_fasta, char_teacher
     for name, text in before.items():
         assert (sd.runs / name / "metrics.jsonl").read_text() == text  # finished earlier: not rerun
     for rid in run_ids:
-        steps = _eval_steps(sd.runs / rid)
+        steps = eval_steps(sd.runs / rid)
         assert steps == list(range(4, steps[-1] + 1, 4)), (rid, steps)  # complete history, no gap, no duplicate
     for d in interrupted:  # continued from its checkpoint, not from scratch
         assert any(r.get("event") == "resumed" and r["step"] > 0 for r in read_log(d)), d.name
@@ -194,7 +209,7 @@ def test_sigkill_driver_then_resume(tmp_path, ray_env, small_fasta, char_teacher
 def test_ray_train_executor_and_diverged_trial(tmp_path, ray_env, small_fasta, char_teacher):
     """Train V2 TorchTrainer trials end to end; one scale's absurd lr really diverges, the other completes."""
     store = tmp_path / "store"
-    space = _space_file(
+    space = write_small_space(
         tmp_path, "train-path", small_fasta, char_teacher,
         scales=["demo-xs", "demo-s"], arms=["baseline"],
         params={k: v for k, v in SMALL_SPACE["params"].items() if k != "smoothing"},
@@ -202,14 +217,15 @@ def test_ray_train_executor_and_diverged_trial(tmp_path, ray_env, small_fasta, c
         train={"max_steps": 8, "eval_interval": 4},
         search={"trials_per_study": 1, "max_concurrent": 1, "executor": "ray_train", "max_failures": 0},
     )
-    _kdsweep(["sweep", "run", str(space), "--storage", str(store)], ray_env)
+    run_kdsweep(["sweep", "run", str(space), "--storage", str(store)], ray_env)
     sd = SweepDir(store / "train-path")
     [ok] = _trials(sd, "demo-xs/baseline")
     [bad] = _trials(sd, "demo-s/baseline")
     assert ok.state == TrialState.COMPLETE and ok.value > 1
-    assert _eval_steps(sd.runs / ok.user_attrs["ray_trial_id"]) == [4, 8]
+    assert eval_steps(sd.runs / ok.user_attrs["ray_trial_id"]) == [4, 8]
     assert bad.state == TrialState.PRUNED and bad.user_attrs[ATTR_STATUS] == "diverged"
     assert bad.constraints == {"diverged": 1.0}
     summary = json.loads((sd.runs / bad.user_attrs["ray_trial_id"] / "metrics.json").read_text())
     assert summary["status"] == "diverged" and summary["step"] == bad.user_attrs["step"] == 1
     assert (sd.root / "train" / f"train-{ok.user_attrs['ray_trial_id']}").is_dir()  # a real Ray Train run
+    assert _nonstandard_json(sd.root) == []  # the diverged run's inf values are written as "inf"

@@ -1,0 +1,101 @@
+"""What a reader must be told before believing the tables: the report's warnings (method §7).
+
+* few seeds: a (scale, arm) with fewer than 3 usable replicates. With n = 2 the 95 %
+  t-interval is 12.7 standard errors wide each side, so no verdict can be anything but
+  inconclusive; with n = 1 there is no interval at all.
+* edge of a search range: the exported best config's value of a searched parameter lies
+  within 5 % of its range's low or high end (measured on a log scale for loguniform): the
+  optimum may lie outside what was searched.
+* degenerate model: every completed replicate of a scale has the same test accuracy (to 1e-4),
+  or some replicate has accuracy 0. Such students predict (nearly) the same token
+  everywhere; their ECE is the calibration of that one prediction, and differences between
+  arms say little about what distillation taught them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from analysis.fmt import sig
+from analysis.load import per_seed, usable_replicates
+from analysis.select import search_best
+from analysis.stats import LEVEL, t_quantile
+from sweeps.space import SearchSpace
+
+MIN_SEEDS = 3
+EDGE = 0.05  # share of a range's width (log width for loguniform) that counts as its edge
+SAME_ACCURACY = 1e-4
+
+
+def few_seeds(reps: pd.DataFrame, scales, arms) -> list[str]:
+    """One warning per replicate count below MIN_SEEDS, naming every (scale, arm) that has it."""
+    ok = usable_replicates(reps)
+    by_n: dict[int, list[str]] = {}
+    for scale in scales:
+        for arm in arms:
+            n = len(per_seed(ok, scale, arm, "ppl_ratio"))
+            if n < MIN_SEEDS:
+                by_n.setdefault(n, []).append(f"{scale}/{arm}")
+    out = []
+    for n, studies in sorted(by_n.items()):
+        why = ("no usable replicate: missing from every table" if n == 0 else
+               "one replicate: no spread and no interval" if n == 1 else
+               f"a {round(100 * LEVEL)} % t-interval is ± {t_quantile(1 - (1 - LEVEL) / 2, n - 1):.1f} "
+               "standard errors wide, so verdicts are nearly always inconclusive")
+        out.append(f"n={n} usable replicate(s), fewer than {MIN_SEEDS}, in {', '.join(studies)}: {why}. More seeds: "
+                   f"kdsweep sweep replicate NAME --seeds {MIN_SEEDS}.")
+    return out
+
+
+def range_position(value: float, low: float, high: float, log: bool) -> float:
+    """Where `value` lies in [low, high]: 0 at low, 1 at high (log scale if `log`)."""
+    if log:
+        value, low, high = math.log(value), math.log(low), math.log(high)
+    return (value - low) / (high - low)
+
+
+def edge_of_range(space: SearchSpace, trials: pd.DataFrame) -> list[str]:
+    out = []
+    for study in space.studies:
+        best = search_best(trials, study.scale, study.arm)
+        if best is None:
+            continue
+        for name, dist in study.params.items():
+            if dist.type == "choice" or dist.high <= dist.low or name not in best or pd.isna(best[name]):
+                continue
+            pos = range_position(float(best[name]), dist.low, dist.high, dist.type == "loguniform")
+            if EDGE < pos < 1 - EDGE:
+                continue
+            scale = "; log scale" if dist.type == "loguniform" else ""
+            out.append(f"{study.name}: the best config's {name} = {sig(float(best[name]))} lies at the "
+                       f"{'low' if pos <= EDGE else 'high'} edge of its search range [{sig(dist.low)}, "
+                       f"{sig(dist.high)}] ({dist.type}, within {100 * EDGE:g} % of the range{scale}): the optimum may "
+                       "lie outside it; widen the range.")
+    return out
+
+
+def degenerate(reps: pd.DataFrame, scales, arms) -> list[str]:
+    ok = usable_replicates(reps)
+    out = []
+    for scale in scales:
+        acc = {f"{a} seed {s}": v for a in arms for s, v in per_seed(ok, scale, a, "accuracy").items()}
+        if not acc:
+            continue
+        zero = [run for run, v in acc.items() if v == 0]
+        if zero:
+            out.append(f"{scale}: test accuracy 0 in {', '.join(zero)}: a degenerate model; its ECE is its mean "
+                       "confidence.")
+        elif len(acc) >= 2 and max(acc.values()) - min(acc.values()) < SAME_ACCURACY:
+            out.append(f"{scale}: every one of the {len(acc)} completed replicates has test accuracy "
+                       f"{sig(min(acc.values()))} (spread < {SAME_ACCURACY:g}): a degenerate model, predicting "
+                       "(nearly) the same token everywhere; its ECE is the calibration of that one prediction and "
+                       "the arms' differences say little about what distillation taught.")
+    return out
+
+
+def report_warnings(space: SearchSpace, trials: pd.DataFrame, reps: pd.DataFrame) -> list[str]:
+    """Every warning, degenerate models first (they void the rest), then search ranges, then seeds."""
+    scales, arms = list(space.scales), list(space.arms)
+    return degenerate(reps, scales, arms) + edge_of_range(space, trials) + few_seeds(reps, scales, arms)

@@ -1,0 +1,257 @@
+"""Bad and edge-case input, as a new user would type it: one table, every case a real command.
+
+Each row: the command line, what the test folder holds first, the exit status, a phrase the
+one-line message must contain, and the files that must not exist afterwards (nothing is
+half-written; no sweep folder takes the name). Every case must end before any work starts:
+the commands run in this process through `kdsweep.cli.main` (a case that started Ray or
+trained would show here as a hang or a traceback), except the two that need a real Ray
+cluster to be refused by (marked `ray`), which run as `python -m kdsweep` subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distill.config import dump_config, load_config
+from kdsweep.cli import main
+from tests.fixtures import ray_subprocess_env, write_finished_sweep
+
+TINY = ["--set", "scale=null", "--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=16",
+        "--set", "block_size=64", "--set", "batch_size=4", "--set", "micro_batch_size=2",
+        "--set", "max_steps=2", "--set", "eval_interval=2", "--set", "val_max_proteins=8"]
+TRAIN = ["train", "--set", "teacher={teacher}", "--set", "data={data}", *TINY, "--out", "{tmp}/out"]
+RUN = ["sweep", "run", "{tmp}/space.yaml", "--storage", "{tmp}/store"]
+SWEPT = ["--storage", "{tmp}/swept"]  # a finished sweep named `norays` (tests.fixtures.write_finished_sweep)
+
+SPACE = {
+    "name": "bad", "teacher": "{teacher}", "data": "{data}", "scales": ["demo-xs"], "arms": ["baseline"],
+    "params": {"lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2},
+               "warmup_steps": {"type": "int", "low": 0, "high": 2},
+               "temperature": {"type": "uniform", "low": 1.0, "high": 2.0},
+               "alpha": {"type": "uniform", "low": 0.1, "high": 0.9}},
+    "train": {"max_steps": 8, "eval_interval": 4, "batch_size": 4, "micro_batch_size": 4, "block_size": 64,
+              "val_max_proteins": 8, "final_eval": False},
+    "search": {"trials_per_study": 1, "max_concurrent": 1},
+}
+
+
+@dataclass
+class Case:
+    id: str
+    args: list[str]
+    phrase: str
+    absent: list[str] = field(default_factory=list)  # paths (templates) that must not exist afterwards
+    code: int = 2
+    files: dict[str, str] = field(default_factory=dict)  # path template -> text written first
+    space: dict | None = None  # changes to SPACE (top-level keys; `train`/`search`/`resources` merge)
+    setup: str | None = None  # a named setup below
+    ray: bool = False  # refused by a real Ray cluster: runs as a subprocess with its own embedded Ray
+
+
+def train(*extra: str) -> list[str]:
+    return [*TRAIN, *extra]
+
+
+def sets(**kv) -> list[str]:
+    return [a for k, v in kv.items() for a in ("--set", f"{k}={v}")]
+
+
+CASES = [
+    # ---- kdsweep train: config values -------------------------------------------------------
+    Case("train-unknown-key", train(*sets(learning_rate=1e-3)), "learning_rate: unknown key (did you mean 'lr'?)", ["{tmp}/out"]),
+    Case("train-negative-lr", train(*sets(lr=-1e-3)), "lr: got -0.001, allowed: a finite number > 0", ["{tmp}/out"]),
+    Case("train-alpha-above-1", train(*sets(alpha=1.5)), "alpha: got 1.5, allowed: 0 <= alpha <= 1", ["{tmp}/out"]),
+    Case("train-temperature-inf", train(*sets(temperature=".inf")), "temperature: got inf, allowed: a finite number > 0", ["{tmp}/out"]),
+    Case("train-temperature-nan", train(*sets(temperature=".nan")), "temperature: got nan", ["{tmp}/out"]),
+    Case("train-weight-decay-inf", train(*sets(weight_decay=".inf")), "weight_decay: got inf", ["{tmp}/out"]),
+    Case("train-no-test-split-with-final-eval", train(*sets(split="[0.9,0.1,0.0]")),
+         "split: the test fraction is 0 but final_eval is true", ["{tmp}/out"]),
+    Case("train-split-not-summing-to-1", train(*sets(split="[0.9,0.2,0.1]")), "summing to 1", ["{tmp}/out"]),
+    Case("train-precision-fp8", train(*sets(precision="fp8")), "precision: got 'fp8'", ["{tmp}/out"]),
+    Case("train-unknown-scale", train(*sets(scale="huge")), "scale: unknown scale 'huge'", ["{tmp}/out"]),
+    Case("train-batch-not-multiple", train(*sets(batch_size=5)), "is not a whole multiple of micro_batch_size", ["{tmp}/out"]),
+    Case("train-set-without-equals", train("--set", "lr"), "--set 'lr': expected key=value", ["{tmp}/out"]),
+    # ---- kdsweep train: config files --------------------------------------------------------
+    Case("train-config-duplicate-key", train("--config", "{tmp}/c.yaml"), "duplicate key 'lr' (line 3)", ["{tmp}/out"],
+         files={"{tmp}/c.yaml": "lr: 1.0e-3\nalpha: 0.5\nlr: 2.0e-3\n"}),
+    Case("train-config-malformed", train("--config", "{tmp}/c.yaml"), "c.yaml: malformed YAML", ["{tmp}/out"],
+         files={"{tmp}/c.yaml": "lr: [1, 2\n"}),
+    Case("train-config-missing", train("--config", "{tmp}/none.yaml"), "none.yaml: config file not found", ["{tmp}/out"]),
+    Case("train-config-a-list", train("--config", "{tmp}/c.yaml"), "expected a mapping of key: value", ["{tmp}/out"],
+         files={"{tmp}/c.yaml": "- 1\n- 2\n"}),
+    # ---- kdsweep train: data, teacher, tokenizer, sizes ----------------------------------------
+    Case("train-data-missing", train(*sets(data="{tmp}/none.fasta")), "none.fasta: data file not found", ["{tmp}/out"]),
+    Case("train-data-malformed-fasta", train(*sets(data="{tmp}/m.fasta")), "record 1 does not start with a '>'", ["{tmp}/out"],
+         files={"{tmp}/m.fasta": "MKVL\n>a\nMKV\n"}),
+    Case("train-data-non-iupac", train(*sets(data="{tmp}/n.fasta")), "contains non-IUPAC characters '1J'", ["{tmp}/out"],
+         files={"{tmp}/n.fasta": ">ok\nMKV\n>bad\nMK1VJ\n"}),
+    Case("train-data-empty", train(*sets(data="{tmp}/e.fasta")), "empty dataset", ["{tmp}/out"],
+         files={"{tmp}/e.fasta": ">a\n\n"}),
+    Case("train-teacher-missing", train(*sets(teacher="{tmp}/no-teacher")), "teacher directory not found", ["{tmp}/out"]),
+    Case("train-tokenizer-missing", train(*sets(tokenizer="{tmp}/no-tokenizer")), "tokenizer directory not found", ["{tmp}/out"]),
+    Case("train-tokenizer-of-another-model", train(*sets(tokenizer="{protgpt2}")), "vocabulary mismatch", ["{tmp}/out"]),
+    Case("train-block-size-over-positions", train(*sets(block_size=1024)),
+         "block_size: 1024 exceeds the student's n_positions 512", ["{tmp}/out"]),
+    Case("train-max-eval-tokens-over-positions", train(*sets(max_eval_tokens=2048)),
+         "max_eval_tokens: 2048 exceeds the student's n_positions 512", ["{tmp}/out"]),
+    # ---- kdsweep train: where it writes ----------------------------------------------------
+    Case("train-out-is-a-file", [*TRAIN[:-1], "{tmp}/afile"], "is a file, not a folder", ["{tmp}/afile/config.yaml"],
+         files={"{tmp}/afile": "not a folder\n"}),
+    Case("train-out-under-a-file", [*TRAIN[:-1], "{tmp}/afile/run"], "cannot be created: ", ["{tmp}/afile/run"],
+         files={"{tmp}/afile": "not a folder\n"}),
+    Case("train-out-unwritable", [*TRAIN[:-1], "/sys/kdsweep-test-out"], "is not writable", ["/sys/kdsweep-test-out"]),
+    Case("train-rerun-other-lr", train(*sets(lr=2e-3)), "holds a run with a different config: lr (0.001 -> 0.002)",
+         ["{tmp}/out/checkpoints", "{tmp}/out/metrics.jsonl"], setup="old_run"),
+    Case("train-rerun-other-size", train(*sets(n_embd=32)), "n_embd (16 -> 32)",
+         ["{tmp}/out/checkpoints", "{tmp}/out/metrics.jsonl"], setup="old_run"),
+    # ---- kdsweep evaluate ---------------------------------------------------------------------
+    Case("evaluate-out-is-a-folder", ["evaluate", "--student", "{teacher}", "--teacher", "{teacher}", "--out", "{tmp}"],
+         "is a folder; give a file name"),
+    Case("evaluate-out-unwritable", ["evaluate", "--student", "{teacher}", "--teacher", "{teacher}",
+                                     "--out", "/sys/kdsweep-test.json"], "is not writable", ["/sys/kdsweep-test.json"]),
+    Case("evaluate-student-missing", ["evaluate", "--student", "{tmp}/no-student", "--teacher", "{teacher}",
+                                      "--out", "{tmp}/m.json"], "no-student", ["{tmp}/m.json"]),
+    Case("evaluate-teacher-missing", ["evaluate", "--student", "{teacher}", "--teacher", "{tmp}/no-teacher",
+                                      "--out", "{tmp}/m.json"], "teacher directory not found", ["{tmp}/m.json"]),
+    Case("evaluate-data-missing", ["evaluate", "--student", "{teacher}", "--teacher", "{teacher}",
+                                   "--data", "{tmp}/none.fasta", "--out", "{tmp}/m.json"], "data file not found", ["{tmp}/m.json"]),
+    # ---- kdsweep sweep run: the space file -------------------------------------------------------
+    Case("sweep-space-missing", ["sweep", "run", "{tmp}/none.yaml", "--storage", "{tmp}/store"],
+         "search space file not found", ["{tmp}/store"]),
+    Case("sweep-space-duplicate-key", RUN, "duplicate key 'scales'", ["{tmp}/store"],
+         files={"{tmp}/space.yaml": "name: bad\nscales: [demo-xs]\nscales: [demo-s]\n"}),
+    Case("sweep-space-unknown-key", RUN, "learning_rate: unknown key", ["{tmp}/store"], space={"learning_rate": 1}),
+    Case("sweep-space-train-no-test-split", RUN, "train.split: the test fraction is 0 but final_eval is true", ["{tmp}/store"],
+         space={"train": {"split": [0.9, 0.1, 0.0], "final_eval": True}}),
+    Case("sweep-storage-url-not-a-url", RUN, "search.storage_url: 'not-a-url' is not a database URL", ["{tmp}/store"],
+         space={"search": {"storage_url": "not-a-url"}}),
+    Case("sweep-storage-url-heroku-style", RUN, "'postgres://u@db/kd' is not a database URL", ["{tmp}/store"],
+         space={"search": {"storage_url": "postgres://u@db/kd"}}),
+    Case("sweep-storage-url-driver-missing", RUN, "needs the Python driver 'psycopg2', which is not installed",
+         ["{tmp}/store"], space={"search": {"storage_url": "postgresql+psycopg2://u:secret@db/kd"}}),
+    Case("sweep-storage-url-unsupported", RUN, "backend 'oracle' is not supported", ["{tmp}/store"],
+         space={"search": {"storage_url": "oracle://u@db/kd"}}),
+    Case("sweep-storage-url-sqlite-folder-missing", RUN, "the database's folder /no/such/folder does not exist",
+         ["{tmp}/store"], space={"search": {"storage_url": "sqlite:////no/such/folder/optuna.db"}}),
+    Case("sweep-storage-url-in-memory", RUN, "an in-memory database is lost", ["{tmp}/store"],
+         space={"search": {"storage_url": "sqlite://"}}),
+    # ---- kdsweep sweep run: inputs checked by the driver before Ray starts ----------------------------
+    Case("sweep-data-missing", RUN, "none.fasta: data file not found", ["{tmp}/store/bad"], space={"data": "{tmp}/none.fasta"}),
+    Case("sweep-data-malformed", RUN, "record 1 does not start with a '>'", ["{tmp}/store/bad"],
+         space={"data": "{tmp}/m.fasta"}, files={"{tmp}/m.fasta": "MKVL\n>a\nMKV\n"}),
+    Case("sweep-teacher-missing", RUN, "teacher directory not found", ["{tmp}/store/bad"], space={"teacher": "{tmp}/no-teacher"}),
+    Case("sweep-tokenizer-missing", RUN, "tokenizer directory not found", ["{tmp}/store/bad"],
+         space={"tokenizer": "{tmp}/no-tokenizer"}),
+    Case("sweep-tokenizer-of-another-model", RUN, "vocabulary mismatch", ["{tmp}/store/bad"], space={"tokenizer": "{protgpt2}"}),
+    Case("sweep-block-size-over-positions", RUN, "block_size: 1024 exceeds the teacher's n_positions 512", ["{tmp}/store/bad"],
+         space={"train": {"block_size": 1024}}),
+    Case("sweep-max-eval-tokens-over-positions", RUN, "max_eval_tokens: 600 exceeds the teacher's n_positions 512",
+         ["{tmp}/store/bad"], space={"train": {"max_eval_tokens": 600}}),
+    Case("sweep-batch-not-divisible-by-workers", RUN, "is not a multiple of micro_batch_size x workers = 4 x 3",
+         ["{tmp}/store/bad"], space={"search": {"executor": "ray_train"}, "resources": {"workers": 3}}),
+    Case("sweep-storage-is-a-file", ["sweep", "run", "{tmp}/space.yaml", "--storage", "{tmp}/afile"],
+         "--storage: {tmp}/afile is a file, not a folder", ["{tmp}/afile/bad"], files={"{tmp}/afile": "x\n"}),
+    Case("sweep-storage-unwritable", ["sweep", "run", "{tmp}/space.yaml", "--storage", "/sys/kdsweep-test-store"],
+         "is not writable", ["/sys/kdsweep-test-store"]),
+    Case("sweep-name-taken", ["sweep", "run", "{tmp}/space.yaml", "--name", "norays", *SWEPT],
+         "sweep 'norays' already exists", ["{tmp}/swept/norays/tune"], setup="swept"),
+    # ---- kdsweep sweep run: resources no node can hold (needs a real Ray cluster to ask) -----------
+    pytest.param(Case("sweep-64-cpus-per-trial", RUN, "each trial needs 64 CPU, but no node of this Ray cluster has that much; its nodes:",
+                      ["{tmp}/store/bad"], space={"resources": {"cpus_per_worker": 64}}, ray=True), marks=pytest.mark.ray),
+    pytest.param(Case("sweep-gpu-on-cpu-cluster", RUN, "each trial needs 1 CPU, 1 GPU, but no node of this Ray cluster",
+                      ["{tmp}/store/bad"], space={"resources": {"gpus_per_worker": 1}}, ray=True), marks=pytest.mark.ray),
+    # ---- the other sweep commands ------------------------------------------------------------------
+    Case("resume-unknown-sweep", ["sweep", "resume", "nosuch", *SWEPT], "no sweep here (no sweep.json)",
+         ["{tmp}/swept/nosuch"], setup="swept"),
+    Case("resume-without-tune-experiment", ["sweep", "resume", "norays", *SWEPT], "has no Tune experiment to resume",
+         ["{tmp}/swept/norays/tune"], setup="swept"),
+    Case("status-moved-without-database", ["sweep", "status", "norays", *SWEPT], "Optuna database",
+         ["{tmp}/swept/norays/optuna.db"], setup="swept_without_db"),
+    Case("export-out-is-a-file", ["sweep", "export", "norays", *SWEPT, "--out", "{tmp}/afile"],
+         "--out: {tmp}/afile is a file, not a folder", ["{tmp}/afile/demo-xs__baseline.yaml"],
+         files={"{tmp}/afile": "x\n"}, setup="swept"),
+    Case("replicate-zero-seeds", ["sweep", "replicate", "norays", *SWEPT, "--seeds", "0"], "--seeds: got 0",
+         ["{tmp}/swept/norays/replicates"], setup="swept"),
+    Case("analyze-unknown-sweep", ["analyze", "nosuch", *SWEPT], "no sweep here", ["{tmp}/swept/nosuch"], setup="swept"),
+    Case("dashboard-port-busy", ["dashboard", "norays", *SWEPT, "--port", "{port}"], "is not free", setup="busy_port"),
+]
+
+
+def _fill(value, ctx: dict):
+    if isinstance(value, str):
+        return value.format(**ctx)
+    if isinstance(value, list):
+        return [_fill(v, ctx) for v in value]
+    if isinstance(value, dict):
+        return {k: _fill(v, ctx) for k, v in value.items()}
+    return value
+
+
+def _space(changes: dict) -> dict:
+    raw = json.loads(json.dumps(SPACE))
+    for k, v in changes.items():
+        raw[k] = {**raw.get(k, {}), **v} if k in ("train", "search", "resources") else v
+    return raw
+
+
+@pytest.fixture
+def busy_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    yield s.getsockname()[1]
+    s.close()
+
+
+def _prepare(case: Case, tmp: Path, ctx: dict) -> None:
+    for path, text in case.files.items():
+        Path(_fill(path, ctx)).write_text(text)
+    if "{tmp}/space.yaml" not in case.files:
+        (tmp / "space.yaml").write_text(yaml.safe_dump(_fill(_space(case.space or {}), ctx)))
+    if case.setup == "old_run":  # a run folder whose config.yaml records the plain TRAIN run (lr 1e-3)
+        out = tmp / "out"
+        out.mkdir()
+        pairs = [a for a, flag in zip(_fill(TRAIN[2:], ctx), _fill(TRAIN[1:], ctx)) if flag == "--set"]
+        dump_config(load_config(None, [*pairs, f"output_dir={out}"]), out / "config.yaml")
+    if case.setup in ("swept", "swept_without_db", "busy_port"):
+        sd = write_finished_sweep(tmp / "swept")
+        if case.setup == "swept_without_db":
+            sd.default_db.unlink()  # as a folder copied without its database
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_bad_input_is_refused_before_any_work(case, tmp_path, char_teacher, small_fasta, protgpt2_tiny_teacher,
+                                             busy_port, capsys):
+    ctx = {"tmp": str(tmp_path), "teacher": str(char_teacher), "data": str(small_fasta),
+           "protgpt2": str(protgpt2_tiny_teacher), "port": busy_port}
+    _prepare(case, tmp_path, ctx)
+    args = _fill(case.args, ctx)
+    if case.ray:
+        with ray_subprocess_env() as env:
+            p = subprocess.run([sys.executable, "-m", "kdsweep", *args], env=env, capture_output=True, text=True,
+                               timeout=240)
+        code, err = p.returncode, p.stderr
+    else:
+        code = main(args)
+        err = capsys.readouterr().err
+    assert code == case.code, err
+    assert _fill(case.phrase, ctx) in err
+    # One message (Ray itself may log a line or two first when it starts), no traceback.
+    assert "Traceback" not in err
+    assert any(line.startswith("kdsweep: error:") for line in err.splitlines()) if case.ray else \
+        err.startswith("kdsweep: error:")
+    for path in _fill(case.absent, ctx):
+        assert not Path(path).exists(), path
+
+
+def test_the_table_is_large_enough():
+    assert len(CASES) >= 40

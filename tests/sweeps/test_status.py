@@ -1,0 +1,14 @@
+"""`kdsweep sweep status`: the table heads its columns with the trial states' own names."""
+
+from sweeps.status import format_status, sweep_status
+from sweeps.study import PENDING, TRIAL_STATES
+from tests.fixtures import write_finished_sweep
+
+
+def test_status_columns_are_the_state_vocabulary(tmp_path):
+    rows = sweep_status(write_finished_sweep(tmp_path))
+    head, row = format_status(rows).splitlines()
+    assert head.split()[:8] == ["study", "planned", PENDING, *TRIAL_STATES]
+    assert row.split()[:8] == ["demo-xs/baseline", "3", "1", "0", "1", "1", "0", "0"]
+    assert {k: rows[0][k] for k in (PENDING, *TRIAL_STATES)} == {
+        "pending": 1, "running": 0, "stopped_early": 1, "completed": 1, "diverged": 0, "failed": 0}
