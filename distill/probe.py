@@ -19,7 +19,6 @@ its own kernels.
 from __future__ import annotations
 
 import contextlib
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -172,17 +171,3 @@ def random_tokens(batch: int, length: int, vocab: int, device, seed: int = 0) ->
     """(batch, length) token ids drawn with a fixed seed."""
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab, (batch, length), generator=gen).to(device)
-
-
-def median_seconds(fn, repeats: int, device: torch.device) -> float:
-    """Median wall seconds of ``repeats`` calls of ``fn()`` (CUDA synchronized)."""
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)

@@ -162,7 +162,7 @@ def teacher_files(teacher: str) -> str:
 def load_teacher_config(teacher: str):
     try:
         return AutoConfig.from_pretrained(teacher_files(teacher), local_files_only=True)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError):
         raise ConfigError(f"teacher {teacher!r}: no local config to estimate from (not a folder, and not in the "
                           "Hugging Face cache; estimate downloads nothing); point `teacher:` at a folder holding "
                           "its config.json and tokenizer") from None
