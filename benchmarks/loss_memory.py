@@ -38,13 +38,10 @@ each time. CUDA (when available, inputs are put there): torch.cuda.max_memory_al
 from __future__ import annotations
 
 import argparse
-import ctypes
 import functools
 import gc
-import os
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -56,49 +53,7 @@ sys.path.insert(0, str(ROOT))
 from distill.fused_loss import fused_kd_loss, teacher_entropy_from_hidden  # noqa: E402
 from distill.loss import kd_loss  # noqa: E402
 from distill.loss_reference import ARMS, reference_kd_loss  # noqa: E402
-
-PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
-MB = 1e6
-M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * PAGE_BYTES
-
-
-def fix_mmap_threshold(threshold: int) -> bool:
-    """glibc only: mmap every allocation above ``threshold`` (no dynamic raise). True if set."""
-    try:
-        return ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, threshold) == 1
-    except (OSError, AttributeError):
-        return False
-
-
-class PeakRSS:
-    """Context manager: peak RSS above the RSS at entry, sampled every ``interval`` s."""
-
-    def __init__(self, interval: float = 1e-3):
-        self.interval = interval
-        self.extra = 0
-
-    def __enter__(self):
-        self.baseline = self.peak = rss_bytes()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss_bytes())
-            time.sleep(self.interval)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_bytes())
-        self.extra = self.peak - self.baseline
+from benchmarks.memory import MB, PeakRSS, fix_mmap_threshold  # noqa: E402
 
 
 def measure(loss_fn, inputs, kwargs, trainable=(0,)) -> tuple[float, float, float]:

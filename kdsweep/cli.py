@@ -217,6 +217,16 @@ def _cache_build_hint(args) -> str:
     return "interrupted; run the same command again to resume the build (finished shards are kept)"
 
 
+def _estimate(args) -> int:
+    from distill.numbers import dumps
+    from sweeps.estimate import estimate, format_estimate
+    from sweeps.space import load_space
+
+    est = estimate(load_space(args.space), tokens_per_s=args.tokens_per_s, device=args.device, devices=args.devices)
+    print(dumps(est.to_dict(), indent=2) if args.json else format_estimate(est))
+    return 0
+
+
 def _train_resume_hint(args) -> str:
     out = args.out or "the same --out"
     return f"interrupted; run the same command again to resume {out} from its last checkpoint"
@@ -248,6 +258,16 @@ COMMANDS: dict[str, Command] = {
         arg("--out", help="also write the metrics as JSON to this file (default: print only)"),
         arg("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run"),
     ]),
+    "estimate": Command(_estimate, "what a sweep will cost (trials, tokens, trial-steps after ASHA, teacher cache, "
+                        "device-hours), from a short probe on this device; launches nothing", [
+        arg("space", help="search-space YAML, or the name of one in search_spaces/ (e.g. demo)"),
+        arg("--tokens-per-s", action="append", metavar="[SCALE=]N",
+            help="a live-teacher trial's training tokens/s instead of the probe, for every scale or one "
+                 "(repeatable); split into teacher and student by FLOPs"),
+        arg("--device", default="auto", choices=["auto", "cpu", "cuda"], help="device to probe"),
+        arg("--devices", type=int, help="GPUs (or CPU cores) the sweep will have, for the wall-clock figure "
+                                        "(default: this machine's)"),
+        arg("--json", action="store_true", help="print JSON instead of a table")]),
     "sweep run": Command(_sweep_run, "start a sweep from a search-space YAML", [
         arg("space", help="search-space YAML, or the name of one in search_spaces/ (e.g. demo)"),
         arg("--name", help="sweep name (default: the space's name)"),

@@ -18,6 +18,7 @@ from typing import Callable
 
 import ray
 from ray import tune
+from ray.tune.schedulers import FIFOScheduler
 
 from distill.config import config_from_dict
 from distill.data import precluster
@@ -64,21 +65,27 @@ def max_steps(space: SearchSpace) -> int:
     return total_steps(space.trial_config(space.studies[0], {}, "unused"))
 
 
+def scheduler_for(space: SearchSpace):
+    """ASHA per study (method §6), or with `search.early_stopping: false` none: every trial trains
+    its full budget (benchmarks/asha_value.py measures what ASHA saves)."""
+    if not space.search["early_stopping"]:
+        return FIFOScheduler()
+    return PerStudyASHA([s.name for s in space.studies], max_t=max_steps(space),
+                        grace_period=space.search["grace_period"], reduction_factor=space.search["reduction_factor"])
+
+
 def _tuner(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool, callbacks: list):
     executor = EXECUTORS[space.search["executor"]]
     trainable = tune.with_resources(tune.with_parameters(executor, space=space, sweep_dir=str(sd.root)),
                                     trial_resources(space))
     if restore:  # Tune runs the callbacks it pickled with the experiment
         return tune.Tuner.restore(str(sd.tune), trainable=trainable, resume_unfinished=True, resume_errored=False)
-    scheduler = PerStudyASHA([s.name for s in space.studies], max_t=max_steps(space),
-                             grace_period=space.search["grace_period"],
-                             reduction_factor=space.search["reduction_factor"])
     return tune.Tuner(
         trainable,
         # num_samples=-1: the searcher alone says when every study has its trials (a count here
         # would end the sweep early when trials lost to a driver kill are handed out again).
         tune_config=tune.TuneConfig(search_alg=StudySearcher(space, sd, storage_url, sd.meta().get("git_commit", "unknown")),
-                                    scheduler=scheduler,
+                                    scheduler=scheduler_for(space),
                                     num_samples=-1,
                                     trial_dirname_creator=lambda t: t.trial_id, trial_name_creator=lambda t: t.trial_id),
         run_config=tune.RunConfig(

@@ -40,7 +40,8 @@ EXECUTORS = ("local", "ray_train")
 TOP_KEYS = ("name", "description", "teacher", "tokenizer", "data", "scales", "arms", "params", "scale_params",
             "arm_params", "train", "search", "resources", "tracking", "cache")
 SEARCH_DEFAULTS = {"trials_per_study": 4, "max_concurrent": 2, "seed": 0, "grace_period": 20, "reduction_factor": 2,
-                   "max_failures": 2, "executor": "local", "storage_url": None, "startup_trials": None}
+                   "max_failures": 2, "executor": "local", "storage_url": None, "startup_trials": None,
+                   "early_stopping": True}
 RESOURCE_DEFAULTS = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0.0}
 TRACKERS = ("mlflow", "wandb")
 NO_TRACKER = "none"  # `--tracker none`: off, whatever the space says
@@ -308,6 +309,9 @@ def _parse_search(raw: dict, p: _Problems) -> dict:
             p.append(f"search.{k}: got {v!r}, allowed: an integer >= {0 if k == 'max_failures' else 1}")
     if not isinstance(search["reduction_factor"], (int, float)) or search["reduction_factor"] < 2:
         p.append(f"search.reduction_factor: got {search['reduction_factor']!r}, allowed: a number >= 2")
+    if not isinstance(search["early_stopping"], bool):
+        p.append(f"search.early_stopping: got {search['early_stopping']!r}, allowed: true (ASHA per study) or "
+                 "false (every trial trains its full budget)")
     if not isinstance(search["seed"], int):
         p.append(f"search.seed: got {search['seed']!r}, allowed: an integer")
     st = search["startup_trials"]

@@ -1,9 +1,13 @@
-"""PerStudyASHA on real Tune trial objects: studies apart, and a final report is never stopped."""
+"""PerStudyASHA on real Tune trial objects: studies apart, a final report is never stopped,
+and `search.early_stopping: false` stops nothing."""
 
+import pytest
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
+from sweeps.runner import scheduler_for
 from sweeps.scheduler import PerStudyASHA
+from sweeps.space import SEARCH_SPACES_DIR, load_space, parse_space
 
 
 def _trials(study: str, n: int) -> list[Trial]:
@@ -42,3 +46,18 @@ def test_diverged_is_stopped():
     [a] = _trials("a", 1)
     asha.on_trial_add(None, a)
     assert asha.on_trial_result(None, a, {"step": 1, "val_ppl": float("inf"), "diverged": True}) == TrialScheduler.STOP
+
+
+@pytest.mark.parametrize("early_stopping", [True, False])
+def test_early_stopping_switch(early_stopping):
+    raw = load_space(SEARCH_SPACES_DIR / "demo.yaml").raw
+    space = parse_space({**raw, "search": {**raw["search"], "early_stopping": early_stopping}}, "demo.yaml")
+    scheduler = scheduler_for(space)
+    assert isinstance(scheduler, PerStudyASHA) == early_stopping
+    good, bad = _trials(space.studies[0].name, 2)
+    for t in (good, bad):
+        scheduler.on_trial_add(None, t)
+    grace = space.search["grace_period"]  # the demo's first rung, before its 40-step budget
+    assert scheduler.on_trial_result(None, good, {"step": grace, "val_ppl": 1.0}) == TrialScheduler.CONTINUE
+    verdict = scheduler.on_trial_result(None, bad, {"step": grace, "val_ppl": 9.0})
+    assert verdict == (TrialScheduler.STOP if early_stopping else TrialScheduler.CONTINUE)

@@ -75,6 +75,7 @@ def _with(**changes):
         (_with(cache__gpus=-1), "cache.gpus: got -1"),
         (_with(cache__path="/x"), "cache.path: unknown key"),
         (_with(train__teacher_cache="/x"), "train.teacher_cache: set by the sweep itself"),
+        (_with(search__early_stopping="no"), "search.early_stopping: got 'no', allowed: true"),
         (_with(tracking__tracker="neptune"), "tracking.tracker: got 'neptune', allowed: null (none), mlflow, wandb"),
         (_with(tracking__projekt="x"), "tracking.projekt: unknown key"),
         (_with(tracking__wandb_project=7), "tracking.wandb_project: expected a W&B project name, got 7"),
@@ -116,6 +117,11 @@ def test_missing_mmseqs_stops_a_sweep_before_ray_starts(tmp_path, no_mmseqs, cap
     err = capsys.readouterr().err
     assert code == 2 and "mmseqs not found" in err and "split_method: hash" in err
     assert not ray.is_initialized() and not (tmp_path / "store").exists()
+
+
+def test_early_stopping_is_on_unless_switched_off():
+    assert load_space(SEARCH_SPACES_DIR / "demo.yaml").search["early_stopping"] is True
+    assert parse_space(_with(search__early_stopping=False), "x.yaml").search["early_stopping"] is False
 
 
 def test_smoke_space_is_small_but_complete():

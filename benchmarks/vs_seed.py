@@ -1,0 +1,340 @@
+"""kdsweep's training step against the study's trainer, side by side in one process.
+
+Run from the repository root (needs the `bench` extra: ``pip install -e ".[bench]"``):
+
+    python benchmarks/vs_seed.py                      # CPU: 6 x 512 ProtGPT2-shaped teacher, micro student
+    python benchmarks/vs_seed.py --device cuda        # GPU: ProtGPT2's own shape (36 x 1280), tiny/small/medium, bf16
+    python benchmarks/vs_seed.py --device cuda --max-batch 256   # also the largest micro-batch that fits
+
+Variants, every one on the same token blocks (the first B train blocks of the bundled data,
+tokenized with ProtGPT2's tokenizer), batch size, block length, teacher weights (a random
+init with ProtGPT2's vocabulary and config, ``save_pretrained`` once, then loaded by each
+side its own way), student initial weights (seeded) and precision (fp32 on CPU, bf16 AMP
+on CUDA):
+
+1. study:  the study's ``DistillationTrainer`` re-implemented (benchmarks/study_trainer.py:
+           HF Trainer subclass, teacher forward every step, full-vocabulary fp32 softmaxes,
+           the uniform (B, L, V) smoothing tensor), driven by ``Trainer.train()``;
+2. kdsweep, live teacher: ``distill.probe.FusedStep`` (the fused LM head + KD loss from
+           hidden states, no (B, L, V) tensor), teacher base forward every step;
+3. kdsweep, cached teacher: the same step with the teacher's hidden states (and the
+           entropies uncertainty weighting needs) given, as a teacher cache hands them over.
+
+Per variant: tokens/s (B * L / median step wall time), median CPU seconds per step, peak
+extra memory of a step (above the steady state just before it: RSS with glibc's mmap
+threshold fixed at 1 MiB on CPU, the allocator's peak on CUDA; benchmarks/memory.py; a
+step is timed or measured for memory, never both: the last step of each run is the memory
+step, timed steps run with glibc's 32 MiB threshold like a long-running process), and
+where the time goes (mean seconds per phase). Then, separately, the loss + LM heads alone at
+B * L = 4096 from the two models' hidden states: the study's two (B, L, V) logits and its
+loss against the fused loss, forward and backward (gradients wrt the student's hidden states
+and head). Rounds: the three variants run one after the other ``--rounds`` times (so slow
+drift on a shared machine hits them alike); medians over all measured steps.
+
+Ratios are printed against the study; the load average is printed at start and end,
+because on a shared machine wall times move with it (CPU seconds move less).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, PrinterCallback
+from transformers.utils import logging as hf_logging
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.memory import MB, PeakExtra, allocator_for  # noqa: E402
+from benchmarks.step_meter import StepMeter  # noqa: E402
+from benchmarks.study_trainer import FixedBatch, StepClock, StudyTrainer, study_arguments, study_loss  # noqa: E402
+from distill.data import prepare_data  # noqa: E402
+from distill.fused_loss import fused_kd_loss  # noqa: E402
+from distill.loss_reference import ARMS  # noqa: E402
+from distill.models import PROTGPT2_TOKENIZER_DIR, build_student, load_teacher, load_tokenizer, student_sizes  # noqa: E402
+from distill.probe import (  # noqa: E402
+    PHASES,
+    FusedStep,
+    LossSettings,
+    PhaseTimer,
+    forward_flops_per_token,
+    teacher_states,
+    train_flops_per_token,
+)
+from distill.runtime import Runtime  # noqa: E402
+
+STUDY, LIVE, CACHED = "study trainer", "kdsweep, live teacher", "kdsweep, cached teacher"
+# Dense bf16 peak of the GPU, for the MFU estimate (vendor figures, TFLOP/s).
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--teacher-layers", type=int, help="default: 6 on CPU, ProtGPT2's 36 on CUDA")
+    ap.add_argument("--teacher-width", type=int, help="default: 512 on CPU, ProtGPT2's 1280 on CUDA")
+    ap.add_argument("--teacher-heads", type=int, help="default: 8 on CPU, ProtGPT2's 20 on CUDA")
+    ap.add_argument("--students", help="comma-separated scales; default: micro on CPU, tiny,small,medium on CUDA")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--length", type=int, default=512)
+    ap.add_argument("--arm", choices=list(ARMS), default="both")
+    ap.add_argument("--steps", type=int, default=2, help="measured steps per variant and round")
+    ap.add_argument("--warmup", type=int, default=1, help="unmeasured steps per variant and round")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--skip-study", action="store_true", help="kdsweep variants only (e.g. a batch the study cannot fit)")
+    ap.add_argument("--max-batch", type=int, default=0,
+                    help="CUDA only: also find the largest micro-batch (powers of 2 up to this) each variant fits")
+    ap.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: by GPU name)")
+    ap.add_argument("--threads", type=int, help="torch threads on CPU (default: torch's)")
+    args = ap.parse_args()
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device visible")
+    protgpt2 = GPT2Config.from_pretrained(PROTGPT2_TOKENIZER_DIR)
+    args.teacher_layers = args.teacher_layers or (protgpt2.n_layer if cuda else 6)
+    args.teacher_width = args.teacher_width or (protgpt2.n_embd if cuda else 512)
+    args.teacher_heads = args.teacher_heads or (protgpt2.n_head if cuda else 8)
+    args.students = (args.students or ("tiny,small,medium" if cuda else "micro")).split(",")
+    return args
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def build_teacher_dir(args, work: Path) -> Path:
+    """ProtGPT2's config at the asked depth and width, random weights (seed 0), saved like a hub model."""
+    config = GPT2Config.from_pretrained(PROTGPT2_TOKENIZER_DIR)
+    config.n_layer, config.n_embd, config.n_head = args.teacher_layers, args.teacher_width, args.teacher_heads
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).save_pretrained(work / "teacher")
+    return work / "teacher"
+
+
+def token_blocks(batch: int, length: int) -> torch.Tensor:
+    """The first ``batch`` train blocks of the bundled proteins in ProtGPT2's tokens: (B, L)."""
+    data = prepare_data("bundled", load_tokenizer(str(PROTGPT2_TOKENIZER_DIR)), block_size=length)
+    return data.train_blocks[:batch].clone()
+
+
+def loss_settings(arm: str) -> LossSettings:
+    uncertainty, smoothing = ARMS[arm]
+    return LossSettings(temperature=2.0, alpha=0.5, uncertainty=uncertainty, smoothing=smoothing)
+
+
+def n_steps(args) -> int:
+    """Steps of one run: warm-up, timed, then one step measured for peak memory."""
+    return args.warmup + args.steps + 1
+
+
+def study_tokenizer():
+    """ProtGPT2's tokenizer as scripts/train.py set it up: pad = eos, left padding."""
+    tokenizer = load_tokenizer(str(PROTGPT2_TOKENIZER_DIR))
+    tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def run_study(args, teacher, student, blocks, loss: LossSettings, work: Path) -> StepMeter:
+    device = torch.device(args.device)
+    timer = PhaseTimer(device)
+    meter = StepMeter(device, timer)
+    trainer = StudyTrainer(
+        loss.temperature, loss.alpha, teacher, use_uncertainty_weighting=loss.uncertainty,
+        use_calibration_smoothing=loss.smoothing is not None, smoothing_factor=loss.smoothing or 0.1,
+        model=student, args=study_arguments(str(work / "study"), batch=len(blocks), steps=n_steps(args),
+                                            lr=1e-3, device=device),
+        train_dataset=FixedBatch(blocks), processing_class=study_tokenizer(),
+        callbacks=[StepClock(meter, memory_steps=[n_steps(args) - 1])], timer=timer)
+    trainer.remove_callback(PrinterCallback)  # it prints the Trainer's log lines
+    trainer.train()
+    return meter
+
+
+def run_kdsweep(args, teacher, student, blocks, loss: LossSettings, rt: Runtime, cached: bool) -> StepMeter:
+    timer = PhaseTimer(rt.device)
+    meter = StepMeter(rt.device, timer)
+    x = blocks.to(rt.device)
+    step = FusedStep(student, teacher.get_output_embeddings().weight, rt, loss, lr=1e-3)
+    source = teacher_states(teacher, x, rt, entropy=loss.uncertainty) if cached else teacher
+    for i in range(n_steps(args)):
+        meter.begin(memory=i == n_steps(args) - 1)
+        step.step(x, source, timer)
+        meter.end(rest="optimizer")
+    return meter
+
+
+def loss_and_heads_memory(args, teacher, student, blocks, loss: LossSettings, rt: Runtime) -> dict[str, int]:
+    """Peak extra memory of the loss + LM heads alone (forward and backward) from hidden states."""
+    x = blocks.to(rt.device)
+    with torch.no_grad(), rt.autocast():
+        student_hidden = student.base_model(input_ids=x).last_hidden_state.float()
+    teacher_hidden = teacher_states(teacher, x, rt, entropy=False).hidden.float()
+    student_head = student.get_output_embeddings().weight.detach()
+    teacher_head = teacher.get_output_embeddings().weight.detach()
+    mask = torch.ones_like(x)
+
+    def study(h, w):
+        with torch.no_grad():
+            t_logits = teacher_hidden @ teacher_head.T  # the teacher's LM head: (B, L, V)
+        return study_loss(h @ w.T, t_logits, x, mask, temperature=loss.temperature, alpha=loss.alpha,
+                          uncertainty=loss.uncertainty, smoothing=loss.smoothing)
+
+    def fused(h, w):
+        return fused_kd_loss(h, w, teacher_hidden, teacher_head, x, **loss.kwargs())
+
+    peaks = {}
+    for name, fn in ((STUDY, study), (LIVE, fused)):
+        h = student_hidden.detach().clone().requires_grad_(True)
+        w = student_head.clone().requires_grad_(True)
+        gc.collect()
+        if rt.device.type == "cpu":
+            allocator_for(memory=True)
+        with rt.autocast(), PeakExtra(rt.device) as peak:
+            fn(h, w).backward()
+        peaks[name] = peak.extra
+        del h, w
+        gc.collect()
+    return peaks
+
+
+def flops_per_token(student, teacher, length: int, live: bool) -> float:
+    """Model FLOPs per trained token: the student's training, plus a live teacher's forward."""
+    return train_flops_per_token(student, length) + (forward_flops_per_token(teacher, length) if live else 0.0)
+
+
+def largest_batch(fn, limit: int) -> int:
+    """Largest power of two <= limit for which ``fn(batch)`` runs without CUDA OOM (0 if none)."""
+    best, batch = 0, 1
+    while batch <= limit:
+        try:
+            fn(batch)
+            best = batch
+        except torch.cuda.OutOfMemoryError:
+            break
+        finally:
+            gc.collect()
+            torch.cuda.empty_cache()
+        batch *= 2
+    return best
+
+
+def main() -> None:
+    args = parse_args()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    mmap_fixed = device.type == "cpu" and allocator_for(memory=False)
+    rt = Runtime(device, "bf16" if device.type == "cuda" else "fp32")
+    loss = loss_settings(args.arm)
+    work = Path(tempfile.mkdtemp(prefix="kdsweep-vs-seed-"))
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    print(f"torch {torch.__version__}, device {gpu or 'cpu'}, threads {torch.get_num_threads()}, "
+          f"{rt.precision}, arm {args.arm} (tau {loss.temperature}, alpha {loss.alpha}, lambda {loss.smoothing})"
+          + (", glibc mmap threshold 32 MiB for timed steps, 1 MiB (heap trimmed) for memory" if mmap_fixed else ""))
+    print(f"load average at start: {load_average()}")
+    teacher_dir = build_teacher_dir(args, work)
+    kd_teacher = load_teacher(str(teacher_dir), device=device)  # kdsweep's teacher door
+    study_teacher = GPT2LMHeadModel.from_pretrained(teacher_dir).to(device)  # the study's (eval mode, fp32)
+    blocks = token_blocks(args.batch, args.length)
+    n_tokens = blocks.numel()
+    t = kd_teacher.config
+    print(f"teacher: {t.n_layer} x {t.n_embd} ({t.n_head} heads), V = {t.vocab_size}, "
+          f"{sum(p.numel() for p in kd_teacher.parameters()) / 1e6:.1f} M parameters (random init)")
+    print(f"batch: B = {args.batch}, L = {args.length} (B*L = {n_tokens}); {args.warmup} warm-up + {args.steps} "
+          f"measured steps per variant, {args.rounds} rounds")
+
+    for scale in args.students:
+        torch.manual_seed(0)
+        student0 = build_student(kd_teacher.config, student_sizes(scale, None, None, None), 0.1, seed=0)
+        n_student = sum(p.numel() for p in student0.parameters())
+        print(f"\n=== student {scale}: {n_student / 1e6:.2f} M parameters ===")
+        results: dict[str, list[StepMeter]] = {}
+        variants = [(LIVE, False), (CACHED, True)]
+        for _ in range(args.rounds):
+            if not args.skip_study:
+                student = copy.deepcopy(student0).to(device)
+                results.setdefault(STUDY, []).append(run_study(args, study_teacher, student, blocks, loss, work))
+                del student
+                gc.collect()
+            for name, cached in variants:
+                student = copy.deepcopy(student0).to(device)
+                results.setdefault(name, []).append(run_kdsweep(args, kd_teacher, student, blocks, loss, rt, cached))
+                del student
+                gc.collect()
+        report(results, args, n_tokens, student0, kd_teacher, gpu)
+        peaks = loss_and_heads_memory(args, kd_teacher, copy.deepcopy(student0).to(device), blocks, loss, rt)
+        print(f"loss + LM heads alone (forward + backward from hidden states), B*L = {n_tokens}, V = {t.vocab_size}:")
+        for name, peak in peaks.items():
+            print(f"  {name if name == STUDY else 'kdsweep fused loss':24s} peak extra {peak / MB:8.0f} MB")
+        print(f"  ratio kdsweep / study: {peaks[LIVE] / peaks[STUDY]:.3f}   (goal <= 0.10)")
+        if args.max_batch and device.type == "cuda":
+            report_largest_batch(args, study_teacher, kd_teacher, student0, loss, rt, work)
+    print(f"\nload average at end: {load_average()}")
+
+
+def summarize(meters: list[StepMeter], skip: int) -> dict:
+    """Pool the measured steps of every round."""
+    pooled = StepMeter(meters[0].device, None)
+    for m in meters:
+        pooled.steps.extend(m.steps[skip:])
+    return pooled.summary(0)
+
+
+def report(results: dict[str, list[StepMeter]], args, n_tokens: int, student, teacher, gpu: str | None) -> None:
+    summary = {name: summarize(meters, args.warmup) for name, meters in results.items()}
+    peak_tflops = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if gpu and k in gpu), None)
+    print(f"{'variant':26s} {'tokens/s':>9s} {'step wall s':>11s} {'step CPU s':>10s} {'peak extra MB':>13s}"
+          + ("   MFU" if peak_tflops else "") + "   (wall per measured step)")
+    for name, s in summary.items():
+        tps = n_tokens / s["wall"]
+        mfu = ""
+        if peak_tflops:
+            mfu = f"  {tps * flops_per_token(student, teacher, args.length, name != CACHED) / (peak_tflops * 1e12):5.1%}"
+        print(f"{name:26s} {tps:9.0f} {s['wall']:11.2f} {s['cpu']:10.2f} {s['peak_extra'] / MB:13.0f}{mfu}   "
+              + ", ".join(f"{w:.2f}" for w in s["walls"]))
+    if STUDY in summary:
+        base = summary[STUDY]
+        for name in (LIVE, CACHED):
+            s = summary[name]
+            goal = {LIVE: 3, CACHED: 5}[name]
+            print(f"{name} / study: tokens/s x{base['wall'] / s['wall']:.2f} (goal >= {goal}; CPU time "
+                  f"x{base['cpu'] / s['cpu']:.2f}), step peak extra memory x{s['peak_extra'] / base['peak_extra']:.3f}")
+    for key, what in (("phases", "wall"), ("phases_cpu", "CPU (process time)")):
+        print(f"where a step's time goes: {what} seconds per step, mean, and share of the step")
+        print(f"  {'phase':18s}" + "".join(f"{name:>28s}" for name in summary))
+        for phase in PHASES:
+            cells = []
+            for s in summary.values():
+                sec, total = s[key].get(phase, 0.0), sum(s[key].values())
+                cells.append(f"{sec:9.2f} s ({sec / total:4.0%})" if sec else f"{'-':>9s}            ")
+            print(f"  {phase:18s}" + "".join(f"{c:>28s}" for c in cells))
+
+
+def report_largest_batch(args, study_teacher, kd_teacher, student0, loss, rt, work) -> None:
+    blocks = token_blocks(args.max_batch, args.length)
+    one = argparse.Namespace(**{**vars(args), "warmup": 0, "steps": 0})
+
+    def study(batch):
+        run_study(one, study_teacher, copy.deepcopy(student0).to(rt.device), blocks[:batch], loss, work)
+
+    def kd(cached):
+        return lambda batch: run_kdsweep(one, kd_teacher, copy.deepcopy(student0).to(rt.device), blocks[:batch],
+                                         loss, rt, cached)
+
+    print(f"largest micro-batch that fits (L = {args.length}, powers of 2 up to {args.max_batch}):")
+    for name, fn in ((STUDY, study), (LIVE, kd(False)), (CACHED, kd(True))):
+        print(f"  {name:26s} {largest_batch(fn, args.max_batch)}")
+
+
+if __name__ == "__main__":
+    main()

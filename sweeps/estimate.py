@@ -1,0 +1,399 @@
+"""`kdsweep estimate SPACE`: what a sweep will cost, before launching it. Starts no sweep.
+
+Per scale (every arm of a scale costs the same to within its loss options):
+
+* trials = arms x `search.trials_per_study`; steps per trial T = `distill.train.total_steps`
+  (from `max_tokens` or `max_steps`); tokens per trial = T x batch_size x block_size;
+* trial-steps after ASHA: `sweeps.asha_model` (the expected steps of a study's trials under
+  Ray's ASHA rule; its assumptions are stated there), or every trial's full T with
+  `search.early_stopping: false`;
+* tokens/s of a training step, split in two because a teacher cache removes one part:
+  the student's step with the teacher's hidden states given (``s``) and the teacher's
+  forward (``t``); a live-teacher step runs at ``1 / (1/s + 1/t)``. Both come from a short
+  probe on this device (`distill.probe`: the models built from their configs with random
+  weights, no download, random tokens, a trial's CPU threads), or from a figure the user
+  passes (`--tokens-per-s`, the live step's tokens/s), split by FLOPs: the teacher's share
+  of a live step is 2 N_t / (2 N_t + 6 N_s) (N = parameters that multiply every token);
+* validation: every report scores `val_max_proteins` proteins (their real token lengths
+  from the data, capped like the trials cap them) at the probed student-forward tokens/s;
+* per trial a fixed overhead, measured here because it grows with the machine's load: a
+  fresh Python process importing the trial's code (`sweeps.trial`: Ray, torch,
+  transformers; a trial runs in a new Ray worker process) plus the trial's own set-up as
+  this process times it (tokenized data from the cache, the student built); the
+  executor's extra (a `ray_train` trial starts Train's controller and workers,
+  docs/benchmarks.md) and the checkpoint writes (weights + AdamW moments per report);
+  once per sweep, Ray's start, counted as one more process start;
+* teacher cache: the blocks a trial reads (every trial of a sweep reads the same blocks in the
+  same order: they share the data seed), so min(T x batch_size, train blocks) x block_size
+  tokens, each d_t values of the precision's width (+ one fp32 entropy when an arm weights
+  by uncertainty); built once at the teacher's forward tokens/s.
+
+Device-hours are hours of the probed device as one trial uses it: one whole GPU, or on a CPU
+one trial's `cpus_per_worker` cores. Wall-clock hours divide them by the trials that run at
+once here (`max_concurrent`, capped by the cores or GPUs available).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from distill.config import TrainConfig
+from distill.data import prepare_data
+from distill.errors import ConfigError
+from distill.models import PROTGPT2_TOKENIZER_DIR, build_student, load_tokenizer, resolve_teacher, student_sizes
+from distill.probe import (
+    FusedStep,
+    LossSettings,
+    forward_flops_per_token,
+    random_tokens,
+    teacher_states,
+    train_flops_per_token,
+)
+from distill.runtime import resolve_runtime
+from distill.splits import SplitSpec
+from distill.train import total_steps
+from sweeps.asha_model import AshaExpectation, expected_asha_steps, without_early_stopping
+from sweeps.space import SearchSpace
+
+# Hub teachers whose config and tokenizer ship with kdsweep: estimated without a download.
+SHIPPED_TEACHERS = {"nferruz/ProtGPT2": PROTGPT2_TOKENIZER_DIR}
+# Per-trial overhead of each executor beyond a process start, seconds (docs/benchmarks.md,
+# "Sweep executors": Train V2's controller and worker group cost ray_train ~21 s more than local).
+EXECUTOR_EXTRA_S = {"local": 0.0, "ray_train": 21.0}
+# The import a trial's fresh worker process pays before it trains (timed in a subprocess).
+TRIAL_IMPORTS = "import sweeps.trial, distill.train"
+# Checkpoint write rate assumed for the per-report checkpoints (weights + 2 AdamW moments, fp32).
+CHECKPOINT_BYTES_PER_S = 500e6
+# A CPU probe call is sized to about this many model FLOPs (a few seconds on 2 cores), so
+# that even ProtGPT2 probes in well under a minute; on CUDA the trial's own micro-batch is probed.
+CPU_PROBE_FLOPS = 5e10
+MIN_PROBE_LENGTH = 64
+# A probe call longer than this is measured once (its warm-up share is small); shorter ones
+# get a warm-up call and the median of two more.
+LONG_CALL_S = 2.0
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Tokens per second of one scale on the probed device."""
+
+    student_step: float  # a training step with the teacher's hidden states given (cached teacher)
+    teacher: float  # the teacher's forward (+ entropies when an arm needs them): live cost and cache build
+    eval_forward: float  # the student's forward for validation
+    source: str
+
+    @property
+    def live_step(self) -> float:
+        return 1.0 / (1.0 / self.student_step + 1.0 / self.teacher)
+
+
+@dataclass
+class ScaleEstimate:
+    scale: str
+    trials: int
+    steps_per_trial: int
+    tokens_per_trial: int
+    asha: AshaExpectation  # per study
+    studies: int
+    throughput: Throughput
+    eval_tokens_per_report: int
+    checkpoint_bytes: int
+    overhead_s_per_trial: float
+    reports: float = 0.0
+    trial_steps: float = 0.0
+    train_tokens: float = 0.0
+    device_s_live: float = 0.0
+    device_s_cached: float = 0.0
+
+
+@dataclass
+class Estimate:
+    space: str
+    device: str
+    concurrency: float
+    scales: list[ScaleEstimate]
+    cache_tokens: int
+    cache_bytes: int
+    cache_build_s: float
+    early_stopping: bool
+    startup_s: float  # once per sweep (Ray's start); wall clock, not device time
+    notes: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    @property
+    def device_s_live(self) -> float:
+        return sum(s.device_s_live for s in self.scales)
+
+    @property
+    def device_s_cached(self) -> float:
+        return self.cache_build_s + sum(s.device_s_cached for s in self.scales)
+
+    def wall_s(self, cached: bool) -> float:
+        """Wall clock of the whole sweep here: start-up, then the device time spread over the trials at once."""
+        return self.startup_s + (self.device_s_cached if cached else self.device_s_live) / self.concurrency
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out.update(device_s_live=self.device_s_live, device_s_cached=self.device_s_cached)
+        for row, scale in zip(out["scales"], self.scales):
+            row["throughput"]["live_step"] = scale.throughput.live_step
+            row["asha"]["fraction"] = scale.asha.fraction
+        return out
+
+
+def teacher_files(teacher: str) -> str:
+    """A local folder or cached hub id holding the teacher's config (and tokenizer): no download."""
+    name = resolve_teacher(teacher)
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    if name in SHIPPED_TEACHERS:
+        return str(SHIPPED_TEACHERS[name])
+    return name  # a hub id: only its locally cached files are used (local_files_only)
+
+
+def load_teacher_config(teacher: str):
+    try:
+        return AutoConfig.from_pretrained(teacher_files(teacher), local_files_only=True)
+    except (OSError, ValueError):
+        raise ConfigError(f"teacher {teacher!r}: no local config to estimate from (not a folder, and not in the "
+                          "Hugging Face cache; estimate downloads nothing); point `teacher:` at a folder holding "
+                          "its config.json and tokenizer") from None
+
+
+def parse_tokens_per_s(values: list[str] | None, scales) -> dict[str, float]:
+    """`--tokens-per-s 5000` (every scale) or `--tokens-per-s tiny=5000` (repeatable) -> {scale: figure}."""
+    out: dict[str, float] = {}
+    for value in values or []:
+        scale, sep, figure = value.rpartition("=")
+        targets = [scale] if sep else list(scales)
+        if sep and scale not in scales:
+            raise ConfigError(f"--tokens-per-s {value!r}: {scale!r} is not a scale of this space "
+                              f"({', '.join(scales)})")
+        try:
+            number = float(figure)
+        except ValueError:
+            number = -1.0
+        if not number > 0:
+            raise ConfigError(f"--tokens-per-s {value!r}: expected a number > 0, or SCALE=NUMBER")
+        out.update({s: number for s in targets})
+    return out
+
+
+def flop_split(tokens_per_s: float, student_flops: float, teacher_flops: float, eval_flops: float) -> Throughput:
+    """A measured live-step figure split into student step and teacher forward by their FLOPs."""
+    total = student_flops + teacher_flops
+    return Throughput(student_step=tokens_per_s * total / student_flops, teacher=tokens_per_s * total / teacher_flops,
+                      eval_forward=tokens_per_s * total / eval_flops,
+                      source=f"--tokens-per-s {tokens_per_s:g}, split by FLOPs (teacher share "
+                             f"{teacher_flops / total:.0%})")
+
+
+def probe_shape(flops_per_token: float, micro_batch: int, block: int, device: torch.device) -> tuple[int, int]:
+    """(batch, length) of a probe call: the trial's own on CUDA; on CPU about CPU_PROBE_FLOPS."""
+    if device.type == "cuda":
+        return micro_batch, block
+    tokens = max(1, int(CPU_PROBE_FLOPS / flops_per_token))
+    if tokens >= block:
+        return max(1, min(micro_batch, tokens // block)), block
+    return 1, min(block, max(MIN_PROBE_LENGTH, tokens))
+
+
+def tokens_per_s(fn, tokens: int, device: torch.device) -> float:
+    """Tokens per second of ``fn()``, which processes ``tokens`` tokens (see LONG_CALL_S)."""
+    def once() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    first = once()
+    if first >= LONG_CALL_S:
+        return tokens / first
+    return tokens / ((once() + once()) / 2)  # the median of two
+
+
+def process_start_s() -> float:
+    """Seconds a fresh Python process takes to import a trial's code, on this machine now."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", TRIAL_IMPORTS], check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def _loss_settings(space: SearchSpace) -> LossSettings:
+    """The costliest loss options among the space's arms (the cost differs little between arms)."""
+    uncertainty = any(s.uncertainty for s in space.studies)
+    return LossSettings(uncertainty=uncertainty, smoothing=0.1 if any(s.smooths for s in space.studies) else None)
+
+
+def probe_throughput(space: SearchSpace, cfg: TrainConfig, teacher_config, rt) -> dict[str, Throughput]:
+    """Time the teacher's forward once and every scale's student step and eval forward."""
+    torch.manual_seed(0)
+    teacher = AutoModelForCausalLM.from_config(teacher_config).to(rt.device).eval().requires_grad_(False)
+    loss = _loss_settings(space)
+    head = teacher.get_output_embeddings().weight
+    vocab = teacher_config.vocab_size
+    t_batch, t_len = probe_shape(forward_flops_per_token(teacher, cfg.block_size), cfg.micro_batch_size,
+                                 cfg.block_size, rt.device)
+    x = random_tokens(t_batch, t_len, vocab, rt.device)
+    teacher_tps = tokens_per_s(lambda: teacher_states(teacher, x, rt, entropy=loss.uncertainty), x.numel(), rt.device)
+    out = {}
+    for scale in space.scales:
+        student = build_student(teacher_config, student_sizes(scale, None, None, None), cfg.dropout, seed=0)
+        student = student.to(rt.device)
+        s_batch, s_len = probe_shape(train_flops_per_token(student, cfg.block_size), cfg.micro_batch_size,
+                                     cfg.block_size, rt.device)
+        xs = random_tokens(s_batch, s_len, vocab, rt.device)
+        states = teacher_states(teacher, xs, rt, entropy=loss.uncertainty)
+        step = FusedStep(student, head, rt, loss, lr=cfg.lr)
+        student_tps = tokens_per_s(lambda: step.step(xs, states), xs.numel(), rt.device)
+
+        def score():
+            with torch.no_grad(), rt.autocast():
+                student(input_ids=xs).logits.float().log_softmax(-1)
+
+        student.eval()
+        eval_tps = tokens_per_s(score, xs.numel(), rt.device)
+        out[scale] = Throughput(student_tps, teacher_tps, eval_tps,
+                                source=f"probe on {rt.device.type} ({torch.get_num_threads()} threads, {rt.precision}; "
+                                       f"teacher {t_batch} x {t_len} tokens, student {s_batch} x {s_len})")
+        del student, step, states
+    return out
+
+
+def flops_throughput(space: SearchSpace, cfg: TrainConfig, teacher_config, figures: dict[str, float]):
+    """--tokens-per-s figures split by FLOPs; the models are built on the meta device (no memory)."""
+    with torch.device("meta"):
+        teacher = AutoModelForCausalLM.from_config(teacher_config)
+        out = {}
+        for scale in space.scales:
+            student = build_student(teacher_config, student_sizes(scale, None, None, None), cfg.dropout)
+            out[scale] = flop_split(figures[scale], train_flops_per_token(student, cfg.block_size),
+                                    forward_flops_per_token(teacher, cfg.block_size),
+                                    forward_flops_per_token(student, cfg.block_size))
+    return out
+
+
+def _concurrency(space: SearchSpace, device: torch.device, devices: int | None) -> float:
+    res, cap = space.resources, space.search["max_concurrent"]
+    if device.type == "cuda":
+        gpus = devices or torch.cuda.device_count()
+        per_trial = float(res["gpus_per_worker"]) * res["workers"] or 1.0
+        return min(float(gpus), cap * per_trial)
+    cores = devices or os.cpu_count() or 1
+    return float(max(1, min(cap, cores // max(1, int(float(res["cpus_per_worker"]))))))
+
+
+def estimate(space: SearchSpace, *, tokens_per_s: list[str] | None = None, device: str = "auto",
+             devices: int | None = None) -> Estimate:
+    """The bill of ``space`` (see the module docstring)."""
+    started = time.perf_counter()
+    if devices is not None and devices < 1:
+        raise ConfigError(f"--devices: got {devices}, allowed: an integer >= 1")
+    figures = parse_tokens_per_s(tokens_per_s, space.scales)  # bad figures fail before any work
+    study = space.studies[0]
+    cfg = space.trial_config(study, {}, "unused", device=device)
+    rt = resolve_runtime(cfg.precision, cfg.device)
+    teacher_config = load_teacher_config(space.teacher)
+    process_s = process_start_s()
+    setup_started = time.perf_counter()  # what a trial does before training: tokenizer, cached data
+    tokenizer = load_tokenizer(space.tokenizer or teacher_files(space.teacher))
+    data = prepare_data(space.data, tokenizer, column=cfg.sequence_column, split=SplitSpec.from_config(cfg),
+                        block_size=cfg.block_size)
+    setup_s = time.perf_counter() - setup_started
+    threads = torch.get_num_threads()
+    try:
+        if rt.device.type == "cpu":  # a trial's threads (sweeps.trial._limit_threads)
+            torch.set_num_threads(max(1, int(float(space.resources["cpus_per_worker"]))))
+        if figures and set(figures) >= set(space.scales):
+            throughput = flops_throughput(space, cfg, teacher_config, figures)
+        else:
+            throughput = probe_throughput(space, cfg, teacher_config, rt)
+            if figures:
+                throughput.update(flops_throughput(space, cfg, teacher_config, figures))
+    finally:
+        torch.set_num_threads(threads)
+
+    steps = total_steps(cfg)
+    search = space.search
+    n_positions = getattr(teacher_config, "n_positions", None) or teacher_config.max_position_embeddings
+    cap = cfg.max_eval_tokens or n_positions
+    val = data.val.subset(cfg.val_max_proteins)
+    eval_tokens = sum(min(len(ids), cap) for ids in val.ids)
+    bytes_per_value = 4 if rt.precision == "fp32" else 2
+    rows = []
+    for scale in space.scales:
+        with torch.device("meta"):
+            n_params = sum(p.numel() for p in build_student(teacher_config, student_sizes(scale, None, None, None)).parameters())
+        studies = sum(s.scale == scale for s in space.studies)
+        n = search["trials_per_study"]
+        asha = (expected_asha_steps(n, steps, cfg.eval_interval, search["grace_period"],
+                                    float(search["reduction_factor"]))
+                if search["early_stopping"] else without_early_stopping(n, steps))
+        row = ScaleEstimate(scale, studies * n, steps, steps * cfg.batch_size * cfg.block_size, asha, studies,
+                            throughput[scale], eval_tokens, 12 * n_params,
+                            process_s + setup_s + EXECUTOR_EXTRA_S[search["executor"]])
+        row.trial_steps = studies * asha.expected_steps
+        row.train_tokens = row.trial_steps * cfg.batch_size * cfg.block_size
+        # A trial reports every eval_interval steps (and at its last step).
+        row.reports = row.trial_steps / cfg.eval_interval
+        fixed = (row.reports * (eval_tokens / row.throughput.eval_forward + row.checkpoint_bytes / CHECKPOINT_BYTES_PER_S)
+                 + row.trials * row.overhead_s_per_trial)
+        row.device_s_live = row.train_tokens / row.throughput.live_step + fixed
+        row.device_s_cached = row.train_tokens / row.throughput.student_step + fixed
+        rows.append(row)
+
+    blocks = min(steps * cfg.batch_size, len(data.train_blocks))
+    cache_tokens = blocks * cfg.block_size
+    uncertainty = any(s.uncertainty for s in space.studies)
+    cache_bytes = cache_tokens * (teacher_config.hidden_size * bytes_per_value + (4 if uncertainty else 0))
+    notes = []
+    if cfg.final_eval:
+        notes.append("train.final_eval is on: the test-split metrics at each trial's end are not counted")
+    return Estimate(space.name, f"{rt.device.type} ({rt.precision})", _concurrency(space, rt.device, devices), rows,
+                    cache_tokens, cache_bytes, cache_tokens / rows[0].throughput.teacher, search["early_stopping"],
+                    process_s, notes, time.perf_counter() - started)
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.3g} h" if seconds >= 3600 else f"{seconds / 60:.3g} min"
+
+
+def format_estimate(est: Estimate) -> str:
+    rf = "ASHA (expected, sweeps/asha_model.py)" if est.early_stopping else "no early stopping"
+    lines = [f"estimate for {est.space} on {est.device}; device-hours = hours of one trial's device "
+             f"(a whole GPU, or one trial's CPU cores); {rf}",
+             f"{'scale':<9}{'trials':>7}{'steps/trial':>12}{'tokens/trial':>14}{'tok/s live':>12}{'tok/s cached':>13}"
+             f"{'trial-steps':>13}{'of full':>8}{'stopped':>8}{'device live':>13}{'device cached':>14}"]
+    for s in est.scales:
+        lines.append(f"{s.scale:<9}{s.trials:>7}{s.steps_per_trial:>12,}{s.tokens_per_trial:>14,}"
+                     f"{s.throughput.live_step:>12,.0f}{s.throughput.student_step:>13,.0f}{s.trial_steps:>13,.0f}"
+                     f"{s.asha.fraction:>8.0%}{s.studies * s.asha.expected_stopped:>8.1f}"
+                     f"{_hours(s.device_s_live):>13}{_hours(s.device_s_cached):>14}")
+    trials = sum(s.trials for s in est.scales)
+    steps = sum(s.trial_steps for s in est.scales)
+    full = sum(s.trials * s.steps_per_trial for s in est.scales)
+    lines.append(f"{'total':<9}{trials:>7}{'':>12}{'':>14}{'':>12}{'':>13}{steps:>13,.0f}{steps / full:>8.0%}"
+                 f"{sum(s.studies * s.asha.expected_stopped for s in est.scales):>8.1f}"
+                 f"{_hours(est.device_s_live):>13}{_hours(est.device_s_cached):>14}")
+    lines.append(f"teacher cache: {est.cache_tokens:,} tokens, {est.cache_bytes / 1e9:.3g} GB, built in "
+                 f"{_hours(est.cache_build_s)} (counted in the cached total)")
+    lines.append(f"wall clock here, {est.concurrency:g} trial(s) at once: {_hours(est.wall_s(cached=False))} "
+                 f"with a live teacher, {_hours(est.wall_s(cached=True))} with the cache")
+    lines.append("tokens/s: " + "; ".join(f"{s.scale}: {s.throughput.source}" for s in est.scales))
+    lines.append(f"per trial also: {est.scales[0].overhead_s_per_trial:.0f} s of start-up (process start and "
+                 f"imports {est.startup_s:.0f} s, measured now), validation of "
+                 f"{est.scales[0].eval_tokens_per_report:,} tokens and a checkpoint per report")
+    lines.extend(f"note: {n}" for n in est.notes)
+    lines.append(f"(estimated in {est.elapsed_s:.0f} s; nothing was launched)")
+    return "\n".join(lines)

@@ -1,0 +1,151 @@
+"""`kdsweep estimate`: the ASHA model, the FLOP split, and a bill consistent with its inputs on every shipped space."""
+
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from distill.errors import ConfigError
+from kdsweep.cli import main
+from sweeps.asha_model import expected_asha_steps, report_steps, rungs, simulate, without_early_stopping
+from sweeps.estimate import Throughput, estimate, flop_split, format_estimate, parse_tokens_per_s, probe_shape
+from sweeps.space import SEARCH_SPACES_DIR, load_space, parse_space
+
+SHIPPED = sorted(SEARCH_SPACES_DIR.glob("*.yaml"))
+
+
+def test_rungs_and_reports_follow_ray():
+    assert rungs(40, 10, 2) == [10, 20, 40]
+    assert rungs(3052, 600, 3) == [600, 1800]
+    assert rungs(10, 20, 2) == [10]  # grace capped at max_t, as PerStudyASHA does
+    assert report_steps(40, 5)[-1] == 40 and report_steps(45, 10) == [10, 20, 30, 40, 45]
+
+
+def test_simulated_ray_rule():
+    # Each trial better than all before it: nobody is stopped.
+    assert simulate([0.1, 0.2, 0.3, 0.4], 40, 5, 10, 2) == [40] * 4
+    # Each trial worse than all before it: every trial after the first stops at the first rung.
+    assert simulate([0.4, 0.3, 0.2, 0.1], 40, 5, 10, 2) == [40, 10, 10, 10]
+    # Stopped at the first report at or past a rung when reports do not fall on it.
+    assert simulate([0.4, 0.3], 40, 15, 10, 2) == [40, 15]
+
+
+def test_expected_steps_shrink_with_more_trials_and_tend_to_halving():
+    few, many = expected_asha_steps(3, 40, 5, 10, 2), expected_asha_steps(64, 40, 5, 10, 2)
+    assert 0 < many.fraction < few.fraction < 1
+    # Textbook limit for rungs 10 and 20 of 40 at rf 2: 10 + 10/2 + 20/4 = 20 steps a trial, half the budget.
+    assert many.fraction == pytest.approx(0.5, abs=0.08)
+    assert without_early_stopping(3, 40).fraction == 1 and without_early_stopping(3, 40).expected_stopped == 0
+
+
+def test_flop_split_reproduces_the_given_figure():
+    t = flop_split(1000.0, student_flops=6e8, teacher_flops=2e9, eval_flops=2e8)
+    assert t.live_step == pytest.approx(1000.0)
+    assert t.teacher / t.student_step == pytest.approx(6e8 / 2e9)  # the teacher's share is its FLOPs' share
+    assert t.eval_forward == pytest.approx(1000.0 * 2.6e9 / 2e8)
+
+
+def test_tokens_per_s_forms():
+    assert parse_tokens_per_s(["5000"], ["tiny", "small"]) == {"tiny": 5000.0, "small": 5000.0}
+    assert parse_tokens_per_s(["900", "small=40"], ["tiny", "small"]) == {"tiny": 900.0, "small": 40.0}
+    for bad in (["huge=3"], ["tiny=0"], ["fast"]):
+        with pytest.raises(ConfigError):
+            parse_tokens_per_s(bad, ["tiny", "small"])
+
+
+def test_cpu_probe_is_sized_by_flops():
+    cpu = torch.device("cpu")
+    assert probe_shape(1e6, 8, 256, cpu) == (8, 256)  # a demo model: the trial's own micro-batch
+    assert probe_shape(1.5e9, 8, 512, cpu) == (1, 64)  # ProtGPT2: a short probe
+    assert probe_shape(1.5e9, 8, 512, torch.device("cuda")) == (8, 512)
+
+
+def _consistent(est, space):
+    train = space.train
+    for row in est.scales:
+        assert row.tokens_per_trial == row.steps_per_trial * train["batch_size"] * train["block_size"]
+        assert row.trial_steps == pytest.approx(row.studies * row.asha.expected_steps)
+        assert row.train_tokens == pytest.approx(row.trial_steps * train["batch_size"] * train["block_size"])
+        # The cached step skips the teacher's forward, and nothing else differs.
+        saved = row.train_tokens / row.throughput.live_step - row.train_tokens / row.throughput.student_step
+        assert row.device_s_live - row.device_s_cached == pytest.approx(saved)
+        assert row.throughput.live_step < row.throughput.student_step
+    assert est.cache_build_s == pytest.approx(est.cache_tokens / est.scales[0].throughput.teacher)
+    assert est.device_s_cached == pytest.approx(est.cache_build_s + sum(r.device_s_cached for r in est.scales))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_every_shipped_space_gets_a_consistent_bill(path):
+    space = load_space(path)
+    est = estimate(space, tokens_per_s=["2000"], device="cpu")
+    assert [r.scale for r in est.scales] == list(space.scales)
+    assert sum(r.trials for r in est.scales) == space.total_trials
+    _consistent(est, space)
+    for row in est.scales:
+        assert row.throughput.live_step == pytest.approx(2000.0)
+        assert 0 < row.asha.fraction < 1  # every shipped space early-stops
+    text = format_estimate(est)
+    assert "total" in text and "teacher cache" in text and "nothing was launched" in text
+
+
+def test_protgpt2_cache_is_sized_from_its_width():
+    est = estimate(load_space(SEARCH_SPACES_DIR / "protgpt2.yaml"), tokens_per_s=["5000"], device="cpu")
+    # fp32 on this CPU: 1280 values of 4 bytes per token, plus one fp32 entropy (uncertainty arms).
+    assert est.cache_bytes == est.cache_tokens * (1280 * 4 + 4)
+    # Its teacher (774M) is most of a live tiny step's FLOPs.
+    tiny = est.scales[0].throughput
+    assert tiny.student_step > 2 * tiny.live_step
+
+
+def test_without_early_stopping_every_trial_trains_its_budget():
+    raw = load_space(SEARCH_SPACES_DIR / "demo.yaml").raw
+    space = parse_space({**raw, "search": {**raw["search"], "early_stopping": False}}, "demo.yaml")
+    est = estimate(space, tokens_per_s=["2000"], device="cpu")
+    for row in est.scales:
+        assert row.trial_steps == row.trials * row.steps_per_trial
+    _consistent(est, space)
+
+
+def test_probe_on_the_demo_space():
+    space = load_space(SEARCH_SPACES_DIR / "demo.yaml")
+    est = estimate(space, device="cpu")
+    _consistent(est, space)
+    for row in est.scales:
+        t: Throughput = row.throughput
+        assert all(math.isfinite(x) and x > 0 for x in (t.student_step, t.teacher, t.eval_forward))
+        assert t.source.startswith("probe on cpu (1 threads")  # a demo trial's cpus_per_worker
+
+
+def test_cli_estimate_json(capsys):
+    assert main(["estimate", "demo", "--tokens-per-s", "1500", "--device", "cpu", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["space"] == "demo" and len(out["scales"]) == 2 and out["device_s_live"] > out["device_s_cached"] > 0
+
+
+def _unknown_teacher_space(tmp_path):
+    raw = load_space(SEARCH_SPACES_DIR / "demo.yaml").raw
+    path = tmp_path / "absent.yaml"
+    path.write_text(yaml.safe_dump({**raw, "teacher": "nobody/absent-teacher"}))
+    return str(path)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["demo", "--tokens-per-s", "demo-xl=3"], "'demo-xl' is not a scale of this space (demo-xs, demo-s)"),
+    (["demo", "--tokens-per-s", "fast"], "expected a number > 0, or SCALE=NUMBER"),
+    (["demo", "--devices", "0"], "--devices: got 0, allowed: an integer >= 1"),
+    (["no-such-space"], "no-such-space: search space file not found"),
+    ([_unknown_teacher_space, "--tokens-per-s", "100"], "'nobody/absent-teacher': no local config to estimate from"),
+])
+def test_cli_estimate_bad_input_exits_2(argv, needle, capsys, tmp_path):
+    argv = [a(tmp_path) if callable(a) else a for a in argv]
+    assert main(["estimate", *argv]) == 2
+    captured = capsys.readouterr()
+    assert needle in captured.err and captured.out == ""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_cli_estimate_cuda_without_a_gpu(capsys):
+    assert main(["estimate", "demo", "--device", "cuda"]) == 2
+    assert "no CUDA device is visible" in capsys.readouterr().err
