@@ -24,13 +24,13 @@ from kdsweep import __version__
 DESCRIPTION = ("Systematic hyperparameter sweeps for knowledge distillation of protein language models "
                "(ProtGPT2 -> small GPT-2 students), on Ray Tune + Optuna.")
 WORKFLOW = """typical workflow:
-  kdsweep cache build search_spaces/demo.yaml    # optional: the teacher cache (a sweep builds it too)
   kdsweep sweep run search_spaces/demo.yaml      # search: one Optuna study per (scale, arm)
   kdsweep sweep status demo                      # trials by state, best val_ppl per study
   kdsweep dashboard demo                         # watch it: optuna-dashboard (+ --tensorboard)
   kdsweep sweep replicate demo --seeds 3         # retrain each study's best config with new seeds
   kdsweep analyze demo                           # tables, plots, index.html
   kdsweep sweep export demo --out best/          # one `kdsweep train` config per (scale, arm)
+a sweep builds its teacher cache before its trials; `kdsweep cache build SPACE.yaml` builds it ahead
 """
 STORAGE_HELP = "folder that holds sweeps (default: $KDSWEEP_STORAGE, else ./kdsweep_runs)"
 ADDRESS_HELP = "Ray cluster address (default: $RAY_ADDRESS, else an embedded local Ray)"
@@ -263,7 +263,7 @@ COMMANDS: dict[str, Command] = {
         arg("space", help="search-space YAML, or the name of one in search_spaces/ (e.g. demo)"),
         arg("--tokens-per-s", action="append", metavar="[SCALE=]N",
             help="a live-teacher trial's training tokens/s instead of the probe, for every scale or one "
-                 "(repeatable); split into teacher and student by FLOPs"),
+                 "(repeatable); split into teacher and student by FLOPs (default: measured by the probe)"),
         arg("--device", default="auto", choices=["auto", "cpu", "cuda"], help="device to probe"),
         arg("--devices", type=int, help="GPUs (or CPU cores) the sweep will have, for the wall-clock figure "
                                         "(default: this machine's)"),
