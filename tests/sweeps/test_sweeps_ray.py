@@ -128,7 +128,10 @@ def _check_console(p: subprocess.CompletedProcess, sd: SweepDir, elapsed: float)
     summaries = [line for line in lines if re.match(r"\d\d:\d\d:\d\d  \[\d+/12 ended\] elapsed ", line)]
     assert len(ended) == 12, p.stdout
     assert 1 <= len(summaries) <= 2 + elapsed // 300  # every 5 minutes, and at the end
-    assert len(lines) <= len(ended) + len(summaries) + 12, p.stdout  # + start line, status table, next steps
+    cache = [line for line in lines if line.startswith("teacher cache: ")]
+    assert len(cache) <= 3, p.stdout  # size before building, where it builds, built in
+    # + start line, status table, next steps
+    assert len(lines) <= len(ended) + len(summaries) + len(cache) + 12, p.stdout
     told = {t.user_attrs["ray_trial_id"]: (study, t.user_attrs[ATTR_STATUS])
             for study in SMOKE_STUDIES for t in _trials(sd, study)}
     assert {trial: (study, state) for trial, study, state in ended} == told
