@@ -7,10 +7,10 @@ Teacher: a GPT-2 with ProtGPT2's config (vocabulary 50,257, 1024 positions, its
 tokenizer) resized to `--layers` × `--width` (36 × 1280 is ProtGPT2's own shape), random
 init, saved with `save_pretrained`; student: a scale of distill/assets/scales.yaml
 (`--student`, default `micro`: 4 layers × 256). Data: the first `--proteins` bundled
-proteins, hash split, ProtGPT2's BPE. One fp32 cache of the pool is built first (its
-time and size are printed). Then `distill.step.optimizer_step` (the training loop's own
-step: fused loss, AdamW, clipping) runs on the same blocks with a `LiveTeacher` and a
-`CachedTeacher`, alternating live / cache each repeat so both see the same machine
+proteins, hash split, ProtGPT2's BPE. One fp32 cache of the pool is built first
+(benchmarks/bench_cache.py; its time and size are printed). Then `distill.step.Stepper` (the
+training loop's own step: fused loss, AdamW, clipping) runs on the same blocks with a
+`LiveTeacher` and a `CachedTeacher`, alternating live / cache each repeat so both see the same machine
 load, for the `baseline` arm and the `both` arm (uncertainty weighting: the live
 teacher's entropy needs an extra head pass, the cache stores it). Prints the median
 wall and CPU (process) seconds per step, tokens/s and the live / cache ratios.
@@ -31,13 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-from distill.config import TrainConfig  # noqa: E402
-from distill.data import write_bundled_subset  # noqa: E402
+from benchmarks.bench_cache import build_bench_cache  # noqa: E402
 from distill.models import build_student, load_teacher, save_protgpt2_shaped, student_sizes  # noqa: E402
-from distill.optim import make_optimizer, make_scheduler  # noqa: E402
-from distill.step import LossSettings, optimizer_step, training_module  # noqa: E402
-from distill.teacher_cache import TeacherCache, build_teacher_cache, cache_size_bytes, plan_teacher_cache  # noqa: E402
-from distill.teacher_source import CachedTeacher, LiveTeacher  # noqa: E402
+from distill.step import LossSettings, Stepper  # noqa: E402
+from distill.teacher_source import LiveTeacher  # noqa: E402
 
 ARMS = {"baseline": dict(uncertainty=False, smoothing=None), "both": dict(uncertainty=True, smoothing=0.1)}
 
@@ -55,42 +52,30 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="kdsweep-cache-step-"))
     teacher_dir = save_protgpt2_shaped(work / "teacher", n_layer=args.layers, n_head=max(1, args.width // 64),
                                        n_embd=args.width)
-    data = write_bundled_subset(work / "proteins.fasta", args.proteins)
     steps = args.repeats + 1  # one warm-up step, then the timed ones; one block each per step
-    cfg = TrainConfig(teacher=str(teacher_dir), data=str(data), split_method="hash", scale=args.student,
-                      block_size=args.block, batch_size=args.batch, micro_batch_size=args.batch,
-                      max_steps=2 * steps, precision="fp32", device="cpu", eval_batch_size=8)
-    plan = plan_teacher_cache(cfg, "fp32", work / "caches")
-    t0, c0 = time.perf_counter(), time.process_time()
-    path = build_teacher_cache(plan, progress=False, log=lambda _: None)
-    build_wall, build_cpu = time.perf_counter() - t0, time.process_time() - c0
-    rt = plan.runtime
+    cache = build_bench_cache(teacher_dir, work, proteins=args.proteins, block=args.block,
+                              blocks=steps * args.batch, precision="fp32", device="cpu")
+    plan, rt = cache.plan, cache.plan.runtime
     live = LiveTeacher(load_teacher(plan.teacher_name), plan.teacher_name)
-    cached = CachedTeacher(TeacherCache.open(path, plan.key), plan.teacher_config, rt.device)
     tokens = args.batch * args.block
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; teacher {args.layers} x {args.width}, "
           f"V = {plan.teacher_config.vocab_size}, {live.n_params / 1e6:.1f} M params; student {args.student}; "
           f"step = {args.batch} x {args.block} = {tokens} tokens, fp32")
-    print(f"cache build: {plan.key.n_blocks} blocks + val/test ({sum(plan.heldout_tokens().values()):,} tokens), "
-          f"{cache_size_bytes(path) / 1e6:.1f} MB, wall {build_wall:.1f} s, CPU {build_cpu:.1f} s")
+    print(cache.describe())
 
     for arm, loss_options in ARMS.items():
         loss = LossSettings(temperature=2.0, alpha=0.5, weight_norm="mask", impl="fused", **loss_options)
         times = {"live": [], "cache": []}
-        runs = {}
-        for name, teacher in (("live", live), ("cache", cached)):
+        steppers = {}
+        for name, teacher in (("live", live), ("cache", cache.teacher)):
             student = build_student(plan.teacher_config, student_sizes(args.student, None, None, None), seed=0)
-            optimizer = make_optimizer(student, 1e-3)
-            runs[name] = (training_module(student, "fused").train(), student, optimizer,
-                          make_scheduler(optimizer, 0, 100), torch.amp.GradScaler("cpu", enabled=False), teacher)
+            steppers[name] = Stepper(student, teacher, rt, loss, lr=1e-3, total_steps=100)
         for step in range(steps):
             blocks = torch.arange(step * args.batch, (step + 1) * args.batch)
-            batch = [(blocks, plan.data.train_blocks[blocks])]
+            x = cache.train_blocks[blocks]
             for name in ("live", "cache") if step % 2 == 0 else ("cache", "live"):
-                model, student, optimizer, scheduler, scaler, teacher = runs[name]
                 t0, c0 = time.perf_counter(), time.process_time()
-                optimizer_step(model, student, teacher, batch, loss=loss, rt=rt, optimizer=optimizer,
-                               scheduler=scheduler, scaler=scaler, grad_clip=1.0)
+                steppers[name].step(blocks, x)
                 if step:  # the first step warms up
                     times[name].append((time.perf_counter() - t0, time.process_time() - c0))
         med = {name: (statistics.median(w for w, _ in ts), statistics.median(c for _, c in ts))

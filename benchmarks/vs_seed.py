@@ -6,8 +6,8 @@ Run from the repository root (needs the `bench` extra: ``pip install -e ".[bench
     python benchmarks/vs_seed.py --device cuda        # GPU: ProtGPT2's own shape (36 x 1280), tiny/small/medium, bf16
     python benchmarks/vs_seed.py --device cuda --max-batch 256   # also the largest micro-batch that fits
 
-Variants, every one on the same token blocks (the first B train blocks of the bundled data,
-tokenized with ProtGPT2's tokenizer), batch size, block length, teacher weights (a random
+Variants, every one on the same token blocks (the first B train blocks of the first
+``--proteins`` bundled proteins, hash split, tokenized with ProtGPT2's tokenizer), batch size, block length, teacher weights (a random
 init with ProtGPT2's vocabulary and config, ``save_pretrained`` once, then loaded by each
 side its own way), student initial weights (seeded) and precision (fp32 on CPU, bf16 AMP
 on CUDA):
@@ -15,10 +15,13 @@ on CUDA):
 1. study:  the study's ``DistillationTrainer`` re-implemented (benchmarks/study_trainer.py:
            HF Trainer subclass, teacher forward every step, full-vocabulary fp32 softmaxes,
            the uniform (B, L, V) smoothing tensor), driven by ``Trainer.train()``;
-2. kdsweep, live teacher: ``distill.probe.FusedStep`` (the fused LM head + KD loss from
-           hidden states, no (B, L, V) tensor), teacher base forward every step;
-3. kdsweep, cached teacher: the same step with the teacher's hidden states (and the
-           entropies uncertainty weighting needs) given, as a teacher cache hands them over.
+2. kdsweep, live teacher: ``distill.step.Stepper`` (the training loop's own step: the fused
+           LM head + KD loss from hidden states, no (B, L, V) tensor, AdamW, clipping) with a
+           ``LiveTeacher``: the teacher's base forward every step;
+3. kdsweep, cached teacher: the same step with a ``CachedTeacher``: a real teacher cache of
+           those blocks (benchmarks/bench_cache.py, ``--cache-dtype``, built once before the
+           rounds, its build time printed), read from its memory-mapped shards every step,
+           as a sweep's trials read it.
 
 Per variant: tokens/s (B * L / median step wall time), median CPU seconds per step, peak
 extra memory of a step (above the steady state just before it: RSS with glibc's mmap
@@ -55,20 +58,23 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.memory import MB, PeakExtra, allocator_for  # noqa: E402
 from benchmarks.step_meter import StepMeter  # noqa: E402
 from benchmarks.study_trainer import FixedBatch, StepClock, StudyTrainer, study_arguments, study_loss  # noqa: E402
-from distill.data import prepare_data  # noqa: E402
+from benchmarks.bench_cache import BenchCache, build_bench_cache  # noqa: E402
 from distill.fused_loss import fused_kd_loss  # noqa: E402
 from distill.loss_reference import ARMS  # noqa: E402
-from distill.models import PROTGPT2_TOKENIZER_DIR, build_student, load_teacher, load_tokenizer, student_sizes  # noqa: E402
-from distill.probe import (  # noqa: E402
-    PHASES,
-    FusedStep,
-    LossSettings,
-    PhaseTimer,
-    forward_flops_per_token,
-    teacher_states,
-    train_flops_per_token,
+from distill.models import (  # noqa: E402
+    PROTGPT2_TOKENIZER_DIR,
+    build_student,
+    load_teacher,
+    load_tokenizer,
+    save_protgpt2_shaped,
+    student_sizes,
 )
+from distill.phases import PHASES, PhaseTimer  # noqa: E402
+from distill.probe import forward_flops_per_token, train_flops_per_token  # noqa: E402
 from distill.runtime import Runtime  # noqa: E402
+from distill.step import LossSettings, Stepper  # noqa: E402
+from distill.teacher_cache import STORAGE_DTYPES  # noqa: E402
+from distill.teacher_source import LiveTeacher  # noqa: E402
 
 STUDY, LIVE, CACHED = "study trainer", "kdsweep, live teacher", "kdsweep, cached teacher"
 # Dense bf16 peak of the GPU, for the MFU estimate (vendor figures, TFLOP/s).
@@ -88,6 +94,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=2, help="measured steps per variant and round")
     ap.add_argument("--warmup", type=int, default=1, help="unmeasured steps per variant and round")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--proteins", type=int, default=3000,
+                    help="bundled proteins read (their train split gives the blocks, the cache also holds their val/test)")
+    ap.add_argument("--cache-dtype", choices=STORAGE_DTYPES, default="fp32", help="the teacher cache's storage dtype")
     ap.add_argument("--skip-study", action="store_true", help="kdsweep variants only (e.g. a batch the study cannot fit)")
     ap.add_argument("--max-batch", type=int, default=0,
                     help="CUDA only: also find the largest micro-batch (powers of 2 up to this) each variant fits")
@@ -109,24 +118,10 @@ def load_average() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def build_teacher_dir(args, work: Path) -> Path:
-    """ProtGPT2's config at the asked depth and width, random weights (seed 0), saved like a hub model."""
-    config = GPT2Config.from_pretrained(PROTGPT2_TOKENIZER_DIR)
-    config.n_layer, config.n_embd, config.n_head = args.teacher_layers, args.teacher_width, args.teacher_heads
-    torch.manual_seed(0)
-    GPT2LMHeadModel(config).save_pretrained(work / "teacher")
-    return work / "teacher"
-
-
-def token_blocks(batch: int, length: int) -> torch.Tensor:
-    """The first ``batch`` train blocks of the bundled proteins in ProtGPT2's tokens: (B, L)."""
-    data = prepare_data("bundled", load_tokenizer(str(PROTGPT2_TOKENIZER_DIR)), block_size=length)
-    return data.train_blocks[:batch].clone()
-
-
 def loss_settings(arm: str) -> LossSettings:
     uncertainty, smoothing = ARMS[arm]
-    return LossSettings(temperature=2.0, alpha=0.5, uncertainty=uncertainty, smoothing=smoothing)
+    return LossSettings(temperature=2.0, alpha=0.5, uncertainty=uncertainty, smoothing=smoothing,
+                        weight_norm="mask", impl="fused")
 
 
 def n_steps(args) -> int:
@@ -158,27 +153,29 @@ def run_study(args, teacher, student, blocks, loss: LossSettings, work: Path) ->
     return meter
 
 
-def run_kdsweep(args, teacher, student, blocks, loss: LossSettings, rt: Runtime, cached: bool) -> StepMeter:
+def run_kdsweep(args, teacher, student, blocks, loss: LossSettings, rt: Runtime) -> StepMeter:
+    """``n_steps`` steps of kdsweep's training step on ``blocks`` (B, L), pool blocks 0 .. B - 1,
+    against ``teacher`` (a ``LiveTeacher`` or the ``CachedTeacher``)."""
     timer = PhaseTimer(rt.device)
     meter = StepMeter(rt.device, timer)
-    x = blocks.to(rt.device)
-    step = FusedStep(student, teacher.get_output_embeddings().weight, rt, loss, lr=1e-3)
-    source = teacher_states(teacher, x, rt, entropy=loss.uncertainty) if cached else teacher
+    x, index = blocks.to(rt.device), torch.arange(len(blocks))
+    stepper = Stepper(student, teacher, rt, loss, lr=1e-3)
     for i in range(n_steps(args)):
         meter.begin(memory=i == n_steps(args) - 1)
-        step.step(x, source, timer)
+        stepper.step(index, x, timer)
         meter.end(rest="optimizer")
     return meter
 
 
-def loss_and_heads_memory(args, teacher, student, blocks, loss: LossSettings, rt: Runtime) -> dict[str, int]:
+def loss_and_heads_memory(args, teacher: LiveTeacher, student, blocks, loss: LossSettings,
+                          rt: Runtime) -> dict[str, int]:
     """Peak extra memory of the loss + LM heads alone (forward and backward) from hidden states."""
     x = blocks.to(rt.device)
     with torch.no_grad(), rt.autocast():
         student_hidden = student.base_model(input_ids=x).last_hidden_state.float()
-    teacher_hidden = teacher_states(teacher, x, rt, entropy=False).hidden.float()
+        t = teacher.train_batch(None, x)
+    teacher_hidden, teacher_head = t.hidden.float(), t.weight.detach()  # (B, L, d_t), (V, d_t)
     student_head = student.get_output_embeddings().weight.detach()
-    teacher_head = teacher.get_output_embeddings().weight.detach()
     mask = torch.ones_like(x)
 
     def study(h, w):
@@ -188,7 +185,7 @@ def loss_and_heads_memory(args, teacher, student, blocks, loss: LossSettings, rt
                           uncertainty=loss.uncertainty, smoothing=loss.smoothing)
 
     def fused(h, w):
-        return fused_kd_loss(h, w, teacher_hidden, teacher_head, x, **loss.kwargs())
+        return fused_kd_loss(h, w, teacher_hidden, teacher_head, x, **loss.options())
 
     peaks = {}
     for name, fn in ((STUDY, study), (LIVE, fused)):
@@ -242,43 +239,49 @@ def main() -> None:
           f"{rt.precision}, arm {args.arm} (tau {loss.temperature}, alpha {loss.alpha}, lambda {loss.smoothing})"
           + (", glibc mmap threshold 32 MiB for timed steps, 1 MiB (heap trimmed) for memory" if mmap_fixed else ""))
     print(f"load average at start: {load_average()}")
-    teacher_dir = build_teacher_dir(args, work)
-    kd_teacher = load_teacher(str(teacher_dir), device=device)  # kdsweep's teacher door
+    # ProtGPT2's config at the asked depth and width, random weights (seed 0), saved like a hub model.
+    teacher_dir = save_protgpt2_shaped(work / "teacher", n_layer=args.teacher_layers, n_head=args.teacher_heads,
+                                       n_embd=args.teacher_width)
+    live = LiveTeacher(load_teacher(str(teacher_dir), device=device), str(teacher_dir))  # kdsweep's teacher door
     study_teacher = GPT2LMHeadModel.from_pretrained(teacher_dir).to(device)  # the study's (eval mode, fp32)
-    blocks = token_blocks(args.batch, args.length)
+    cache = build_bench_cache(teacher_dir, work, proteins=args.proteins, block=args.length,
+                              blocks=max(args.batch, args.max_batch if device.type == "cuda" else 0),
+                              precision=rt.precision, device=args.device, dtype=args.cache_dtype)
+    blocks = cache.train_blocks[:args.batch]
     n_tokens = blocks.numel()
-    t = kd_teacher.config
+    t = live.config
     print(f"teacher: {t.n_layer} x {t.n_embd} ({t.n_head} heads), V = {t.vocab_size}, "
-          f"{sum(p.numel() for p in kd_teacher.parameters()) / 1e6:.1f} M parameters (random init)")
+          f"{live.n_params / 1e6:.1f} M parameters (random init)")
+    print(cache.describe())
     print(f"batch: B = {args.batch}, L = {args.length} (B*L = {n_tokens}); {args.warmup} warm-up + {args.steps} "
           f"measured steps per variant, {args.rounds} rounds")
 
     for scale in args.students:
         torch.manual_seed(0)
-        student0 = build_student(kd_teacher.config, student_sizes(scale, None, None, None), 0.1, seed=0)
+        student0 = build_student(live.config, student_sizes(scale, None, None, None), 0.1, seed=0)
         n_student = sum(p.numel() for p in student0.parameters())
         print(f"\n=== student {scale}: {n_student / 1e6:.2f} M parameters ===")
         results: dict[str, list[StepMeter]] = {}
-        variants = [(LIVE, False), (CACHED, True)]
+        variants = [(LIVE, live), (CACHED, cache.teacher)]
         for _ in range(args.rounds):
             if not args.skip_study:
                 student = copy.deepcopy(student0).to(device)
                 results.setdefault(STUDY, []).append(run_study(args, study_teacher, student, blocks, loss, work))
                 del student
                 gc.collect()
-            for name, cached in variants:
+            for name, teacher in variants:
                 student = copy.deepcopy(student0).to(device)
-                results.setdefault(name, []).append(run_kdsweep(args, kd_teacher, student, blocks, loss, rt, cached))
+                results.setdefault(name, []).append(run_kdsweep(args, teacher, student, blocks, loss, rt))
                 del student
                 gc.collect()
-        report(results, args, n_tokens, student0, kd_teacher, gpu)
-        peaks = loss_and_heads_memory(args, kd_teacher, copy.deepcopy(student0).to(device), blocks, loss, rt)
+        report(results, args, n_tokens, student0, live.model, gpu)
+        peaks = loss_and_heads_memory(args, live, copy.deepcopy(student0).to(device), blocks, loss, rt)
         print(f"loss + LM heads alone (forward + backward from hidden states), B*L = {n_tokens}, V = {t.vocab_size}:")
         for name, peak in peaks.items():
             print(f"  {name if name == STUDY else 'kdsweep fused loss':24s} peak extra {peak / MB:8.0f} MB")
         print(f"  ratio kdsweep / study: {peaks[LIVE] / peaks[STUDY]:.3f}   (goal <= 0.10)")
         if args.max_batch and device.type == "cuda":
-            report_largest_batch(args, study_teacher, kd_teacher, student0, loss, rt, work)
+            report_largest_batch(args, study_teacher, live, cache, student0, loss, rt, work)
     print(f"\nload average at end: {load_average()}")
 
 
@@ -320,19 +323,19 @@ def report(results: dict[str, list[StepMeter]], args, n_tokens: int, student, te
             print(f"  {phase:18s}" + "".join(f"{c:>28s}" for c in cells))
 
 
-def report_largest_batch(args, study_teacher, kd_teacher, student0, loss, rt, work) -> None:
-    blocks = token_blocks(args.max_batch, args.length)
+def report_largest_batch(args, study_teacher, live: LiveTeacher, cache: BenchCache, student0, loss, rt,
+                         work) -> None:
+    blocks = cache.train_blocks[:args.max_batch]
     one = argparse.Namespace(**{**vars(args), "warmup": 0, "steps": 0})
 
     def study(batch):
         run_study(one, study_teacher, copy.deepcopy(student0).to(rt.device), blocks[:batch], loss, work)
 
-    def kd(cached):
-        return lambda batch: run_kdsweep(one, kd_teacher, copy.deepcopy(student0).to(rt.device), blocks[:batch],
-                                         loss, rt, cached)
+    def kd(teacher):
+        return lambda batch: run_kdsweep(one, teacher, copy.deepcopy(student0).to(rt.device), blocks[:batch], loss, rt)
 
     print(f"largest micro-batch that fits (L = {args.length}, powers of 2 up to {args.max_batch}):")
-    for name, fn in ((STUDY, study), (LIVE, kd(False)), (CACHED, kd(True))):
+    for name, fn in ((STUDY, study), (LIVE, kd(live)), (CACHED, kd(cache.teacher))):
         print(f"  {name:26s} {largest_batch(fn, args.max_batch)}")
 
 

@@ -248,7 +248,7 @@ def _range_problems(c: TrainConfig) -> list[str]:
          f"split: got {list(fr)}, allowed: three fractions train/val/test in [0, 1] summing to 1, "
          "with train > 0 and val > 0")
     need(not (c.final_eval and fr[2] == 0),
-         f"split: the test fraction is 0 but final_eval is true (it scores the test split); "
+         "split: the test fraction is 0 but final_eval is true (it scores the test split); "
          "give the test split a fraction > 0 or set final_eval: false")
     need(0.0 < c.cluster_identity <= 1.0,
          f"cluster_identity: got {c.cluster_identity}, allowed: 0 < cluster_identity <= 1 (MMseqs2 --min-seq-id)")

@@ -53,7 +53,7 @@ from distill.rundir import (
 from distill.rerun import check_same_config
 from distill.runtime import Runtime, resolve_runtime
 from distill.seeding import seed_everything
-from distill.step import LossSettings, optimizer_step, training_module
+from distill.step import LossSettings, make_scaler, optimizer_step, training_module
 from distill.teacher_source import open_teacher
 
 ReportFn = Callable[[dict, "str | None"], None]
@@ -122,8 +122,7 @@ def run_training(
     accum = accumulation_steps(cfg, rt.world_size)
     optimizer = make_optimizer(student, cfg.lr, cfg.weight_decay)
     scheduler = make_scheduler(optimizer, cfg.warmup_steps, steps)
-    # fp16 needs loss scaling; bf16/fp32 do not (the scaler is then a no-op).
-    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.precision == "fp16")
+    scaler = make_scaler(rt)
     order = BlockOrder(pool, cfg.seed)
     loss_settings = LossSettings.from_config(cfg)
     pad_id = tokenizer.eos_token_id

@@ -49,16 +49,11 @@ from distill.config import TrainConfig
 from distill.data import prepare_data
 from distill.errors import ConfigError
 from distill.models import PROTGPT2_TOKENIZER_DIR, build_student, load_tokenizer, resolve_teacher, student_sizes
-from distill.probe import (
-    FusedStep,
-    LossSettings,
-    forward_flops_per_token,
-    random_tokens,
-    teacher_states,
-    train_flops_per_token,
-)
+from distill.probe import HeldTeacher, forward_flops_per_token, random_tokens, train_flops_per_token
 from distill.runtime import resolve_runtime
 from distill.splits import SplitSpec
+from distill.step import LossSettings, Stepper
+from distill.teacher_source import LiveTeacher
 from distill.train import total_steps
 from sweeps.asha_model import AshaExpectation, expected_asha_steps, without_early_stopping
 from sweeps.space import SearchSpace
@@ -233,42 +228,46 @@ def process_start_s() -> float:
 def _loss_settings(space: SearchSpace) -> LossSettings:
     """The costliest loss options among the space's arms (the cost differs little between arms)."""
     uncertainty = any(s.uncertainty for s in space.studies)
-    return LossSettings(uncertainty=uncertainty, smoothing=0.1 if any(s.smooths for s in space.studies) else None)
+    return LossSettings(temperature=2.0, alpha=0.5, uncertainty=uncertainty,
+                        smoothing=0.1 if any(s.smooths for s in space.studies) else None, weight_norm="mask",
+                        impl="fused")
 
 
 def probe_throughput(space: SearchSpace, cfg: TrainConfig, teacher_config, rt) -> dict[str, Throughput]:
     """Time the teacher's forward once and every scale's student step and eval forward."""
     torch.manual_seed(0)
-    teacher = AutoModelForCausalLM.from_config(teacher_config).to(rt.device).eval().requires_grad_(False)
+    model = AutoModelForCausalLM.from_config(teacher_config).to(rt.device).eval().requires_grad_(False)
+    teacher = LiveTeacher(model, "probe")
     loss = _loss_settings(space)
-    head = teacher.get_output_embeddings().weight
-    vocab = teacher_config.vocab_size
-    t_batch, t_len = probe_shape(forward_flops_per_token(teacher, cfg.block_size), cfg.micro_batch_size,
+    t_batch, t_len = probe_shape(forward_flops_per_token(model, cfg.block_size), cfg.micro_batch_size,
                                  cfg.block_size, rt.device)
-    x = random_tokens(t_batch, t_len, vocab, rt.device)
-    teacher_tps = tokens_per_s(lambda: teacher_states(teacher, x, rt, entropy=loss.uncertainty), x.numel(), rt.device)
-    out = {}
-    for scale in space.scales:
-        student = build_student(teacher_config, student_sizes(scale, None, None, None), cfg.dropout, seed=0)
-        student = student.to(rt.device)
-        s_batch, s_len = probe_shape(train_flops_per_token(student, cfg.block_size), cfg.micro_batch_size,
-                                     cfg.block_size, rt.device)
-        xs = random_tokens(s_batch, s_len, vocab, rt.device)
-        states = teacher_states(teacher, xs, rt, entropy=loss.uncertainty)
-        step = FusedStep(student, head, rt, loss, lr=cfg.lr)
-        student_tps = tokens_per_s(lambda: step.step(xs, states), xs.numel(), rt.device)
+    x = random_tokens(t_batch, t_len, teacher_config.vocab_size, rt.device)
+    # The teacher's part of a live step: its forward (+ the entropies a cache would store).
+    teacher_tps = tokens_per_s(lambda: HeldTeacher(teacher, x, rt, entropy=loss.uncertainty), x.numel(), rt.device)
+    source = (f"probe on {rt.device.type} ({torch.get_num_threads()} threads, {rt.precision}; "
+              f"teacher {t_batch} x {t_len} tokens")
+    return {scale: _probe_student(scale, teacher, cfg, rt, loss, teacher_tps, source) for scale in space.scales}
 
-        def score():
-            with torch.no_grad(), rt.autocast():
-                student(input_ids=xs).logits.float().log_softmax(-1)
 
-        student.eval()
-        eval_tps = tokens_per_s(score, xs.numel(), rt.device)
-        out[scale] = Throughput(student_tps, teacher_tps, eval_tps,
-                                source=f"probe on {rt.device.type} ({torch.get_num_threads()} threads, {rt.precision}; "
-                                       f"teacher {t_batch} x {t_len} tokens, student {s_batch} x {s_len})")
-        del student, step, states
-    return out
+def _probe_student(scale: str, teacher: LiveTeacher, cfg: TrainConfig, rt, loss: LossSettings, teacher_tps: float,
+                   source: str) -> Throughput:
+    """One scale's student: its training step with the teacher's batch given, its eval forward."""
+    student = build_student(teacher.config, student_sizes(scale, None, None, None), cfg.dropout, seed=0)
+    student = student.to(rt.device)
+    s_batch, s_len = probe_shape(train_flops_per_token(student, cfg.block_size), cfg.micro_batch_size,
+                                 cfg.block_size, rt.device)
+    xs = random_tokens(s_batch, s_len, teacher.config.vocab_size, rt.device)
+    blocks = torch.arange(s_batch, device=rt.device)
+    step = Stepper(student, HeldTeacher(teacher, xs, rt, entropy=loss.uncertainty), rt, loss, lr=cfg.lr)
+    student_tps = tokens_per_s(lambda: step.step(blocks, xs), xs.numel(), rt.device)
+
+    def score():
+        with torch.no_grad(), rt.autocast():
+            student(input_ids=xs).logits.float().log_softmax(-1)
+
+    student.eval()
+    eval_tps = tokens_per_s(score, xs.numel(), rt.device)
+    return Throughput(student_tps, teacher_tps, eval_tps, source=f"{source}, student {s_batch} x {s_len})")
 
 
 def flops_throughput(space: SearchSpace, cfg: TrainConfig, teacher_config, figures: dict[str, float]):

@@ -17,7 +17,7 @@ from benchmarks.step_meter import StepMeter
 from benchmarks.study_trainer import FixedBatch, StepClock, StudyTrainer, study_arguments, study_loss
 from distill.loss_reference import ARMS, reference_kd_loss
 from distill.models import PROTGPT2_TOKENIZER_DIR, load_tokenizer
-from distill.probe import PHASES, PhaseTimer
+from distill.phases import PHASES, PhaseTimer
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,9 +12,13 @@ from safetensors.torch import load_file
 from distill.checkpoint import latest_checkpoint
 from distill.config import TrainConfig
 from distill.errors import ModelError
+from distill.models import build_student, load_teacher
+from distill.phases import NO_TIMER, PHASES, PhaseTimer
+from distill.probe import HeldTeacher
 from distill.rundir import eval_rows
 from distill.runtime import Runtime
-from distill.teacher_source import open_teacher
+from distill.step import LossSettings, Stepper
+from distill.teacher_source import LiveTeacher, open_teacher
 from tests.fixtures import start_row, tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,6 +58,45 @@ def test_fused_training_equals_logits_training(tmp_path, char_teacher, small_fas
 
 def test_fused_is_the_default():
     assert TrainConfig().loss_impl == "fused"
+
+
+def _stepper(teacher, impl: str = "fused") -> Stepper:
+    student = build_student(teacher.config, {"n_layer": 1, "n_head": 2, "n_embd": 16}, dropout=0.1, seed=0)
+    loss = LossSettings(2.0, 0.3, True, 0.1, "mask", impl)
+    return Stepper(student, teacher, Runtime(torch.device("cpu"), "fp32"), loss, lr=1e-2, total_steps=10)
+
+
+@pytest.mark.parametrize("impl", ["fused", "logits"])
+def test_a_timed_step_is_the_same_step(char_teacher, impl):
+    """The phase timer the benchmarks and `estimate` pass charges every phase of the step, and
+    changes nothing it computes: timed and untimed steps give the same losses and weights."""
+    live = LiveTeacher(load_teacher(str(char_teacher)), "char")
+    x = torch.randint(0, live.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    blocks = torch.arange(2)
+    runs = {}
+    for name, timer in (("untimed", NO_TIMER), ("timed", PhaseTimer())):
+        torch.manual_seed(1)  # dropout
+        stepper = _stepper(live, impl)
+        losses = [float(stepper.step(blocks, x, timer).terms[0]) for _ in range(3)]
+        runs[name] = losses, stepper.student.state_dict()
+    assert runs["timed"][0] == runs["untimed"][0]
+    for k, v in runs["untimed"][1].items():
+        assert torch.equal(runs["timed"][1][k], v), k
+    assert set(timer.wall) == set(PHASES) and all(timer.wall[p] > 0 for p in PHASES), timer.wall
+    assert runs["untimed"][0][2] < runs["untimed"][0][0]  # it trains
+
+
+def test_a_held_teacher_batch_is_the_live_teacher(char_teacher):
+    """`kdsweep estimate`'s student probe steps on a precomputed teacher batch (with the
+    entropies uncertainty weighting needs, as a cache stores them): the same step as live."""
+    live = LiveTeacher(load_teacher(str(char_teacher)), "char")
+    x = torch.randint(0, live.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    rt = Runtime(torch.device("cpu"), "fp32")
+    losses = []
+    for teacher in (live, HeldTeacher(live, x, rt, entropy=True)):
+        torch.manual_seed(1)
+        losses.append(float(_stepper(teacher).step(torch.arange(2), x).terms[0]))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-6)
 
 
 _DDP_WORKER = textwrap.dedent("""
