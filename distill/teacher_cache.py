@@ -167,12 +167,8 @@ class CachePlan:
 
     def sizes(self) -> dict[str, int]:
         """Bytes per part of the cache: train hidden states, entropies, head, each held-out split."""
-        per_token = bytes_per_token(self.hidden_size, self.key.dtype)
-        k, t, d = self.key.n_blocks, self.key.block_size, self.hidden_size
-        out = {"train": k * t * per_token, "entropy": k * (t - 1) * 4,
-               "head": self.teacher_config.vocab_size * d * 4}
-        out.update({name: n * per_token for name, n in self.heldout_tokens().items()})
-        return out
+        return cache_sizes(self.key.n_blocks, self.key.block_size, self.hidden_size, self.teacher_config.vocab_size,
+                           self.key.dtype, self.heldout_tokens())
 
     def describe(self) -> str:
         """The size line printed before a build."""
@@ -184,6 +180,18 @@ class CachePlan:
                 f"{per_token / 1e3:.3g} kB per token "
                 f"(+ entropies {_mb(sizes['entropy'])}, head {_mb(sizes['head'])}, {held}) = "
                 f"{_mb(sum(sizes.values()))} {self.key.dtype} in {self.path}")
+
+
+def cache_sizes(n_blocks: int, block_size: int, hidden_size: int, vocab_size: int, dtype: str,
+                heldout_tokens: dict[str, int]) -> dict[str, int]:
+    """Bytes per part of a cache of `n_blocks` train blocks of `block_size` tokens and the held-out
+    splits' tokens: train hidden states (storage dtype), fp32 entropies (T - 1 per block), the fp32
+    head (V, d_t), each held-out split's hidden states (what `kdsweep estimate` also sizes)."""
+    per_token = bytes_per_token(hidden_size, dtype)
+    out = {"train": n_blocks * block_size * per_token, "entropy": n_blocks * (block_size - 1) * 4,
+           "head": vocab_size * hidden_size * 4}
+    out.update({name: n * per_token for name, n in heldout_tokens.items()})
+    return out
 
 
 def bytes_per_token(hidden_size: int, dtype: str) -> int:

@@ -25,8 +25,9 @@ Per scale (every arm of a scale costs the same to within its loss options):
   once per sweep, Ray's start, counted as one more process start;
 * teacher cache: the blocks a trial reads (every trial of a sweep reads the same blocks in the
   same order: they share the data seed), so min(T x batch_size, train blocks) x block_size
-  tokens, each d_t values of the precision's width (+ one fp32 entropy when an arm weights
-  by uncertainty); built once at the teacher's forward tokens/s.
+  tokens, and every val/test protein's tokens, each d_t values in `cache.dtype` (+ fp32
+  entropies and head: `distill.teacher_cache.cache_sizes`, what a build writes); built once
+  at the teacher's forward tokens/s.
 
 Device-hours are hours of the probed device as one trial uses it: one whole GPU, or on a CPU
 one trial's `cpus_per_worker` cores. Wall-clock hours divide them by the trials that run at
@@ -53,7 +54,9 @@ from distill.probe import HeldTeacher, forward_flops_per_token, random_tokens, t
 from distill.runtime import resolve_runtime
 from distill.splits import SplitSpec
 from distill.step import LossSettings, Stepper
+from distill.teacher_cache import HELDOUT_SPLITS, cache_sizes
 from distill.teacher_source import LiveTeacher
+from distill.block_order import pool_size
 from distill.train import total_steps
 from sweeps.asha_model import AshaExpectation, expected_asha_steps, without_early_stopping
 from sweeps.space import SearchSpace
@@ -117,6 +120,7 @@ class Estimate:
     scales: list[ScaleEstimate]
     cache_tokens: int
     cache_bytes: int
+    cache_dtype: str
     cache_build_s: float
     early_stopping: bool
     startup_s: float  # once per sweep (Ray's start); wall clock, not device time
@@ -329,7 +333,6 @@ def estimate(space: SearchSpace, *, tokens_per_s: list[str] | None = None, devic
     cap = cfg.max_eval_tokens or n_positions
     val = data.val.subset(cfg.val_max_proteins)
     eval_tokens = sum(min(len(ids), cap) for ids in val.ids)
-    bytes_per_value = 4 if rt.precision == "fp32" else 2
     rows = []
     for scale in space.scales:
         with torch.device("meta"):
@@ -352,15 +355,22 @@ def estimate(space: SearchSpace, *, tokens_per_s: list[str] | None = None, devic
         row.device_s_cached = row.train_tokens / row.throughput.student_step + fixed
         rows.append(row)
 
-    blocks = min(steps * cfg.batch_size, len(data.train_blocks))
-    cache_tokens = blocks * cfg.block_size
-    uncertainty = any(s.uncertainty for s in space.studies)
-    cache_bytes = cache_tokens * (teacher_config.hidden_size * bytes_per_value + (4 if uncertainty else 0))
+    # What `kdsweep cache build` would write: the pool's blocks and every val/test protein (capped at
+    # the teacher's positions), each token's d_t values in `cache.dtype`.
+    blocks = pool_size(cfg, len(data.train_blocks))
+    heldout = {name: sum(min(len(ids), n_positions) for ids in getattr(data, name).ids)
+               for name in HELDOUT_SPLITS if len(getattr(data, name))}
+    cache_tokens = blocks * cfg.block_size + sum(heldout.values())
+    cache_bytes = sum(cache_sizes(blocks, cfg.block_size, teacher_config.hidden_size, teacher_config.vocab_size,
+                                  space.cache["dtype"], heldout).values())
     notes = []
+    if not space.cache["enabled"]:
+        notes.append("cache.enabled is false: the sweep runs the live teacher (the cached figures are what "
+                     "turning it on would give)")
     if cfg.final_eval:
         notes.append("train.final_eval is on: the test-split metrics at each trial's end are not counted")
     return Estimate(space.name, f"{rt.device.type} ({rt.precision})", _concurrency(space, rt.device, devices), rows,
-                    cache_tokens, cache_bytes, cache_tokens / rows[0].throughput.teacher, search["early_stopping"],
+                    cache_tokens, cache_bytes, space.cache["dtype"], cache_tokens / rows[0].throughput.teacher, search["early_stopping"],
                     process_s, notes, time.perf_counter() - started)
 
 
@@ -385,7 +395,8 @@ def format_estimate(est: Estimate) -> str:
     lines.append(f"{'total':<9}{trials:>7}{'':>12}{'':>14}{'':>12}{'':>13}{steps:>13,.0f}{steps / full:>8.0%}"
                  f"{sum(s.studies * s.asha.expected_stopped for s in est.scales):>8.1f}"
                  f"{_hours(est.device_s_live):>13}{_hours(est.device_s_cached):>14}")
-    lines.append(f"teacher cache: {est.cache_tokens:,} tokens, {est.cache_bytes / 1e9:.3g} GB, built in "
+    lines.append(f"teacher cache: {est.cache_tokens:,} tokens (train pool + val/test), {est.cache_bytes / 1e9:.3g} GB "
+                 f"in {est.cache_dtype}, built in "
                  f"{_hours(est.cache_build_s)} (counted in the cached total)")
     lines.append(f"wall clock here, {est.concurrency:g} trial(s) at once: {_hours(est.wall_s(cached=False))} "
                  f"with a live teacher, {_hours(est.wall_s(cached=True))} with the cache")

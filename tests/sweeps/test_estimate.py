@@ -91,9 +91,15 @@ def test_every_shipped_space_gets_a_consistent_bill(path):
 
 
 def test_protgpt2_cache_is_sized_from_its_width():
-    est = estimate(load_space(SEARCH_SPACES_DIR / "protgpt2.yaml"), tokens_per_s=["5000"], device="cpu")
-    # fp32 on this CPU: 1280 values of 4 bytes per token, plus one fp32 entropy (uncertainty arms).
-    assert est.cache_bytes == est.cache_tokens * (1280 * 4 + 4)
+    space = load_space(SEARCH_SPACES_DIR / "protgpt2.yaml")
+    est = estimate(space, tokens_per_s=["5000"], device="cpu")
+    # Stored in the space's cache.dtype (bf16), whatever the trials' precision (fp32 on this CPU):
+    # 1280 values of 2 bytes per token; fp32 entropies for the train tokens, and the fp32 head.
+    assert space.cache["dtype"] == "bf16"
+    train_tokens = 5538 * 512
+    assert est.cache_tokens > train_tokens  # the pool, and the val/test proteins
+    held = est.cache_tokens - train_tokens
+    assert est.cache_bytes == (train_tokens + held) * 1280 * 2 + 5538 * 511 * 4 + 50257 * 1280 * 4
     # Its teacher (774M) is most of a live tiny step's FLOPs.
     tiny = est.scales[0].throughput
     assert tiny.student_step > 2 * tiny.live_step
