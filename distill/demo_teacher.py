@@ -4,9 +4,12 @@ ProtGPT2 (774M parameters) cannot run on a 2-core laptop, so the demo sweep
 distills this one instead. It uses a character-level amino-acid tokenizer (a
 real `PreTrainedTokenizerFast`, 27 tokens: `<|endoftext|>` = 0 as bos/eos/unk
 like ProtGPT2, newline, and the 25 IUPAC letters), the same ProtGPT2 text
-format, and the same hash split, so everything downstream runs unchanged.
+format, and the bundled data's default split (the cluster split, method §2), so everything
+downstream runs unchanged. The committed weights predate the cluster split: they were trained
+on the train set of the earlier hash split (README, "Known limitation").
 
-Rebuild (reproducible from the seed; the committed weights came from this):
+Rebuild (reproducible from the seed; the committed weights came from this command while the
+bundled default was the hash split):
 
     kdsweep demo-teacher --out distill/assets/demo-teacher
 
