@@ -43,10 +43,6 @@ class PhaseTimer:
             self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - wall
             self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - cpu
 
-    def reset(self) -> None:
-        self.wall.clear()
-        self.cpu.clear()
-
 
 class _NoTimer:
     @staticmethod

@@ -162,8 +162,7 @@ class CachePlan:
 
     def heldout_tokens(self) -> dict[str, int]:
         """Stored tokens per non-empty held-out split (each protein up to n_positions)."""
-        return {name: sum(min(len(ids), self.n_positions) for ids in getattr(self.data, name).ids)
-                for name in HELDOUT_SPLITS if len(getattr(self.data, name))}
+        return heldout_tokens(self.data, self.n_positions)
 
     def sizes(self) -> dict[str, int]:
         """Bytes per part of the cache: train hidden states, entropies, head, each held-out split."""
@@ -180,6 +179,12 @@ class CachePlan:
                 f"{per_token / 1e3:.3g} kB per token "
                 f"(+ entropies {_mb(sizes['entropy'])}, head {_mb(sizes['head'])}, {held}) = "
                 f"{_mb(sum(sizes.values()))} {self.key.dtype} in {self.path}")
+
+
+def heldout_tokens(data: ProteinData, positions: int) -> dict[str, int]:
+    """Tokens a cache stores per non-empty held-out split of `data`: each protein up to `positions`."""
+    return {name: sum(min(len(ids), positions) for ids in getattr(data, name).ids)
+            for name in HELDOUT_SPLITS if len(getattr(data, name))}
 
 
 def cache_sizes(n_blocks: int, block_size: int, hidden_size: int, vocab_size: int, dtype: str,

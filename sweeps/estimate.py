@@ -46,17 +46,24 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from distill.block_order import pool_size
 from distill.config import TrainConfig
 from distill.data import prepare_data
 from distill.errors import ConfigError
-from distill.models import PROTGPT2_TOKENIZER_DIR, build_student, load_tokenizer, resolve_teacher, student_sizes
+from distill.models import (
+    PROTGPT2_TOKENIZER_DIR,
+    build_student,
+    load_tokenizer,
+    n_positions,
+    resolve_teacher,
+    student_sizes,
+)
 from distill.probe import HeldTeacher, forward_flops_per_token, random_tokens, train_flops_per_token
 from distill.runtime import resolve_runtime
 from distill.splits import SplitSpec
 from distill.step import LossSettings, Stepper
-from distill.teacher_cache import HELDOUT_SPLITS, cache_sizes
+from distill.teacher_cache import cache_sizes, heldout_tokens
 from distill.teacher_source import LiveTeacher
-from distill.block_order import pool_size
 from distill.train import total_steps
 from sweeps.asha_model import AshaExpectation, expected_asha_steps, without_early_stopping
 from sweeps.space import SearchSpace
@@ -329,8 +336,8 @@ def estimate(space: SearchSpace, *, tokens_per_s: list[str] | None = None, devic
 
     steps = total_steps(cfg)
     search = space.search
-    n_positions = getattr(teacher_config, "n_positions", None) or teacher_config.max_position_embeddings
-    cap = cfg.max_eval_tokens or n_positions
+    positions = n_positions(teacher_config)
+    cap = cfg.max_eval_tokens or positions
     val = data.val.subset(cfg.val_max_proteins)
     eval_tokens = sum(min(len(ids), cap) for ids in val.ids)
     rows = []
@@ -358,8 +365,7 @@ def estimate(space: SearchSpace, *, tokens_per_s: list[str] | None = None, devic
     # What `kdsweep cache build` would write: the pool's blocks and every val/test protein (capped at
     # the teacher's positions), each token's d_t values in `cache.dtype`.
     blocks = pool_size(cfg, len(data.train_blocks))
-    heldout = {name: sum(min(len(ids), n_positions) for ids in getattr(data, name).ids)
-               for name in HELDOUT_SPLITS if len(getattr(data, name))}
+    heldout = heldout_tokens(data, positions)
     cache_tokens = blocks * cfg.block_size + sum(heldout.values())
     cache_bytes = sum(cache_sizes(blocks, cfg.block_size, teacher_config.hidden_size, teacher_config.vocab_size,
                                   space.cache["dtype"], heldout).values())
@@ -370,8 +376,8 @@ def estimate(space: SearchSpace, *, tokens_per_s: list[str] | None = None, devic
     if cfg.final_eval:
         notes.append("train.final_eval is on: the test-split metrics at each trial's end are not counted")
     return Estimate(space.name, f"{rt.device.type} ({rt.precision})", _concurrency(space, rt.device, devices), rows,
-                    cache_tokens, cache_bytes, space.cache["dtype"], cache_tokens / rows[0].throughput.teacher, search["early_stopping"],
-                    process_s, notes, time.perf_counter() - started)
+                    cache_tokens, cache_bytes, space.cache["dtype"], cache_tokens / rows[0].throughput.teacher,
+                    search["early_stopping"], process_s, notes, time.perf_counter() - started)
 
 
 def _hours(seconds: float) -> str:
