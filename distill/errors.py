@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+import reprlib
+from typing import Any, Iterable
+
+# What a message may quote of a value a user wrote: a 5 MB string or a YAML alias bomb
+# (a few KB expanding to millions of nodes) must not become a 43 MB message or a MemoryError.
+SHOWN_CHARS = 200
+_REPR = reprlib.Repr()  # (keyword arguments only from Python 3.12)
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple, _REPR.maxset = 3, 6, 6, 6, 6
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = SHOWN_CHARS, SHOWN_CHARS, 40
+# A message lists at most this many problems, and cuts each at this many characters.
+MAX_PROBLEMS, MAX_PROBLEM_CHARS = 20, 1000
+
+
+def shown(value: Any) -> str:
+    """`repr(value)` cut to at most SHOWN_CHARS characters (nested containers summarised with ...)."""
+    text = _REPR.repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
 
 
 class KDSweepError(Exception):
@@ -23,10 +39,14 @@ class ConfigError(KDSweepError):
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        if self.source is None and len(self.problems) == 1:
-            return self.problems[0]
+        lines = [p if len(p) <= MAX_PROBLEM_CHARS else p[: MAX_PROBLEM_CHARS - 3] + "..."
+                 for p in self.problems[:MAX_PROBLEMS]]
+        if len(self.problems) > MAX_PROBLEMS:
+            lines.append(f"... and {len(self.problems) - MAX_PROBLEMS} more problems")
+        if self.source is None and len(lines) == 1:
+            return lines[0]
         head = f"invalid {self.source}:" if self.source else "invalid input:"
-        return head + "".join(f"\n  - {p}" for p in self.problems)
+        return head + "".join(f"\n  - {p}" for p in lines)
 
 
 class DataError(KDSweepError):

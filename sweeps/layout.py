@@ -16,7 +16,11 @@
 
 Nothing else in the code spells these names. Paths are derived from where the
 folder is now, so a sweep folder that was moved or copied works where it is
-(its default Optuna database is the `optuna.db` beside `sweep.json`).
+(its default Optuna database is the `optuna.db` beside `sweep.json`). A renamed folder
+keeps its sweep's name (`sweep.json`'s `name`), which is what its Optuna studies are called.
+
+A sweep name is one folder name under the storage root, never a path: SWEEP_NAME_RULE
+(no `/`, no `..`, not `.`, nothing hidden), from `--name` and from the space's `name:` alike.
 """
 
 from __future__ import annotations
@@ -28,16 +32,29 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from distill.errors import ConfigError
+from distill.atomic import write_atomic
+from distill.errors import ConfigError, shown
 from distill.numbers import dumps
 
 DEFAULT_STORAGE = "kdsweep_runs"
+SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+SWEEP_NAME_RULE = "1 to 100 letters, digits, '.', '_' or '-', starting with a letter or digit"
+# SQLite's file header (https://www.sqlite.org/fileformat.html): anything else is not a database.
+SQLITE_MAGIC = b"SQLite format 3\x00"
 _SEED_DIR = re.compile(r"^seed(\d+)$")
 
 
 def storage_root(storage: str | None) -> Path:
     """Absolute (Tune needs it): --storage, else $KDSWEEP_STORAGE, else ./kdsweep_runs."""
     return Path(storage or os.environ.get("KDSWEEP_STORAGE") or DEFAULT_STORAGE).expanduser().resolve()
+
+
+def check_sweep_name(name, what: str) -> str:
+    """`name` if it is a sweep name (one folder under the storage root), else a ConfigError naming `what`."""
+    if not isinstance(name, str) or not SWEEP_NAME.fullmatch(name):
+        raise ConfigError(f"{what}: {shown(name)} is not a sweep name; allowed: {SWEEP_NAME_RULE} "
+                          "(a sweep is one folder under --storage)")
+    return name
 
 
 def replicate_name(scale: str, arm: str, seed: int) -> str:
@@ -64,6 +81,13 @@ class SweepDir:
 
     @property
     def name(self) -> str:
+        """The sweep's own name (its Optuna studies are `<name>:<scale>/<arm>`): `sweep.json`'s,
+        which a renamed folder keeps; the folder's name until `sweep.json` exists."""
+        return self.meta().get("name", self.root.name) if self.meta_path.exists() else self.root.name
+
+    @property
+    def folder(self) -> str:
+        """The folder's name: what commands take to find this sweep under --storage."""
         return self.root.name
 
     space = property(lambda self: self.root / "space.yaml")
@@ -89,7 +113,14 @@ class SweepDir:
         if not self.meta_path.is_file():
             raise ConfigError(f"{self.root}: no sweep here (no sweep.json); run `kdsweep sweep run` first "
                               "or pass --storage")
-        return json.loads(self.meta_path.read_text())
+        try:
+            meta = json.loads(self.meta_path.read_bytes())
+        except (ValueError, OSError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise ConfigError(f"{self.meta_path}: damaged sweep record ({str(e).splitlines()[0][:200]}); "
+                              "restore it from a copy of the sweep folder") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("name", ""), str):
+            raise ConfigError(f"{self.meta_path}: damaged sweep record (expected a JSON object with a name)")
+        return meta
 
     def storage_url(self, *, create: bool = False) -> str:
         """The Optuna storage URL: the user's `search.storage_url`, else this folder's `optuna.db`.
@@ -101,19 +132,30 @@ class SweepDir:
         url = self.meta().get("storage_url")
         if url:
             return url
-        if not create and not self.default_db.is_file():
-            raise ConfigError(f"{self.root}: the sweep's Optuna database {self.default_db} is missing; "
-                              "cannot read its trials")
+        if not create:
+            if not self.default_db.is_file():
+                raise ConfigError(f"{self.root}: the sweep's Optuna database {self.default_db} is missing; "
+                                  "cannot read its trials")
+            check_sqlite_file(self.default_db)
         return f"sqlite:///{self.default_db}"
 
     def write_meta(self, meta: dict) -> None:
-        tmp = self.meta_path.with_name(f".{self.meta_path.name}.{os.getpid()}.tmp")
-        tmp.write_text(dumps(meta, indent=2) + "\n")
-        os.replace(tmp, self.meta_path)
+        write_atomic(self.meta_path, dumps(meta, indent=2) + "\n")
+
+
+def check_sqlite_file(path: Path) -> None:
+    """An existing SQLite database starts with SQLite's header: an empty or damaged file would be
+    given a fresh, empty schema by Optuna, and a finished sweep would read as all pending."""
+    with open(path, "rb") as fh:
+        head = fh.read(len(SQLITE_MAGIC))
+    if head != SQLITE_MAGIC:
+        what = "is empty" if not head else "is not an SQLite database"
+        raise ConfigError(f"{path}: the sweep's Optuna database {what}; restore it from a copy of the "
+                          "sweep folder (kdsweep never creates a fresh one for an existing sweep)")
 
 
 def open_sweep(name: str, storage: str | None) -> SweepDir:
-    sd = SweepDir(storage_root(storage) / name)
+    sd = SweepDir(storage_root(storage) / check_sweep_name(name, "sweep name"))
     sd.meta()  # raises a clear error when it does not exist
     return sd
 

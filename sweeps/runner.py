@@ -28,7 +28,7 @@ from distill.train import total_steps
 from sweeps.cache import META_KEY as TEACHER_CACHE_KEY
 from sweeps.cache import ensure_teacher_cache, record_teacher_cache
 from sweeps.callbacks import tracker_callbacks, tune_callbacks
-from sweeps.layout import SweepDir, git_commit, open_sweep, storage_root
+from sweeps.layout import SweepDir, check_sweep_name, git_commit, open_sweep, storage_root
 from sweeps.preflight import check_inputs_of_space, check_resources
 from sweeps.reaper import start_reaper
 from sweeps.scheduler import PerStudyASHA
@@ -104,7 +104,7 @@ def run_sweep(space: SearchSpace, *, name: str | None = None, storage: str | Non
     """Start a new sweep; refuses to overwrite an existing one (resume it instead).
 
     Every check (inputs, trackers, then the cluster's resources) comes before the sweep folder is written."""
-    name = name or space.name
+    name = check_sweep_name(space.name if name is None else name, "--name")
     sd = SweepDir(storage_root(storage) / name)
     if sd.meta_path.exists():
         raise ConfigError(f"sweep {name!r} already exists in {sd.root.parent}; "
@@ -219,9 +219,9 @@ def next_steps(sd: SweepDir, storage: str | None) -> str:
     flag = f" --storage {storage}" if storage else ""
     return "\n".join([
         f"results: {sd.root}",
-        f"  kdsweep sweep status {sd.name}{flag}          # trials per (scale, arm), best val_ppl and params",
-        f"  kdsweep sweep export {sd.name}{flag} --out best_configs/   # one train config per (scale, arm)",
-        f"  kdsweep dashboard {sd.name}{flag} --tensorboard   # optuna-dashboard + TensorBoard on 127.0.0.1",
+        f"  kdsweep sweep status {sd.folder}{flag}          # trials per (scale, arm), best val_ppl and params",
+        f"  kdsweep sweep export {sd.folder}{flag} --out best_configs/   # one train config per (scale, arm)",
+        f"  kdsweep dashboard {sd.folder}{flag} --tensorboard   # optuna-dashboard + TensorBoard on 127.0.0.1",
     ])
 
 

@@ -22,10 +22,11 @@ import yaml
 
 from distill.config import FIELDS as TRAIN_FIELDS
 from distill.config import TrainConfig, config_from_dict, did_you_mean, read_yaml_mapping
-from distill.errors import ConfigError
+from distill.errors import ConfigError, shown
 from distill.models import load_scales
 from distill.numbers import parse_number
 from distill.teacher_cache import STORAGE_DTYPES
+from sweeps.layout import check_sweep_name
 from sweeps.storage import storage_url_problem
 
 SEARCH_SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
@@ -376,7 +377,12 @@ def parse_space(raw: Any, source: str = "search space") -> SearchSpace:
             p.unknown("", k, TOP_KEYS)
     for key in ("teacher", "data", "name"):
         if key in raw and not isinstance(raw[key], str):
-            p.append(f"{key}: expected a string, got {raw[key]!r}")
+            p.append(f"{key}: expected a string, got {shown(raw[key])}")
+    name = raw.get("name") if isinstance(raw.get("name"), str) else Path(source).stem
+    try:
+        check_sweep_name(name, "name" if "name" in raw else f"name (from the file name {Path(source).name})")
+    except ConfigError as e:
+        p.extend(e.problems)
     scales, arms = _parse_targets(raw, p)
     base, per_scale, per_arm = _parse_searched(raw, scales, arms, p)
     train = _parse_train(raw, p)
@@ -395,7 +401,7 @@ def parse_space(raw: Any, source: str = "search space") -> SearchSpace:
                 params.pop("smoothing", None)
             studies.append(Study(s, a, params))
     return SearchSpace(
-        name=raw.get("name") or Path(source).stem,
+        name=name,
         teacher=raw.get("teacher", "demo"),
         tokenizer=raw.get("tokenizer"),
         data=raw.get("data", "bundled"),

@@ -165,6 +165,29 @@ CASES = [
          "--storage: {tmp}/afile is a file, not a folder", ["{tmp}/afile/bad"], files={"{tmp}/afile": "x\n"}),
     Case("sweep-storage-unwritable", ["sweep", "run", "{tmp}/space.yaml", "--storage", "/sys/kdsweep-test-store"],
          "is not writable", ["/sys/kdsweep-test-store"]),
+    # ---- sweep names are names: no path escapes --storage (security) ------------------------------
+    Case("sweep-name-parent", [*RUN, "--name", "../../../x"], "--name: '../../../x' is not a sweep name",
+         ["{tmp}/store/../../../x", "{tmp}/store"]),
+    Case("sweep-name-absolute", [*RUN, "--name", "{tmp}/abs"], "is not a sweep name", ["{tmp}/abs", "{tmp}/store"]),
+    Case("sweep-name-dot", [*RUN, "--name", "."], "--name: '.' is not a sweep name", ["{tmp}/store"]),
+    Case("sweep-name-dotdot", [*RUN, "--name", ".."], "--name: '..' is not a sweep name", ["{tmp}/store", "{tmp}/sweep.json"]),
+    Case("sweep-name-nested", [*RUN, "--name", "a/b"], "--name: 'a/b' is not a sweep name", ["{tmp}/store"]),
+    Case("sweep-name-empty", [*RUN, "--name", ""], "--name: '' is not a sweep name", ["{tmp}/store"]),
+    Case("sweep-name-hidden", [*RUN, "--name", ".x"], "is not a sweep name", ["{tmp}/store"]),
+    Case("sweep-space-name-parent", RUN, "name: '../x' is not a sweep name", ["{tmp}/x", "{tmp}/store"],
+         space={"name": "../x"}),
+    Case("sweep-space-name-absolute", RUN, "is not a sweep name", ["{tmp}/abs", "{tmp}/store"],
+         space={"name": "{tmp}/abs"}),
+    Case("sweep-space-file-name-not-a-name", ["sweep", "run", "{tmp}/my space.yaml", "--storage", "{tmp}/store"],
+         "name (from the file name my space.yaml): 'my space' is not a sweep name", ["{tmp}/store"],
+         setup="space_without_name"),
+    Case("resume-name-parent", ["sweep", "resume", "../swept/norays", "--storage", "{tmp}/other"],
+         "sweep name: '../swept/norays' is not a sweep name", ["{tmp}/other"], setup="swept"),
+    Case("status-name-absolute", ["sweep", "status", "{tmp}/swept/norays", *SWEPT], "is not a sweep name", setup="swept"),
+    Case("export-name-parent", ["sweep", "export", "../swept/norays", *SWEPT, "--out", "{tmp}/best"],
+         "is not a sweep name", ["{tmp}/best"], setup="swept"),
+    Case("analyze-name-parent", ["analyze", "..", *SWEPT], "sweep name: '..' is not a sweep name",
+         ["{tmp}/analysis"], setup="swept"),
     Case("sweep-name-taken", ["sweep", "run", "{tmp}/space.yaml", "--name", "norays", *SWEPT],
          "sweep 'norays' already exists", ["{tmp}/swept/norays/tune"], setup="swept"),
     # ---- kdsweep sweep run: resources no node can hold (needs a real Ray cluster to ask) -----------
@@ -236,6 +259,10 @@ def _prepare(case: Case, tmp: Path, ctx: dict) -> None:
         Path(_fill(path, ctx)).write_text(text)
     if "{tmp}/space.yaml" not in case.files:
         (tmp / "space.yaml").write_text(yaml.safe_dump(_fill(_space(case.space or {}), ctx)))
+    if case.setup == "space_without_name":  # the sweep name falls back to the file's name
+        raw = _fill(_space(case.space or {}), ctx)
+        del raw["name"]
+        (tmp / "my space.yaml").write_text(yaml.safe_dump(raw))
     if case.setup == "old_run":  # a run folder whose config.yaml records the plain TRAIN run (lr 1e-3)
         out = tmp / "out"
         out.mkdir()
