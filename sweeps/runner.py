@@ -29,6 +29,7 @@ from sweeps.cache import META_KEY as TEACHER_CACHE_KEY
 from sweeps.cache import ensure_teacher_cache, record_teacher_cache
 from sweeps.callbacks import tracker_callbacks, tune_callbacks
 from sweeps.layout import SweepDir, check_sweep_name, git_commit, open_sweep, storage_root
+from sweeps.localray import init_loopback_ray
 from sweeps.preflight import check_inputs_of_space, check_resources
 from sweeps.reaper import start_reaper
 from sweeps.scheduler import PerStudyASHA
@@ -54,8 +55,10 @@ def init_ray(address: str | None, log: Log) -> str | None:
             log(f"joining Ray cluster at {address}")
             ray.init(address=address)
         else:
-            # Embedded local Ray: nothing to start by hand; quiet logs, no dashboard process.
-            ray.init(include_dashboard=False, configure_logging=True, logging_level="WARNING", log_to_driver=False)
+            # Embedded local Ray: nothing to start by hand; quiet logs, no dashboard process; every
+            # socket on 127.0.0.1 (sweeps/localray.py).
+            init_loopback_ray(include_dashboard=False, configure_logging=True, logging_level="WARNING",
+                              log_to_driver=False)
             start_reaper()  # a driver killed without shutting Ray down must not leave Ray's processes running
     return ray.get_runtime_context().gcs_address if address else None
 
