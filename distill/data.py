@@ -16,7 +16,11 @@ and split exactly like sequences read from FASTA.
 
 Tokenized splits are cached on disk (keyed by data-file hash, tokenizer, split
 method, fractions and clustering thresholds) so that the many trials of a sweep do
-not re-tokenize, re-cluster or re-measure the same file.
+not re-tokenize, re-cluster or re-measure the same file. The cache file
+(`splits-<key>.npz`) holds data only: NumPy arrays read with `allow_pickle=False`, the
+provenance as JSON text. A cache folder may be shared or copied between users, so a file
+there that is not such an archive (a pickle planted under that name included) is never
+executed: it reads as a damaged entry and is rebuilt over (docs/reliability.md, trusted input).
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import io
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -34,16 +40,18 @@ import numpy as np
 import torch
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 
+from distill.atomic import write_atomic
 from distill.errors import DataError
 from distill.homology import cluster_representatives, find_mmseqs
 from distill.leakage import format_leakage, split_leakage
+from distill.numbers import dumps
 from distill.sequences import check_sequence, dedupe, read_sequences
 from distill.splits import SPLITS, SplitSpec, split_sequences
 
 ASSETS = Path(__file__).parent / "assets"
 BUNDLED_DATA = ASSETS / "data" / "uniprot_sample_20k.fasta.gz"
 EOS_TEXT = "<|endoftext|>"
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: a data-only .npz (was a torch pickle)
 
 
 def write_bundled_subset(path: Path, n: int, max_len: int | None = None) -> Path:
@@ -279,13 +287,12 @@ def load_splits(data: str, tokenizer, *, column: str, split: SplitSpec) -> tuple
     key = hashlib.sha256(
         json.dumps([CACHE_VERSION, digest, tokenizer_fingerprint(tokenizer), column, dataclasses.astuple(split)]).encode()
     ).hexdigest()[:24]
-    cached = cache_dir() / f"splits-{key}.pt"
+    cached = cache_dir() / f"splits-{key}.npz"
     if cached.is_file():
         try:
-            blob = torch.load(cached, weights_only=False)
-            return blob["splits"], blob["info"]
-        except Exception:
-            pass  # a corrupt cache entry is rebuilt below
+            return _read_split_cache(cached)
+        except DamagedCache:
+            pass  # a damaged (or planted) entry is rebuilt below and replaced
     proteins = read_proteins(path, column, tokenizer)
     by_name, split_info = split_proteins(proteins.sequences, split)
     splits = _tokenized_splits(proteins, by_name, tokenizer)
@@ -298,9 +305,46 @@ def load_splits(data: str, tokenizer, *, column: str, split: SplitSpec) -> tuple
         **{f"n_{n}": len(splits[n][0]) for n in SPLITS},
     }
     cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-    torch.save({"splits": splits, "info": info}, tmp)
-    os.replace(tmp, cached)  # atomic: concurrent trials never read a half-written file
+    _write_split_cache(cached, splits, info)
+    return splits, info
+
+
+class DamagedCache(Exception):
+    """A split-cache file that is not the data-only archive `_write_split_cache` writes."""
+
+
+def _write_split_cache(path: Path, splits: dict, info: dict) -> None:
+    """Per split: its proteins' token ids end to end (`<split>.ids`, int64), where each protein
+    starts and ends (`<split>.offsets`, n + 1), its sequences one per line (`<split>.sequences`,
+    ASCII bytes); the provenance as JSON (`info`). Written whole or not at all (atomic)."""
+    arrays = {"info": np.frombuffer(dumps(info).encode(), dtype=np.uint8)}
+    for name, (ids, seqs) in splits.items():
+        arrays[f"{name}.ids"] = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+        arrays[f"{name}.offsets"] = np.cumsum([0] + [len(i) for i in ids], dtype=np.int64)
+        arrays[f"{name}.sequences"] = np.frombuffer("\n".join(seqs).encode(), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    write_atomic(path, buf.getvalue())  # concurrent trials never read a half-written file
+
+
+def _read_split_cache(path: Path) -> tuple[dict, dict]:
+    """What `_write_split_cache` wrote; DamagedCache for anything else. Nothing in the file is
+    executed: `allow_pickle=False` refuses pickles and object arrays alike."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            info = json.loads(z["info"].tobytes())
+            splits = {}
+            for name in SPLITS:
+                ids, offsets = z[f"{name}.ids"], z[f"{name}.offsets"]
+                text = z[f"{name}.sequences"].tobytes().decode("ascii")
+                seqs = text.split("\n") if len(offsets) > 1 else []
+                if ids.dtype != np.int64 or len(seqs) != len(offsets) - 1 or offsets[-1] != len(ids):
+                    raise DamagedCache(f"{path}: {name} split inconsistent")
+                splits[name] = ([ids[a:b] for a, b in zip(offsets[:-1], offsets[1:])], seqs)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise DamagedCache(f"{path}: {e}") from None
+    if not isinstance(info, dict):
+        raise DamagedCache(f"{path}: info is not a mapping")
     return splits, info
 
 

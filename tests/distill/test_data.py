@@ -141,3 +141,44 @@ def test_pretokenized_rows_are_deduplicated_and_split_like_their_sequences(tmp_p
     assert d.info["leakage"] == f.info["leakage"] and d.info["clusters"] == 60
     # Held-out rows are the file's own token ids.
     assert all(ids.tolist() in rows for ids in d.val.ids)
+
+
+class _Payload:
+    """A pickle that, when loaded, creates a folder: what a hostile cache file would run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (self.marker,))
+
+
+@pytest.mark.parametrize("planted", ["pickle", "torch.save"])
+def test_a_planted_pickle_in_the_split_cache_runs_nothing_and_is_rebuilt(planted, tmp_path, small_fasta,
+                                                                        monkeypatch):
+    """The split cache is data only (NumPy without pickles, JSON): a pickle planted under a cache
+    entry's name, as a shared or copied cache folder may hold, is never loaded; the entry reads
+    as damaged and is rebuilt over."""
+    import pickle
+
+    import numpy as np
+
+    monkeypatch.setenv("KDSWEEP_CACHE", str(tmp_path / "cache"))
+    tok = build_aa_tokenizer()
+    first, info = load_splits(str(small_fasta), tok, column="sequence", split=HASH)
+    [entry] = cache_dir().glob("splits-*.npz")
+    marker = tmp_path / "payload-ran"
+    if planted == "pickle":
+        entry.write_bytes(pickle.dumps(_Payload(marker)))
+    else:
+        torch.save({"splits": _Payload(marker), "info": {}}, entry)  # the old format, with a payload
+    again, info_again = load_splits(str(small_fasta), tok, column="sequence", split=HASH)
+    assert not marker.exists()
+    assert info_again == info
+    assert all(a[1] == b[1] and all(np.array_equal(x, y) for x, y in zip(a[0], b[0]))
+               for a, b in ((first[n], again[n]) for n in SPLITS))
+    with np.load(entry, allow_pickle=False) as z:  # rebuilt as a data-only archive
+        assert "info" in z.files
+    assert not [p for p in cache_dir().iterdir() if ".tmp" in p.name]
