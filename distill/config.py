@@ -20,15 +20,20 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
-from distill.errors import ConfigError
+from distill.atomic import write_atomic
+from distill.errors import ConfigError, shown
 from distill.models import load_scales
 from distill.numbers import parse_number
+from distill.reading import load_yaml, read_yaml
 from distill.splits import SplitMethod, SplitSpec
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 WeightNorm = Literal["mask", "weight"]
 LossImpl = Literal["fused", "logits"]
 _SPLIT = SplitSpec()  # the split defaults live with the split
+# Integers beyond 2**53 are not exact as JSON numbers or floats, and overflow numpy and torch.
+MAX_CONFIG_INT = 2**53
+SEED_LIMIT = 2**32
 
 
 @dataclass(frozen=True)
@@ -140,8 +145,17 @@ _HINTS = typing.get_type_hints(TrainConfig)
 
 def did_you_mean(key: Any, allowed, aliases: Mapping[str, str] | None = None) -> str:
     """" (did you mean 'x'?)" for a mistyped key, from `aliases` first, else the closest allowed name; "" if none."""
-    close = [aliases[key]] if aliases and key in aliases else difflib.get_close_matches(str(key), list(allowed), n=1)
+    if aliases and isinstance(key, str) and key in aliases:
+        close = [aliases[key]]
+    else:  # difflib is quadratic in the length: a 5 MB key is not a typo of a field name
+        close = difflib.get_close_matches(str(key), list(allowed), n=1) if len(str(key)) <= 100 else []
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def shown_key(key: Any) -> str:
+    """A key as a message names it: as written, cut at 100 characters."""
+    text = str(key)
+    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def _allowed(tp: Any) -> str:
@@ -173,37 +187,38 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
                 return _coerce(name, value, a)
             except ValueError:
                 pass
-        raise ValueError(f"{name}: got {value!r}, allowed: {_allowed(tp)}")
+        raise ValueError(f"{name}: got {shown(value)}, allowed: {_allowed(tp)}")
     if origin is Literal:
         if value in typing.get_args(tp):
             return value
-        raise ValueError(f"{name}: got {value!r}, allowed: {_allowed(tp)}")
+        raise ValueError(f"{name}: got {shown(value)}, allowed: {_allowed(tp)}")
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ValueError(f"{name}: got {value!r}, allowed: true or false")
+        raise ValueError(f"{name}: got {shown(value)}, allowed: true or false")
     if isinstance(value, str) and tp in (int, float) and parse_number(value) is not None:
         value = parse_number(value)
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise ValueError(f"{name}: got {value!r}, allowed: an integer")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not abs(value) <= MAX_CONFIG_INT \
+                or int(value) != value:  # (a NaN fails the comparison; an inf the bound)
+            raise ValueError(f"{name}: got {shown(value)}, allowed: an integer of magnitude <= 2**53")
         return int(value)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{name}: got {value!r}, allowed: a number")
+            raise ValueError(f"{name}: got {shown(value)}, allowed: a number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ValueError(f"{name}: got {value!r}, allowed: a string")
+            raise ValueError(f"{name}: got {shown(value)}, allowed: a string")
         return value
     if origin is tuple:
         n = len(typing.get_args(tp))
         if not isinstance(value, (list, tuple)) or len(value) != n:
-            raise ValueError(f"{name}: got {value!r}, allowed: a list of {n} numbers")
+            raise ValueError(f"{name}: got {shown(value)}, allowed: a list of {n} numbers")
         return tuple(_coerce(f"{name}[{i}]", v, float) for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, Mapping):
-            raise ValueError(f"{name}: got {value!r}, allowed: a mapping")
+            raise ValueError(f"{name}: got {shown(value)}, allowed: a mapping")
         return dict(value)
     raise TypeError(f"unsupported config type for {name}: {tp}")  # programming error
 
@@ -226,7 +241,8 @@ def _range_problems(c: TrainConfig) -> list[str]:
     need(c.warmup_steps >= 0, f"warmup_steps: got {c.warmup_steps}, allowed: >= 0")
     need(c.max_steps >= 1, f"max_steps: got {c.max_steps}, allowed: >= 1")
     need(c.max_tokens is None or c.max_tokens >= 1, f"max_tokens: got {c.max_tokens}, allowed: null or >= 1")
-    need(c.grad_clip > 0, f"grad_clip: got {c.grad_clip}, allowed: > 0")
+    need(0 < c.grad_clip < math.inf, f"grad_clip: got {c.grad_clip}, allowed: a finite number > 0")
+    need(0 <= c.seed < SEED_LIMIT, f"seed: got {c.seed}, allowed: 0 <= seed < 2**32 (numpy's and torch's seeds)")
     need(c.block_size >= 2, f"block_size: got {c.block_size}, allowed: >= 2")
     need(c.batch_size >= 1, f"batch_size: got {c.batch_size}, allowed: >= 1")
     need(c.micro_batch_size >= 1, f"micro_batch_size: got {c.micro_batch_size}, allowed: >= 1")
@@ -273,7 +289,7 @@ def config_from_dict(raw: Mapping[str, Any], *, source: str = "config") -> Train
     values: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in FIELDS:
-            problems.append(f"{key}: unknown key{did_you_mean(key, FIELDS, ALIASES)}; "
+            problems.append(f"{shown_key(key)}: unknown key{did_you_mean(key, FIELDS, ALIASES)}; "
                             f"allowed keys: {', '.join(sorted(FIELDS))}")
             continue
         try:
@@ -284,7 +300,7 @@ def config_from_dict(raw: Mapping[str, Any], *, source: str = "config") -> Train
         cfg = TrainConfig(**values)
         problems = _range_problems(cfg)
         if cfg.scale is not None and cfg.scale not in load_scales():
-            problems.append(f"scale: unknown scale {cfg.scale!r}; known: {', '.join(load_scales())}")
+            problems.append(f"scale: unknown scale {shown(cfg.scale)}; known: {', '.join(load_scales())}")
     if problems:
         raise ConfigError(problems, source)
     return cfg
@@ -296,37 +312,17 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {pair!r}: expected key=value")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {pair!r}: value is not valid YAML ({e})") from None
+            raise ConfigError(f"--set {shown(pair)}: expected key=value")
+        out[key.strip()] = load_yaml(value, f"--set {shown(pair)}")
     return out
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML keeps the last of two equal keys silently; a config that says `lr` twice is ambiguous."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1})", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
-    """Read a YAML file that must hold a mapping (each key once); errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: malformed YAML: {e}") from None
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping (distill.reading: size, UTF-8, each key once,
+    aliases capped); errors name the file."""
+    raw = read_yaml(path, what)
+    if raw is None:
+        return {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of key: value at the top level, got {type(raw).__name__}")
     return raw
@@ -342,4 +338,4 @@ def dump_config(cfg: TrainConfig, path: str | Path, header: str | None = None) -
     text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     if header:
         text = "".join(f"# {line}\n" for line in header.splitlines()) + text
-    Path(path).write_text(text)
+    write_atomic(path, text)  # a full disk leaves the old file (or none), never a 0-byte config.yaml

@@ -113,13 +113,17 @@ def _demo_teacher(args) -> int:
 
 
 def _sweep_run(args) -> int:
-    from sweeps.runner import next_steps, run_sweep
     from sweeps.space import load_space, smoke_space, with_tracker
-    from sweeps.status import format_status, sweep_status
 
-    space = with_tracker(load_space(args.space), args.tracker)  # validated before Ray starts
+    space = with_tracker(load_space(args.space), args.tracker)  # validated before Ray is even imported
     if args.smoke:
         space = smoke_space(space)
+    if args.name is None:
+        args.name = space.name  # what the Ctrl-C hint names
+
+    from sweeps.runner import next_steps, run_sweep
+    from sweeps.status import format_status, sweep_status
+
     sd = run_sweep(space, name=args.name, storage=args.storage, address=args.address)
     print(format_status(sweep_status(sd)))
     print(next_steps(sd, args.storage))

@@ -14,6 +14,7 @@ the study's central confound was that only the enhanced runs were re-tuned.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import yaml
 
 from distill.config import FIELDS as TRAIN_FIELDS
-from distill.config import TrainConfig, config_from_dict, did_you_mean, read_yaml_mapping
+from distill.config import SEED_LIMIT, TrainConfig, config_from_dict, did_you_mean, read_yaml_mapping, shown_key
 from distill.errors import ConfigError, shown
 from distill.models import load_scales
 from distill.numbers import parse_number
@@ -44,6 +45,15 @@ SEARCH_DEFAULTS = {"trials_per_study": 4, "max_concurrent": 2, "seed": 0, "grace
                    "max_failures": 2, "executor": "local", "storage_url": None, "startup_trials": None,
                    "early_stopping": True}
 RESOURCE_DEFAULTS = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0.0}
+# Ranges of the search and resource numbers: beyond them a value is a typo, and some (a 1e12-trial
+# budget, a seed of 2**40 that numpy refuses only after Ray has started) used to fail deep inside
+# `estimate` or a started sweep.
+MAX_INT = 2**31 - 1
+MAX_TRIALS_PER_STUDY = 10_000
+SEARCH_COUNTS = {"trials_per_study": (1, MAX_TRIALS_PER_STUDY), "max_concurrent": (1, MAX_TRIALS_PER_STUDY),
+                 "grace_period": (1, MAX_INT), "max_failures": (0, 1000)}
+MAX_REDUCTION_FACTOR = 1000
+MAX_WORKERS, MAX_CPUS, MAX_GPUS = 1024, 1024, 64
 TRACKERS = ("mlflow", "wandb")
 NO_TRACKER = "none"  # `--tracker none`: off, whatever the space says
 # mlflow_uri null: $MLFLOW_TRACKING_URI, else the sweep's own mlflow.db (sweeps/trackers.py).
@@ -149,16 +159,16 @@ class _Problems(list):
     """The problems found so far, each a line naming its key."""
 
     def unknown(self, where: str, key: str, allowed) -> None:
-        self.append(f"{where}{key}: unknown key{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}")
+        self.append(f"{where}{shown_key(key)}: unknown key{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}")
 
 
 def _parse_dist(key: str, raw: Any, p: _Problems) -> Dist | None:
     if not isinstance(raw, dict):
-        p.append(f"{key}: expected a mapping like {{type: loguniform, low: 1e-4, high: 1e-3}}, got {raw!r}")
+        p.append(f"{key}: expected a mapping like {{type: loguniform, low: 1e-4, high: 1e-3}}, got {shown(raw)}")
         return None
     kind = raw.get("type")
     if kind not in DIST_TYPES:
-        p.append(f"{key}.type: got {kind!r}, allowed: {', '.join(DIST_TYPES)}")
+        p.append(f"{key}.type: got {shown(kind)}, allowed: {', '.join(DIST_TYPES)}")
         return None
     allowed = ("type", "values") if kind == "choice" else ("type", "low", "high")
     for k in raw:
@@ -169,10 +179,14 @@ def _parse_dist(key: str, raw: Any, p: _Problems) -> Dist | None:
         if not isinstance(values, list) or not values:
             p.append(f"{key}.values: choice needs a non-empty list of values")
             return None
+        if bad := [v for v in values if not isinstance(v, (str, int, float))]:  # what Optuna can record
+            p.append(f"{key}.values: got {shown(bad[0])}, allowed: numbers or strings")
+            return None
         return Dist("choice", values=tuple(values))
     low, high = parse_number(raw.get("low")), parse_number(raw.get("high"))
-    if low is None or high is None:
-        p.append(f"{key}: {kind} needs numeric low and high (got low={raw.get('low')!r}, high={raw.get('high')!r})")
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        p.append(f"{key}: {kind} needs finite numbers low and high (got low={shown(raw.get('low'))}, "
+                 f"high={shown(raw.get('high'))})")
         return None
     if low > high:
         p.append(f"{key}: low {low} > high {high}")
@@ -193,7 +207,7 @@ def _check_param_values(key: str, name: str, dist: Dist, p: _Problems) -> None:
         try:
             config_from_dict({name: int(v) if dist.type == "int" else v})
         except ConfigError as e:
-            p.append(f"{key}: value {v!r} out of range ({e.problems[0].removeprefix(f'{name}: ')})")
+            p.append(f"{key}: value {shown(v)} out of range ({e.problems[0].removeprefix(f'{name}: ')})")
             return
 
 
@@ -227,27 +241,37 @@ def _merged(raw: dict, key: str, defaults: dict, p: _Problems) -> dict:
     return {**defaults, **{k: v for k, v in section.items() if k in defaults}}
 
 
+def _names(raw: dict, key: str, known, default, p: _Problems) -> list[str]:
+    """`scales` or `arms`: a non-empty list of known names, each once (the known ones are kept)."""
+    seq = raw.get(key, default)
+    if not isinstance(seq, list) or not seq:
+        p.append(f"{key}: required, a non-empty list; known: {', '.join(known)}")
+        return []
+    out = []
+    for i, name in enumerate(seq):
+        if not isinstance(name, str) or name not in known:
+            p.append(f"{key}[{i}]: unknown {key[:-1]} {shown(name)}; known: {', '.join(known)}")
+        elif name in out:
+            p.append(f"{key}: listed twice: {name}")
+        else:
+            out.append(name)
+    return out
+
+
 def _parse_targets(raw: dict, p: _Problems) -> tuple[list, list]:
     """`scales` and `arms`: what is distilled."""
-    known_scales = load_scales()
-    scales = raw.get("scales")
-    if not isinstance(scales, list) or not scales:
-        p.append("scales: required, a non-empty list of scale names; known: " + ", ".join(known_scales))
-        scales = []
-    for i, s in enumerate(scales):
-        if s not in known_scales:
-            p.append(f"scales[{i}]: unknown scale {s!r}; known: {', '.join(known_scales)}")
-    arms = raw.get("arms", list(ARMS))
-    if not isinstance(arms, list) or not arms:
-        p.append(f"arms: a non-empty list; allowed: {', '.join(ARMS)}")
-        arms = []
-    for i, a in enumerate(arms):
-        if a not in ARMS:
-            p.append(f"arms[{i}]: unknown arm {a!r}; allowed: {', '.join(ARMS)}")
-    for key, seq in (("scales", scales), ("arms", arms)):
-        if len(set(map(str, seq))) != len(seq):
-            p.append(f"{key}: listed twice: {sorted({x for x in seq if seq.count(x) > 1})}")
-    return scales, arms
+    return _names(raw, "scales", list(load_scales()), None, p), _names(raw, "arms", list(ARMS), list(ARMS), p)
+
+
+def _section(raw: dict, key: str, p: _Problems) -> dict:
+    """An optional mapping section (`scale_params`, `arm_params`): {} when absent or not a mapping."""
+    section = raw.get(key)
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        p.append(f"{key}: expected a mapping of name: {{parameter: distribution}}, got {shown(section)}")
+        return {}
+    return section
 
 
 def _parse_searched(raw: dict, scales: list, arms: list, p: _Problems):
@@ -258,14 +282,15 @@ def _parse_searched(raw: dict, scales: list, arms: list, p: _Problems):
     if missing:
         p.append(f"params: must give a distribution for {', '.join(missing)} (searched in every arm)")
     per_scale = {}
-    for s, spec in (raw.get("scale_params") or {}).items():
+    for s, spec in _section(raw, "scale_params", p).items():
         if s not in scales:
-            p.append(f"scale_params.{s}: not one of this space's scales ({', '.join(map(str, scales))})")
+            p.append(f"scale_params.{shown_key(s)}: not one of this space's scales ({', '.join(scales)})")
+            continue
         per_scale[s] = _parse_params(f"scale_params.{s}", spec, p)
     per_arm = {}
-    for a, spec in (raw.get("arm_params") or {}).items():
+    for a, spec in _section(raw, "arm_params", p).items():
         if a not in ARMS:
-            p.append(f"arm_params.{a}: unknown arm; allowed: {', '.join(ARMS)}")
+            p.append(f"arm_params.{shown_key(a)}: unknown arm; allowed: {', '.join(ARMS)}")
             continue
         per_arm[a] = _parse_params(f"arm_params.{a}", spec, p)
         if "smoothing" in per_arm[a] and not ARMS[a][1]:
@@ -278,7 +303,7 @@ def _parse_searched(raw: dict, scales: list, arms: list, p: _Problems):
         has = "smoothing" in base or "smoothing" in per_arm.get(a, {}) or any(
             "smoothing" in v for v in per_scale.values())
         if not has:
-            p.append(f"params.smoothing: required because arm {a!r} smooths (e.g. {{type: loguniform, low: 0.01, high: 0.2}})")
+            p.append(f"params.smoothing: required because arm {shown(a)} smooths (e.g. {{type: loguniform, low: 0.01, high: 0.2}})")
     return base, per_scale, per_arm
 
 
@@ -302,25 +327,38 @@ def _parse_train(raw: dict, p: _Problems) -> dict:
     return dict(train)
 
 
+def _check_int(where: str, value: Any, low: int, high: int, p: _Problems, extra: str = "") -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        p.append(f"{where}: got {shown(value)}, allowed: {extra}an integer {_span(low, high)}")
+
+
+def _check_number(where: str, value: Any, low: float, high: float, p: _Problems, *, low_open: bool = False,
+                  extra: str = "") -> None:
+    x = parse_number(value)
+    inside = x is not None and math.isfinite(x) and (low < x if low_open else low <= x) and x <= high
+    if not inside:
+        p.append(f"{where}: got {shown(value)}, allowed: {extra}a finite number {'>' if low_open else '>='} "
+                 f"{low:g} and <= {high:g}")
+
+
+def _span(low: int, high: int) -> str:
+    return f">= {low}" if high >= MAX_INT else f"from {low} to {high}"
+
+
 def _parse_search(raw: dict, p: _Problems) -> dict:
     search = _merged(raw, "search", SEARCH_DEFAULTS, p)
-    for k in ("trials_per_study", "max_concurrent", "grace_period", "max_failures"):
-        v = search[k]
-        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if k == "max_failures" else 1):
-            p.append(f"search.{k}: got {v!r}, allowed: an integer >= {0 if k == 'max_failures' else 1}")
-    if not isinstance(search["reduction_factor"], (int, float)) or search["reduction_factor"] < 2:
-        p.append(f"search.reduction_factor: got {search['reduction_factor']!r}, allowed: a number >= 2")
+    for k, (low, high) in SEARCH_COUNTS.items():
+        _check_int(f"search.{k}", search[k], low, high, p)
+    _check_number("search.reduction_factor", search["reduction_factor"], 2, MAX_REDUCTION_FACTOR, p)
     if not isinstance(search["early_stopping"], bool):
-        p.append(f"search.early_stopping: got {search['early_stopping']!r}, allowed: true (ASHA per study) or "
+        p.append(f"search.early_stopping: got {shown(search['early_stopping'])}, allowed: true (ASHA per study) or "
                  "false (every trial trains its full budget)")
-    if not isinstance(search["seed"], int):
-        p.append(f"search.seed: got {search['seed']!r}, allowed: an integer")
-    st = search["startup_trials"]
-    if st is not None and (not isinstance(st, int) or isinstance(st, bool) or st < 0):
-        p.append(f"search.startup_trials: got {st!r}, allowed: null (a third of trials_per_study, at most 10) "
-                 "or an integer >= 0")
+    _check_int("search.seed", search["seed"], 0, SEED_LIMIT - 1, p)
+    if search["startup_trials"] is not None:
+        _check_int("search.startup_trials", search["startup_trials"], 0, MAX_TRIALS_PER_STUDY, p,
+                   "null (a third of trials_per_study, at most 10) or ")
     if search["executor"] not in EXECUTORS:
-        p.append(f"search.executor: got {search['executor']!r}, allowed: {', '.join(EXECUTORS)}")
+        p.append(f"search.executor: got {shown(search['executor'])}, allowed: {', '.join(EXECUTORS)}")
     if search["storage_url"] is not None and (problem := storage_url_problem(search["storage_url"])):
         p.append(f"search.storage_url: {problem}")
     return search
@@ -328,14 +366,9 @@ def _parse_search(raw: dict, p: _Problems) -> dict:
 
 def _parse_resources(raw: dict, executor: str, p: _Problems) -> dict:
     resources = _merged(raw, "resources", RESOURCE_DEFAULTS, p)
-    if not isinstance(resources["workers"], int) or resources["workers"] < 1:
-        p.append(f"resources.workers: got {resources['workers']!r}, allowed: an integer >= 1")
-    cpus = parse_number(resources["cpus_per_worker"])
-    if cpus is None or cpus <= 0:
-        p.append(f"resources.cpus_per_worker: got {resources['cpus_per_worker']!r}, allowed: a number > 0")
-    gpus = parse_number(resources["gpus_per_worker"])
-    if gpus is None or gpus < 0:
-        p.append(f"resources.gpus_per_worker: got {resources['gpus_per_worker']!r}, allowed: a number >= 0")
+    _check_int("resources.workers", resources["workers"], 1, MAX_WORKERS, p)
+    _check_number("resources.cpus_per_worker", resources["cpus_per_worker"], 0, MAX_CPUS, p, low_open=True)
+    _check_number("resources.gpus_per_worker", resources["gpus_per_worker"], 0, MAX_GPUS, p)
     if resources["workers"] != 1 and executor == "local":
         p.append("resources.workers: > 1 needs search.executor: ray_train (DDP across workers)")
     return resources
@@ -345,25 +378,24 @@ def _parse_cache(raw: dict, p: _Problems) -> dict:
     """`cache`: whether trials read a teacher cache built before they start, stored how and where."""
     cache = _merged(raw, "cache", CACHE_DEFAULTS, p)
     if not isinstance(cache["enabled"], bool):
-        p.append(f"cache.enabled: got {cache['enabled']!r}, allowed: true or false")
+        p.append(f"cache.enabled: got {shown(cache['enabled'])}, allowed: true or false")
     if cache["dtype"] not in STORAGE_DTYPES:
-        p.append(f"cache.dtype: got {cache['dtype']!r}, allowed: {', '.join(STORAGE_DTYPES)}")
+        p.append(f"cache.dtype: got {shown(cache['dtype'])}, allowed: {', '.join(STORAGE_DTYPES)}")
     if cache["dir"] is not None and not isinstance(cache["dir"], str):
-        p.append(f"cache.dir: got {cache['dir']!r}, allowed: null (beside the sweeps) or a folder path")
-    gpus = cache["gpus"]
-    if gpus is not None and (parse_number(gpus) is None or parse_number(gpus) < 0):
-        p.append(f"cache.gpus: got {gpus!r}, allowed: null (one GPU if trials use GPUs) or a number >= 0")
+        p.append(f"cache.dir: got {shown(cache['dir'])}, allowed: null (beside the sweeps) or a folder path")
+    if cache["gpus"] is not None:
+        _check_number("cache.gpus", cache["gpus"], 0, MAX_GPUS, p, extra="null (one GPU if trials use GPUs) or ")
     return cache
 
 
 def _parse_tracking(raw: dict, p: _Problems) -> dict:
     tracking = _merged(raw, "tracking", TRACKING_DEFAULTS, p)
     if tracking["tracker"] is not None and tracking["tracker"] not in TRACKERS:
-        p.append(f"tracking.tracker: got {tracking['tracker']!r}, allowed: null (none), {', '.join(TRACKERS)}")
+        p.append(f"tracking.tracker: got {shown(tracking['tracker'])}, allowed: null (none), {', '.join(TRACKERS)}")
     if tracking["mlflow_uri"] is not None and not isinstance(tracking["mlflow_uri"], str):
-        p.append(f"tracking.mlflow_uri: expected a tracking URI string or null, got {tracking['mlflow_uri']!r}")
+        p.append(f"tracking.mlflow_uri: expected a tracking URI string or null, got {shown(tracking['mlflow_uri'])}")
     if not isinstance(tracking["wandb_project"], str) or not tracking["wandb_project"]:
-        p.append(f"tracking.wandb_project: expected a W&B project name, got {tracking['wandb_project']!r}")
+        p.append(f"tracking.wandb_project: expected a W&B project name, got {shown(tracking['wandb_project'])}")
     return tracking
 
 
@@ -378,6 +410,8 @@ def parse_space(raw: Any, source: str = "search space") -> SearchSpace:
     for key in ("teacher", "data", "name"):
         if key in raw and not isinstance(raw[key], str):
             p.append(f"{key}: expected a string, got {shown(raw[key])}")
+    if raw.get("tokenizer") is not None and not isinstance(raw["tokenizer"], str):
+        p.append(f"tokenizer: expected null (the teacher's) or a string, got {shown(raw['tokenizer'])}")
     name = raw.get("name") if isinstance(raw.get("name"), str) else Path(source).stem
     try:
         check_sweep_name(name, "name" if "name" in raw else f"name (from the file name {Path(source).name})")
@@ -423,9 +457,7 @@ def load_space(path: str | Path) -> SearchSpace:
     path = Path(path)
     if not path.exists() and not path.suffix and (SEARCH_SPACES_DIR / f"{path}.yaml").is_file():
         path = SEARCH_SPACES_DIR / f"{path}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{path}: search space file not found")
-    return parse_space(read_yaml_mapping(path), str(path))
+    return parse_space(read_yaml_mapping(path, "search space file"), str(path))
 
 
 def smoke_space(space: SearchSpace) -> SearchSpace:

@@ -11,6 +11,7 @@ cluster to be refused by (marked `ray`), which run as `python -m kdsweep` subpro
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -34,6 +35,11 @@ TRAIN = ["train", "--set", "teacher={teacher}", "--set", "data={data}", *TINY, "
 RUN = ["sweep", "run", "{tmp}/space.yaml", "--storage", "{tmp}/store"]
 CACHE_BUILD = ["cache", "build", "{tmp}/space.yaml", "--storage", "{tmp}/store"]
 SWEPT = ["--storage", "{tmp}/swept"]  # a finished sweep named `norays` (tests.fixtures.write_finished_sweep)
+
+# A YAML alias bomb of 9 levels x 9 aliases: ~0.3 KB that expands to 9**9 (387 million) values.
+BOMB = "bomb0: &b0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"bomb{i}: &b{i} [{', '.join([f'*b{i - 1}'] * 9)}]\n" for i in range(1, 9))
+HUGE = "x" * 900_000  # a value under the 1 MiB file cap that a message must not quote in full
 
 SPACE = {
     "name": "bad", "teacher": "{teacher}", "data": "{data}", "scales": ["demo-xs"], "arms": ["baseline"],
@@ -91,6 +97,30 @@ CASES = [
     Case("train-config-missing", train("--config", "{tmp}/none.yaml"), "none.yaml: config file not found", ["{tmp}/out"]),
     Case("train-config-a-list", train("--config", "{tmp}/c.yaml"), "expected a mapping of key: value", ["{tmp}/out"],
          files={"{tmp}/c.yaml": "- 1\n- 2\n"}),
+    Case("train-config-alias-bomb", train("--config", "{tmp}/c.yaml"),
+         "c.yaml: malformed YAML: its anchors and aliases expand to more than 100,000 values", ["{tmp}/out"],
+         files={"{tmp}/c.yaml": BOMB.replace("bomb8:", "provenance:")}),
+    Case("train-config-alias-in-itself", train("--config", "{tmp}/c.yaml"), "expand to more than 100,000 values (or into "
+         "themselves), first alias at line 1", ["{tmp}/out"], files={"{tmp}/c.yaml": "provenance: &a {a: *a}\n"}),
+    Case("train-set-alias-bomb", train("--set", "provenance={{a: &a [1,1,1,1,1,1,1,1,1,1], b: &b [*a,*a,*a,*a,*a,*a,*a,"
+                                       "*a,*a,*a], c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b], d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c], "
+                                       "e: [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]}}"), "expand to more than 100,000 values", ["{tmp}/out"]),
+    Case("train-config-nested-too-deeply", train("--config", "{tmp}/c.yaml"), "c.yaml: malformed YAML: nested too deeply",
+         ["{tmp}/out"], files={"{tmp}/c.yaml": "provenance: " + "[" * 50_000 + "]" * 50_000 + "\n"}),
+    Case("train-config-not-utf8", train("--config", "{tmp}/c.yaml"),
+         "c.yaml: not UTF-8 text: byte 0xe9 at byte offset 23 (line 2)", ["{tmp}/out"],
+         files={"{tmp}/c.yaml": b"\xef\xbb\xbflr: 0.001\nalpha: caf\xe9\n"}),
+    Case("train-config-too-large", train("--config", "{tmp}/c.yaml"),
+         "c.yaml: 2,097,165 bytes; a config file may be at most 1,048,576 bytes", ["{tmp}/out"],
+         files={"{tmp}/c.yaml": "provenance: " + "x" * (2 << 20) + "\n"}),
+    Case("train-config-a-fifo", train("--config", "{tmp}/fifo.yaml"), "is not a regular file (a pipe, socket or device)",
+         ["{tmp}/out"], setup="fifo"),
+    Case("train-config-a-folder", train("--config", "{tmp}"), "is a folder; the config file must be a file", ["{tmp}/out"]),
+    Case("train-config-huge-value", train("--config", "{tmp}/c.yaml"), "precision: got 'xxxxxxxx", ["{tmp}/out"],
+         files={"{tmp}/c.yaml": f"precision: {HUGE}\n"}),
+    Case("train-config-huge-key", train("--config", "{tmp}/c.yaml"), "xxxxxxxx...: unknown key", ["{tmp}/out"],
+         files={"{tmp}/c.yaml": f"? {HUGE}\n: 1\n"}),
+    Case("train-set-integer-too-long", train("--set", "seed=" + "1" * 5000), "malformed YAML: Exceeds the limit", ["{tmp}/out"]),
     # ---- kdsweep train: data, teacher, tokenizer, sizes ----------------------------------------
     Case("train-data-missing", train(*sets(data="{tmp}/none.fasta")), "none.fasta: data file not found", ["{tmp}/out"]),
     Case("train-data-malformed-fasta", train(*sets(data="{tmp}/m.fasta")), "record 1 does not start with a '>'", ["{tmp}/out"],
@@ -132,6 +162,18 @@ CASES = [
          "search space file not found", ["{tmp}/store"]),
     Case("sweep-space-duplicate-key", RUN, "duplicate key 'scales'", ["{tmp}/store"],
          files={"{tmp}/space.yaml": "name: bad\nscales: [demo-xs]\nscales: [demo-s]\n"}),
+    Case("sweep-space-alias-bomb-in-description", RUN, "space.yaml: malformed YAML: its anchors and aliases expand to "
+         "more than 100,000 values (or into themselves), first alias at line 2", ["{tmp}/store"],
+         files={"{tmp}/space.yaml": BOMB.replace("bomb8:", "description:")}),
+    Case("sweep-space-not-utf8", RUN, "space.yaml: not UTF-8 text: byte 0xff at byte offset 18 (line 2)", ["{tmp}/store"],
+         files={"{tmp}/space.yaml": b"name: bad\nscales: \xff\n"}),
+    Case("sweep-space-too-large", RUN, "a search space file may be at most 1,048,576 bytes", ["{tmp}/store"],
+         files={"{tmp}/space.yaml": "description: " + "x" * (50 << 20) + "\n"}),
+    Case("sweep-space-a-fifo", ["sweep", "run", "{tmp}/fifo.yaml", "--storage", "{tmp}/store"],
+         "fifo.yaml: is not a regular file", ["{tmp}/store"], setup="fifo"),
+    Case("sweep-space-huge-value", RUN, "scales[0]: unknown scale 'xxxxxxxx", ["{tmp}/store"], space={"scales": [HUGE]}),
+    Case("sweep-space-many-unknown-keys", RUN, "... and 4980 more problems", ["{tmp}/store"],
+         space={f"key{i}": i for i in range(5000)}),
     Case("sweep-space-unknown-key", RUN, "learning_rate: unknown key", ["{tmp}/store"], space={"learning_rate": 1}),
     Case("sweep-space-train-no-test-split", RUN, "train.split: the test fraction is 0 but final_eval is true", ["{tmp}/store"],
          space={"train": {"split": [0.9, 0.1, 0.0], "final_eval": True}}),
@@ -256,7 +298,12 @@ def busy_port():
 
 def _prepare(case: Case, tmp: Path, ctx: dict) -> None:
     for path, text in case.files.items():
-        Path(_fill(path, ctx)).write_text(text)
+        if isinstance(text, bytes):
+            Path(_fill(path, ctx)).write_bytes(text)
+        else:
+            Path(_fill(path, ctx)).write_text(text)
+    if case.setup == "fifo":  # reading it would block forever
+        os.mkfifo(tmp / "fifo.yaml")
     if "{tmp}/space.yaml" not in case.files:
         (tmp / "space.yaml").write_text(yaml.safe_dump(_fill(_space(case.space or {}), ctx)))
     if case.setup == "space_without_name":  # the sweep name falls back to the file's name
@@ -324,6 +371,7 @@ def test_bad_input_is_refused_before_any_work(case, tmp_path, char_teacher, smal
     assert _fill(case.phrase, ctx) in err
     # One message (Ray itself may log a line or two first when it starts), no traceback.
     assert "Traceback" not in err
+    assert len(err) < 5000, f"a {len(err)}-character message"  # never a value quoted in full
     assert any(line.startswith("kdsweep: error:") for line in err.splitlines()) if case.ray else \
         err.startswith("kdsweep: error:")
     for path in _fill(case.absent, ctx):
