@@ -82,6 +82,9 @@ def existing_data_path(data: str) -> Path:
     path = resolve_data_path(data)
     if not path.exists():
         raise DataError(f"{path}: data file not found")
+    if not (path.is_file() or path.is_dir()):  # a FIFO would block the first read forever
+        raise DataError(f"{path}: not a regular file (a pipe, socket or device); data must be a file or a "
+                        "datasets folder")
     return path
 
 

@@ -28,6 +28,7 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from distill.atomic import write_atomic
 from distill.data import prepare_data
 from distill.metrics import student_ppl
 from distill.numbers import dumps
@@ -96,7 +97,7 @@ def train_demo_teacher(out_dir: str | Path, *, steps: int = DEMO_TRAIN["steps"],
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    (out / "train_record.json").write_text(dumps(
+    write_atomic(out / "train_record.json", dumps(
         {"train": cfg, "arch": DEMO_ARCH, "train_seconds": round(time.time() - t0, 1), "torch": torch.__version__},
         indent=2) + "\n")
     return out
@@ -165,7 +166,7 @@ def measure_demo_teacher(teacher_dir: str | Path) -> dict:
         "params": sum(p.numel() for p in model.parameters()),
         **json.loads((teacher_dir / "train_record.json").read_text()),
     }
-    (teacher_dir / "demo_teacher.json").write_text(dumps(figures, indent=2) + "\n")
+    write_atomic(teacher_dir / "demo_teacher.json", dumps(figures, indent=2) + "\n")
     return figures
 
 

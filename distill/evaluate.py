@@ -11,6 +11,7 @@ from pathlib import Path
 
 from distill.config import TrainConfig, load_config
 from distill.data import HeldOut, heldout_from_file, heldout_split
+from distill.inputs import check_teacher_tokenizer
 from distill.generation import aa_kl_natural, generation_throughput
 from distill.metrics import compression, count_params, score_heldout
 from distill.models import check_vocab, load_saved_student, load_teacher, load_tokenizer, resolve_teacher
@@ -84,6 +85,7 @@ def evaluate_dirs(student_dir: str, teacher: str, *, data: str | None = None, de
     cfg = cfg.replace(device=device)
     rt = resolve_runtime(cfg.precision, cfg.device)
     tokenizer = load_tokenizer(student_dir)
+    check_teacher_tokenizer(tokenizer, f"student tokenizer ({student_dir})", resolve_teacher(teacher))
     student = load_saved_student(student_dir, device=rt.device)
     teacher_model = load_teacher(resolve_teacher(teacher), device=rt.device)
     check_vocab(tokenizer, teacher_model.config, student.config, tokenizer_name=f"student tokenizer ({student_dir})")

@@ -41,21 +41,23 @@ def resolve_teacher(teacher: str) -> str:
     return str(DEMO_TEACHER_DIR) if teacher == "demo" else teacher
 
 
-def _looks_like_path(name: str) -> bool:
+def looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or Path(name).expanduser().exists() or name.count("/") > 1
 
 
 def _load(kind: str, name: str, loader):
     """Load from a local dir or hub id with an error that says which and why."""
-    if _looks_like_path(name):
+    if looks_like_path(name):
         path = Path(name).expanduser()
+        if path.exists() and not path.is_dir():
+            raise ModelError(f"{kind} directory expected: {path} is a file; give the folder that holds it")
         if not path.is_dir():
             raise ModelError(f"{kind} directory not found: {path}")
         name = str(path)
     try:
         return loader(name)
     except (OSError, ValueError) as e:
-        where = "directory" if _looks_like_path(name) else "hub id (no network? set HF_HUB_OFFLINE=1 and use a local directory)"
+        where = "directory" if looks_like_path(name) else "hub id (no network? set HF_HUB_OFFLINE=1 and use a local directory)"
         raise ModelError(f"cannot load {kind} from {where} {name!r}: {str(e).splitlines()[0]}") from None
 
 

@@ -28,6 +28,14 @@ def parse_number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+def human_bytes(n: float) -> str:
+    """Bytes as a message says them: '147 MB', '13.19 TB'."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9)):
+        if n >= size:
+            return f"{n / size:,.2f} {unit}"
+    return f"{n / 1e6:.3g} MB"
+
+
 def number(value: Any) -> float:
     """A logged value as float: what `parse_number` reads, NaN for anything else (None, text)."""
     x = parse_number(value)

@@ -13,26 +13,35 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import yaml
-
-from distill.config import TrainConfig, config_from_dict
-from distill.errors import ConfigError
+from distill.config import TrainConfig, config_from_dict, read_yaml_mapping
+from distill.errors import ConfigError, shown
 from distill.rundir import CHECKPOINTS_DIR, CONFIG_NAME, LOG_NAME, STUDENT_DIR, SUMMARY_NAME
 
 # Where the run is and where it came from: not what it trains.
 IGNORED = ("output_dir", "provenance")
 
 
-def differing_keys(cfg: TrainConfig, run_dir: str | Path) -> list[str] | None:
-    """Keys whose values differ from the run folder's config.yaml (None when there is no record)."""
+def recorded_config(run_dir: str | Path) -> dict | None:
+    """The run folder's config.yaml as a validated config dict (None when there is none); an empty or
+    damaged one is a ConfigError that says how to start over."""
     path = Path(run_dir) / CONFIG_NAME
     if not path.is_file():
         return None
     try:
-        old = config_from_dict(yaml.safe_load(path.read_text()) or {}, source=str(path)).to_dict()
-    except (ConfigError, yaml.YAMLError) as e:
+        raw = read_yaml_mapping(path, "run's recorded config")
+        if not raw:
+            raise ConfigError(f"{path}: empty")
+        return config_from_dict(raw, source=str(path)).to_dict()
+    except ConfigError as e:
         raise ConfigError(f"{path}: the run's recorded config cannot be read ({str(e).splitlines()[0]}); "
                           "pass --restart to start this run over") from None
+
+
+def differing_keys(cfg: TrainConfig, run_dir: str | Path) -> list[str] | None:
+    """Keys whose values differ from the run folder's config.yaml (None when there is no record)."""
+    old = recorded_config(run_dir)
+    if old is None:
+        return None
     new = cfg.to_dict()
     return [k for k in new if k not in IGNORED and new[k] != old[k]]
 
@@ -40,9 +49,9 @@ def differing_keys(cfg: TrainConfig, run_dir: str | Path) -> list[str] | None:
 def check_same_config(cfg: TrainConfig, run_dir: str | Path) -> None:
     keys = differing_keys(cfg, run_dir)
     if keys:
-        old = yaml.safe_load((Path(run_dir) / CONFIG_NAME).read_text())
-        shown = ", ".join(f"{k} ({old.get(k)!r} -> {getattr(cfg, k)!r})" for k in keys)
-        raise ConfigError(f"{run_dir}: holds a run with a different config: {shown}; use another --out, "
+        old = recorded_config(run_dir)
+        shown_keys = ", ".join(f"{k} ({shown(old.get(k))} -> {shown(getattr(cfg, k))})" for k in keys)
+        raise ConfigError(f"{run_dir}: holds a run with a different config: {shown_keys}; use another --out, "
                           "or pass --restart to delete that run and start over")
 
 

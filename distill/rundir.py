@@ -21,6 +21,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from distill.atomic import write_atomic
 from distill.config import TrainConfig, dump_config
 from distill.diskfull import disk_full_as_oserror
 from distill.numbers import dumps, number
@@ -54,7 +55,7 @@ class RunLog:
     def truncate_after(self, step: int) -> None:
         """Drop rows with step > `step` (atomic rewrite)."""
         rows = [r for r in read_log(self.path.parent) if r.get("step", 0) <= step]
-        _write_atomic(self.path, "".join(dumps(r) + "\n" for r in rows))
+        write_atomic(self.path, "".join(dumps(r) + "\n" for r in rows))
 
 
 def read_log(run_dir: str | Path) -> list[dict]:
@@ -97,7 +98,7 @@ def write_summary(result: RunResult) -> Path:
     """`<run>/metrics.json`: status, step, the final val ppl (the objective), the best val ppl seen
     and its step, and the val/test metrics if any."""
     path = result.run_dir / SUMMARY_NAME
-    _write_atomic(path, _summary_text(result))
+    write_atomic(path, _summary_text(result))
     return path
 
 
@@ -161,12 +162,3 @@ def save_student(student, tokenizer, out: Path, cfg: TrainConfig) -> None:
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # after a failed write (disk full): no stray temp file

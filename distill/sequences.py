@@ -24,7 +24,8 @@ from pathlib import Path
 
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 
-from distill.errors import DataError
+from distill.errors import ConfigError, DataError
+from distill.reading import decode_utf8
 
 # 20 standard amino acids + B (D/N), Z (E/Q), X (any), U (selenocysteine), O (pyrrolysine).
 IUPAC_AA = frozenset("ACDEFGHIKLMNPQRSTVWYBZXUO")
@@ -42,9 +43,15 @@ class SequenceSet:
     n_duplicates: int
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    raw = gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
-    return io.TextIOWrapper(raw, encoding="ascii", errors="strict")
+def _read_text(path: Path) -> str:
+    """The file's text: UTF-8 (a BOM, as some editors write, dropped; ASCII is UTF-8), or a DataError
+    naming the first bad byte's offset (in the decompressed stream for .gz)."""
+    with gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb") as fh:
+        data = fh.read()
+    try:
+        return decode_utf8(data, str(path))
+    except ConfigError as e:
+        raise DataError(str(e)) from None
 
 
 def check_sequence(seq: str, source: str, record: int, name: str = "") -> str:
@@ -63,9 +70,8 @@ def check_sequence(seq: str, source: str, record: int, name: str = "") -> str:
 def read_fasta(path: Path) -> list[str]:
     """All records of a FASTA file, validated, in file order (empties kept as '')."""
     try:
-        with _open_text(path) as fh:
-            text = fh.read()
-    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, OSError) as e:
+        text = _read_text(path)
+    except (gzip.BadGzipFile, EOFError, OSError) as e:
         raise DataError(f"{path}: not a readable FASTA file ({e})") from None
     first = next((ln for ln in text.splitlines() if ln.strip()), None)
     if first is None:

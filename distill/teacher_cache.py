@@ -50,6 +50,7 @@ import torch
 
 from distill.block_order import pool_size
 from distill.data import HeldOut, ProteinData
+from distill.diskfull import check_free_space, reserve
 from distill.errors import ConfigError, DataError, ModelError
 from distill.fingerprint import teacher_fingerprint
 from distill.fused_loss import teacher_entropy_from_hidden
@@ -248,6 +249,8 @@ def build_teacher_cache(plan: CachePlan, *, log: Callable[[str], None] = print, 
         log(f"teacher cache: complete, {plan.path}")
         return plan.path
     log(plan.describe())
+    # Written through memory maps, which cannot report a full disk (SIGBUS): check the space first.
+    check_free_space(plan.path, sum(plan.sizes().values()) - _partial_bytes(plan.path), f"the teacher cache {plan.path}")
     started = time.time()
     teacher = load_teacher(plan.teacher_name, device=plan.runtime.device)
     if not is_linear_head(teacher):
@@ -439,9 +442,23 @@ def _to_numpy(x: torch.Tensor) -> np.ndarray:
     return x.numpy()
 
 
+def _partial_bytes(final: Path) -> int:
+    """Bytes on disk in unfinished builds of this cache (a resumed build does not write them again)."""
+    return sum(f.stat().st_blocks * 512 for d in final.parent.glob(f"{final.name}.partial-*") if d.is_dir()
+               for f in d.iterdir() if f.is_file())
+
+
 def _open_tmp(final: Path, dtype, shape) -> np.memmap:
     tmp = final.with_name(final.name + ".tmp")
-    return np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=tuple(shape))
+    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=tuple(shape))
+    try:  # its blocks reserved now: a full disk is an OSError here, not a SIGBUS mid-write
+        with open(tmp, "rb+") as fh:
+            reserve(fh.fileno(), os.fstat(fh.fileno()).st_size, tmp)
+    except OSError:
+        del array
+        tmp.unlink(missing_ok=True)
+        raise
+    return array
 
 
 def _finish_tmp(array: np.memmap, final: Path) -> dict:

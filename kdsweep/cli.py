@@ -10,14 +10,14 @@ validate before they write. Ctrl-C prints how to resume and exits 130.
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from distill.errors import KDSweepError
+from distill.diskfull import DiskFull, full_disk_in
+from distill.errors import ConfigError, KDSweepError
 from distill.splits import SplitSpec
 from kdsweep import __version__
 
@@ -72,6 +72,8 @@ def _train(args) -> int:
 
     overrides = list(args.set or [])
     if args.out:
+        if any(pair.partition("=")[0].strip() == "output_dir" for pair in overrides):
+            raise ConfigError("--out and --set output_dir=... both name the output folder; give one of them")
         overrides.append(f"output_dir={args.out}")
     cfg = load_config(args.config, overrides)
     check_writable_dir(cfg.output_dir, "output_dir (--out)")
@@ -89,6 +91,7 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
+    from distill.atomic import write_atomic
     from distill.evaluate import evaluate_dirs, headline
     from distill.inputs import check_writable_file
     from distill.numbers import dumps
@@ -100,14 +103,18 @@ def _evaluate(args) -> int:
     print(headline(metrics))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(dumps(metrics, indent=2) + "\n")
+        write_atomic(args.out, dumps(metrics, indent=2) + "\n")
         print(f"written: {args.out}")
     return 0
 
 
 def _demo_teacher(args) -> int:
     from distill.demo_teacher import build_demo_teacher
+    from distill.inputs import check_writable_dir
 
+    check_writable_dir(args.out, "--out")  # before an hour of training, not after it
+    if args.steps is not None and args.steps < 1:
+        raise ConfigError(f"--steps: got {args.steps}, allowed: an integer >= 1")
     build_demo_teacher(args.out, **({"steps": args.steps} if args.steps else {}))
     return 0
 
@@ -174,16 +181,20 @@ def _sweep_replicate(args) -> int:
 
 def _analyze(args) -> int:
     from analysis.report import analyze, summary_lines
+    from distill.inputs import check_writable_dir
     from sweeps.layout import open_sweep
 
-    print("\n".join(summary_lines(analyze(open_sweep(args.name, args.storage), args.out))))
+    sd = open_sweep(args.name, args.storage)
+    check_writable_dir(args.out or sd.analysis, "--out")
+    print("\n".join(summary_lines(analyze(sd, args.out))))
     return 0
 
 
 def _dashboard(args) -> int:
-    from sweeps.dashboard import serve_dashboard
+    from sweeps.dashboard import check_ports, serve_dashboard
     from sweeps.layout import open_sweep
 
+    check_ports(args.port, args.tensorboard_port if args.tensorboard else None)
     return serve_dashboard(open_sweep(args.name, args.storage), port=args.port, print_only=args.print_only,
                            tensorboard_port=args.tensorboard_port if args.tensorboard else None)
 
@@ -365,19 +376,22 @@ def _dispatch(argv: list[str] | None) -> int:
         return cmd.handler(args)
     except KDSweepError as e:
         print(f"kdsweep: error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)  # 2: bad input; 1: a run that cannot succeed (sweeps.failfast)
     except KeyboardInterrupt:
         hint = cmd.resume_hint(args) if cmd.resume_hint else "interrupted"
         print(f"\nkdsweep: {hint}", file=sys.stderr)
         return 130
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+    except Exception as e:  # a full disk, however deep a library wrapped it (SQLite, Ray, torch)
+        full = full_disk_in(e)
+        if full is None:
             raise
         # Every file is written atomically (temp file + rename) or append-only, so what is on disk
         # is whole: free space and run the same command again.
-        print(f"kdsweep: error: no space left on the device writing {e.filename or 'a file'}; "
-              "nothing was left half-written: free space, then run the same command again to resume",
-              file=sys.stderr)
+        where = full.filename or getattr(e, "path", None) or "a file"
+        message = str(full) if isinstance(full, DiskFull) else (
+            f"no space left on the device writing {where}; nothing was left half-written: free space, then run "
+            "the same command again to resume")
+        print(f"kdsweep: error: {message}", file=sys.stderr)
         return 1
 
 

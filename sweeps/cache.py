@@ -25,6 +25,7 @@ from typing import Callable
 import ray
 
 from distill.config import TrainConfig
+from distill.diskfull import full_disk_in
 from distill.errors import KDSweepError
 from distill.inputs import check_writable_dir
 from distill.teacher_cache import CachePlan, TeacherCache, build_teacher_cache, is_complete, plan_teacher_cache
@@ -81,11 +82,12 @@ def _build_task(space: SearchSpace, storage_root: str) -> str:
 
 
 def _get(ref):
-    """ray.get, with an input error raised in the task re-raised as itself (one line, exit 2)."""
+    """ray.get, with an input error or a full disk raised in the task re-raised as itself (one line,
+    exit 2 or 1)."""
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as e:
-        if isinstance(e.cause, KDSweepError):
+        if isinstance(e.cause, KDSweepError) or full_disk_in(e.cause) is e.cause:
             raise e.cause from None
         raise
 

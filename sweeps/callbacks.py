@@ -3,7 +3,8 @@
 * Tune's CSV and JSON result files (`ExperimentAnalysis` reads them back);
 * kdsweep's TensorBoard runs (`sweeps.tensorboard`), instead of Tune's default TBX logger;
 * the experiment tracker of `tracking.tracker`, if any (`sweeps.trackers`);
-* the live view (`sweeps.live`).
+* the live view (`sweeps.live`);
+* `sweeps.failfast.FailFast`: a full disk, or the first attempts all failing the same way, stop the sweep.
 
 Tune pickles these with the experiment: a resumed sweep runs with the ones it started with.
 """
@@ -14,6 +15,7 @@ import os
 
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
+from sweeps.failfast import FailFast
 from sweeps.live import LiveView
 from sweeps.space import SearchSpace
 from sweeps.tensorboard import TensorBoardCallback
@@ -36,4 +38,4 @@ def tune_callbacks(space: SearchSpace, sweep: str, *, title: str, budgets: dict[
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     return [CSVLoggerCallback(), JsonLoggerCallback(), TensorBoardCallback(),
             *tracker_callbacks(space, sweep),
-            LiveView(title, budgets, max_steps=max_steps)]
+            LiveView(title, budgets, max_steps=max_steps), FailFast(sweep)]

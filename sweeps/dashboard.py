@@ -48,6 +48,15 @@ def instructions(sd: SweepDir, port: int, tensorboard_port: int | None) -> str:
     ])
 
 
+def check_ports(port: int, tensorboard_port: int | None) -> None:
+    """Both ports in 1-65535 and not the same one (the second server would fail to bind after the first started)."""
+    for flag, value in (("--port", port), ("--tensorboard-port", tensorboard_port)):
+        if value is not None and not 1 <= value <= 65535:
+            raise ConfigError(f"{flag}: got {value}, allowed: a TCP port from 1 to 65535")
+    if tensorboard_port == port:
+        raise ConfigError(f"--tensorboard-port {tensorboard_port} is --port too; give the two servers two ports")
+
+
 def check_port_free(port: int, flag: str = "--port") -> None:
     """A busy port is one clear line, not a traceback from deep inside the web server."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -13,6 +13,7 @@ from pathlib import Path
 from distill.config import dump_config
 from distill.data import file_sha256, resolve_data_path
 from distill.errors import ConfigError
+from distill.inputs import check_writable_file
 from sweeps.layout import SweepDir, config_file_name
 from sweeps.study import ATTR_STEP, ATTR_TRIAL, best_trial, study_trials
 
@@ -26,6 +27,9 @@ def export_best(sd: SweepDir, out_dir: str | Path, *, train_root: str = "runs/fi
     if not any(best for _, best in picks):
         raise ConfigError(f"sweep {sd.name!r} has no completed trial yet; nothing to export")
     out = Path(out_dir)
+    for study, best in picks:  # every target, before the first is written: all files or none
+        if best is not None:
+            check_writable_file(out / config_file_name(study.scale, study.arm), "--out")
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for study, best in picks:

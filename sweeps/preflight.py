@@ -6,9 +6,12 @@ under the name), and a trial no node can hold waits forever (Tune only warns,
 every 60 s, and only about CPU/GPU totals).
 
 * `check_inputs_of_space`, before Ray starts: the storage folder (and the teacher
-  cache's folder, when the space uses one) is writable, and for each scale the trial config builds and its tokenizer, teacher config,
-  vocabularies, sizes and data pass `distill.inputs.check_inputs` (the data is
-  read and split once; trials reuse the on-disk cache).
+  cache's folder, when the space uses one) is writable, and for each scale the trial config
+  builds and its teacher (config and weights' headers), tokenizer (by content), sizes, memory
+  (on this machine, for a local sweep) and data pass `distill.inputs.check_inputs` (the data
+  is read and split once; trials reuse the on-disk cache).
+* `asha_warnings`: ASHA settings under which it can never stop a trial (printed, not refused:
+  the sweep is valid, only its early stopping is idle).
 * `check_resources`, after `ray.init` and before Tune: every bundle a trial
   holds fits on one node. On an autoscaling cluster the node *types* are what
   count, and what will be requested is printed instead.
@@ -22,7 +25,7 @@ from typing import Callable
 
 from distill.errors import ConfigError
 from distill.inputs import check_inputs, check_writable_dir
-from distill.train import accumulation_steps
+from distill.train import accumulation_steps, total_steps
 from sweeps.cache import check_cache_dir
 from sweeps.space import Dist, SearchSpace, Study
 from sweeps.trial import trial_bundles
@@ -39,10 +42,12 @@ def _probe(d: Dist):
     return int(d.low) if d.type == "int" else d.low
 
 
-def check_inputs_of_space(space: SearchSpace, storage: Path, *, final_eval: bool = False) -> None:
+def check_inputs_of_space(space: SearchSpace, storage: Path, *, final_eval: bool = False,
+                          check_memory: bool = True) -> None:
     """Raise a one-line error for any input that would fail the sweep's trials; writes nothing.
 
-    `final_eval=True` checks the configs replicate trials run (they score the test split)."""
+    `final_eval=True` checks the configs replicate trials run (they score the test split);
+    `check_memory=False` for a sweep joining a cluster, whose nodes hold the trials."""
     check_writable_dir(storage, "--storage")
     if space.cache["enabled"]:
         check_cache_dir(space, storage)
@@ -52,7 +57,7 @@ def check_inputs_of_space(space: SearchSpace, storage: Path, *, final_eval: bool
             continue  # arms differ only in loss settings; sizes differ per scale
         checked.add(study.scale)
         cfg = _probe_config(space, study, storage, final_eval)
-        check_inputs(cfg)
+        check_inputs(cfg, check_memory=check_memory)
         accumulation_steps(cfg, space.resources["workers"])
 
 
@@ -60,6 +65,49 @@ def _probe_config(space: SearchSpace, study: Study, storage: Path, final_eval: b
     params = {k: _probe(d) for k, d in study.params.items()}
     extra = {"final_eval": True} if final_eval else {}
     return space.trial_config(study, params, str(storage / "preflight-not-written"), **extra)
+
+
+TUNER_STATE, EXPERIMENT_STATE = "tuner.pkl", "experiment_state-*.json"
+
+
+def check_tune_state(tune_dir: Path) -> None:
+    """Before a resume starts Ray: Tune's saved experiment is there and readable (its newest
+    experiment snapshot parses, its tuner is not empty); else a ConfigError naming the file.
+    (The tuner itself is a pickle only Tune reads: docs/reliability.md, trusted input.)"""
+    tuner = tune_dir / TUNER_STATE
+    if not tuner.is_file() or tuner.stat().st_size == 0:
+        raise ConfigError(f"{tuner}: Tune's saved experiment is {'empty' if tuner.is_file() else 'missing'}; "
+                          "this sweep cannot be resumed (restore the sweep folder from a copy)")
+    snapshots = sorted(tune_dir.glob(EXPERIMENT_STATE), key=lambda f: f.stat().st_mtime)
+    if not snapshots:
+        raise ConfigError(f"{tune_dir}: no Tune experiment snapshot ({EXPERIMENT_STATE}); this sweep cannot be "
+                          "resumed (restore the sweep folder from a copy)")
+    try:
+        state = json.loads(snapshots[-1].read_bytes())
+    except ValueError as e:
+        raise ConfigError(f"{snapshots[-1]}: Tune's experiment snapshot is damaged ({str(e)[:200]}); restore the "
+                          "sweep folder from a copy") from None
+    if not isinstance(state, dict):
+        raise ConfigError(f"{snapshots[-1]}: Tune's experiment snapshot is damaged (not a JSON object)")
+
+
+def asha_warnings(space: SearchSpace) -> list[str]:
+    """Why ASHA can never stop a trial of this space early, if it cannot (empty list when it can)."""
+    if not space.search["early_stopping"]:
+        return []
+    cfg = space.trial_config(space.studies[0], {}, "unused")
+    steps, grace = total_steps(cfg), space.search["grace_period"]
+    out = []
+    if grace >= steps:
+        out.append(f"search.grace_period {grace} >= the {steps} training steps of a trial: ASHA can never stop a "
+                   "trial early; lower grace_period, or set search.early_stopping: false")
+    if cfg.eval_interval >= steps:
+        out.append(f"train.eval_interval {cfg.eval_interval} >= the {steps} training steps of a trial: trials "
+                   "report once, at their end, so ASHA can never stop one early")
+    if space.search["trials_per_study"] == 1:
+        out.append("search.trials_per_study 1: ASHA compares the trials of one study, so with one it never stops "
+                   "a trial early")
+    return out
 
 
 # ---- resources -------------------------------------------------------------------------------

@@ -30,14 +30,14 @@ from sweeps.cache import ensure_teacher_cache, record_teacher_cache
 from sweeps.callbacks import tracker_callbacks, tune_callbacks
 from sweeps.layout import SweepDir, check_sweep_name, git_commit, open_sweep, storage_root
 from sweeps.localray import init_loopback_ray
-from sweeps.preflight import check_inputs_of_space, check_resources
+from sweeps.preflight import asha_warnings, check_inputs_of_space, check_resources, check_tune_state
 from sweeps.reaper import start_reaper
 from sweeps.scheduler import PerStudyASHA
 from sweeps.searcher import StudySearcher, reconcile_with_tune
 from sweeps.space import SearchSpace, dump_space, load_space
 from sweeps.status import sweep_complete
 from sweeps.storage import display, is_sqlite
-from sweeps.study import existing_studies
+from sweeps.study import existing_studies, study_trials
 from sweeps.trial import EXECUTORS, trial_resources
 
 Log = Callable[[str], None]
@@ -113,7 +113,9 @@ def run_sweep(space: SearchSpace, *, name: str | None = None, storage: str | Non
         raise ConfigError(f"sweep {name!r} already exists in {sd.root.parent}; "
                           f"resume it with `kdsweep sweep resume {name}` or pick another --name")
     _precluster(space)
-    check_inputs_of_space(space, sd.root.parent)
+    check_inputs_of_space(space, sd.root.parent, check_memory=not _joins_cluster(address))
+    for line in asha_warnings(space):
+        log(f"warning: {line}")
     if space.search["storage_url"]:
         # The searcher counts a study's trials from the storage: a reused name would inherit them.
         if taken := existing_studies(space.search["storage_url"], name):
@@ -139,11 +141,13 @@ def resume_sweep(name: str, *, storage: str | None = None, address: str | None =
     sd = open_sweep(name, storage)
     if not sd.tune.is_dir():
         raise ConfigError(f"sweep {name!r} has no Tune experiment to resume in {sd.tune}")
+    check_tune_state(sd.tune)  # a damaged file is named here, before Ray starts
     space = load_space(sd.space)
+    study_trials(sd)  # and so is a damaged Optuna database
     tracker_callbacks(space, sd.name)  # Tune resumes with its pickled callbacks: check they can run
     _precluster(space)
     storage_url = sd.storage_url()
-    check_inputs_of_space(space, sd.root.parent)
+    check_inputs_of_space(space, sd.root.parent, check_memory=not _joins_cluster(address))
     start_ray(space, address, sd.meta().get("storage_url"), log)
     record_teacher_cache(sd, ensure_teacher_cache(space, sd.root.parent, log))  # rebuilt if deleted meanwhile
     orphaned = reconcile_with_tune(space, sd.name, storage_url, {t.trial_id for t in tune_unfinished(sd)})
@@ -151,6 +155,10 @@ def resume_sweep(name: str, *, storage: str | None = None, address: str | None =
         log(f"{len(orphaned)} trial(s) started after Tune's last snapshot were lost and will be run again: "
             + ", ".join(orphaned))
     return _fit(space, sd, storage_url, restore=True, address=address, log=log, callbacks=[])
+
+
+def _joins_cluster(address: str | None) -> bool:
+    return bool(address or os.environ.get("RAY_ADDRESS"))
 
 
 def _precluster(space: SearchSpace) -> None:
@@ -191,7 +199,7 @@ def start_ray(space: SearchSpace, address: str | None, storage_url: str | None, 
     """Start or join Ray, then check that the cluster can hold a trial (before Tune waits forever)."""
     init_ray(address, log)
     check_resources(space, log)
-    if (address or os.environ.get("RAY_ADDRESS")) and (storage_url is None or is_sqlite(storage_url)):
+    if _joins_cluster(address) and (storage_url is None or is_sqlite(storage_url)):
         log("warning: this sweep joins a Ray cluster but keeps its Optuna studies in SQLite "
             f"({display(storage_url) if storage_url else 'optuna.db in the sweep folder'}); SQLite is not safe "
             "for concurrent writers on a network file system: set search.storage_url to a PostgreSQL URL "

@@ -21,10 +21,11 @@ from typing import Any
 
 import yaml
 
+from distill.atomic import write_atomic
 from distill.config import FIELDS as TRAIN_FIELDS
 from distill.config import SEED_LIMIT, TrainConfig, config_from_dict, did_you_mean, read_yaml_mapping, shown_key
 from distill.errors import ConfigError, shown
-from distill.models import load_scales
+from distill.models import load_scales, looks_like_path
 from distill.numbers import parse_number
 from distill.teacher_cache import STORAGE_DTYPES
 from sweeps.layout import check_sweep_name
@@ -329,7 +330,8 @@ def _parse_train(raw: dict, p: _Problems) -> dict:
 
 def _check_int(where: str, value: Any, low: int, high: int, p: _Problems, extra: str = "") -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        p.append(f"{where}: got {shown(value)}, allowed: {extra}an integer {_span(low, high)}")
+        span = f">= {low}" if high == MAX_INT else f"from {low} to {high}"
+        p.append(f"{where}: got {shown(value)}, allowed: {extra}an integer {span}")
 
 
 def _check_number(where: str, value: Any, low: float, high: float, p: _Problems, *, low_open: bool = False,
@@ -339,10 +341,6 @@ def _check_number(where: str, value: Any, low: float, high: float, p: _Problems,
     if not inside:
         p.append(f"{where}: got {shown(value)}, allowed: {extra}a finite number {'>' if low_open else '>='} "
                  f"{low:g} and <= {high:g}")
-
-
-def _span(low: int, high: int) -> str:
-    return f">= {low}" if high >= MAX_INT else f"from {low} to {high}"
 
 
 def _parse_search(raw: dict, p: _Problems) -> dict:
@@ -457,7 +455,23 @@ def load_space(path: str | Path) -> SearchSpace:
     path = Path(path)
     if not path.exists() and not path.suffix and (SEARCH_SPACES_DIR / f"{path}.yaml").is_file():
         path = SEARCH_SPACES_DIR / f"{path}.yaml"
-    return parse_space(read_yaml_mapping(path, "search space file"), str(path))
+    return parse_space(resolve_paths(read_yaml_mapping(path, "search space file")), str(path))
+
+
+def resolve_paths(raw: dict) -> dict:
+    """The space's local paths (data, a teacher or tokenizer folder, cache.dir) made absolute against
+    the caller's directory, before anything is recorded or started: trials run in Tune's own folders,
+    and on other nodes, where a relative path finds nothing (the sweep would end with every trial
+    failed). Hub ids ('nferruz/ProtGPT2') and the bundled names are left as they are."""
+    out = dict(raw)
+    for key in ("data", "teacher", "tokenizer"):
+        value = raw.get(key)
+        if isinstance(value, str) and value not in ("bundled", "demo") and (key == "data" or looks_like_path(value)):
+            out[key] = str(Path(value).expanduser().absolute())
+    cache = raw.get("cache")
+    if isinstance(cache, dict) and isinstance(cache.get("dir"), str):
+        out["cache"] = {**cache, "dir": str(Path(cache["dir"]).expanduser().absolute())}
+    return out
 
 
 def smoke_space(space: SearchSpace) -> SearchSpace:
@@ -483,5 +497,5 @@ def with_tracker(space: SearchSpace, tracker: str | None) -> SearchSpace:
 
 
 def dump_space(space: SearchSpace, path: Path) -> None:
-    path.write_text(yaml.safe_dump(space.raw, sort_keys=False))
+    write_atomic(path, yaml.safe_dump(space.raw, sort_keys=False))
 

@@ -23,13 +23,15 @@ from __future__ import annotations
 import math
 
 import optuna
+from sqlalchemy.exc import DatabaseError
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from distill.errors import ConfigError
 from distill.rundir import COMPLETED, DIVERGED, STOPPED_EARLY
 from sweeps.layout import SweepDir
 from sweeps.space import Dist, SearchSpace, load_space
-from sweeps.storage import open_storage
+from sweeps.storage import display, open_storage
 
 METRIC, MODE = "val_ppl", "min"
 # Optuna user-attribute keys kdsweep writes on every trial.
@@ -92,10 +94,21 @@ def trial_status(t: FrozenTrial) -> str:
 
 
 def study_trials(sd: SweepDir) -> tuple[SearchSpace, dict[str, list[FrozenTrial]]]:
-    """(space, {study name: [FrozenTrial]}) for every study of the sweep."""
+    """(space, {study name: [FrozenTrial]}) for every study of the sweep, read without writing: a
+    study not in the storage yet has no trials (it is not created). A damaged database is a
+    ConfigError naming it."""
     space = load_space(sd.space)
     url = sd.storage_url()
-    return space, {s.name: open_study(url, sd.name, s.name).get_trials(deepcopy=False) for s in space.studies}
+    try:
+        storage = open_storage(url)
+        names = set(optuna.get_all_study_names(storage))
+        return space, {s.name: optuna.load_study(storage=storage, study_name=study_name(sd.name, s.name))
+                       .get_trials(deepcopy=False) if study_name(sd.name, s.name) in names else []
+                       for s in space.studies}
+    except (DatabaseError, optuna.exceptions.StorageInternalError) as e:
+        cause = str(getattr(e, "orig", None) or e.__cause__ or e).splitlines()[0][:200]
+        raise ConfigError(f"{display(url)}: the sweep's Optuna database cannot be read ({cause}); restore it "
+                          "from a copy of the sweep folder") from None
 
 
 def best_trial(trials: list[FrozenTrial]) -> FrozenTrial | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -267,6 +268,106 @@ CASES = [
          ["{tmp}/swept/norays/replicates"], setup="swept"),
     Case("analyze-unknown-sweep", ["analyze", "nosuch", *SWEPT], "no sweep here", ["{tmp}/swept/nosuch"], setup="swept"),
     Case("dashboard-port-busy", ["dashboard", "norays", *SWEPT, "--port", "{port}"], "is not free", setup="busy_port"),
+    # ---- issue 19: numbers out of range or not numbers ------------------------------------------------
+    Case("train-seed-1e20", train(*sets(seed="1e20")), "seed: got 1e+20, allowed: an integer of magnitude <= 2**53", ["{tmp}/out"]),
+    Case("train-seed-negative", train(*sets(seed=-1)), "seed: got -1, allowed: 0 <= seed < 2**32", ["{tmp}/out"]),
+    Case("train-seed-2-to-the-40", train(*sets(seed=2**40)), "seed: got 1099511627776, allowed: 0 <= seed < 2**32", ["{tmp}/out"]),
+    Case("train-grad-clip-inf", train(*sets(grad_clip=".inf")), "grad_clip: got inf, allowed: a finite number > 0", ["{tmp}/out"]),
+    Case("train-warmup-nan", train(*sets(warmup_steps=".nan")), "warmup_steps: got nan, allowed: an integer", ["{tmp}/out"]),
+    Case("train-max-steps-inf", train(*sets(max_steps=".inf")), "max_steps: got inf, allowed: an integer", ["{tmp}/out"]),
+    Case("sweep-int-bound-nan", RUN, "params.warmup_steps: int needs finite numbers low and high (got low=nan", ["{tmp}/store"],
+         space={"params": {**SPACE["params"], "warmup_steps": {"type": "int", "low": float("nan"), "high": 2}}}),
+    Case("sweep-int-bound-inf", RUN, "params.warmup_steps: int needs finite numbers low and high (got low=0, high=inf)",
+         ["{tmp}/store"], space={"params": {**SPACE["params"], "warmup_steps": {"type": "int", "low": 0, "high": float("inf")}}}),
+    Case("sweep-uniform-bound-inf", RUN, "params.temperature: uniform needs finite numbers", ["{tmp}/store"],
+         space={"params": {**SPACE["params"], "temperature": {"type": "uniform", "low": 1.0, "high": float("inf")}}}),
+    Case("sweep-choice-of-lists", RUN, "params.alpha.values: got [0.1], allowed: numbers or strings", ["{tmp}/store"],
+         space={"params": {**SPACE["params"], "alpha": {"type": "choice", "values": [[0.1]]}}}),
+    Case("sweep-arm-params-a-list", RUN, "arm_params: expected a mapping of name: {{parameter: distribution}}, got [1, 2]",
+         ["{tmp}/store"], space={"arm_params": [1, 2]}),
+    Case("sweep-scale-params-an-int", RUN, "scale_params: expected a mapping", ["{tmp}/store"], space={"scale_params": 3}),
+    Case("sweep-scales-of-lists", RUN, "scales[0]: unknown scale ['demo-xs']", ["{tmp}/store"], space={"scales": [["demo-xs"]]}),
+    Case("sweep-tokenizer-a-number", RUN, "tokenizer: expected null (the teacher's) or a string, got 5", ["{tmp}/store"],
+         space={"tokenizer": 5}),
+    Case("sweep-search-seed-negative", RUN, "search.seed: got -1, allowed: an integer from 0 to 4294967295", ["{tmp}/store"],
+         space={"search": {"seed": -1}}),
+    Case("sweep-search-seed-2-to-the-40", RUN, "search.seed: got 1099511627776, allowed: an integer from 0 to 4294967295",
+         ["{tmp}/store"], space={"search": {"seed": 2**40}}),
+    Case("sweep-reduction-factor-nan", RUN, "search.reduction_factor: got nan, allowed: a finite number >= 2", ["{tmp}/store"],
+         space={"search": {"reduction_factor": float("nan")}}),
+    Case("sweep-reduction-factor-inf", RUN, "search.reduction_factor: got inf, allowed: a finite number >= 2", ["{tmp}/store"],
+         space={"search": {"reduction_factor": float("inf")}}),
+    Case("sweep-trials-1e12", RUN, "search.trials_per_study: got 1000000000000, allowed: an integer from 1 to 10000",
+         ["{tmp}/store"], space={"search": {"trials_per_study": 10**12}}),
+    Case("sweep-cpus-nan", RUN, "resources.cpus_per_worker: got nan, allowed: a finite number > 0", ["{tmp}/store"],
+         space={"resources": {"cpus_per_worker": float("nan")}}),
+    Case("sweep-gpus-nan", RUN, "resources.gpus_per_worker: got nan, allowed: a finite number >= 0", ["{tmp}/store"],
+         space={"resources": {"gpus_per_worker": float("nan")}}),
+    Case("estimate-trials-1e12", ["estimate", "{tmp}/space.yaml"], "search.trials_per_study: got 1000000000000",
+         space={"search": {"trials_per_study": 10**12}}),
+    Case("estimate-reduction-factor-nan", ["estimate", "{tmp}/space.yaml"], "search.reduction_factor: got nan",
+         space={"search": {"reduction_factor": float("nan")}}),
+    Case("dashboard-port-70000", ["dashboard", "norays", *SWEPT, "--port", "70000"],
+         "--port: got 70000, allowed: a TCP port from 1 to 65535", setup="swept"),
+    Case("dashboard-port-negative", ["dashboard", "norays", *SWEPT, "--port", "-1"], "--port: got -1", setup="swept"),
+    Case("dashboard-same-port-twice", ["dashboard", "norays", *SWEPT, "--tensorboard", "--port", "8123",
+                                       "--tensorboard-port", "8123"], "--tensorboard-port 8123 is --port too", setup="swept"),
+    Case("demo-teacher-steps-zero", ["demo-teacher", "--out", "{tmp}/dt", "--steps", "0"], "--steps: got 0", ["{tmp}/dt"]),
+    # ---- issue 19: models and tokenizers ------------------------------------------------------------
+    Case("train-model-too-large", train(*sets(n_embd=1048576)), "needs at least", ["{tmp}/out"]),
+    Case("sweep-model-too-large", RUN, "the student (n_layer 2, n_head 2, n_embd 1048576", ["{tmp}/store/bad"],
+         space={"train": {"n_embd": 1048576}}),
+    Case("train-teacher-truncated", train(*sets(teacher="{tmp}/tt")), "model.safetensors: truncated: its header describes",
+         ["{tmp}/out"], setup="truncated_teacher"),
+    Case("sweep-teacher-truncated", RUN, "model.safetensors: truncated", ["{tmp}/store/bad"],
+         space={"teacher": "{tmp}/tt"}, setup="truncated_teacher"),
+    Case("sweep-teacher-without-weights", RUN, "holds no weights", ["{tmp}/store/bad"],
+         space={"teacher": "{tmp}/tt", "cache": {"enabled": False}}, setup="teacher_without_weights"),
+    Case("train-teacher-is-a-file", train(*sets(teacher="{tmp}/afile")), "teacher directory expected: {tmp}/afile is a file",
+         ["{tmp}/out"], files={"{tmp}/afile": "x\n"}),
+    Case("train-tokenizer-permuted", train(*sets(tokenizer="{tmp}/perm")),
+         "vocabulary mismatch: {tmp}/perm and the teacher's own tokenizer", ["{tmp}/out"], setup="permuted_tokenizer"),
+    Case("train-tokenizer-missing-O", train(*sets(tokenizer="{tmp}/noO")), "(token 'O': absent in {tmp}/noO",
+         ["{tmp}/out"], setup="tokenizer_without_O"),
+    Case("sweep-tokenizer-permuted", RUN, "vocabulary mismatch", ["{tmp}/store/bad"], space={"tokenizer": "{tmp}/perm"},
+         setup="permuted_tokenizer"),
+    Case("evaluate-student-tokenizer-permuted", ["evaluate", "--student", "{tmp}/perm", "--teacher", "{teacher}", "--out",
+                                                 "{tmp}/m.json"], "vocabulary mismatch: student tokenizer", ["{tmp}/m.json"],
+         setup="permuted_tokenizer"),
+    # ---- issue 19: data -------------------------------------------------------------------------------
+    Case("train-data-a-fifo", train(*sets(data="{tmp}/fifo.fasta")), "fifo.fasta: not a regular file", ["{tmp}/out"],
+         setup="fifo"),
+    Case("sweep-data-a-fifo", RUN, "fifo.fasta: not a regular file", ["{tmp}/store"], space={"data": "{tmp}/fifo.fasta"},
+         setup="fifo"),
+    Case("train-data-not-utf8", train(*sets(data="{tmp}/l.fasta")), "l.fasta: not UTF-8 text: byte 0xe9 at byte offset 4",
+         ["{tmp}/out"], files={"{tmp}/l.fasta": b">caf\xe9\nMKV\n"}),
+    # ---- issue 19: where kdsweep writes ----------------------------------------------------------------
+    Case("train-out-and-set-output-dir", train(*sets(output_dir="{tmp}/a")),
+         "--out and --set output_dir=... both name the output folder", ["{tmp}/out", "{tmp}/a"]),
+    Case("train-rerun-empty-config", train(), "config.yaml: the run's recorded config cannot be read", ["{tmp}/out/metrics.jsonl"],
+         setup="empty_config"),
+    Case("demo-teacher-out-unwritable", ["demo-teacher", "--out", "/proc/kdsweep-x"], "--out: /proc/kdsweep-x is not writable"),
+    Case("analyze-out-unwritable", ["analyze", "norays", *SWEPT, "--out", "/proc/kdsweep-x"],
+         "--out: /proc/kdsweep-x is not writable", setup="swept"),
+    Case("analyze-out-is-a-file", ["analyze", "norays", *SWEPT, "--out", "{tmp}/afile"], "--out: {tmp}/afile is a file",
+         files={"{tmp}/afile": "x\n"}, setup="swept"),
+    Case("export-over-a-folder-named-like-a-config", ["sweep", "export", "norays", *SWEPT, "--out", "{tmp}/best"],
+         "demo-xs__baseline.yaml is a folder; give a file name", ["{tmp}/best/other.yaml"], setup="export_blocked"),
+    # ---- issue 19: damaged sweep folders --------------------------------------------------------------
+    Case("status-empty-optuna-db", ["sweep", "status", "norays", *SWEPT], "optuna.db: the sweep's Optuna database is empty",
+         setup="swept_empty_db"),
+    Case("status-damaged-optuna-db", ["sweep", "status", "norays", *SWEPT], "the sweep's Optuna database cannot be read",
+         setup="swept_damaged_db"),
+    Case("status-damaged-sweep-json", ["sweep", "status", "norays", *SWEPT], "sweep.json: damaged sweep record",
+         setup="swept_damaged_meta"),
+    Case("resume-damaged-sweep-json", ["sweep", "resume", "norays", *SWEPT], "sweep.json: damaged sweep record",
+         setup="swept_damaged_meta"),
+    Case("resume-empty-tuner", ["sweep", "resume", "norays", *SWEPT], "tuner.pkl: Tune's saved experiment is empty",
+         setup="tune_empty_tuner"),
+    Case("resume-damaged-tune-snapshot", ["sweep", "resume", "norays", *SWEPT],
+         "experiment_state-2026-01-01_00-00-00.json: Tune's experiment snapshot is damaged", setup="tune_damaged_snapshot"),
+    Case("resume-damaged-optuna-db", ["sweep", "resume", "norays", *SWEPT], "the sweep's Optuna database cannot be read",
+         setup="tune_and_damaged_db"),
 ]
 
 
@@ -296,14 +397,68 @@ def busy_port():
     s.close()
 
 
+def _copy_teacher(tmp: Path, ctx: dict, name: str) -> Path:
+    return Path(shutil.copytree(ctx["teacher"], tmp / name))
+
+
+def _edit_vocab(folder: Path, change) -> None:
+    """Rewrite the WordLevel vocabulary of a tokenizer.json copied from the char teacher."""
+    path = folder / "tokenizer.json"
+    raw = json.loads(path.read_text())
+    change(raw["model"]["vocab"])
+    path.write_text(json.dumps(raw))
+
+
+def _swap_two(vocab: dict) -> None:
+    vocab["A"], vocab["C"] = vocab["C"], vocab["A"]
+
+
+def _damage(path: Path) -> None:
+    """Bytes changed throughout a file, its first 100 (SQLite's header page start) kept."""
+    data = bytearray(path.read_bytes())
+    for i in range(100, len(data), 7):
+        data[i] = (data[i] * 31 + 7) % 256
+    path.write_bytes(bytes(data))
+
+
+def _tune_folder(sd, snapshot: str, tuner: bytes = b"not empty") -> None:
+    sd.tune.mkdir()
+    (sd.tune / "tuner.pkl").write_bytes(tuner)
+    (sd.tune / "experiment_state-2026-01-01_00-00-00.json").write_text(snapshot)
+
+
+SETUPS = {
+    "fifo": lambda tmp, ctx: (os.mkfifo(tmp / "fifo.yaml"), os.mkfifo(tmp / "fifo.fasta")),  # a read would block
+    "truncated_teacher": lambda tmp, ctx: os.truncate(_copy_teacher(tmp, ctx, "tt") / "model.safetensors",
+                                                      (Path(ctx["teacher"]) / "model.safetensors").stat().st_size // 2),
+    "teacher_without_weights": lambda tmp, ctx: (_copy_teacher(tmp, ctx, "tt") / "model.safetensors").unlink(),
+    "permuted_tokenizer": lambda tmp, ctx: _edit_vocab(_copy_teacher(tmp, ctx, "perm"), _swap_two),
+    "tokenizer_without_O": lambda tmp, ctx: _edit_vocab(_copy_teacher(tmp, ctx, "noO"), lambda v: v.pop("O")),
+    "empty_config": lambda tmp, ctx: ((tmp / "out").mkdir(), (tmp / "out" / "config.yaml").write_text("")),
+}
+# Setups of a finished sweep folder (tests.fixtures.write_finished_sweep), given its SweepDir.
+SWEPT_SETUPS = {
+    "swept": lambda sd: None,
+    "busy_port": lambda sd: None,
+    "swept_without_db": lambda sd: sd.default_db.unlink(),  # as a folder copied without its database
+    "swept_empty_db": lambda sd: sd.default_db.write_bytes(b""),
+    "swept_damaged_db": lambda sd: _damage(sd.default_db),
+    "swept_damaged_meta": lambda sd: sd.meta_path.write_text('{"name": "norays", "storage'),
+    "tune_empty_tuner": lambda sd: _tune_folder(sd, "{}", tuner=b""),
+    "tune_damaged_snapshot": lambda sd: _tune_folder(sd, '{"trial_data": [["{\\"trial_id'),
+    "tune_and_damaged_db": lambda sd: (_tune_folder(sd, "{}"), _damage(sd.default_db)),
+    "export_blocked": lambda sd: (sd.root.parent.parent / "best" / "demo-xs__baseline.yaml").mkdir(parents=True),
+}
+
+
 def _prepare(case: Case, tmp: Path, ctx: dict) -> None:
     for path, text in case.files.items():
         if isinstance(text, bytes):
             Path(_fill(path, ctx)).write_bytes(text)
         else:
             Path(_fill(path, ctx)).write_text(text)
-    if case.setup == "fifo":  # reading it would block forever
-        os.mkfifo(tmp / "fifo.yaml")
+    if case.setup in SETUPS:
+        SETUPS[case.setup](tmp, ctx)
     if "{tmp}/space.yaml" not in case.files:
         (tmp / "space.yaml").write_text(yaml.safe_dump(_fill(_space(case.space or {}), ctx)))
     if case.setup == "space_without_name":  # the sweep name falls back to the file's name
@@ -316,10 +471,8 @@ def _prepare(case: Case, tmp: Path, ctx: dict) -> None:
         dump_config(_train_config(ctx, f"output_dir={out}"), out / "config.yaml")
     if case.setup in ("foreign_cache", "foreign_cache_in_store", "unfinished_cache"):
         _cache_setup(case.setup, tmp, ctx)
-    if case.setup in ("swept", "swept_without_db", "busy_port"):
-        sd = write_finished_sweep(tmp / "swept")
-        if case.setup == "swept_without_db":
-            sd.default_db.unlink()  # as a folder copied without its database
+    if case.setup in SWEPT_SETUPS:
+        SWEPT_SETUPS[case.setup](write_finished_sweep(tmp / "swept"))
 
 
 def _train_config(ctx: dict, *extra: str):
