@@ -30,6 +30,10 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from e  # a failed write() names no file: name it
     finally:
         tmp.unlink(missing_ok=True)  # after a failed write (disk full): no stray temp file
     return path

@@ -55,6 +55,19 @@ def disk_full_as_oserror(folder: Path):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder)) from e
 
 
+@contextmanager
+def full_disk_named(folder: Path):
+    """A full disk that surfaces without a file name (SQLite's "database or disk is full" from deep
+    inside Optuna, a failed write()) is re-raised as DiskFull naming `folder`, where it happened."""
+    try:
+        yield
+    except Exception as e:
+        full = full_disk_in(e)
+        if full is None or full.filename is not None:
+            raise
+        raise DiskFull(folder, f"{full.strerror} writing there") from e
+
+
 def _existing(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent

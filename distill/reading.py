@@ -4,15 +4,18 @@ Every such file is read the same way, so every failure is one line naming the fi
 
 * it must exist and be a regular file (a FIFO would block the read forever, a folder or a
   device is a mistake), of at most MAX_TEXT_BYTES (a config is about 2 KB, a search space
-  about 3 KB; a 50 MB file used to hang the YAML parser for minutes);
+  about 3 KB; a 50 MB file used to hang the YAML parser for minutes, and even libyaml takes
+  seconds per MiB of short values);
 * it must be UTF-8 (a UTF-8 byte-order mark is accepted and dropped); a bad byte is named by
   its byte offset and line;
-* YAML is read with the safe loader (no Python tags), every key of a mapping once, and with
-  anchors and aliases allowed only while the document they expand to stays under
-  MAX_YAML_NODES values: a 1.2 KB alias bomb expands to hundreds of millions of values (it
-  became a 139 MB optuna.db, and a MemoryError when an error message quoted it), and an alias
-  inside its own anchor expands forever. Documents nested deeper than Python's recursion limit
-  and integers too long for Python to convert are refused the same way.
+* YAML is read with the safe loader (no Python tags; libyaml's parser where PyYAML has it:
+  the pure-Python one takes about a minute per MiB of short values), every key of a mapping
+  once, and a document may hold at most MAX_YAML_NODES values once its anchors and aliases are
+  expanded: a 1.2 KB alias bomb expands to hundreds of millions of values (it became a 139 MB
+  optuna.db, and a MemoryError when an error message quoted it), an alias inside its own
+  anchor expands forever, and half a million short values took minutes to build.
+  Documents nested deeper than Python's recursion limit and integers too long for Python to
+  convert are refused the same way.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import yaml
 
 from distill.errors import ConfigError, shown
 
-MAX_TEXT_BYTES = 1 << 20  # 1 MiB
+MAX_TEXT_BYTES = 256 << 10  # 256 KiB
 MAX_YAML_NODES = 100_000
 UTF8_BOM = b"\xef\xbb\xbf"
 MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -77,13 +80,16 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
     return []
 
 
-def expanded_size(root: yaml.Node, limit: int) -> int | None:
-    """How many values the document holds once every alias is expanded, or None when that is more
-    than `limit` or infinite (an alias inside its own anchor). Linear in the composed nodes: a
-    node shared through aliases is counted once and its size reused."""
+def expanded_size(root: yaml.Node, limit: int) -> tuple[int | None, yaml.Node | None]:
+    """(how many values the document holds once every alias is expanded, the first node reached
+    twice: an anchor), the size None when it is more than `limit` or infinite (an alias inside its
+    own anchor). At most `limit` steps: a node shared through aliases is counted once and its size
+    reused."""
     size: dict[int, int] = {}
     on_path: set[int] = set()
+    shared = None
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    steps = 0
     while stack:
         node, finished = stack.pop()
         key = id(node)
@@ -91,33 +97,33 @@ def expanded_size(root: yaml.Node, limit: int) -> int | None:
             on_path.discard(key)
             size[key] = 1 + sum(size[id(c)] for c in _children(node))
             if size[key] > limit:
-                return None
-        elif key not in size:
+                return None, shared
+        elif key in size or key in on_path:
+            shared = shared or node
             if key in on_path:
-                return None  # the node contains itself
+                return None, shared  # the node contains itself
+        else:
+            steps += 1
+            if steps > limit:
+                return None, shared
             on_path.add(key)
             stack.append((node, True))
-            stack.extend((c, False) for c in _children(node) if id(c) not in size)
-    return size[id(root)]
+            stack.extend((c, False) for c in _children(node))
+    return size[id(root)], shared
 
 
-class CheckedLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one
-    silently: a config that says `lr` twice is ambiguous) and documents whose aliases expand
-    past MAX_YAML_NODES values (module docstring)."""
-
-    first_alias: yaml.Mark | None = None
-
-    def compose_node(self, parent, index):
-        if self.first_alias is None and self.check_event(yaml.AliasEvent):
-            self.first_alias = self.peek_event().start_mark
-        return super().compose_node(parent, index)
+class CheckedLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """PyYAML's safe loader that refuses a key given twice in one mapping (PyYAML keeps the last one
+    silently: a config that says `lr` twice is ambiguous) and documents of more than MAX_YAML_NODES
+    values once anchors and aliases are expanded (module docstring)."""
 
     def construct_document(self, node):
-        if self.first_alias is not None and expanded_size(node, MAX_YAML_NODES) is None:
+        size, anchor = expanded_size(node, MAX_YAML_NODES)
+        if size is None:
+            how = (f" once its anchors and aliases are expanded (or an alias sits inside its own anchor; anchor "
+                   f"at line {anchor.start_mark.line + 1})" if anchor is not None else "")
             raise yaml.constructor.ConstructorError(
-                None, None, f"its anchors and aliases expand to more than {MAX_YAML_NODES:,} values (or into "
-                f"themselves), first alias at line {self.first_alias.line + 1}; write the values out instead")
+                None, None, f"holds more than {MAX_YAML_NODES:,} values{how}; write them out, or fewer")
         return super().construct_document(node)
 
     def construct_mapping(self, node, deep=False):
@@ -132,8 +138,7 @@ class CheckedLoader(yaml.SafeLoader):
             except TypeError:  # an unhashable key (a list): SafeLoader refuses it with its own message
                 break
             if duplicate:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {shown(key)} (line {key_node.start_mark.line + 1})", key_node.start_mark)
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {shown(key)}", key_node.start_mark)
         return super().construct_mapping(node, deep)
 
 
@@ -142,11 +147,20 @@ def load_yaml(text: str, source: str) -> Any:
     try:
         return yaml.load(text, Loader=CheckedLoader)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: malformed YAML: {str(e)[:500]}") from None
+        raise ConfigError(f"{source}: malformed YAML: {_yaml_problem(e)}") from None
     except RecursionError:
-        raise ConfigError(f"{source}: malformed YAML: nested too deeply") from None
+        raise ConfigError(f"{source}: malformed YAML: exceeded maximum nesting depth") from None
     except ValueError as e:  # e.g. an integer of more than 4,300 digits (Python's conversion limit)
         raise ConfigError(f"{source}: malformed YAML: {str(e)[:200]}") from None
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error on one line: what (and in which construct), then where."""
+    if not isinstance(e, yaml.MarkedYAMLError):
+        return " ".join(str(e).split())[:300]
+    mark = e.problem_mark or e.context_mark
+    what = "; ".join(" ".join(part.split()) for part in (e.context, e.problem) if part)
+    return what[:300] + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark else "")
 
 
 def read_yaml(path: str | Path, what: str) -> Any:

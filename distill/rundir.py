@@ -48,12 +48,16 @@ class RunLog:
                 fh.write(dumps(row) + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
-            except OSError:
+            except OSError as e:
                 fh.truncate(end)  # a disk-full write must not leave half a line for the next row to join
-                raise
+                if end == 0:
+                    self.path.unlink(missing_ok=True)  # nor an empty log the run never wrote a row to
+                raise OSError(e.errno, e.strerror, str(self.path)) from e
 
     def truncate_after(self, step: int) -> None:
-        """Drop rows with step > `step` (atomic rewrite)."""
+        """Drop rows with step > `step` (atomic rewrite; nothing to do without a log)."""
+        if not self.path.exists():
+            return
         rows = [r for r in read_log(self.path.parent) if r.get("step", 0) <= step]
         write_atomic(self.path, "".join(dumps(r) + "\n" for r in rows))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -356,7 +357,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _thread_excepthook(args) -> None:
+    """A full disk kills library threads too (TensorBoard's event writer): their tracebacks would bury
+    the one line the main thread prints about it (which path is full), so they stay silent."""
+    if full_disk_in(args.exc_value) is None:
+        threading.__excepthook__(args)
+
+
 def main(argv: list[str] | None = None) -> int:
+    threading.excepthook = _thread_excepthook
     try:
         try:
             return _dispatch(argv)
@@ -387,7 +396,7 @@ def _dispatch(argv: list[str] | None) -> int:
             raise
         # Every file is written atomically (temp file + rename) or append-only, so what is on disk
         # is whole: free space and run the same command again.
-        where = full.filename or getattr(e, "path", None) or "a file"
+        where = full.filename or "a file"
         message = str(full) if isinstance(full, DiskFull) else (
             f"no space left on the device writing {where}; nothing was left half-written: free space, then run "
             "the same command again to resume")

@@ -22,6 +22,7 @@ from ray.tune.schedulers import FIFOScheduler
 
 from distill.config import config_from_dict
 from distill.data import precluster
+from distill.diskfull import full_disk_named
 from distill.errors import ConfigError
 from distill.splits import SplitSpec
 from distill.train import total_steps
@@ -214,7 +215,7 @@ def _fit(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool, a
     log(f"sweep {sd.name}: {len(space.studies)} studies x {space.search['trials_per_study']} trials "
         f"({space.search['executor']} executor) -> {sd.root}")
     tuner = _tuner(space, sd, storage_url, restore=restore, callbacks=callbacks)
-    with quiet_tune_interrupt():
+    with quiet_tune_interrupt(), full_disk_named(sd.root):
         tuner.fit()
     if not sweep_complete(sd):
         # Tune catches Ctrl-C itself: it saves its state and returns as if the sweep had ended.

@@ -198,3 +198,18 @@ def ray_processes(ray_tmp: str) -> list[int]:
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             pass
     return found
+
+
+def on_small_disk(tmp_path: Path, script: str, size: str = "450k", env: dict | None = None,
+                  timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a shell script with a tmpfs of `size` mounted at $DISK ({tmp_path}/disk), in a private mount
+    namespace (`unshare`: nothing is mounted on the machine); exit 99 when it cannot be mounted."""
+    if shutil.which("unshare") is None:
+        pytest.skip("util-linux `unshare` is not installed")
+    disk = tmp_path / "disk"
+    disk.mkdir(exist_ok=True)
+    body = f"set -u; DISK={disk}; mount -t tmpfs -o size={size} tmpfs $DISK || exit 99\n{script}"
+    p = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "bash", "-c", body],
+                       capture_output=True, text=True, timeout=timeout, env=env)
+    assert p.returncode != 99, f"tmpfs could not be mounted: {p.stderr}"
+    return p

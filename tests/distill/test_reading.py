@@ -32,8 +32,10 @@ def test_anchors_and_aliases_a_person_writes_still_work():
 def test_expanded_size_counts_every_value_an_alias_stands_for():
     node = yaml.compose("a: &x [1, 2]\nb: [*x, *x]\n")
     # mapping 1 + keys a, b 2 + [1, 2] 3 + [*x, *x] 1 + 2 x 3 = 13
-    assert expanded_size(node, 100) == 13
-    assert expanded_size(node, 12) is None
+    size, anchor = expanded_size(node, 100)
+    assert size == 13 and anchor.start_mark.line == 0
+    assert expanded_size(node, 12)[0] is None
+    assert expanded_size(yaml.compose("[1, 2, 3]"), 100) == (4, None)
 
 
 def _bomb(levels: int) -> str:
@@ -45,12 +47,24 @@ def _bomb(levels: int) -> str:
 def test_aliases_are_allowed_up_to_the_cap_and_a_bomb_is_refused():
     assert MAX_YAML_NODES == 100_000
     assert len(load_yaml(_bomb(4), "space")) == 4  # 12,349 values: fine
-    with pytest.raises(ConfigError, match="expand to more than 100,000 values"):
+    with pytest.raises(ConfigError, match="more than 100,000 values once its anchors and aliases are expanded"):
         load_yaml(_bomb(5), "space")  # 123,461 values
-    with pytest.raises(ConfigError, match="expand to more than 100,000 values"):
+    with pytest.raises(ConfigError, match="more than 100,000 values once its anchors and aliases are expanded"):
         load_yaml(_bomb(9), "space")  # 1.1 billion: refused as fast
 
 
 def test_an_alias_inside_its_own_anchor_is_refused():
-    with pytest.raises(ConfigError, match="or into themselves"):
+    with pytest.raises(ConfigError, match="an alias sits inside its own anchor"):
         load_yaml("a: &a [1, *a]\n", "space")
+
+
+def test_a_document_of_too_many_values_is_refused_without_aliases_too():
+    with pytest.raises(ConfigError, match=r"holds more than 100,000 values; write them out, or fewer"):
+        load_yaml("[" + "0, " * 150_000 + "0]", "space")
+
+
+def test_a_yaml_error_is_one_line_with_its_place():
+    with pytest.raises(ConfigError) as e:
+        load_yaml("a: 1\nb: [1, 2\nc: 3\n", "c.yaml")
+    assert "\n" not in str(e.value) and str(e.value).startswith("c.yaml: malformed YAML: ")
+    assert "(line 3, column 2)" in str(e.value)

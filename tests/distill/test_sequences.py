@@ -72,3 +72,14 @@ def test_parquet_and_datasets_tables(tmp_path):
     pq.write_table(pa.table({"sequence": ["MKV", "MKZ9"]}), tmp_path / "bad.parquet")
     with pytest.raises(DataError, match="bad.parquet: record 2 contains non-IUPAC"):
         read_sequences(tmp_path / "bad.parquet")
+
+
+def test_a_fasta_with_a_byte_order_mark_reads_and_a_bad_byte_is_located(tmp_path):
+    """Editors on Windows write a UTF-8 BOM: it used to fail with an `ascii` codec error."""
+    p = tmp_path / "bom.fasta"
+    p.write_bytes(b"\xef\xbb\xbf>caf\xc3\xa9 protein\nMKV\n>b\nMKL\n")
+    assert read_sequences(p).sequences == ["MKV", "MKL"]
+    bad = tmp_path / "bad.fasta"
+    bad.write_bytes(b">a\nMKV\n>caf\xe9\nMKL\n")
+    with pytest.raises(DataError, match=r"bad.fasta: not UTF-8 text: byte 0xe9 at byte offset 11 \(line 3\)"):
+        read_sequences(bad)

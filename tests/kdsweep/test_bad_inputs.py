@@ -40,7 +40,7 @@ SWEPT = ["--storage", "{tmp}/swept"]  # a finished sweep named `norays` (tests.f
 # A YAML alias bomb of 9 levels x 9 aliases: ~0.3 KB that expands to 9**9 (387 million) values.
 BOMB = "bomb0: &b0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"bomb{i}: &b{i} [{', '.join([f'*b{i - 1}'] * 9)}]\n" for i in range(1, 9))
-HUGE = "x" * 900_000  # a value under the 1 MiB file cap that a message must not quote in full
+HUGE = "x" * 200_000  # a value under the 256 KiB file cap that a message must not quote in full
 
 SPACE = {
     "name": "bad", "teacher": "{teacher}", "data": "{data}", "scales": ["demo-xs"], "arms": ["baseline"],
@@ -91,7 +91,7 @@ CASES = [
     Case("train-batch-not-multiple", train(*sets(batch_size=5)), "is not a whole multiple of micro_batch_size", ["{tmp}/out"]),
     Case("train-set-without-equals", train("--set", "lr"), "--set 'lr': expected key=value", ["{tmp}/out"]),
     # ---- kdsweep train: config files --------------------------------------------------------
-    Case("train-config-duplicate-key", train("--config", "{tmp}/c.yaml"), "duplicate key 'lr' (line 3)", ["{tmp}/out"],
+    Case("train-config-duplicate-key", train("--config", "{tmp}/c.yaml"), "c.yaml: malformed YAML: duplicate key 'lr' (line 3, column 1)", ["{tmp}/out"],
          files={"{tmp}/c.yaml": "lr: 1.0e-3\nalpha: 0.5\nlr: 2.0e-3\n"}),
     Case("train-config-malformed", train("--config", "{tmp}/c.yaml"), "c.yaml: malformed YAML", ["{tmp}/out"],
          files={"{tmp}/c.yaml": "lr: [1, 2\n"}),
@@ -99,20 +99,20 @@ CASES = [
     Case("train-config-a-list", train("--config", "{tmp}/c.yaml"), "expected a mapping of key: value", ["{tmp}/out"],
          files={"{tmp}/c.yaml": "- 1\n- 2\n"}),
     Case("train-config-alias-bomb", train("--config", "{tmp}/c.yaml"),
-         "c.yaml: malformed YAML: its anchors and aliases expand to more than 100,000 values", ["{tmp}/out"],
+         "c.yaml: malformed YAML: holds more than 100,000 values once its anchors and aliases are expanded", ["{tmp}/out"],
          files={"{tmp}/c.yaml": BOMB.replace("bomb8:", "provenance:")}),
-    Case("train-config-alias-in-itself", train("--config", "{tmp}/c.yaml"), "expand to more than 100,000 values (or into "
-         "themselves), first alias at line 1", ["{tmp}/out"], files={"{tmp}/c.yaml": "provenance: &a {a: *a}\n"}),
+    Case("train-config-alias-in-itself", train("--config", "{tmp}/c.yaml"), "more than 100,000 values once its anchors and aliases are expanded "
+         "(or an alias sits inside its own anchor; anchor at line 1)", ["{tmp}/out"], files={"{tmp}/c.yaml": "provenance: &a {a: *a}\n"}),
     Case("train-set-alias-bomb", train("--set", "provenance={{a: &a [1,1,1,1,1,1,1,1,1,1], b: &b [*a,*a,*a,*a,*a,*a,*a,"
                                        "*a,*a,*a], c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b], d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c], "
-                                       "e: [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]}}"), "expand to more than 100,000 values", ["{tmp}/out"]),
-    Case("train-config-nested-too-deeply", train("--config", "{tmp}/c.yaml"), "c.yaml: malformed YAML: nested too deeply",
+                                       "e: [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]}}"), "holds more than 100,000 values once its anchors", ["{tmp}/out"]),
+    Case("train-config-nested-too-deeply", train("--config", "{tmp}/c.yaml"), "c.yaml: malformed YAML: while increasing flow level; exceeded maximum nesting depth",
          ["{tmp}/out"], files={"{tmp}/c.yaml": "provenance: " + "[" * 50_000 + "]" * 50_000 + "\n"}),
     Case("train-config-not-utf8", train("--config", "{tmp}/c.yaml"),
          "c.yaml: not UTF-8 text: byte 0xe9 at byte offset 23 (line 2)", ["{tmp}/out"],
          files={"{tmp}/c.yaml": b"\xef\xbb\xbflr: 0.001\nalpha: caf\xe9\n"}),
     Case("train-config-too-large", train("--config", "{tmp}/c.yaml"),
-         "c.yaml: 2,097,165 bytes; a config file may be at most 1,048,576 bytes", ["{tmp}/out"],
+         "c.yaml: 2,097,165 bytes; a config file may be at most 262,144 bytes", ["{tmp}/out"],
          files={"{tmp}/c.yaml": "provenance: " + "x" * (2 << 20) + "\n"}),
     Case("train-config-a-fifo", train("--config", "{tmp}/fifo.yaml"), "is not a regular file (a pipe, socket or device)",
          ["{tmp}/out"], setup="fifo"),
@@ -163,12 +163,12 @@ CASES = [
          "search space file not found", ["{tmp}/store"]),
     Case("sweep-space-duplicate-key", RUN, "duplicate key 'scales'", ["{tmp}/store"],
          files={"{tmp}/space.yaml": "name: bad\nscales: [demo-xs]\nscales: [demo-s]\n"}),
-    Case("sweep-space-alias-bomb-in-description", RUN, "space.yaml: malformed YAML: its anchors and aliases expand to "
-         "more than 100,000 values (or into themselves), first alias at line 2", ["{tmp}/store"],
+    Case("sweep-space-alias-bomb-in-description", RUN, "space.yaml: malformed YAML: holds more than 100,000 values once "
+         "its anchors and aliases are expanded (or an alias sits inside its own anchor; anchor at line 1)", ["{tmp}/store"],
          files={"{tmp}/space.yaml": BOMB.replace("bomb8:", "description:")}),
     Case("sweep-space-not-utf8", RUN, "space.yaml: not UTF-8 text: byte 0xff at byte offset 18 (line 2)", ["{tmp}/store"],
          files={"{tmp}/space.yaml": b"name: bad\nscales: \xff\n"}),
-    Case("sweep-space-too-large", RUN, "a search space file may be at most 1,048,576 bytes", ["{tmp}/store"],
+    Case("sweep-space-too-large", RUN, "a search space file may be at most 262,144 bytes", ["{tmp}/store"],
          files={"{tmp}/space.yaml": "description: " + "x" * (50 << 20) + "\n"}),
     Case("sweep-space-a-fifo", ["sweep", "run", "{tmp}/fifo.yaml", "--storage", "{tmp}/store"],
          "fifo.yaml: is not a regular file", ["{tmp}/store"], setup="fifo"),
@@ -533,3 +533,20 @@ def test_bad_input_is_refused_before_any_work(case, tmp_path, char_teacher, smal
 
 def test_the_table_is_large_enough():
     assert len(CASES) >= 40
+
+
+def test_the_ctrl_c_hint_names_the_sweep_when_name_was_not_given(tmp_path, monkeypatch, capsys, char_teacher,
+                                                                 small_fasta):
+    """It used to say literally `kdsweep sweep resume NAME`. The Ctrl-C itself is real in
+    tests/sweeps/test_faults_ray.py; here it arrives where the sweep would run."""
+    import sweeps.runner
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweeps.runner, "run_sweep", interrupted)
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(_fill(SPACE, {"teacher": str(char_teacher),
+                                                                      "data": str(small_fasta)})))
+    assert main(["sweep", "run", str(tmp_path / "space.yaml"), "--storage", str(tmp_path / "s")]) == 130
+    assert capsys.readouterr().err.strip() == f"kdsweep: interrupted; continue with: kdsweep sweep resume bad " \
+                                              f"--storage {tmp_path / 's'}"

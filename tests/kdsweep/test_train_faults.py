@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import pytest
 from distill.checkpoint import list_checkpoints
 from distill.rundir import CHECKPOINTS_DIR, eval_rows, read_log
 from kdsweep.cli import main
+from tests.fixtures import on_small_disk
 
 TINY = ["--set", "scale=null", "--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=16",
         "--set", "block_size=64", "--set", "batch_size=4", "--set", "micro_batch_size=2",
@@ -73,30 +73,19 @@ def test_restart_flag_starts_a_changed_run_over(tmp_path, char_teacher, small_fa
 @pytest.fixture
 def small_disk(tmp_path):
     """Run a shell script with a 450 KiB tmpfs at $DISK, in a private mount namespace."""
-    if shutil.which("unshare") is None:
-        pytest.skip("util-linux `unshare` is not installed")
-
-    def run(script: str) -> subprocess.CompletedProcess:
-        disk = tmp_path / "disk"
-        disk.mkdir(exist_ok=True)
-        body = f"set -u; DISK={disk}; mount -t tmpfs -o size=450k tmpfs $DISK || exit 99\n{script}"
-        return subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "bash", "-c", body],
-                              capture_output=True, text=True, timeout=600)
-
-    return run
+    return lambda script: on_small_disk(tmp_path, script)
 
 
 def test_disk_full_is_a_clear_error_and_corrupts_nothing(tmp_path, small_disk, char_teacher, small_fasta):
     cmd = " ".join(_train(char_teacher, small_fasta, "$DISK/run", 16))
     seen = tmp_path / "seen"
-    p = small_disk(f"""
+    small_disk(f"""
 {cmd} > {tmp_path}/full.out 2> {tmp_path}/full.err; echo $? > {tmp_path}/full.rc
 cp -a $DISK/run {seen}-full
 mount -o remount,size=64m $DISK          # space freed
 {cmd} > {tmp_path}/again.out 2> {tmp_path}/again.err; echo $? > {tmp_path}/again.rc
 cp -a $DISK/run {seen}-again
 """)
-    assert p.returncode != 99, f"tmpfs could not be mounted: {p.stderr}"
     err = (tmp_path / "full.err").read_text()
     assert (tmp_path / "full.rc").read_text().strip() == "1", err
     assert err.strip().splitlines()[-1].startswith("kdsweep: error: no space left on the device writing")

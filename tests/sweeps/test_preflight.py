@@ -38,3 +38,25 @@ def test_an_autoscaling_cluster_says_what_it_will_request():
     with pytest.raises(ConfigError, match="no node type of this autoscaling cluster offers that: head: 4 CPU; "
                                           "gpu_worker: 8 CPU, 1 GPU"):
         resource_plan([("trial", {"CPU": 1.0, "GPU": 4.0})], NODES, TYPES)
+
+
+def _space(**search):
+    import yaml
+
+    from sweeps.space import SEARCH_SPACES_DIR, parse_space
+
+    raw = yaml.safe_load((SEARCH_SPACES_DIR / "demo.yaml").read_text())
+    raw["train"] = {**raw.get("train", {}), "max_steps": 40, "eval_interval": 10, "max_tokens": None}
+    raw["search"] = {**raw.get("search", {}), **search}
+    return parse_space(raw)
+
+
+def test_asha_settings_that_can_never_stop_a_trial_are_named():
+    from sweeps.preflight import asha_warnings
+
+    assert asha_warnings(_space(grace_period=10, trials_per_study=4)) == []
+    assert asha_warnings(_space(grace_period=10, trials_per_study=4, early_stopping=False)) == []
+    [grace] = asha_warnings(_space(grace_period=50, trials_per_study=4))
+    assert grace.startswith("search.grace_period 50 >= the 40 training steps of a trial: ASHA can never stop")
+    [one] = asha_warnings(_space(grace_period=10, trials_per_study=1))
+    assert one.startswith("search.trials_per_study 1: ASHA compares the trials of one study")

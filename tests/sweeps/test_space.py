@@ -1,6 +1,7 @@
 """Search-space validation: every problem named by its key, before Ray starts."""
 
 import copy
+import shutil
 
 import pytest
 import yaml
@@ -149,3 +150,30 @@ def test_tracker_from_the_space_or_the_command_line(tmp_path):
     assert off.tracking["tracker"] is None
     dump_space(off, tmp_path / "space.yaml")  # what a sweep keeps, and a resume reads
     assert load_space(tmp_path / "space.yaml").tracking["tracker"] is None
+
+
+def test_relative_paths_are_made_absolute_against_the_callers_directory(tmp_path, monkeypatch, small_fasta,
+                                                                        char_teacher):
+    """Trials run in Tune's own folders (and on other nodes): a relative `data:` used to be found by the
+    driver and by no trial (exit 0 with every trial failed)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(small_fasta, work / "rel.fasta")
+    shutil.copytree(char_teacher, work / "teacher")
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({**DEMO, "data": "rel.fasta", "teacher": "teacher", "tokenizer": "./teacher",
+                                     "cache": {"dir": "caches"}}))
+    monkeypatch.chdir(work)
+    s = load_space(space)
+    assert (s.data, s.teacher, s.tokenizer) == (str(work / "rel.fasta"), str(work / "teacher"), str(work / "teacher"))
+    assert s.cache["dir"] == str(work / "caches")
+    assert s.raw["data"] == str(work / "rel.fasta")  # what space.yaml in the sweep folder records
+    space.write_text(yaml.safe_dump({**DEMO, "teacher": "nferruz/ProtGPT2", "data": "bundled"}))
+    hub = load_space(space)
+    assert (hub.teacher, hub.data) == ("nferruz/ProtGPT2", "bundled")  # a hub id and the bundled data stay
+
+
+def test_a_space_file_with_a_byte_order_mark_loads(tmp_path):
+    path = tmp_path / "bom.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + yaml.safe_dump(DEMO).encode())
+    assert load_space(path).scales == tuple(DEMO["scales"])
