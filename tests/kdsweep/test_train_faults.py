@@ -23,7 +23,8 @@ from distill.checkpoint import list_checkpoints
 from distill.rundir import CHECKPOINTS_DIR, eval_rows, read_log
 from kdsweep.cli import main
 
-TINY = ["--set", "scale=null", "--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=16",
+# hash split: these runs are about faults, not homology, so they need no `mmseqs`
+TINY = ["--set", "split_method=hash", "--set", "scale=null", "--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=16",
         "--set", "block_size=64", "--set", "batch_size=4", "--set", "micro_batch_size=2",
         "--set", "eval_interval=4", "--set", "val_max_proteins=8", "--set", "final_eval=false"]
 
@@ -74,7 +75,7 @@ def test_restart_flag_starts_a_changed_run_over(tmp_path, char_teacher, small_fa
 def small_disk(tmp_path):
     """Run a shell script with a 450 KiB tmpfs at $DISK, in a private mount namespace."""
     if shutil.which("unshare") is None:
-        pytest.skip("util-linux `unshare` is not installed")
+        pytest.skip("util-linux `unshare` is not installed (apt-get install util-linux)")
 
     def run(script: str) -> subprocess.CompletedProcess:
         disk = tmp_path / "disk"
