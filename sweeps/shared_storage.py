@@ -120,7 +120,8 @@ def check_every_node(check: StorageCheck, log: Callable[[str], None]) -> None:
     bad = [f"{name}: {'; '.join(problems)}" for name, problems in answers.values() if problems]
     if bad:
         raise ConfigError(f"storage is not shared by every node: {' | '.join(bad)}; {HINT}")
-    log(f"storage: {len(nodes)} node(s) see {', '.join(check.folders)}")
+    if len(nodes) > 1:  # an embedded local Ray is one node: nothing worth a console line
+        log(f"storage: {len(nodes)} nodes see {', '.join(check.folders)}")
 
 
 def check_this_node(check: StorageCheck | None) -> None:

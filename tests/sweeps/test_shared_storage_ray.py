@@ -128,7 +128,7 @@ def test_a_node_without_the_storage_is_named_before_any_trial_and_when_it_joins_
     out, err = p.communicate(timeout=600)
     ran_in = time.time() - t0
     assert p.returncode == 0, out[-2000:] + err[-2000:]
-    assert "storage: 2 node(s) see" in out
+    assert "storage: 2 nodes see" in out
     assert not list(store.glob(".kdsweep-node-check-*"))  # sentinels removed at the end
 
     # 3. A blind node joins while a sweep runs: the trial placed on it stops the sweep, naming it.
