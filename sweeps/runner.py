@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Callable
 
 import ray
@@ -27,7 +28,7 @@ from distill.errors import ConfigError
 from distill.splits import SplitSpec
 from distill.train import total_steps
 from sweeps.cache import META_KEY as TEACHER_CACHE_KEY
-from sweeps.cache import ensure_teacher_cache, record_teacher_cache
+from sweeps.cache import cache_root, ensure_teacher_cache, record_teacher_cache
 from sweeps.callbacks import tracker_callbacks, tune_callbacks
 from sweeps.layout import SweepDir, check_sweep_name, git_commit, open_sweep, storage_root
 from sweeps.localray import init_loopback_ray
@@ -35,6 +36,7 @@ from sweeps.preflight import asha_warnings, check_inputs_of_space, check_resourc
 from sweeps.reaper import start_reaper
 from sweeps.scheduler import PerStudyASHA
 from sweeps.searcher import StudySearcher, reconcile_with_tune
+from sweeps.shared_storage import StorageCheck, StorageGuard, check_every_node, plant, raise_if_refused, remove
 from sweeps.space import SearchSpace, dump_space, load_space
 from sweeps.status import sweep_complete
 from sweeps.storage import display, is_sqlite
@@ -78,9 +80,11 @@ def scheduler_for(space: SearchSpace):
                         grace_period=space.search["grace_period"], reduction_factor=space.search["reduction_factor"])
 
 
-def _tuner(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool, callbacks: list):
+def _tuner(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool, callbacks: list,
+           storage_check: StorageCheck):
     executor = EXECUTORS[space.search["executor"]]
-    trainable = tune.with_resources(tune.with_parameters(executor, space=space, sweep_dir=str(sd.root)),
+    trainable = tune.with_resources(tune.with_parameters(executor, space=space, sweep_dir=str(sd.root),
+                                                         storage_check=storage_check),
                                     trial_resources(space))
     if restore:  # Tune runs the callbacks it pickled with the experiment
         return tune.Tuner.restore(str(sd.tune), trainable=trainable, resume_unfinished=True, resume_errored=False)
@@ -97,7 +101,8 @@ def _tuner(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool,
             storage_path=str(sd.root),
             failure_config=tune.FailureConfig(max_failures=space.search["max_failures"]),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=callbacks,
+            callbacks=[*callbacks, guard := StorageGuard(str(sd.root))],
+            stop=guard,
             verbose=0,
         ),
     )
@@ -125,6 +130,7 @@ def run_sweep(space: SearchSpace, *, name: str | None = None, storage: str | Non
     callbacks = tune_callbacks(space, name, title=f"sweep {name}", max_steps=max_steps(space),
                                budgets={s.name: space.search["trials_per_study"] for s in space.studies})
     start_ray(space, address, space.search["storage_url"], log)
+    storage_check = check_shared_storage(space, sd.root.parent, log)
     # Before the sweep folder: an interrupted build leaves no sweep, and the same command resumes it.
     teacher_cache = ensure_teacher_cache(space, sd.root.parent, log)
     sd.root.mkdir(parents=True, exist_ok=True)
@@ -134,7 +140,8 @@ def run_sweep(space: SearchSpace, *, name: str | None = None, storage: str | Non
                    "storage_url": space.search["storage_url"], "executor": space.search["executor"],
                    "source": space.source, "total_trials": space.total_trials, "state": "running",
                    TEACHER_CACHE_KEY: teacher_cache})
-    return _fit(space, sd, sd.storage_url(create=True), restore=False, address=address, log=log, callbacks=callbacks)
+    return _fit(space, sd, sd.storage_url(create=True), restore=False, address=address, log=log, callbacks=callbacks,
+                storage_check=storage_check)
 
 
 def resume_sweep(name: str, *, storage: str | None = None, address: str | None = None, log: Log = print) -> SweepDir:
@@ -150,12 +157,14 @@ def resume_sweep(name: str, *, storage: str | None = None, address: str | None =
     storage_url = sd.storage_url()
     check_inputs_of_space(space, sd.root.parent, check_memory=not _joins_cluster(address))
     start_ray(space, address, sd.meta().get("storage_url"), log)
+    storage_check = check_shared_storage(space, sd.root.parent, log)
     record_teacher_cache(sd, ensure_teacher_cache(space, sd.root.parent, log))  # rebuilt if deleted meanwhile
     orphaned = reconcile_with_tune(space, sd.name, storage_url, {t.trial_id for t in tune_unfinished(sd)})
     if orphaned:
         log(f"{len(orphaned)} trial(s) started after Tune's last snapshot were lost and will be run again: "
             + ", ".join(orphaned))
-    return _fit(space, sd, storage_url, restore=True, address=address, log=log, callbacks=[])
+    return _fit(space, sd, storage_url, restore=True, address=address, log=log, callbacks=[],
+                storage_check=storage_check)
 
 
 def _joins_cluster(address: str | None) -> bool:
@@ -207,16 +216,33 @@ def start_ray(space: SearchSpace, address: str | None, storage_url: str | None, 
             "(postgresql+psycopg://user:password@host:5432/db, pip install 'kdsweep[postgres]')")
 
 
+def check_shared_storage(space: SearchSpace, storage_root: Path, log: Log) -> StorageCheck:
+    """Before any trial: every alive node sees the sweep storage and the cache folder
+    (sweeps/shared_storage.py); the check every trial repeats on its own node."""
+    folders = [storage_root] + ([cache_root(space, storage_root)] if space.cache["enabled"] else [])
+    check = plant(folders)
+    try:
+        check_every_node(check, log)
+    except BaseException:
+        remove(check)
+        raise
+    return check
+
+
 def _fit(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool, address: str | None, log: Log,
-         callbacks: list) -> SweepDir:
+         callbacks: list, storage_check: StorageCheck) -> SweepDir:
     joined = init_ray(address, log)  # already started by start_ray: returns the address it joined
     if joined:  # `kdsweep dashboard` prints the SSH port-forward line to this cluster's head
         sd.write_meta({**sd.meta(), "ray_address": joined})
     log(f"sweep {sd.name}: {len(space.studies)} studies x {space.search['trials_per_study']} trials "
         f"({space.search['executor']} executor) -> {sd.root}")
-    tuner = _tuner(space, sd, storage_url, restore=restore, callbacks=callbacks)
-    with quiet_tune_interrupt(), full_disk_named(sd.root):
-        tuner.fit()
+    tuner = _tuner(space, sd, storage_url, restore=restore, callbacks=callbacks, storage_check=storage_check)
+    try:
+        with quiet_tune_interrupt(), full_disk_named(sd.root):
+            tuner.fit()
+    finally:
+        remove(storage_check)
+    raise_if_refused(sd.root)
     if not sweep_complete(sd):
         # Tune catches Ctrl-C itself: it saves its state and returns as if the sweep had ended.
         raise KeyboardInterrupt

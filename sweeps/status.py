@@ -3,11 +3,14 @@
 Read from the Optuna storage alone (no Ray; states as `sweeps.study` defines them). A
 study's best trial is its completed trial with the lowest objective, the final model's
 val_ppl.
-Orphaned trials (lost to a driver kill before Tune saved them) are not counted.
+Orphaned trials (lost to a driver kill before Tune saved them) are not counted. `restarted`
+counts trials that were handed a checkpoint that was not on disk (a node without the shared
+storage wrote it) and trained again from step 0: they are never counted as resumed.
 """
 
 from __future__ import annotations
 
+from distill.rundir import RESTARTED, read_log
 from sweeps.layout import SweepDir
 from sweeps.study import (
     ATTR_STEP,
@@ -31,12 +34,19 @@ def sweep_status(sd: SweepDir) -> list[dict]:
         rows.append({
             "study": s.name, "scale": s.scale, "arm": s.arm, "planned": space.search["trials_per_study"],
             PENDING: max(0, space.search["trials_per_study"] - len(trials)), **counts,
+            RESTARTED: sum(restarted(sd, t) for t in trials),
             "best_val_ppl": best.value if best else None,
             "best_step": best.user_attrs.get(ATTR_STEP) if best else None,
             "best_trial": best.user_attrs.get(ATTR_TRIAL) if best else None,
             "best_params": best.params if best else {},
         })
     return rows
+
+
+def restarted(sd: SweepDir, trial) -> bool:
+    """Whether the trial's run log records a restart from step 0 in place of a missing checkpoint."""
+    run = trial.user_attrs.get(ATTR_TRIAL)
+    return run is not None and any(r.get("event") == RESTARTED for r in read_log(sd.run_dir(run)))
 
 
 def sweep_complete(sd: SweepDir) -> bool:
@@ -46,7 +56,7 @@ def sweep_complete(sd: SweepDir) -> bool:
 
 def format_status(rows: list[dict]) -> str:
     """A table with one column per trial state, headed by the state's own name (sweeps.study)."""
-    counted = ("planned", PENDING, *TRIAL_STATES)
+    counted = ("planned", PENDING, *TRIAL_STATES, RESTARTED)
     widths = [max(len(c), 4) + 2 for c in counted]
     head = f"{'study':<26}" + "".join(f"{c:>{w}}" for c, w in zip(counted, widths)) + f"{'best val_ppl':>14}  best params"
     lines = [head]

@@ -26,6 +26,7 @@ from distill.rundir import RunLog, finished_run
 from distill.train import run_training
 from sweeps.cache import META_KEY as TEACHER_CACHE_KEY
 from sweeps.layout import SweepDir
+from sweeps.shared_storage import StorageCheck, check_this_node
 from sweeps.space import SearchSpace
 
 NODE_EVENT = "node"
@@ -91,8 +92,9 @@ def _limit_threads(cpus: float) -> None:
     torch.set_num_threads(max(1, int(cpus)))
 
 
-def local_trial(config: dict, *, space: SearchSpace, sweep_dir: str) -> None:
+def local_trial(config: dict, *, space: SearchSpace, sweep_dir: str, storage_check: StorageCheck | None = None) -> None:
     """Tune function: train in this process, report through `ray.tune.report`."""
+    check_this_node(storage_check)  # first: a node without the shared storage must not write a thing
     _limit_threads(space.resources["cpus_per_worker"])
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = trial_train_config(space, config, sweep_dir, trial_id)
@@ -109,6 +111,7 @@ def local_trial(config: dict, *, space: SearchSpace, sweep_dir: str) -> None:
 
 def _train_worker(loop_config: dict) -> None:
     """Ray Train worker: every rank runs the loop; DDP is set up by TorchTrainer."""
+    check_this_node(loop_config["storage_check"])  # each rank: workers may sit on other nodes than the trial
     _limit_threads(loop_config["cpus"])
     cfg = config_from_dict(loop_config["cfg"])
     if ray.train.get_context().get_world_rank() == 0:
@@ -121,11 +124,13 @@ def _train_worker(loop_config: dict) -> None:
         run_training(cfg, report=report, resume_from=resume_from, log=lambda _: None)
 
 
-def ray_train_trial(config: dict, *, space: SearchSpace, sweep_dir: str) -> None:
+def ray_train_trial(config: dict, *, space: SearchSpace, sweep_dir: str,
+                    storage_check: StorageCheck | None = None) -> None:
     """Tune function: build and fit a TorchTrainer (Train V2) for this trial."""
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    check_this_node(storage_check)
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = trial_train_config(space, config, sweep_dir, trial_id)
     if _already_ended(cfg):  # before Train's ~15 s start-up
@@ -134,7 +139,7 @@ def ray_train_trial(config: dict, *, space: SearchSpace, sweep_dir: str) -> None
     gpus = float(res["gpus_per_worker"])
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"cfg": cfg.to_dict(), "cpus": res["cpus_per_worker"]},
+        train_loop_config={"cfg": cfg.to_dict(), "cpus": res["cpus_per_worker"], "storage_check": storage_check},
         scaling_config=ray.train.ScalingConfig(num_workers=res["workers"], use_gpu=gpus > 0,
                                                resources_per_worker=worker_resources(space)),
         torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),

