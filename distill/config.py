@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ LossImpl = Literal["fused", "logits"]
 _SPLIT = SplitSpec()  # the split defaults live with the split
 # Integers beyond 2**53 are not exact as JSON numbers or floats, and overflow numpy and torch.
 MAX_CONFIG_INT = 2**53
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]+")
 SEED_LIMIT = 2**32
 
 
@@ -153,9 +155,11 @@ def did_you_mean(key: Any, allowed, aliases: Mapping[str, str] | None = None) ->
 
 
 def shown_key(key: Any) -> str:
-    """A key as a message names it: as written, cut at 100 characters."""
-    text = str(key)
-    return text if len(text) <= 100 else text[:97] + "..."
+    """A key as a message names it: as written when it is a plain name (letters, digits, _ . -; cut
+    at 100 characters), else quoted with escapes (an empty key, a space, a colon, a \r)."""
+    if not isinstance(key, str) or not _PLAIN_KEY.fullmatch(key):
+        return shown(key)
+    return key if len(key) <= 100 else key[:97] + "..."
 
 
 def _allowed(tp: Any) -> str:
