@@ -65,7 +65,7 @@ def full_disk(line: str, where: str) -> DiskFull | None:
         return None
     path = m.group("path") or m.group("ours") or where
     return DiskFull(path, f"trials of this sweep fail writing there ({line[:200]}); free space, then continue "
-                          "with `kdsweep sweep resume`")
+                          "with `kdsweep sweep resume` (replicates: `sweep replicate` again)")
 
 
 class FailFast(Callback):
@@ -94,4 +94,4 @@ class FailFast(Callback):
             raise TrialsFailing(
                 f"the first {self.first} trial attempts of sweep {self.sweep!r} all failed the same way, so the "
                 f"rest would too; stopped. The error: {line[:300]} (in full: {trial.error_file}). Fix its cause, "
-                f"then continue with `kdsweep sweep resume {self.sweep}`")
+                f"then continue with `kdsweep sweep resume {self.sweep}` (replicates: `sweep replicate` again)")
