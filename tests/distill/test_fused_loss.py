@@ -10,7 +10,7 @@ from torch.utils._pytree import tree_leaves
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from distill.fused_loss import (
-    FUSED_CHUNK_ELEMENTS,
+    CPU_CHUNK_ELEMENTS,
     fused_kd_loss,
     fused_kd_loss_terms,
     teacher_entropy_from_hidden,
@@ -318,7 +318,7 @@ def test_nothing_logits_sized_is_allocated():
 
 
 def test_default_chunk_rows():
-    assert FUSED_CHUNK_ELEMENTS // PROTGPT2_VOCAB == 83  # the figure the docstring gives
+    assert CPU_CHUNK_ELEMENTS // PROTGPT2_VOCAB == 83  # the figure the docstring gives
     vocab = 2**16  # default chunk: 2**22 // 2**16 = 64 rows
     batch = random_batch(2, 101, vocab, d_s=4, d_t=6, seed=19)
     hidden = batch[0].clone().requires_grad_(True)
