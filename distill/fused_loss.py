@@ -114,9 +114,11 @@ from distill.loss import (
     validate_options,
 )
 
-# Elements (rows * V) per chunk on the CPU when chunk_rows is not given, measured
-# (docs/benchmarks.md, "fused loss chunk size"; benchmarks/fused_chunks.py).
-CPU_CHUNK_ELEMENTS = 2**22
+# On the CPU, elements (rows * V) per chunk and per block of its elementwise math when
+# chunk_rows / block_rows are not given, measured (docs/benchmarks.md, "fused loss chunk
+# size"; benchmarks/fused_chunks.py).
+CPU_CHUNK_ELEMENTS = 2**25
+CPU_BLOCK_ELEMENTS = 2**22
 # On CUDA: the chunk's fp32 temporaries may take this share of the device's memory ...
 CUDA_CHUNK_BUDGET = 1 / 32
 # ... counted as this many (rows, V) fp32 tensors (the module docstring's peak) ...
@@ -124,6 +126,16 @@ CHUNK_TEMPORARIES = 8
 # ... and a chunk has at least this many rows (Liger-Kernel's JSD uses 1024).
 CUDA_MIN_CHUNK_ROWS = 1024
 CALLER = "fused_kd_loss"
+
+
+def default_block_rows(vocab: int, device: torch.device, chunk_rows: int) -> int:
+    """Positions of a chunk's elementwise math at a time when ``block_rows`` is None: the
+    whole chunk on CUDA (each block is a round of kernel launches), the measured
+    ``CPU_BLOCK_ELEMENTS // V`` elsewhere (temporaries glibc reuses instead of mapping
+    and page-faulting them afresh, and that stay nearer the caches)."""
+    if device.type == "cuda":
+        return chunk_rows
+    return max(1, min(chunk_rows, CPU_BLOCK_ELEMENTS // vocab))
 
 
 def default_chunk_rows(vocab: int, device: torch.device) -> int:
@@ -149,6 +161,7 @@ def fused_kd_loss(
     smoothing: float | None,
     weight_norm: str = "mask",
     chunk_rows: int | None = None,
+    block_rows: int | None = None,
     teacher_entropy: torch.Tensor | None = None,
     student_head_bias: torch.Tensor | None = None,
     teacher_head_bias: torch.Tensor | None = None,
@@ -160,7 +173,7 @@ def fused_kd_loss(
     return fused_kd_loss_terms(
         student_hidden, student_head, teacher_hidden, teacher_head, labels,
         temperature=temperature, alpha=alpha, uncertainty=uncertainty, smoothing=smoothing,
-        weight_norm=weight_norm, chunk_rows=chunk_rows, teacher_entropy=teacher_entropy,
+        weight_norm=weight_norm, chunk_rows=chunk_rows, block_rows=block_rows, teacher_entropy=teacher_entropy,
         student_head_bias=student_head_bias, teacher_head_bias=teacher_head_bias,
     ).loss
 
@@ -178,6 +191,7 @@ def fused_kd_loss_terms(
     smoothing: float | None,
     weight_norm: str = "mask",
     chunk_rows: int | None = None,
+    block_rows: int | None = None,
     teacher_entropy: torch.Tensor | None = None,
     student_head_bias: torch.Tensor | None = None,
     teacher_head_bias: torch.Tensor | None = None,
@@ -194,7 +208,10 @@ def fused_kd_loss_terms(
         teacher_head: (V, d_t) the teacher's LM-head weight; no gradient.
         labels: (B, L) integer token ids, -100 where ignored.
         temperature, alpha, uncertainty, smoothing, weight_norm: as in ``kd_loss_terms``.
-        chunk_rows: positions per chunk; default ``default_chunk_rows(V, device)``.
+        chunk_rows: positions per chunk (the logits' matmuls); default
+            ``default_chunk_rows(V, device)``.
+        block_rows: positions at a time of a chunk's elementwise math; default
+            ``default_block_rows(V, device, chunk_rows)``.
         teacher_entropy: (B, L - 1) entropy of softmax(t) at tau = 1 per SHIFTED
             position (``teacher_entropy_from_hidden``), e.g. precomputed by a teacher
             cache; without it the walk computes it from its own teacher logits.
@@ -211,6 +228,8 @@ def fused_kd_loss_terms(
     vocab = student_head.shape[0]
     validate_options(labels, vocab, temperature, alpha, smoothing, weight_norm, chunk_rows,
                      caller=CALLER)
+    if block_rows is not None and block_rows < 1:
+        raise ValueError(f"{CALLER}: block_rows must be >= 1 or None, got {block_rows}")
     if chunk_rows is None:
         chunk_rows = default_chunk_rows(vocab, student_hidden.device)
     targets = labels[:, 1:]  # (B, L'): position i predicts token i + 1
@@ -243,8 +262,10 @@ def fused_kd_loss_terms(
     student_mm = matmul_dtype(student_hidden, student_head, student_head_bias)
     teacher_mm = matmul_dtype(teacher_hidden, teacher_head, teacher_head_bias)
     walk = _Walk(teacher_hidden, teacher_head, teacher_head_bias, targets, mask, weights,
-                 entropy_in_walk, weight_norm, n_valid, soft_norm, temperature, alpha, smoothing,
-                 chunk_rows, student_mm, teacher_mm, dtype)
+                 entropy_in_walk, weight_norm, n_valid, n_valid == mask.numel(), soft_norm,
+                 temperature, alpha, smoothing,
+                 chunk_rows, block_rows or default_block_rows(vocab, student_hidden.device, chunk_rows),
+                 student_mm, teacher_mm, dtype)
     if needs_grad:
         loss, hard, soft, mean_weight = _FusedKD.apply(*student_inputs, walk)
     else:  # evaluation: no gradient buffers
@@ -297,7 +318,9 @@ def teacher_entropy_from_hidden(
     with torch.no_grad(), _autocast_off(teacher_hidden):
         head = _Head.cast(teacher_head, teacher_head_bias, mm_dtype)
         for rows in chunks(batch, length, chunk_rows):
-            entropy[rows] = logits_entropy(head.logits(shifted[rows], dtype))
+            block = shifted[rows]  # (b, l, d_t); flattened as the loss's walk does (the same logits)
+            entropy[rows] = logits_entropy(head.logits(block.reshape(-1, block.shape[-1]), dtype)).view(
+                block.shape[:2])
     return entropy
 
 
@@ -323,7 +346,7 @@ class _Head(NamedTuple):
         return cls(weight.to(dtype), None if bias is None else bias.to(dtype))
 
     def logits(self, hidden: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """(b, l, d) hidden states -> (b, l, V) logits in ``dtype``; the matmul-dtype
+        """(..., d) hidden states -> (..., V) logits in ``dtype``; the matmul-dtype
         product dies within the statement when a cast is needed."""
         return F.linear(hidden.to(self.weight.dtype), self.weight, self.bias).to(dtype)
 
@@ -340,11 +363,13 @@ class _Walk(NamedTuple):
     entropy_in_walk: bool  # uncertainty weights from entropies the walk computes
     weight_norm: str
     n_valid: int  # mask.sum()
+    all_valid: bool  # n_valid == B * L': no row to mask
     soft_norm: torch.Tensor | float | None  # denominator of the soft term; None: after the walk
     temperature: float
     alpha: float
     smoothing: float | None
     chunk_rows: int
+    block_rows: int  # rows of the elementwise math at a time, within a chunk
     student_mm: torch.dtype  # matmul dtypes (precision contract)
     teacher_mm: torch.dtype
     dtype: torch.dtype  # compute dtype: fp32, or fp64
@@ -365,10 +390,11 @@ class _Grads(NamedTuple):
     bias: torch.Tensor | None
 
     def add_chunk(self, rows, g: torch.Tensor, h: torch.Tensor, weight: torch.Tensor) -> None:
-        """Add one chunk: ``g`` (b, l, V) dloss/dlogits in the compute dtype (overwritten),
-        ``h`` (b, l, d_s) hidden states and ``weight`` (V, d_s) in the matmul dtype."""
+        """Add one chunk, positions ``rows`` (a (b, l) block of the shifted positions) flattened:
+        ``g`` (b * l, V) dloss/dlogits in the compute dtype (overwritten), ``h`` (b * l, d_s)
+        hidden states and ``weight`` (V, d_s) in the matmul dtype."""
         if self.bias is not None:
-            self.bias.add_(g.flatten(0, 1).sum(0))
+            self.bias.add_(g.sum(0))
         scale = None
         if g.dtype != h.dtype:
             # Low-precision matmuls. Entries of g are ~probability / n_valid, mostly
@@ -377,12 +403,12 @@ class _Grads(NamedTuple):
             # the matmuls. (bf16 has fp32's exponent range; there it changes nothing.)
             _, exponent = torch.frexp(g.abs().amax())
             scale = torch.ldexp(g.new_ones(()), exponent)
-            g = g.div_(scale).to(h.dtype)  # (b, l, V)
+            g = g.div_(scale).to(h.dtype)  # (b * l, V)
         if self.hidden is not None:
-            grad = g @ weight  # (b, l, d_s)
-            self.hidden[:, :-1][rows] = grad if scale is None else grad.to(scale.dtype) * scale
+            grad = g @ weight  # (b * l, d_s)
+            target = self.hidden[:, :-1][rows]  # (b, l, d_s), a view
+            target.copy_((grad if scale is None else grad.to(scale.dtype) * scale).view(target.shape))
         if self.weight is not None:
-            g, h = g.flatten(0, 1), h.flatten(0, 1)  # (b * l, V), (b * l, d_s)
             if scale is None:
                 self.weight.addmm_(g.T, h)  # no (V, d_s) product tensor
             else:  # a low-precision (V, d_s) product, accumulated in fp32
@@ -476,34 +502,47 @@ def _chunk(
     grads: _Grads | None,
     soft_grads: _Grads | None,
 ) -> None:
-    """One chunk: logits from hidden states, ``row_terms``, the gradient matmuls.
-    A function of its own so that the chunk's (b, l, V) tensors are freed on return."""
-    valid = walk.mask[rows]
-    terms = row_terms(student.logits(h, walk.dtype), teacher.logits(th, walk.dtype),
-                      walk.targets[rows], valid, walk.temperature, walk.smoothing,
-                      entropy=walk.entropy_in_walk, grads=grads is not None)
-    out.ce[rows], out.kl[rows] = terms.ce, terms.kl
-    if terms.entropy is not None:
-        out.entropy[rows] = terms.entropy
-    if grads is None:
-        return
-    # The chunk holds whole sequences when the walk makes the entropies (with gradients).
-    weights = uncertainty_weights(terms.entropy, valid) if walk.entropy_in_walk else (
-        None if walk.weights is None else walk.weights[rows])
-    if soft_grads is None:  # every coefficient known in the chunk
-        g = chunk_gradient(terms, valid, weights, walk.n_valid, walk.soft_norm,
-                           walk.temperature, walk.alpha)
-        grads.add_chunk(rows, g, h, student.weight)
-        return
-    # norm unknown: the hard part now, the soft part (times w, not yet / norm) apart.
-    invalid = ~valid.unsqueeze(-1)
-    hard = terms.hard.mul_(walk.alpha / walk.n_valid).masked_fill_(invalid, 0.0)
-    soft_coef = ((1.0 - walk.alpha) * walk.temperature * weights).unsqueeze(-1)  # (b, l, 1)
-    soft = terms.soft.mul_(soft_coef).masked_fill_(invalid, 0.0)
-    del terms
-    grads.add_chunk(rows, hard, h, student.weight)
-    del hard
-    soft_grads.add_chunk(rows, soft, h, student.weight)
+    """One chunk, its positions flattened to n = b * l rows: both logits (n, V) from the
+    hidden states (large matmuls), then the elementwise math in blocks of
+    ``walk.block_rows`` rows (small temporaries), each block's gradient written over its
+    own rows of the logits, then the gradient matmuls over the whole chunk. A function of
+    its own so that the chunk's (n, V) tensors are freed on return."""
+    h = h.reshape(-1, h.shape[-1])  # (n, d_s)
+    s = student.logits(h, walk.dtype)  # (n, V)
+    t = teacher.logits(th.reshape(-1, th.shape[-1]), walk.dtype)  # (n, V)
+    n = s.shape[0]
+    valid, targets = walk.mask[rows].reshape(n), walk.targets[rows].reshape(n)
+    ce, kl = out.ce[rows].view(n), out.kl[rows].view(n)  # views: a chunk's rows are contiguous
+    blocks = [slice(i, i + walk.block_rows) for i in range(0, n, walk.block_rows)]
+    weights = None if walk.weights is None else walk.weights[rows].reshape(n)
+    if walk.entropy_in_walk:
+        # From the teacher logits the chunk holds, before any row's gradient: a row's weight
+        # needs its whole sequence's entropies, and with gradients the chunk holds whole sequences.
+        entropy = out.entropy[rows].view(n)
+        for blk in blocks:
+            entropy[blk] = logits_entropy(t[blk])
+        if grads is not None:
+            weights = uncertainty_weights(out.entropy[rows], walk.mask[rows]).reshape(n)
+    for blk in blocks:
+        terms = row_terms(s[blk], t[blk], targets[blk], valid[blk], walk.temperature,
+                          walk.smoothing, entropy=False, grads=grads is not None)
+        ce[blk], kl[blk] = terms.ce, terms.kl
+        if grads is None:
+            continue
+        w = None if weights is None else weights[blk]
+        if soft_grads is None:  # every coefficient known in the chunk: written over s's rows
+            chunk_gradient(terms, valid[blk], w, walk.n_valid, walk.soft_norm, walk.temperature,
+                           walk.alpha, out=s[blk], all_valid=walk.all_valid)
+        else:  # norm unknown: the hard part in s, the soft part (times w, not yet / norm) in t
+            invalid = ~valid[blk].unsqueeze(-1)
+            torch.mul(terms.hard, walk.alpha / walk.n_valid, out=s[blk]).masked_fill_(invalid, 0.0)
+            torch.mul(terms.soft, ((1.0 - walk.alpha) * walk.temperature * w).unsqueeze(-1),
+                      out=t[blk]).masked_fill_(invalid, 0.0)
+        del terms
+    if grads is not None:
+        grads.add_chunk(rows, s, h, student.weight)
+        if soft_grads is not None:
+            soft_grads.add_chunk(rows, t, h, student.weight)
 
 
 def _autocast_off(like: torch.Tensor) -> torch.autocast:

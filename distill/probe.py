@@ -29,6 +29,9 @@ class HeldTeacher:
         self.batch = batch._replace(entropy=ent)
         self.config = live.config
 
+    def prefetch(self, blocks_list: list[torch.Tensor]) -> None:
+        """Nothing to read: the batch is held."""
+
     def train_batch(self, blocks: torch.Tensor, ids: torch.Tensor) -> TeacherBatch:
         return self.batch
 

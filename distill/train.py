@@ -152,14 +152,16 @@ def run_training(
     # Running sums of (loss, hard, soft) per optimizer step, kept on the device: the host reads
     # them only at evaluation, so the step itself never waits for the device.
     window, window_steps = torch.zeros(3, dtype=torch.float64, device=rt.device), 0
+    def step_blocks(step: int) -> list[torch.Tensor]:  # this rank's (b,) blocks per micro-batch
+        return [order.indices(step, cfg.batch_size, rt.rank, rt.world_size, micro, cfg.micro_batch_size)
+                for micro in range(accum)]
+
     for step in range(start_step, steps):
-        batches = []
-        for micro in range(accum):
-            idx = order.indices(step, cfg.batch_size, rt.rank, rt.world_size, micro, cfg.micro_batch_size)
-            batches.append((idx, data.train_blocks[idx].to(rt.device)))  # (b,) blocks, (b, T) ids = labels
+        batches = [(idx, data.train_blocks[idx].to(rt.device)) for idx in step_blocks(step)]  # (b,), (b, T) ids = labels
         result = optimizer_step(model, student, teacher, batches, loss=loss_settings, rt=rt, optimizer=optimizer,
                                 scheduler=scheduler, scaler=scaler, grad_clip=cfg.grad_clip,
-                                poison=cfg.inject_nan_at_step == step)
+                                poison=cfg.inject_nan_at_step == step,
+                                prefetch=step_blocks(step + 1) if step + 1 < steps else [])
         if result.grad_norm is None:
             # method §4: a non-finite loss ends the run, before its gradients reach the weights.
             return _diverged(runlog, report, run_dir, step, best, log)
