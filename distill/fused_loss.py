@@ -138,14 +138,17 @@ def default_block_rows(vocab: int, device: torch.device, chunk_rows: int) -> int
     return max(1, min(chunk_rows, CPU_BLOCK_ELEMENTS // vocab))
 
 
-def default_chunk_rows(vocab: int, device: torch.device) -> int:
-    """Positions per chunk when ``chunk_rows`` is None: on CUDA ``CHUNK_TEMPORARIES`` fp32
-    (rows, V) tensors within ``CUDA_CHUNK_BUDGET`` of the device's memory and at least
-    ``CUDA_MIN_CHUNK_ROWS``; elsewhere the measured ``CPU_CHUNK_ELEMENTS // V``."""
+def default_chunk_rows(vocab: int, device: torch.device, length: int) -> int:
+    """Positions per chunk when ``chunk_rows`` is None, for sequences of ``length`` scored
+    positions (L - 1): on CUDA ``CHUNK_TEMPORARIES`` fp32 (rows, V) tensors within
+    ``CUDA_CHUNK_BUDGET`` of the device's memory and at least ``CUDA_MIN_CHUNK_ROWS``;
+    elsewhere the measured ``CPU_CHUNK_ELEMENTS // V`` and at least one whole sequence (the
+    CPU's chunk holds only its two logits at that size, its math runs in blocks), so that
+    uncertainty weights come from the walk's own teacher logits."""
     if device.type == "cuda":
         budget = torch.cuda.get_device_properties(device).total_memory * CUDA_CHUNK_BUDGET
         return max(CUDA_MIN_CHUNK_ROWS, int(budget) // (CHUNK_TEMPORARIES * 4 * vocab))
-    return max(1, CPU_CHUNK_ELEMENTS // vocab)
+    return max(CPU_CHUNK_ELEMENTS // vocab, length)
 
 
 def fused_kd_loss(
@@ -209,7 +212,7 @@ def fused_kd_loss_terms(
         labels: (B, L) integer token ids, -100 where ignored.
         temperature, alpha, uncertainty, smoothing, weight_norm: as in ``kd_loss_terms``.
         chunk_rows: positions per chunk (the logits' matmuls); default
-            ``default_chunk_rows(V, device)``.
+            ``default_chunk_rows(V, device, L - 1)``.
         block_rows: positions at a time of a chunk's elementwise math; default
             ``default_block_rows(V, device, chunk_rows)``.
         teacher_entropy: (B, L - 1) entropy of softmax(t) at tau = 1 per SHIFTED
@@ -231,7 +234,7 @@ def fused_kd_loss_terms(
     if block_rows is not None and block_rows < 1:
         raise ValueError(f"{CALLER}: block_rows must be >= 1 or None, got {block_rows}")
     if chunk_rows is None:
-        chunk_rows = default_chunk_rows(vocab, student_hidden.device)
+        chunk_rows = default_chunk_rows(vocab, student_hidden.device, labels.shape[1] - 1)
     targets = labels[:, 1:]  # (B, L'): position i predicts token i + 1
     mask = targets != IGNORE_INDEX  # (B, L')
     n_valid = count_valid(mask, labels, caller=CALLER)
@@ -309,7 +312,7 @@ def teacher_entropy_from_hidden(
                          f"not match: hidden shape {tuple(teacher_hidden.shape)}, head shape "
                          f"{tuple(teacher_head.shape)}")
     if chunk_rows is None:
-        chunk_rows = default_chunk_rows(teacher_head.shape[0], teacher_hidden.device)
+        chunk_rows = default_chunk_rows(teacher_head.shape[0], teacher_hidden.device, teacher_hidden.shape[1] - 1)
     dtype = compute_dtype(teacher_hidden, teacher_head)
     mm_dtype = matmul_dtype(teacher_hidden, teacher_head, teacher_head_bias)
     shifted = teacher_hidden[:, :-1]  # (B, L', d_t), a view
