@@ -57,19 +57,28 @@ them) every w and norm is known before the walk. Otherwise (``_entropy_plan``):
 * Without gradients (evaluation) the walk keeps each row's unweighted KL and weights
   it after the walk: one teacher-head pass in every case.
 
-Chunk size and memory
----------------------
-Each chunk's student and teacher logits (rows, V) are made from the hidden states,
-used and freed before the next chunk; nothing of shape (B, L, V) is allocated.
-Peak memory above the inputs is the fp32 gradients (B, L, d_s) + (V, d_s) (+ V) and
-about ``CHUNK_TEMPORARIES`` chunk-sized fp32 temporaries (both chunks' logits, the soft
-targets, the student's two log-softmaxes, the gradient parts; under autocast also a
-low-precision copy of a gradient part and a low-precision (V, d_s) product); with
-the weight-norm split (above) a second set of gradients (B, L, d_s) + (V, d_s). ``chunk_rows=None`` picks
-the chunk per device (``default_chunk_rows``): on CUDA from a memory budget
-(``CUDA_CHUNK_BUDGET`` of the device's memory, at least ``CUDA_MIN_CHUNK_ROWS`` rows:
-few large kernels instead of thousands of small launches), on the CPU from the
-measured table ``CPU_CHUNK_ELEMENTS`` (docs/benchmarks.md, "fused loss chunk size").
+Chunks, blocks and memory
+-------------------------
+A chunk is ``chunk_rows`` positions whose student and teacher logits (rows, V) are made
+from the hidden states by two large matmuls; its elementwise math (softmaxes, KL, CE,
+the gradient) then runs ``block_rows`` rows at a time, each block's gradient written
+over its own rows of the student logits (and, in the weight-norm split, the soft part
+over the teacher's); then the gradient matmuls take the whole chunk. Everything is
+freed before the next chunk; nothing of shape (B, L, V) is allocated. Peak memory above
+the inputs is the fp32 gradients (B, L, d_s) + (V, d_s) (+ V), the chunk's two logits
+and about six block-sized fp32 temporaries (the soft targets, the student's two
+log-softmaxes, the gradient parts, one transient; under autocast also a low-precision
+copy of the chunk's gradient and a low-precision (V, d_s) product); with the weight-norm
+split (above) a second set of gradients (B, L, d_s) + (V, d_s).
+
+``chunk_rows=None`` picks the chunk per device (``default_chunk_rows``): on CUDA from a
+memory budget (``CUDA_CHUNK_BUDGET`` of the device's memory for ``CHUNK_TEMPORARIES``
+chunk-sized tensors, at least ``CUDA_MIN_CHUNK_ROWS`` rows: few large kernels instead of
+thousands of small launches), with blocks the size of the chunk; on the CPU from the
+measured ``CPU_CHUNK_ELEMENTS`` and ``CPU_BLOCK_ELEMENTS`` (docs/benchmarks.md, "fused
+loss chunk size"): large matmuls, and block temporaries under glibc's 32 MiB mmap
+threshold that the heap reuses, where chunk-sized ones would be mapped and page-faulted
+afresh by each op.
 
 Precision contract
 ------------------
@@ -121,7 +130,7 @@ CPU_CHUNK_ELEMENTS = 2**25
 CPU_BLOCK_ELEMENTS = 2**22
 # On CUDA: the chunk's fp32 temporaries may take this share of the device's memory ...
 CUDA_CHUNK_BUDGET = 1 / 32
-# ... counted as this many (rows, V) fp32 tensors (the module docstring's peak) ...
+# ... counted as this many (rows, V) fp32 tensors (the module docstring's peak, blocks = chunk) ...
 CHUNK_TEMPORARIES = 8
 # ... and a chunk has at least this many rows (Liger-Kernel's JSD uses 1024).
 CUDA_MIN_CHUNK_ROWS = 1024

@@ -152,12 +152,15 @@ def run_training(
     # Running sums of (loss, hard, soft) per optimizer step, kept on the device: the host reads
     # them only at evaluation, so the step itself never waits for the device.
     window, window_steps = torch.zeros(3, dtype=torch.float64, device=rt.device), 0
-    def step_blocks(step: int) -> list[torch.Tensor]:  # this rank's (b,) blocks per micro-batch
+
+    def step_blocks(step: int) -> list[torch.Tensor]:
+        """This rank's (b,) pool blocks of each micro-batch of `step`."""
         return [order.indices(step, cfg.batch_size, rt.rank, rt.world_size, micro, cfg.micro_batch_size)
                 for micro in range(accum)]
 
     for step in range(start_step, steps):
-        batches = [(idx, data.train_blocks[idx].to(rt.device)) for idx in step_blocks(step)]  # (b,), (b, T) ids = labels
+        # (b,) blocks, (b, T) ids = labels; a teacher cache reads the next step's blocks during this one.
+        batches = [(idx, data.train_blocks[idx].to(rt.device)) for idx in step_blocks(step)]
         result = optimizer_step(model, student, teacher, batches, loss=loss_settings, rt=rt, optimizer=optimizer,
                                 scheduler=scheduler, scaler=scaler, grad_clip=cfg.grad_clip,
                                 poison=cfg.inject_nan_at_step == step,

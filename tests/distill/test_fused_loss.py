@@ -10,7 +10,9 @@ from torch.utils._pytree import tree_leaves
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from distill.fused_loss import (
-    CPU_CHUNK_ELEMENTS,
+    CUDA_MIN_CHUNK_ROWS,
+    default_block_rows,
+    default_chunk_rows,
     fused_kd_loss,
     fused_kd_loss_terms,
     teacher_entropy_from_hidden,
@@ -392,14 +394,59 @@ def test_nothing_logits_sized_is_allocated():
     assert materialized.numel == 3 * 20 * vocab
 
 
-def test_default_chunk_rows():
-    assert CPU_CHUNK_ELEMENTS // PROTGPT2_VOCAB == 83  # the figure the docstring gives
-    vocab = 2**16  # default chunk: 2**22 // 2**16 = 64 rows
-    batch = random_batch(2, 101, vocab, d_s=4, d_t=6, seed=19)
+class TensorSizes(TorchDispatchMode):
+    """Records the number of elements of every tensor an op produces."""
+
+    def __init__(self):
+        super().__init__()
+        self.numels = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.numels += [leaf.numel() for leaf in tree_leaves(out) if isinstance(leaf, torch.Tensor)]
+        return out
+
+
+def test_default_chunk_and_blocks_on_the_cpu():
+    """On the CPU the default chunk is 2**25 // V rows and at least one whole sequence (so the
+    uncertainty arms make their entropies in the walk), its elementwise math blocks of
+    2**22 // V rows: only the chunk's two logits are chunk-sized."""
+    cpu = torch.device("cpu")
+    assert default_chunk_rows(PROTGPT2_VOCAB, cpu, 511) == 667  # one sequence of ProtGPT2's L = 512
+    assert default_chunk_rows(PROTGPT2_VOCAB, cpu, 1023) == 1023  # a longer sequence: still whole
+    assert default_block_rows(PROTGPT2_VOCAB, cpu, 667) == 83  # 16.8 MB fp32 temporaries
+    vocab = 2**16  # chunk 512 rows: all three sequences of 100 positions; blocks of 64 rows
+    batch = random_batch(3, 101, vocab, d_s=4, d_t=6, seed=19)
     hidden = batch[0].clone().requires_grad_(True)
-    with LargestTensor() as largest:
+    with TensorSizes() as sizes:
         fused_kd_loss(hidden, *batch[1:], **arm_kwargs("both")).backward()
-    assert largest.numel == 64 * vocab
+    assert sizes.numels.count(300 * vocab) == 2  # the student's and the teacher's logits
+    assert max(n for n in sizes.numels if n != 300 * vocab) == 64 * vocab
+
+
+def test_default_chunk_on_cuda_by_memory_budget(monkeypatch):
+    """On CUDA: CHUNK_TEMPORARIES fp32 (rows, V) tensors in 1/32 of the device's memory, at least
+    1024 rows, blocks as large as the chunk (each block is a round of kernel launches)."""
+    props = type("Props", (), {"total_memory": 141 * 10**9})  # an H200
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    cuda = torch.device("cuda")
+    rows = default_chunk_rows(PROTGPT2_VOCAB, cuda, 511)
+    assert rows == 141 * 10**9 // 32 // (8 * 4 * PROTGPT2_VOCAB) == 2739
+    assert default_block_rows(PROTGPT2_VOCAB, cuda, rows) == rows
+    props.total_memory = 16 * 10**9  # a 16 GB card: the floor
+    assert default_chunk_rows(PROTGPT2_VOCAB, cuda, 511) == CUDA_MIN_CHUNK_ROWS == 1024
+
+
+@pytest.mark.parametrize("arm,weight_norm", [("both", "mask"), ("uncertainty", "weight"), ("calibration", "mask")])
+def test_blocks_change_nothing_but_rounding(arm, weight_norm):
+    """Blocks of the elementwise math (1 row, ragged, the whole chunk) give the loss and gradients of
+    kd_loss; the weight-norm split (d_s = 4 <= d_t / 2) included."""
+    batch = random_batch(3, 10, 23, d_s=4, d_t=10, seed=43, masked_rows=(2,))
+    kwargs = arm_kwargs(arm, weight_norm=weight_norm)
+    expected = logits_grads(kd_loss, *batch, **kwargs)
+    for chunk_rows, block_rows in ((18, 1), (18, 5), (9, 4), (27, None)):
+        assert_same(fused_grads(*batch, chunk_rows=chunk_rows, block_rows=block_rows, **kwargs), expected,
+                    rtol=1e-5)
 
 
 @pytest.mark.parametrize("weight_norm", WEIGHT_NORMS)
@@ -649,6 +696,7 @@ def test_error_entropy_helper_shapes():
     ("smoothing", 1.2, "fused_kd_loss: smoothing must be None or in"),
     ("weight_norm", "mean", "fused_kd_loss: weight_norm must be one of"),
     ("chunk_rows", 0, "fused_kd_loss: chunk_rows must be >= 1"),
+    ("block_rows", 0, "fused_kd_loss: block_rows must be >= 1"),
 ])
 def test_error_bad_arguments(name, value, message):
     with pytest.raises(ValueError, match=message):
