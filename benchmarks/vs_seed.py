@@ -23,7 +23,12 @@ on CUDA):
            rounds, its build time printed), read from its memory-mapped shards every step,
            as a sweep's trials read it.
 
-Per variant: tokens/s (B * L / median step wall time), median CPU seconds per step, peak
+Every ``--arms`` (default ``both``; ``all``: baseline, uncertainty, calibration, both) runs
+the three variants in this process. Per variant: tokens/s (B * L / median step wall time),
+its ratio to the study's beside the FLOP bound (the study's matmul FLOPs per token over
+the variant's, distill.probe.step_flops_per_token: 1.0 for the live teacher, which does
+the same matmuls; student training + teacher head only for the cache) and the goals
+(live >= 1.0, cached >= 0.8 of the bound), median CPU seconds per step, peak
 extra memory of a step (above the steady state just before it: RSS with glibc's mmap
 threshold fixed at 1 MiB on CPU, the allocator's peak on CUDA; benchmarks/memory.py; a
 step is timed or measured for memory, never both: the last step of each run is the memory
@@ -33,6 +38,12 @@ B * L = 4096 from the two models' hidden states: the study's two (B, L, V) logit
 loss against the fused loss, forward and backward (gradients wrt the student's hidden states
 and head). Rounds: the three variants run one after the other ``--rounds`` times (so slow
 drift on a shared machine hits them alike); medians over all measured steps.
+
+``--no-memory`` skips the memory step and that comparison (shorter runs); ``--ops`` adds
+one profiled step per variant and prints its ATen op count, the CPU's proxy for kernel
+launches per step. The cached variant names each step's successor's blocks, so its
+reads come from the background read-ahead (distill.teacher_source.BlockPrefetcher), as
+in training. A summary table across arms closes the output.
 
 Ratios are printed against the study; the load average is printed at start and end,
 because on a shared machine wall times move with it (CPU seconds move less).
@@ -49,6 +60,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 from transformers import GPT2Config, GPT2LMHeadModel, PrinterCallback
 from transformers.utils import logging as hf_logging
 
@@ -70,7 +82,7 @@ from distill.models import (  # noqa: E402
     student_sizes,
 )
 from distill.phases import PHASES, PhaseTimer  # noqa: E402
-from distill.probe import forward_flops_per_token, train_flops_per_token  # noqa: E402
+from distill.probe import step_flops_per_token  # noqa: E402
 from distill.runtime import Runtime  # noqa: E402
 from distill.step import LossSettings, Stepper  # noqa: E402
 from distill.teacher_cache import STORAGE_DTYPES  # noqa: E402
@@ -90,7 +102,12 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--students", help="comma-separated scales; default: micro on CPU, tiny,small,medium on CUDA")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--length", type=int, default=512)
-    ap.add_argument("--arm", choices=list(ARMS), default="both")
+    ap.add_argument("--arms", default="both",
+                    help=f"comma-separated arms of {list(ARMS)}, or 'all'; each runs every variant in this process")
+    ap.add_argument("--ops", action="store_true",
+                    help="after the rounds, one more step of each variant under torch.profiler: ATen ops per step")
+    ap.add_argument("--no-memory", action="store_true",
+                    help="timed steps only: no memory step, no loss + heads memory comparison (shorter runs)")
     ap.add_argument("--steps", type=int, default=2, help="measured steps per variant and round")
     ap.add_argument("--warmup", type=int, default=1, help="unmeasured steps per variant and round")
     ap.add_argument("--rounds", type=int, default=2)
@@ -111,6 +128,9 @@ def parse_args() -> argparse.Namespace:
     args.teacher_width = args.teacher_width or (protgpt2.n_embd if cuda else 512)
     args.teacher_heads = args.teacher_heads or (protgpt2.n_head if cuda else 8)
     args.students = (args.students or ("tiny,small,medium" if cuda else "micro")).split(",")
+    args.arms = list(ARMS) if args.arms == "all" else args.arms.split(",")
+    if bad := [a for a in args.arms if a not in ARMS]:
+        ap.error(f"--arms: unknown {bad}; allowed: {list(ARMS)} or 'all'")
     return args
 
 
@@ -125,8 +145,13 @@ def loss_settings(arm: str) -> LossSettings:
 
 
 def n_steps(args) -> int:
-    """Steps of one run: warm-up, timed, then one step measured for peak memory."""
-    return args.warmup + args.steps + 1
+    """Steps of one run: warm-up, timed, then (unless --no-memory) one step measured for peak memory."""
+    return args.warmup + args.steps + (0 if args.no_memory else 1)
+
+
+def memory_steps(args) -> list[int]:
+    """0-based indices of the steps measured for peak memory."""
+    return [] if args.no_memory else [n_steps(args) - 1]
 
 
 def study_tokenizer():
@@ -147,7 +172,7 @@ def run_study(args, teacher, student, blocks, loss: LossSettings, work: Path) ->
         model=student, args=study_arguments(str(work / "study"), batch=len(blocks), steps=n_steps(args),
                                             lr=1e-3, device=device),
         train_dataset=FixedBatch(blocks), processing_class=study_tokenizer(),
-        callbacks=[StepClock(meter, memory_steps=[n_steps(args) - 1])], timer=timer)
+        callbacks=[StepClock(meter, memory_steps=memory_steps(args))], timer=timer)
     trainer.remove_callback(PrinterCallback)  # it prints the Trainer's log lines
     trainer.train()
     return meter
@@ -161,8 +186,8 @@ def run_kdsweep(args, teacher, student, blocks, loss: LossSettings, rt: Runtime)
     x, index = blocks.to(rt.device), torch.arange(len(blocks))
     stepper = Stepper(student, teacher, rt, loss, lr=1e-3)
     for i in range(n_steps(args)):
-        meter.begin(memory=i == n_steps(args) - 1)
-        stepper.step(index, x, timer)
+        meter.begin(memory=i in memory_steps(args))
+        stepper.step(index, x, timer, next_blocks=index)  # the next step reads the same blocks, ahead
         meter.end(rest="optimizer")
     return meter
 
@@ -202,11 +227,6 @@ def loss_and_heads_memory(args, teacher: LiveTeacher, student, blocks, loss: Los
     return peaks
 
 
-def flops_per_token(student, teacher, length: int, live: bool) -> float:
-    """Model FLOPs per trained token: the student's training, plus a live teacher's forward."""
-    return train_flops_per_token(student, length) + (forward_flops_per_token(teacher, length) if live else 0.0)
-
-
 def largest_batch(fn, limit: int) -> int:
     """Largest power of two <= limit for which ``fn(batch)`` runs without CUDA OOM (0 if none)."""
     best, batch = 0, 1
@@ -232,12 +252,14 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     mmap_fixed = device.type == "cpu" and allocator_for(memory=False)
     rt = Runtime(device, "bf16" if device.type == "cuda" else "fp32")
-    loss = loss_settings(args.arm)
+    probe = loss_settings(args.arms[0])
     work = Path(tempfile.mkdtemp(prefix="kdsweep-vs-seed-"))
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     print(f"torch {torch.__version__}, device {gpu or 'cpu'}, threads {torch.get_num_threads()}, "
-          f"{rt.precision}, arm {args.arm} (tau {loss.temperature}, alpha {loss.alpha}, lambda {loss.smoothing})"
-          + (", glibc mmap threshold 32 MiB for timed steps, 1 MiB (heap trimmed) for memory" if mmap_fixed else ""))
+          f"{rt.precision}, arms {', '.join(args.arms)} (tau {probe.temperature}, alpha {probe.alpha}, lambda 0.1 "
+          "where smoothing is on)"
+          + (", glibc mmap threshold 32 MiB for timed steps" if mmap_fixed else "")
+          + (", 1 MiB (heap trimmed) for memory" if mmap_fixed and not args.no_memory else ""))
     print(f"load average at start: {load_average()}")
     # ProtGPT2's config at the asked depth and width, random weights (seed 0), saved like a hub model.
     teacher_dir = save_protgpt2_shaped(work / "teacher", n_layer=args.teacher_layers, n_head=args.teacher_heads,
@@ -256,33 +278,65 @@ def main() -> None:
     print(f"batch: B = {args.batch}, L = {args.length} (B*L = {n_tokens}); {args.warmup} warm-up + {args.steps} "
           f"measured steps per variant, {args.rounds} rounds")
 
+    table = []
     for scale in args.students:
         torch.manual_seed(0)
         student0 = build_student(live.config, student_sizes(scale, None, None, None), 0.1, seed=0)
         n_student = sum(p.numel() for p in student0.parameters())
-        print(f"\n=== student {scale}: {n_student / 1e6:.2f} M parameters ===")
-        results: dict[str, list[StepMeter]] = {}
-        variants = [(LIVE, live), (CACHED, cache.teacher)]
-        for _ in range(args.rounds):
-            if not args.skip_study:
-                student = copy.deepcopy(student0).to(device)
-                results.setdefault(STUDY, []).append(run_study(args, study_teacher, student, blocks, loss, work))
-                del student
-                gc.collect()
-            for name, teacher in variants:
-                student = copy.deepcopy(student0).to(device)
-                results.setdefault(name, []).append(run_kdsweep(args, teacher, student, blocks, loss, rt))
-                del student
-                gc.collect()
-        report(results, args, n_tokens, student0, live.model, gpu)
-        peaks = loss_and_heads_memory(args, live, copy.deepcopy(student0).to(device), blocks, loss, rt)
-        print(f"loss + LM heads alone (forward + backward from hidden states), B*L = {n_tokens}, V = {t.vocab_size}:")
-        for name, peak in peaks.items():
-            print(f"  {name if name == STUDY else 'kdsweep fused loss':24s} peak extra {peak / MB:8.0f} MB")
-        print(f"  ratio kdsweep / study: {peaks[LIVE] / peaks[STUDY]:.3f}   (goal <= 0.10)")
+        for arm in args.arms:
+            loss = loss_settings(arm)
+            print(f"\n=== student {scale}: {n_student / 1e6:.2f} M parameters; arm {arm} ===")
+            results: dict[str, list[StepMeter]] = {}
+            variants = [(LIVE, live), (CACHED, cache.teacher)]
+            for _ in range(args.rounds):
+                if not args.skip_study:
+                    student = copy.deepcopy(student0).to(device)
+                    results.setdefault(STUDY, []).append(run_study(args, study_teacher, student, blocks, loss, work))
+                    del student
+                    gc.collect()
+                for name, teacher in variants:
+                    student = copy.deepcopy(student0).to(device)
+                    results.setdefault(name, []).append(run_kdsweep(args, teacher, student, blocks, loss, rt))
+                    del student
+                    gc.collect()
+            table.append((scale, arm, report(results, args, n_tokens, student0, live.model, gpu)))
+            if args.ops:
+                report_ops(args, study_teacher, variants, student0, blocks, loss, rt, work)
+            if not args.no_memory:
+                report_loss_memory(args, live, student0, blocks, loss, rt)
         if args.max_batch and device.type == "cuda":
-            report_largest_batch(args, study_teacher, live, cache, student0, loss, rt, work)
+            report_largest_batch(args, study_teacher, live, cache, student0, loss_settings(args.arms[0]), rt, work)
+    if not args.skip_study:
+        print("\nsummary: tokens/s against the study's trainer (FLOP bound: study's matmul FLOPs / the variant's; "
+              "goals: live >= 1.0, cached >= 0.8 of the bound)")
+        print(f"  {'student':8s} {'arm':12s} {'live':>7s} {'bound':>7s} {'cached':>7s} {'bound':>7s} {'of bound':>9s}")
+        for scale, arm, r in table:
+            print(f"  {scale:8s} {arm:12s} {r[LIVE][0]:6.2f}x {r[LIVE][1]:6.2f}x {r[CACHED][0]:6.2f}x "
+                  f"{r[CACHED][1]:6.2f}x {r[CACHED][0] / r[CACHED][1]:9.2f}")
     print(f"\nload average at end: {load_average()}")
+
+
+def report_ops(args, study_teacher, variants, student0, blocks, loss: LossSettings, rt: Runtime, work) -> None:
+    """ATen ops of one step of each variant (torch.profiler, every op it records): on a GPU each
+    is a kernel launch or more, so this is the CPU's proxy for launches per step."""
+    one = argparse.Namespace(**{**vars(args), "warmup": 0, "steps": 1, "no_memory": True})
+    runs = [] if args.skip_study else [(STUDY, lambda s: run_study(one, study_teacher, s, blocks, loss, work))]
+    runs += [(name, lambda s, t=teacher: run_kdsweep(one, t, s, blocks, loss, rt)) for name, teacher in variants]
+    print("ATen ops per step (torch.profiler, CPU; the proxy for kernel launches):")
+    for name, run in runs:
+        student = copy.deepcopy(student0).to(rt.device)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            run(student)
+        print(f"  {name:26s} {sum(1 for e in prof.events() if e.name.startswith('aten::')):9d}")
+
+
+def report_loss_memory(args, live: LiveTeacher, student0, blocks, loss: LossSettings, rt: Runtime) -> None:
+    peaks = loss_and_heads_memory(args, live, copy.deepcopy(student0).to(rt.device), blocks, loss, rt)
+    print(f"loss + LM heads alone (forward + backward from hidden states), B*L = {blocks.numel()}, "
+          f"V = {live.config.vocab_size}:")
+    for name, peak in peaks.items():
+        print(f"  {name if name == STUDY else 'kdsweep fused loss':24s} peak extra {peak / MB:8.0f} MB")
+    print(f"  ratio kdsweep / study: {peaks[LIVE] / peaks[STUDY]:.3f}   (goal <= 0.10)")
 
 
 def summarize(meters: list[StepMeter], skip: int) -> dict:
@@ -293,25 +347,33 @@ def summarize(meters: list[StepMeter], skip: int) -> dict:
     return pooled.summary(0)
 
 
-def report(results: dict[str, list[StepMeter]], args, n_tokens: int, student, teacher, gpu: str | None) -> None:
+def report(results: dict[str, list[StepMeter]], args, n_tokens: int, student, teacher,
+           gpu: str | None) -> dict[str, tuple[float, float]]:
+    """Print one (student, arm)'s table; return {variant: (tokens/s ratio to the study, FLOP bound)}."""
     summary = {name: summarize(meters, args.warmup) for name, meters in results.items()}
+    flops = {name: step_flops_per_token(student, teacher, args.length, teacher_live=name != CACHED)
+             for name in summary}
     peak_tflops = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if gpu and k in gpu), None)
     print(f"{'variant':26s} {'tokens/s':>9s} {'step wall s':>11s} {'step CPU s':>10s} {'peak extra MB':>13s}"
           + ("   MFU" if peak_tflops else "") + "   (wall per measured step)")
     for name, s in summary.items():
         tps = n_tokens / s["wall"]
-        mfu = ""
-        if peak_tflops:
-            mfu = f"  {tps * flops_per_token(student, teacher, args.length, name != CACHED) / (peak_tflops * 1e12):5.1%}"
-        print(f"{name:26s} {tps:9.0f} {s['wall']:11.2f} {s['cpu']:10.2f} {s['peak_extra'] / MB:13.0f}{mfu}   "
+        mfu = f"  {tps * flops[name] / (peak_tflops * 1e12):5.1%}" if peak_tflops else ""
+        peak = "-" if s["peak_extra"] is None else f"{s['peak_extra'] / MB:.0f}"
+        print(f"{name:26s} {tps:9.0f} {s['wall']:11.2f} {s['cpu']:10.2f} {peak:>13s}{mfu}   "
               + ", ".join(f"{w:.2f}" for w in s["walls"]))
+    ratios = {}
     if STUDY in summary:
         base = summary[STUDY]
         for name in (LIVE, CACHED):
             s = summary[name]
-            goal = {LIVE: 3, CACHED: 5}[name]
-            print(f"{name} / study: tokens/s x{base['wall'] / s['wall']:.2f} (goal >= {goal}; CPU time "
-                  f"x{base['cpu'] / s['cpu']:.2f}), step peak extra memory x{s['peak_extra'] / base['peak_extra']:.3f}")
+            ratio, bound = base["wall"] / s["wall"], flops[STUDY] / flops[name]
+            goal = 1.0 if name == LIVE else 0.8 * bound
+            memory = "" if s["peak_extra"] is None else \
+                f", step peak extra memory x{s['peak_extra'] / base['peak_extra']:.3f}"
+            print(f"{name} / study: tokens/s x{ratio:.2f} (FLOP bound x{bound:.2f}, goal >= x{goal:.2f}; "
+                  f"CPU time x{base['cpu'] / s['cpu']:.2f}){memory}")
+            ratios[name] = (ratio, bound)
     for key, what in (("phases", "wall"), ("phases_cpu", "CPU (process time)")):
         print(f"where a step's time goes: {what} seconds per step, mean, and share of the step")
         print(f"  {'phase':18s}" + "".join(f"{name:>28s}" for name in summary))
@@ -321,6 +383,7 @@ def report(results: dict[str, list[StepMeter]], args, n_tokens: int, student, te
                 sec, total = s[key].get(phase, 0.0), sum(s[key].values())
                 cells.append(f"{sec:9.2f} s ({sec / total:4.0%})" if sec else f"{'-':>9s}            ")
             print(f"  {phase:18s}" + "".join(f"{c:>28s}" for c in cells))
+    return ratios
 
 
 def report_largest_batch(args, study_teacher, live: LiveTeacher, cache: BenchCache, student0, loss, rt,

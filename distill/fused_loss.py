@@ -9,15 +9,16 @@ Student hidden states ``h_s`` (B, L, d_s) and LM-head weight ``W_s`` (V, d_s)
 the shift (position i predicts token i + 1), calibration smoothing, uncertainty
 weighting, both ``weight_norm`` choices, the hard CE over valid positions and
 ``alpha * hard + (1 - alpha) * tau**2 * soft``; see ``distill/loss.py`` for the math.
-The per-chunk math is ``distill.loss.chunk_terms`` itself, not a copy.
+The per-chunk math is ``distill.loss.row_terms`` and ``chunk_gradient`` themselves, not
+a copy.
 
 Gradient
 --------
 For a chunk of ``rows`` positions with hidden states ``h`` (rows, d_s), let
-``g = d loss / d s`` (rows, V), the analytic gradient of ``chunk_terms``:
+``g = d loss / d s`` (rows, V), the analytic gradient of the loss:
 
-    g = (1 - alpha) * tau * w * (softmax(s / tau) - p_bar) / norm
-      + alpha * (softmax(s) - onehot(y)) / sum(m)
+    g = alpha * (softmax(s) - onehot(y)) / sum(m)                      the hard part
+      + (1 - alpha) * tau * w / norm * (softmax(s / tau) - p_bar)      the soft part
 
 on valid rows and 0 on masked rows. As ``s = h W^T + b``:
 
@@ -30,21 +31,54 @@ hidden-state gradient is exactly 0. Like Liger-Kernel's fused linear distillatio
 ``_FusedKD`` computes these during its single forward walk; backward only scales
 them by the incoming gradient (and casts them). The teacher never gets a gradient.
 
-Memory
-------
-Each chunk's student and teacher logits (rows, V) are made from the hidden states,
-used and freed before the next chunk; nothing of shape (B, L, V) is allocated.
-Peak memory above the inputs is the fp32 gradients (B, L, d_s) + (V, d_s) (+ V) and
-about seven chunk-sized temporaries: both chunks' logits, the soft targets, the
-student's two log-softmaxes, the chunk gradient ``g`` and one transient (under autocast
-also ``g``'s low-precision copy and a low-precision (V, d_s) product). The default chunk
-(``FUSED_CHUNK_ELEMENTS``, 2**22 elements: 83 rows at V = 50,257, 17 MB per fp32
-temporary) is 4x smaller than ``kd_loss``'s, because here the temporaries ARE the
-peak; on the 2-core CPU the teacher pass ran as fast at 83 rows as at 333 (a GPU,
-not measured yet, may want a larger ``chunk_rows``).
-Uncertainty weighting needs every valid position's teacher entropy before the
-weighted walk: a first teacher-only chunked pass (``teacher_entropy_from_hidden``)
-computes it, unless the caller passes it precomputed (e.g. from a teacher cache).
+One teacher-head pass: uncertainty weights
+------------------------------------------
+Uncertainty weighting needs each position's teacher entropy H at tau = 1, and a
+position's weight ``w = 0.5 + 0.5 * (H - min H) / (max H - min H)`` needs the min and max
+over its whole SEQUENCE; ``weight_norm="weight"`` also divides by ``norm = sum(m * w)``
+over the whole BATCH. When the caller passes the entropies (a teacher cache stores
+them) every w and norm is known before the walk. Otherwise (``_entropy_plan``):
+
+* chunks of whole sequences (``chunk_rows >= L - 1``: ``default_chunk_rows`` at
+  ProtGPT2's L = 512 on every device) compute H from the teacher logits the walk makes
+  anyway (``row_terms(entropy=True)``) and know their rows' w within the chunk. With
+  ``weight_norm="mask"`` (norm = number of valid positions) the gradient is made as
+  above, at no extra matmul. With ``"weight"`` the gradient is linear in ``1 / norm``:
+  the walk sends the hard part through the gradient matmuls at once and the soft part,
+  weighted by w, into a second set of accumulators that ``_fused_pass`` divides by
+  norm after the walk; that costs the soft part's own ``g @ W`` and ``g^T h`` (4 V d_s
+  FLOPs per row), which is done when it is cheaper than a pass of the teacher's head
+  (2 V d_t per row plus its softmax), i.e. when ``2 d_s <= d_t``;
+* otherwise (a sequence cut over several chunks, by an explicit small ``chunk_rows``,
+  or the weight-norm case above with a wide student) a teacher-only chunked pass
+  (``teacher_entropy_from_hidden``) makes the entropies before the walk. Keeping a cut
+  sequence's soft part apart until its min and max are known would cost 6 V d_s FLOPs
+  per row and round the gradient differently from autograd, so it is not done.
+* Without gradients (evaluation) the walk keeps each row's unweighted KL and weights
+  it after the walk: one teacher-head pass in every case.
+
+Chunks, blocks and memory
+-------------------------
+A chunk is ``chunk_rows`` positions whose student and teacher logits (rows, V) are made
+from the hidden states by two large matmuls; its elementwise math (softmaxes, KL, CE,
+the gradient) then runs ``block_rows`` rows at a time, each block's gradient written
+over its own rows of the student logits (and, in the weight-norm split, the soft part
+over the teacher's); then the gradient matmuls take the whole chunk. Everything is
+freed before the next chunk; nothing of shape (B, L, V) is allocated. Peak memory above
+the inputs is the fp32 gradients (B, L, d_s) + (V, d_s) (+ V), the chunk's two logits
+and about six block-sized fp32 temporaries (the soft targets, the student's two
+log-softmaxes, the gradient parts, one transient; under autocast also a low-precision
+copy of the chunk's gradient and a low-precision (V, d_s) product); with the weight-norm
+split (above) a second set of gradients (B, L, d_s) + (V, d_s).
+
+``chunk_rows=None`` picks the chunk per device (``default_chunk_rows``): on CUDA from a
+memory budget (``CUDA_CHUNK_BUDGET`` of the device's memory for ``CHUNK_TEMPORARIES``
+chunk-sized tensors, at least ``CUDA_MIN_CHUNK_ROWS`` rows: few large kernels instead of
+thousands of small launches), with blocks the size of the chunk; on the CPU from the
+measured ``CPU_CHUNK_ELEMENTS`` and ``CPU_BLOCK_ELEMENTS`` (docs/benchmarks.md, "fused
+loss chunk size"): large matmuls, and block temporaries under glibc's 32 MiB mmap
+threshold that the heap reuses, where chunk-sized ones would be mapped and page-faulted
+afresh by each op.
 
 Precision contract
 ------------------
@@ -54,11 +88,12 @@ Precision contract
   the inputs' dtype. fp64 inputs always run in fp64 (autocast leaves fp64 alone).
 * Everything else (softmaxes, logs, the KL and CE, every reduction) runs in fp32, or
   fp64 when any input is fp64 (for gradcheck), with autocast disabled: CPU autocast
-  would otherwise run the row dot products of ``chunk_terms`` (a matmul) in bf16.
-* ``g`` is computed in fp32 and rounded to the matmul dtype before the gradient
-  matmuls, as plain autograd does for logits made under autocast, but first divided by
-  a power of two >= max |g| of its chunk (exact; undone in fp32 after the matmuls):
-  its entries, ~probability / n_valid, would otherwise mostly flush to 0 in fp16.
+  would otherwise run the row dot products of ``row_terms`` (a matmul) in bf16.
+* ``g`` (or, in the weight-norm split, each of its two parts) is computed in fp32 and
+  rounded to the matmul dtype before the gradient matmuls, as plain autograd does for
+  logits made under autocast, but first divided by a power of two >= max |g| of its
+  chunk (exact; undone in fp32 after the matmuls): its entries, ~probability / n_valid,
+  would otherwise mostly flush to 0 in fp16.
 * The gradients are kept in fp32 (fp64): ``d loss / d W`` and ``d loss / d b``
   accumulated across chunks. backward scales them by the upstream gradient (e.g. a
   GradScaler's scale) and only then casts them to the dtypes of ``student_hidden``,
@@ -76,20 +111,53 @@ import torch.nn.functional as F
 from distill.loss import (
     IGNORE_INDEX,
     KDTerms,
-    chunk_terms,
+    chunk_gradient,
     chunks,
     combine,
     compute_dtype,
     count_valid,
+    logits_entropy,
+    row_terms,
     soft_normalization,
-    soft_targets,
     uncertainty_weights,
     validate_options,
 )
 
-# Elements (rows * V) per chunk when chunk_rows is not given: 16 MB per fp32 temporary.
-FUSED_CHUNK_ELEMENTS = 2**22
+# On the CPU, elements (rows * V) per chunk and per block of its elementwise math when
+# chunk_rows / block_rows are not given, measured (docs/benchmarks.md, "fused loss chunk
+# size"; benchmarks/fused_chunks.py).
+CPU_CHUNK_ELEMENTS = 2**25
+CPU_BLOCK_ELEMENTS = 2**22
+# On CUDA: the chunk's fp32 temporaries may take this share of the device's memory ...
+CUDA_CHUNK_BUDGET = 1 / 32
+# ... counted as this many (rows, V) fp32 tensors (the module docstring's peak, blocks = chunk) ...
+CHUNK_TEMPORARIES = 8
+# ... and a chunk has at least this many rows (Liger-Kernel's JSD uses 1024).
+CUDA_MIN_CHUNK_ROWS = 1024
 CALLER = "fused_kd_loss"
+
+
+def default_block_rows(vocab: int, device: torch.device, chunk_rows: int) -> int:
+    """Positions of a chunk's elementwise math at a time when ``block_rows`` is None: the
+    whole chunk on CUDA (each block is a round of kernel launches), the measured
+    ``CPU_BLOCK_ELEMENTS // V`` elsewhere (temporaries glibc reuses instead of mapping
+    and page-faulting them afresh, and that stay nearer the caches)."""
+    if device.type == "cuda":
+        return chunk_rows
+    return max(1, min(chunk_rows, CPU_BLOCK_ELEMENTS // vocab))
+
+
+def default_chunk_rows(vocab: int, device: torch.device, length: int) -> int:
+    """Positions per chunk when ``chunk_rows`` is None, for sequences of ``length`` scored
+    positions (L - 1): on CUDA ``CHUNK_TEMPORARIES`` fp32 (rows, V) tensors within
+    ``CUDA_CHUNK_BUDGET`` of the device's memory and at least ``CUDA_MIN_CHUNK_ROWS``;
+    elsewhere the measured ``CPU_CHUNK_ELEMENTS // V`` and at least one whole sequence (the
+    CPU's chunk holds only its two logits at that size, its math runs in blocks), so that
+    uncertainty weights come from the walk's own teacher logits."""
+    if device.type == "cuda":
+        budget = torch.cuda.get_device_properties(device).total_memory * CUDA_CHUNK_BUDGET
+        return max(CUDA_MIN_CHUNK_ROWS, int(budget) // (CHUNK_TEMPORARIES * 4 * vocab))
+    return max(CPU_CHUNK_ELEMENTS // vocab, length)
 
 
 def fused_kd_loss(
@@ -105,6 +173,7 @@ def fused_kd_loss(
     smoothing: float | None,
     weight_norm: str = "mask",
     chunk_rows: int | None = None,
+    block_rows: int | None = None,
     teacher_entropy: torch.Tensor | None = None,
     student_head_bias: torch.Tensor | None = None,
     teacher_head_bias: torch.Tensor | None = None,
@@ -116,7 +185,7 @@ def fused_kd_loss(
     return fused_kd_loss_terms(
         student_hidden, student_head, teacher_hidden, teacher_head, labels,
         temperature=temperature, alpha=alpha, uncertainty=uncertainty, smoothing=smoothing,
-        weight_norm=weight_norm, chunk_rows=chunk_rows, teacher_entropy=teacher_entropy,
+        weight_norm=weight_norm, chunk_rows=chunk_rows, block_rows=block_rows, teacher_entropy=teacher_entropy,
         student_head_bias=student_head_bias, teacher_head_bias=teacher_head_bias,
     ).loss
 
@@ -134,6 +203,7 @@ def fused_kd_loss_terms(
     smoothing: float | None,
     weight_norm: str = "mask",
     chunk_rows: int | None = None,
+    block_rows: int | None = None,
     teacher_entropy: torch.Tensor | None = None,
     student_head_bias: torch.Tensor | None = None,
     teacher_head_bias: torch.Tensor | None = None,
@@ -150,10 +220,14 @@ def fused_kd_loss_terms(
         teacher_head: (V, d_t) the teacher's LM-head weight; no gradient.
         labels: (B, L) integer token ids, -100 where ignored.
         temperature, alpha, uncertainty, smoothing, weight_norm: as in ``kd_loss_terms``.
-        chunk_rows: positions per chunk; default ``max(1, 2**22 // V)``.
+        chunk_rows: positions per chunk (the logits' matmuls); default
+            ``default_chunk_rows(V, device, L - 1)``.
+        block_rows: positions at a time of a chunk's elementwise math; default
+            ``default_block_rows(V, device, chunk_rows)``.
         teacher_entropy: (B, L - 1) entropy of softmax(t) at tau = 1 per SHIFTED
             position (``teacher_entropy_from_hidden``), e.g. precomputed by a teacher
-            cache; skips the teacher-only pass. Ignored when ``uncertainty`` is False.
+            cache; without it the walk computes it from its own teacher logits.
+            Ignored when ``uncertainty`` is False.
         student_head_bias, teacher_head_bias: (V,) LM-head biases, or None (GPT-2).
 
     See the module docstring for the precision contract.
@@ -166,8 +240,10 @@ def fused_kd_loss_terms(
     vocab = student_head.shape[0]
     validate_options(labels, vocab, temperature, alpha, smoothing, weight_norm, chunk_rows,
                      caller=CALLER)
+    if block_rows is not None and block_rows < 1:
+        raise ValueError(f"{CALLER}: block_rows must be >= 1 or None, got {block_rows}")
     if chunk_rows is None:
-        chunk_rows = max(1, FUSED_CHUNK_ELEMENTS // vocab)
+        chunk_rows = default_chunk_rows(vocab, student_hidden.device, labels.shape[1] - 1)
     targets = labels[:, 1:]  # (B, L'): position i predicts token i + 1
     mask = targets != IGNORE_INDEX  # (B, L')
     n_valid = count_valid(mask, labels, caller=CALLER)
@@ -176,30 +252,51 @@ def fused_kd_loss_terms(
     if teacher_head_bias is not None:
         teacher_head_bias = teacher_head_bias.detach()
 
-    weights = None
-    if uncertainty:
-        if teacher_entropy is None:
+    student_inputs = (student_hidden, student_head, student_head_bias)
+    needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in student_inputs)
+    entropy_in_walk = False
+    if uncertainty and teacher_entropy is None:
+        entropy_in_walk = _entropy_plan(chunk_rows >= labels.shape[1] - 1, weight_norm, needs_grad,
+                                        student_head.shape[1], teacher_head.shape[1])
+        if not entropy_in_walk:
             teacher_entropy = teacher_entropy_from_hidden(
                 teacher_hidden, teacher_head, teacher_head_bias, chunk_rows=chunk_rows)
+    weights, soft_norm = None, float(n_valid)
+    if uncertainty and not entropy_in_walk:
         weights = uncertainty_weights(teacher_entropy.to(dtype), mask)  # (B, L')
-    weight_sum, soft_norm = soft_normalization(weights, n_valid, weight_norm, dtype=dtype,
-                                               device=student_hidden.device)
+        _, soft_norm = soft_normalization(weights, n_valid, weight_norm, dtype=dtype,
+                                          device=student_hidden.device)
+    elif entropy_in_walk and weight_norm == "weight":
+        soft_norm = None  # sum(m * w): known once the walk has made every entropy
 
     # Decided here, under the caller's autocast state; the walk itself runs with
     # autocast off and casts explicitly.
     student_mm = matmul_dtype(student_hidden, student_head, student_head_bias)
     teacher_mm = matmul_dtype(teacher_hidden, teacher_head, teacher_head_bias)
     walk = _Walk(teacher_hidden, teacher_head, teacher_head_bias, targets, mask, weights,
-                 n_valid, soft_norm, temperature, alpha, smoothing, chunk_rows, student_mm,
-                 teacher_mm, dtype)
-    student_inputs = (student_hidden, student_head, student_head_bias)
-    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in student_inputs):
-        loss, hard, soft = _FusedKD.apply(*student_inputs, walk)
+                 entropy_in_walk, weight_norm, n_valid, n_valid == mask.numel(), soft_norm,
+                 temperature, alpha, smoothing,
+                 chunk_rows, block_rows or default_block_rows(vocab, student_hidden.device, chunk_rows),
+                 student_mm, teacher_mm, dtype)
+    if needs_grad:
+        loss, hard, soft, mean_weight = _FusedKD.apply(*student_inputs, walk)
     else:  # evaluation: no gradient buffers
         with _autocast_off(student_hidden):
-            hard, soft = _fused_pass(*student_inputs, walk, grads=None)
+            hard, soft, mean_weight = _fused_pass(*student_inputs, walk, grads=None)
         loss = combine(hard, soft, temperature, alpha)
-    return KDTerms(loss, hard.detach(), soft.detach(), (weight_sum / n_valid).detach())
+    return KDTerms(loss, hard.detach(), soft.detach(), mean_weight.detach())
+
+
+def _entropy_plan(whole: bool, weight_norm: str, needs_grad: bool, student_width: int,
+                  teacher_width: int) -> bool:
+    """Whether the walk makes the teacher entropies itself (True) or a teacher-only pass
+    makes them first (False); module docstring, "One teacher-head pass". ``whole``: the
+    chunks hold whole sequences."""
+    if not needs_grad:
+        return True  # the soft sum is weighted after the walk
+    if not whole:
+        return False
+    return weight_norm == "mask" or 2 * student_width <= teacher_width
 
 
 def teacher_entropy_from_hidden(
@@ -213,9 +310,10 @@ def teacher_entropy_from_hidden(
 
     (B, L, d_t) UNSHIFTED hidden states, (V, d_t) head -> (B, L - 1) entropies of the
     shifted positions 0 .. L-2 (the last position predicts nothing), fp32 (fp64 if an
-    input is fp64): what ``fused_kd_loss_terms(teacher_entropy=...)`` takes. Walked in
-    chunks of ``chunk_rows`` positions (default ``max(1, 2**22 // V)``) without
-    autograd; the matmul follows the ambient autocast like the loss's.
+    input is fp64): what ``fused_kd_loss_terms(teacher_entropy=...)`` takes, and what a
+    teacher cache stores. Walked in chunks of ``chunk_rows`` positions (default
+    ``default_chunk_rows``) without autograd; the matmul follows the ambient autocast
+    like the loss's.
     """
     if teacher_hidden.dim() != 3 or teacher_head.dim() != 2 \
             or teacher_hidden.shape[-1] != teacher_head.shape[-1]:
@@ -223,7 +321,7 @@ def teacher_entropy_from_hidden(
                          f"not match: hidden shape {tuple(teacher_hidden.shape)}, head shape "
                          f"{tuple(teacher_head.shape)}")
     if chunk_rows is None:
-        chunk_rows = max(1, FUSED_CHUNK_ELEMENTS // teacher_head.shape[0])
+        chunk_rows = default_chunk_rows(teacher_head.shape[0], teacher_hidden.device, teacher_hidden.shape[1] - 1)
     dtype = compute_dtype(teacher_hidden, teacher_head)
     mm_dtype = matmul_dtype(teacher_hidden, teacher_head, teacher_head_bias)
     shifted = teacher_hidden[:, :-1]  # (B, L', d_t), a view
@@ -232,8 +330,9 @@ def teacher_entropy_from_hidden(
     with torch.no_grad(), _autocast_off(teacher_hidden):
         head = _Head.cast(teacher_head, teacher_head_bias, mm_dtype)
         for rows in chunks(batch, length, chunk_rows):
-            _, neg_entropy = soft_targets(head.logits(shifted[rows], dtype), 1.0, None)
-            entropy[rows] = -neg_entropy
+            block = shifted[rows]  # (b, l, d_t); flattened as the loss's walk does (the same logits)
+            entropy[rows] = logits_entropy(head.logits(block.reshape(-1, block.shape[-1]), dtype)).view(
+                block.shape[:2])
     return entropy
 
 
@@ -259,7 +358,7 @@ class _Head(NamedTuple):
         return cls(weight.to(dtype), None if bias is None else bias.to(dtype))
 
     def logits(self, hidden: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """(b, l, d) hidden states -> (b, l, V) logits in ``dtype``; the matmul-dtype
+        """(..., d) hidden states -> (..., V) logits in ``dtype``; the matmul-dtype
         product dies within the statement when a cast is needed."""
         return F.linear(hidden.to(self.weight.dtype), self.weight, self.bias).to(dtype)
 
@@ -272,13 +371,17 @@ class _Walk(NamedTuple):
     teacher_bias: torch.Tensor | None  # (V,), detached
     targets: torch.Tensor  # (B, L') shifted labels
     mask: torch.Tensor  # (B, L') bool, targets != -100
-    weights: torch.Tensor | None  # (B, L') uncertainty weights, or None (all 1)
+    weights: torch.Tensor | None  # (B, L') uncertainty weights known before the walk, or None
+    entropy_in_walk: bool  # uncertainty weights from entropies the walk computes
+    weight_norm: str
     n_valid: int  # mask.sum()
-    soft_norm: torch.Tensor | float  # denominator of the soft term
+    all_valid: bool  # n_valid == B * L': no row to mask
+    soft_norm: torch.Tensor | float | None  # denominator of the soft term; None: after the walk
     temperature: float
     alpha: float
     smoothing: float | None
     chunk_rows: int
+    block_rows: int  # rows of the elementwise math at a time, within a chunk
     student_mm: torch.dtype  # matmul dtypes (precision contract)
     teacher_mm: torch.dtype
     dtype: torch.dtype  # compute dtype: fp32, or fp64
@@ -299,10 +402,11 @@ class _Grads(NamedTuple):
     bias: torch.Tensor | None
 
     def add_chunk(self, rows, g: torch.Tensor, h: torch.Tensor, weight: torch.Tensor) -> None:
-        """Add one chunk: ``g`` (b, l, V) dloss/dlogits in the compute dtype (overwritten),
-        ``h`` (b, l, d_s) hidden states and ``weight`` (V, d_s) in the matmul dtype."""
+        """Add one chunk, positions ``rows`` (a (b, l) block of the shifted positions) flattened:
+        ``g`` (b * l, V) dloss/dlogits in the compute dtype (overwritten), ``h`` (b * l, d_s)
+        hidden states and ``weight`` (V, d_s) in the matmul dtype."""
         if self.bias is not None:
-            self.bias.add_(g.flatten(0, 1).sum(0))
+            self.bias.add_(g.sum(0))
         scale = None
         if g.dtype != h.dtype:
             # Low-precision matmuls. Entries of g are ~probability / n_valid, mostly
@@ -311,12 +415,12 @@ class _Grads(NamedTuple):
             # the matmuls. (bf16 has fp32's exponent range; there it changes nothing.)
             _, exponent = torch.frexp(g.abs().amax())
             scale = torch.ldexp(g.new_ones(()), exponent)
-            g = g.div_(scale).to(h.dtype)  # (b, l, V)
+            g = g.div_(scale).to(h.dtype)  # (b * l, V)
         if self.hidden is not None:
-            grad = g @ weight  # (b, l, d_s)
-            self.hidden[:, :-1][rows] = grad if scale is None else grad.to(scale.dtype) * scale
+            grad = g @ weight  # (b * l, d_s)
+            target = self.hidden[:, :-1][rows]  # (b, l, d_s), a view
+            target.copy_((grad if scale is None else grad.to(scale.dtype) * scale).view(target.shape))
         if self.weight is not None:
-            g, h = g.flatten(0, 1), h.flatten(0, 1)  # (b * l, V), (b * l, d_s)
             if scale is None:
                 self.weight.addmm_(g.T, h)  # no (V, d_s) product tensor
             else:  # a low-precision (V, d_s) product, accumulated in fp32
@@ -325,8 +429,8 @@ class _Grads(NamedTuple):
 
 class _FusedKD(torch.autograd.Function):
     """Loss whose gradients wrt the student's hidden states, head weight and bias are
-    computed during forward. forward returns (loss, hard, soft); only ``loss`` is
-    differentiable. The stored gradients are for an upstream gradient of 1."""
+    computed during forward. forward returns (loss, hard, soft, mean_weight); only
+    ``loss`` is differentiable. The stored gradients are for an upstream gradient of 1."""
 
     @staticmethod
     def forward(ctx, student_hidden, student_head, student_bias, walk: _Walk):
@@ -335,15 +439,15 @@ class _FusedKD(torch.autograd.Function):
             grads = _Grads(*(
                 torch.zeros(x.shape, dtype=walk.dtype, device=x.device) if needed else None
                 for x, needed in zip(inputs, ctx.needs_input_grad)))
-            hard, soft = _fused_pass(*inputs, walk, grads=grads)
+            hard, soft, mean_weight = _fused_pass(*inputs, walk, grads=grads)
         ctx.save_for_backward(*grads)
         ctx.input_dtypes = [None if x is None else x.dtype for x in inputs]
-        ctx.mark_non_differentiable(hard, soft)
-        return combine(hard, soft, walk.temperature, walk.alpha), hard, soft
+        ctx.mark_non_differentiable(hard, soft, mean_weight)
+        return combine(hard, soft, walk.temperature, walk.alpha), hard, soft, mean_weight
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_loss, _grad_hard, _grad_soft):
+    def backward(ctx, grad_loss, _grad_hard, _grad_soft, _grad_mean_weight):
         grads = ctx.saved_tensors
         # Plain loss.backward() passes exactly 1: hand back the stored gradients
         # themselves when no cast is needed either (see distill.loss._ChunkedKD.backward
@@ -354,6 +458,14 @@ class _FusedKD(torch.autograd.Function):
                   for grad, dtype in zip(grads, ctx.input_dtypes)), None)
 
 
+class _Rows(NamedTuple):
+    """Per-position results of the walk, (B, L') in the compute dtype."""
+
+    ce: torch.Tensor  # cross-entropy, 0 where masked
+    kl: torch.Tensor  # unweighted KL, 0 where masked
+    entropy: torch.Tensor | None  # teacher entropy at tau = 1 (entropy_in_walk only)
+
+
 def _fused_pass(
     student_hidden: torch.Tensor,  # (B, L, d_s) unshifted
     student_head: torch.Tensor,  # (V, d_s)
@@ -361,23 +473,34 @@ def _fused_pass(
     walk: _Walk,
     *,
     grads: _Grads | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One walk over the position chunks: returns (hard, soft), fills ``grads`` if given."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One walk over the position chunks: returns (hard, soft, mean weight), fills ``grads``
+    if given."""
     # Heads cast once for the whole walk, not per chunk: (V, d) copies under autocast.
     student = _Head.cast(student_head, student_bias, walk.student_mm)
     teacher = _Head.cast(walk.teacher_head, walk.teacher_bias, walk.teacher_mm)
     shifted_student = student_hidden[:, :-1]  # (B, L', d_s), a view
     shifted_teacher = walk.teacher_hidden[:, :-1]  # (B, L', d_t), a view
     batch, length, _ = shifted_student.shape
-    hard_sum = torch.zeros((), dtype=walk.dtype, device=student_hidden.device)
-    soft_sum = torch.zeros((), dtype=walk.dtype, device=student_hidden.device)
+    kw = dict(dtype=walk.dtype, device=student_hidden.device)
+    out = _Rows(torch.zeros(batch, length, **kw), torch.zeros(batch, length, **kw),
+                torch.zeros(batch, length, **kw) if walk.entropy_in_walk else None)
+    # The soft part's gradients, w-weighted, while norm = sum(m * w) is unknown (weight_norm
+    # "weight", entropies from the walk): divided by norm and added to grads after the walk.
+    soft_grads = None
+    if grads is not None and walk.soft_norm is None:
+        soft_grads = _Grads(*(None if x is None else torch.zeros_like(x) for x in grads))
     for rows in chunks(batch, length, walk.chunk_rows):
-        chunk_hard, chunk_soft = _chunk(
-            shifted_student[rows].to(walk.student_mm), shifted_teacher[rows], student, teacher,
-            walk, rows, grads)
-        hard_sum += chunk_hard
-        soft_sum += chunk_soft
-    return hard_sum / walk.n_valid, soft_sum / walk.soft_norm
+        _chunk(shifted_student[rows].to(walk.student_mm), shifted_teacher[rows], student, teacher,
+               walk, rows, out, grads, soft_grads)
+    weights = uncertainty_weights(out.entropy, walk.mask) if walk.entropy_in_walk else walk.weights
+    weight_sum, soft_norm = soft_normalization(weights, walk.n_valid, walk.weight_norm, **kw)
+    if soft_grads is not None:
+        for total, soft in zip(grads, soft_grads):
+            if total is not None:
+                total.add_(soft.div_(soft_norm))
+    soft_sum = (out.kl if weights is None else out.kl * weights).sum()
+    return out.ce.sum() / walk.n_valid, soft_sum / soft_norm, weight_sum / walk.n_valid
 
 
 def _chunk(
@@ -387,21 +510,51 @@ def _chunk(
     teacher: _Head,
     walk: _Walk,
     rows: tuple[slice, slice],
+    out: _Rows,
     grads: _Grads | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One chunk: logits from hidden states, ``chunk_terms``, the gradient matmuls.
-    A function of its own so that the chunk's (b, l, V) tensors are freed on return."""
-    s = student.logits(h, walk.dtype)  # (b, l, V)
-    t = teacher.logits(th, walk.dtype)  # (b, l, V)
-    g = None if grads is None else torch.empty_like(s)  # (b, l, V) dloss/ds, from chunk_terms
-    hard, soft = chunk_terms(
-        s, t, walk.targets[rows], walk.mask[rows],
-        None if walk.weights is None else walk.weights[rows], walk.n_valid, walk.soft_norm,
-        walk.temperature, walk.alpha, walk.smoothing, g)
+    soft_grads: _Grads | None,
+) -> None:
+    """One chunk, its positions flattened to n = b * l rows: both logits (n, V) from the
+    hidden states (large matmuls), then the elementwise math in blocks of
+    ``walk.block_rows`` rows (small temporaries), each block's gradient written over its
+    own rows of the logits, then the gradient matmuls over the whole chunk. A function of
+    its own so that the chunk's (n, V) tensors are freed on return."""
+    h = h.reshape(-1, h.shape[-1])  # (n, d_s)
+    s = student.logits(h, walk.dtype)  # (n, V)
+    t = teacher.logits(th.reshape(-1, th.shape[-1]), walk.dtype)  # (n, V)
+    n = s.shape[0]
+    valid, targets = walk.mask[rows].reshape(n), walk.targets[rows].reshape(n)
+    ce, kl = out.ce[rows].view(n), out.kl[rows].view(n)  # views: a chunk's rows are contiguous
+    blocks = [slice(i, i + walk.block_rows) for i in range(0, n, walk.block_rows)]
+    weights = None if walk.weights is None else walk.weights[rows].reshape(n)
+    if walk.entropy_in_walk:
+        # From the teacher logits the chunk holds, before any row's gradient: a row's weight
+        # needs its whole sequence's entropies, and with gradients the chunk holds whole sequences.
+        entropy = out.entropy[rows].view(n)
+        for blk in blocks:
+            entropy[blk] = logits_entropy(t[blk])
+        if grads is not None:
+            weights = uncertainty_weights(out.entropy[rows], walk.mask[rows]).reshape(n)
+    for blk in blocks:
+        terms = row_terms(s[blk], t[blk], targets[blk], valid[blk], walk.temperature,
+                          walk.smoothing, entropy=False, grads=grads is not None)
+        ce[blk], kl[blk] = terms.ce, terms.kl
+        if grads is None:
+            continue
+        w = None if weights is None else weights[blk]
+        if soft_grads is None:  # every coefficient known in the chunk: written over s's rows
+            chunk_gradient(terms, valid[blk], w, walk.n_valid, walk.soft_norm, walk.temperature,
+                           walk.alpha, out=s[blk], all_valid=walk.all_valid)
+        else:  # norm unknown: the hard part in s, the soft part (times w, not yet / norm) in t
+            invalid = ~valid[blk].unsqueeze(-1)
+            torch.mul(terms.hard, walk.alpha / walk.n_valid, out=s[blk]).masked_fill_(invalid, 0.0)
+            torch.mul(terms.soft, ((1.0 - walk.alpha) * walk.temperature * w).unsqueeze(-1),
+                      out=t[blk]).masked_fill_(invalid, 0.0)
+        del terms
     if grads is not None:
-        del s, t  # dead: free them before the gradient matmuls allocate
-        grads.add_chunk(rows, g, h, student.weight)
-    return hard, soft
+        grads.add_chunk(rows, s, h, student.weight)
+        if soft_grads is not None:
+            soft_grads.add_chunk(rows, t, h, student.weight)
 
 
 def _autocast_off(like: torch.Tensor) -> torch.autocast:

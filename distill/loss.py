@@ -185,8 +185,7 @@ def teacher_entropy(shifted_teacher_logits: torch.Tensor, *, chunk_rows: int) ->
     entropy = torch.empty(batch, length, dtype=dtype, device=shifted_teacher_logits.device)
     with torch.no_grad():
         for rows in chunks(batch, length, chunk_rows):
-            _, neg_entropy = soft_targets(shifted_teacher_logits[rows].to(dtype), 1.0, None)
-            entropy[rows] = -neg_entropy
+            entropy[rows] = logits_entropy(shifted_teacher_logits[rows].to(dtype))
     return entropy
 
 
@@ -325,6 +324,85 @@ def _chunked_kd_pass(
     return hard_sum / n_valid, soft_sum / soft_norm
 
 
+class RowTerms(NamedTuple):
+    """One chunk's per-position terms (``row_terms``), before any weighting or scaling."""
+
+    ce: torch.Tensor  # (b, l) cross-entropy per position, 0 where not valid
+    kl: torch.Tensor  # (b, l) unweighted KL(p_bar || q) per position, 0 where not valid
+    entropy: torch.Tensor | None  # (b, l) teacher entropy at tau = 1, or None (not asked)
+    hard: torch.Tensor | None  # (b, l, V) softmax(s) - onehot(y): d ce / d s; None without grads
+    soft: torch.Tensor | None  # (b, l, V) softmax(s / tau) - p_bar: tau * d kl / d s; None without grads
+
+
+def row_terms(
+    s: torch.Tensor,  # (b, l, V) student logits, compute dtype
+    t: torch.Tensor,  # (b, l, V) teacher logits, compute dtype
+    targets: torch.Tensor,  # (b, l)
+    valid: torch.Tensor,  # (b, l) bool
+    tau: float,
+    smoothing: float | None,
+    *,
+    entropy: bool,
+    grads: bool,
+) -> RowTerms:
+    """One chunk's per-position CE and KL (steps 1-3 and 6 of the module docstring), the
+    teacher's entropy at tau = 1 if ``entropy`` (step 4's input, from the same teacher
+    logits), and if ``grads`` the two (b, l, V) parts of the gradient wrt ``s``. Rows that
+    are not valid hold any value in ``hard``, ``soft`` and ``entropy`` (masked logits may
+    even be inf); ``ce`` and ``kl`` are 0 there."""
+    # Teacher first, so that its temporaries are gone before the student's exist.
+    ent = None
+    if entropy and not (tau == 1 and smoothing is None):
+        ent = logits_entropy(t)
+    p_bar, neg_entropy = soft_targets(t, tau, smoothing)
+    if entropy and ent is None:
+        ent = -neg_entropy  # tau = 1, no smoothing: p_bar is softmax(t) itself
+    log_q = F.log_softmax(s / tau, dim=-1)  # (b, l, V) student at tau
+    log_q1 = log_q if tau == 1 else F.log_softmax(s, dim=-1)  # student at tau = 1
+    kl = neg_entropy - _row_dot(p_bar, log_q)  # (b, l)
+    label = targets.clamp_min(0).unsqueeze(-1)  # (b, l, 1); -100 -> 0, masked below
+    ce = -log_q1.gather(-1, label).squeeze(-1)  # (b, l)
+    hard = soft = None
+    if grads:
+        # softmax(s) - onehot(y), in place in log_q1 unless that is log_q (tau = 1), which
+        # the soft part still needs; then softmax(s / tau) - p_bar in place in log_q.
+        hard = log_q1.exp() if log_q1 is log_q else log_q1.exp_()
+        hard.scatter_add_(-1, label, -torch.ones_like(label, dtype=hard.dtype))
+        soft = log_q.exp_().sub_(p_bar)
+    # torch.where, not a product with the mask: masked rows may hold any logits,
+    # even inf, and must not leak nan into the sums.
+    return RowTerms(torch.where(valid, ce, 0.0), torch.where(valid, kl, 0.0), ent, hard, soft)
+
+
+def chunk_gradient(
+    terms: RowTerms,
+    valid: torch.Tensor,  # (b, l) bool
+    weights: torch.Tensor | None,  # (b, l) or None (all 1)
+    n_valid: int,
+    soft_norm: torch.Tensor | float,
+    tau: float,
+    alpha: float,
+    *,
+    out: torch.Tensor | None = None,  # (b, l, V) in the compute dtype, or None: terms.hard
+    all_valid: bool = False,
+) -> torch.Tensor:
+    """d loss / d s of one chunk, (b, l, V), 0 on rows that are not valid:
+
+        alpha / n_valid * hard + (1 - alpha) * tau * w / norm * soft
+
+    built in ``out`` (default: in place in ``terms.hard``). ``all_valid``: the caller
+    knows every row is valid (no masking pass)."""
+    grad = torch.mul(terms.hard, alpha / n_valid, out=terms.hard if out is None else out)
+    soft_coef = (1.0 - alpha) * tau / soft_norm  # scalar
+    if weights is None and not isinstance(soft_coef, torch.Tensor):
+        grad.add_(terms.soft, alpha=soft_coef)
+    else:
+        if weights is not None:
+            soft_coef = (soft_coef * weights).unsqueeze(-1)  # (b, l, 1)
+        grad.addcmul_(terms.soft, soft_coef)
+    return grad if all_valid else grad.masked_fill_(~valid.unsqueeze(-1), 0.0)
+
+
 def chunk_terms(
     s: torch.Tensor,  # (b, l, V) student logits, compute dtype
     t: torch.Tensor,  # (b, l, V) teacher logits, compute dtype
@@ -341,31 +419,11 @@ def chunk_terms(
     """One chunk: (sum of CE, sum of weighted KL) over its valid positions; writes
     its gradient into ``grad_out``. A function of its own so that the chunk's
     (b, l, V) temporaries are freed on return, before the next chunk allocates."""
-    # Teacher first, so that its temporaries are gone before the student's exist.
-    p_bar, neg_entropy = soft_targets(t, tau, smoothing)
-    log_q = F.log_softmax(s / tau, dim=-1)  # (b, l, V) student at tau
-    log_q1 = log_q if tau == 1 else F.log_softmax(s, dim=-1)  # student at tau = 1
-    kl = neg_entropy - _row_dot(p_bar, log_q)  # (b, l)
-    if weights is not None:
-        kl = kl * weights
-    label = targets.clamp_min(0).unsqueeze(-1)  # (b, l, 1); -100 -> 0, masked below
-    ce = -log_q1.gather(-1, label).squeeze(-1)  # (b, l)
+    terms = row_terms(s, t, targets, valid, tau, smoothing, entropy=False, grads=grad_out is not None)
     if grad_out is not None:
-        # alpha / n_valid * (softmax(s) - onehot(y)), (b, l, V); built in place in
-        # log_q1 unless that is log_q (tau = 1), which the soft part still needs.
-        grad = log_q1.exp() if log_q1 is log_q else log_q1.exp_()
-        grad.scatter_add_(-1, label, -torch.ones_like(label, dtype=grad.dtype))
-        grad.mul_(alpha / n_valid)
-        # + (1 - alpha) * tau * w / norm * (softmax(s / tau) - p_bar); log_q is dead now.
-        soft_coef = (1.0 - alpha) * tau / soft_norm  # scalar
-        if weights is not None:
-            soft_coef = (soft_coef * weights).unsqueeze(-1)  # (b, l, 1)
-        grad.add_(log_q.exp_().sub_(p_bar).mul_(soft_coef))
-        grad.masked_fill_(~valid.unsqueeze(-1), 0.0)
-        grad_out.copy_(grad)  # cast to the student dtype
-    # torch.where, not a product with the mask: masked rows may hold any logits,
-    # even inf, and must not leak nan into the sums.
-    return torch.where(valid, ce, 0.0).sum(), torch.where(valid, kl, 0.0).sum()
+        grad_out.copy_(chunk_gradient(terms, valid, weights, n_valid, soft_norm, tau, alpha))  # cast
+    kl = terms.kl if weights is None else terms.kl * weights
+    return terms.ce.sum(), kl.sum()
 
 
 def soft_targets(
@@ -377,8 +435,17 @@ def soft_targets(
         p = log_p.exp()
         return p, _row_dot(p, log_p)
     p_bar = smooth_targets(F.softmax(teacher / tau, dim=-1), smoothing)
-    # xlogy: p_bar can be exactly 0 (eps = 0 where the teacher is one-hot); 0 * log 0 = 0.
-    return p_bar, torch.xlogy(p_bar, p_bar).sum(-1)
+    # p_bar can be exactly 0 (eps = 0 where the teacher is one-hot): 0 * log(tiny) = 0, as
+    # 0 * log 0 = 0 would be; every p_bar >= tiny keeps its own log. (torch.xlogy does the
+    # same, at 2.4x the CPU time: docs/benchmarks.md, "fused loss chunk size".)
+    tiny = torch.finfo(p_bar.dtype).tiny
+    return p_bar, _row_dot(p_bar, p_bar.clamp_min(tiny).log_())
+
+
+def logits_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) per row, (..., V) -> (...): -sum_v p log p."""
+    log_p = F.log_softmax(logits, dim=-1)
+    return -_row_dot(log_p.exp(), log_p)
 
 
 def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,9 @@ class HeldTeacher:
         self.batch = batch._replace(entropy=ent)
         self.config = live.config
 
+    def prefetch(self, blocks_list: list[torch.Tensor]) -> None:
+        """Nothing to read: the batch is held."""
+
     def train_batch(self, blocks: torch.Tensor, ids: torch.Tensor) -> TeacherBatch:
         return self.batch
 
@@ -49,6 +52,17 @@ def forward_flops_per_token(model, length: int) -> float:
     """Model FLOPs of one token through a forward pass: 2 N + 4 l d L."""
     c = model.config
     return 2.0 * matmul_params(model) + 4.0 * c.n_layer * c.n_embd * length
+
+
+def step_flops_per_token(student, teacher, length: int, *, teacher_live: bool) -> float:
+    """Model FLOPs of one trained token of a distillation step: the student's training, plus the
+    teacher's forward when it runs live, or only its LM head (2 V d_t) when its hidden states
+    come from a cache. The study's trainer does the live step's matmuls (its extra work is
+    elementwise), so study / cached is the cache's bound on speed-up."""
+    if teacher_live:
+        return train_flops_per_token(student, length) + forward_flops_per_token(teacher, length)
+    c = teacher.config
+    return train_flops_per_token(student, length) + 2.0 * c.vocab_size * c.n_embd
 
 
 def random_tokens(batch: int, length: int, vocab: int, device, seed: int = 0) -> torch.Tensor:

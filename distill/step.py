@@ -106,14 +106,18 @@ def micro_batch_terms(model: torch.nn.Module, teacher, blocks: torch.Tensor, x: 
 def optimizer_step(model: torch.nn.Module, student: torch.nn.Module, teacher,
                    batches: list[tuple[torch.Tensor, torch.Tensor]], *, loss: LossSettings, rt: Runtime,
                    optimizer, scheduler, scaler, grad_clip: float, poison: bool = False,
-                   timer=NO_TIMER) -> StepResult:
+                   prefetch: list[torch.Tensor] = (), timer=NO_TIMER) -> StepResult:
     """One optimizer step over `batches`, this rank's micro-batches [(blocks (b,), x (b, T)), ...].
 
     The loss of each micro-batch is divided by their number (the step's loss is their mean).
     `poison` makes the loss NaN (fault injection). If the step's loss is not finite, returns
-    with grad_norm None before the gradients reach the weights (method §4). `timer`
-    (`distill.phases`) is charged with the step's phases.
+    with grad_norm None before the gradients reach the weights (method §4). `prefetch`: the
+    next step's micro-batches' blocks [(b,), ...], which a teacher cache starts reading now,
+    in the background (`distill.teacher_source.BlockPrefetcher`). `timer` (`distill.phases`)
+    is charged with the step's phases.
     """
+    if prefetch:
+        teacher.prefetch(prefetch)
     accum = len(batches)
     terms_sum = torch.zeros(3, dtype=torch.float64, device=rt.device)
     for micro, (blocks, x) in enumerate(batches):
@@ -156,8 +160,11 @@ class Stepper:
         self.scheduler = make_scheduler(self.optimizer, warmup_steps, total_steps)
         self.scaler = make_scaler(rt)
 
-    def step(self, blocks: torch.Tensor, x: torch.Tensor, timer=NO_TIMER) -> StepResult:
-        """One step on `x` (b, T) read from pool blocks `blocks` (b,)."""
+    def step(self, blocks: torch.Tensor, x: torch.Tensor, timer=NO_TIMER, *,
+             next_blocks: torch.Tensor | None = None) -> StepResult:
+        """One step on `x` (b, T) read from pool blocks `blocks` (b,); `next_blocks` (b,): the next
+        step's, read ahead from a teacher cache during this one."""
         return optimizer_step(self.model, self.student, self.teacher, [(blocks, x)], loss=self.loss, rt=self.rt,
                               optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
-                              grad_clip=self.grad_clip, timer=timer)
+                              grad_clip=self.grad_clip, prefetch=[] if next_blocks is None else [next_blocks],
+                              timer=timer)

@@ -8,6 +8,8 @@ and the evaluation (distill/evaluate.py):
     describe()       "live <name>" or "cache <key digest> <folder>": what the run log records
     train_batch(blocks, ids) -> TeacherBatch: hidden (b, T, d_t), head weight (V, d_t),
                      bias (V,) or None, entropy (b, T - 1) at tau = 1 or None
+    prefetch(blocks_list)  the next step's micro-batches' blocks: a cache starts reading them
+                     in a background thread (`BlockPrefetcher`); the live teacher ignores it
     train_logits(blocks, ids) -> (b, T, V)      (loss_impl: logits)
     heldout_logits_fn(heldout) -> (ids, mask, proteins) -> (B, L, V)   (distill.metrics)
 
@@ -19,7 +21,9 @@ student's precision, like the fused loss's own matmuls.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +57,9 @@ class LiveTeacher:
     def describe(self) -> str:
         return f"live {self.name}"
 
+    def prefetch(self, blocks_list: list[torch.Tensor]) -> None:
+        """Nothing to read ahead: the live teacher runs on the ids."""
+
     def train_batch(self, blocks: torch.Tensor, ids: torch.Tensor) -> TeacherBatch:
         with torch.no_grad():
             hidden, weight, bias = head_inputs(self.model, ids)
@@ -75,14 +82,24 @@ class CachedTeacher:
         self.weight = weight.to(device)  # (V, d_t) fp32
         self.bias = None if bias is None else bias.to(device)
         self.n_params = cache.teacher_params
+        self.reader = BlockPrefetcher(self._read, pin=device.type == "cuda")
 
     def describe(self) -> str:
         return f"cache {self.cache.key_digest} {self.cache.path}"
 
+    def prefetch(self, blocks_list: list[torch.Tensor]) -> None:
+        """Start reading these (b,) block sets' rows in the background (the next step's)."""
+        self.reader.ahead(blocks_list)
+
     def train_batch(self, blocks: torch.Tensor, ids: torch.Tensor) -> TeacherBatch:
-        hidden = self.cache.train_hidden(blocks).to(self.device)  # storage dtype; the loss upcasts
-        entropy = self.cache.train_entropy(blocks).to(self.device)
+        hidden, entropy = self.reader.take(blocks)  # prefetched, or read now
+        # Pinned on CUDA: the copies overlap the device's work.
+        hidden = hidden.to(self.device, non_blocking=True)  # storage dtype; the loss upcasts
+        entropy = entropy.to(self.device, non_blocking=True)
         return TeacherBatch(hidden, self.weight, self.bias, entropy)
+
+    def _read(self, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cache.train_hidden(blocks), self.cache.train_entropy(blocks)
 
     def train_logits(self, blocks: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         return self._logits(self.cache.train_hidden(blocks))
@@ -105,6 +122,51 @@ class CachedTeacher:
             return self._logits(self.cache.heldout_hidden(split, proteins.cpu(), ids.shape[1]))
 
         return logits
+
+
+class BlockPrefetcher:
+    """Reads a teacher cache's train rows for given blocks ahead of their step, in one
+    background thread, so that the read (and a shard's first-touch verification) overlaps
+    the step before.
+
+    ``ahead(blocks_list)`` queues a read of each (b,) block set; ``take(blocks)`` returns
+    the oldest queued read of exactly these blocks, waiting for it if need be, or reads in
+    the caller's thread when none is queued (``misses`` counts those). Every queued read is
+    taken once (a step that reads the same blocks as the step before queues them again).
+    A read's error (a damaged shard's DataError) is raised by ``take``, in the caller's
+    thread, at the step that needs the rows. At most ``MAX_QUEUED`` reads are kept (a few
+    steps' micro-batches); the oldest is dropped beyond that. ``pin``: results in pinned
+    memory, for asynchronous copies to a GPU.
+    """
+
+    MAX_QUEUED = 64
+
+    def __init__(self, read: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], *, pin: bool):
+        self._read, self._pin = read, pin
+        self._queued: deque[tuple[tuple[int, ...], Future]] = deque()
+        self._pool: ThreadPoolExecutor | None = None  # started on first use
+        self.misses = 0
+
+    def ahead(self, blocks_list: list[torch.Tensor]) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kdsweep-prefetch")
+        for blocks in blocks_list:
+            self._queued.append((tuple(blocks.tolist()), self._pool.submit(self._load, blocks)))
+        while len(self._queued) > self.MAX_QUEUED:
+            self._queued.popleft()[1].cancel()
+
+    def take(self, blocks: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        key = tuple(blocks.tolist())
+        for i, (queued, future) in enumerate(self._queued):
+            if queued == key:
+                del self._queued[i]
+                return future.result()
+        self.misses += 1
+        return self._load(blocks)
+
+    def _load(self, blocks: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        rows = self._read(blocks)
+        return tuple(x.pin_memory() for x in rows) if self._pin else rows
 
 
 TeacherSource = LiveTeacher | CachedTeacher

@@ -155,14 +155,19 @@ def run_training(
     # Running sums of (loss, hard, soft) per optimizer step, kept on the device: the host reads
     # them only at evaluation, so the step itself never waits for the device.
     window, window_steps = torch.zeros(3, dtype=torch.float64, device=rt.device), 0
+
+    def step_blocks(step: int) -> list[torch.Tensor]:
+        """This rank's (b,) pool blocks of each micro-batch of `step`."""
+        return [order.indices(step, cfg.batch_size, rt.rank, rt.world_size, micro, cfg.micro_batch_size)
+                for micro in range(accum)]
+
     for step in range(start_step, steps):
-        batches = []
-        for micro in range(accum):
-            idx = order.indices(step, cfg.batch_size, rt.rank, rt.world_size, micro, cfg.micro_batch_size)
-            batches.append((idx, data.train_blocks[idx].to(rt.device)))  # (b,) blocks, (b, T) ids = labels
+        # (b,) blocks, (b, T) ids = labels; a teacher cache reads the next step's blocks during this one.
+        batches = [(idx, data.train_blocks[idx].to(rt.device)) for idx in step_blocks(step)]
         result = optimizer_step(model, student, teacher, batches, loss=loss_settings, rt=rt, optimizer=optimizer,
                                 scheduler=scheduler, scaler=scaler, grad_clip=cfg.grad_clip,
-                                poison=cfg.inject_nan_at_step == step)
+                                poison=cfg.inject_nan_at_step == step,
+                                prefetch=step_blocks(step + 1) if step + 1 < steps else [])
         if result.grad_norm is None:
             # method §4: a non-finite loss ends the run, before its gradients reach the weights.
             return _diverged(runlog, report, run_dir, step, best, log)

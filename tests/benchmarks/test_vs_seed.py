@@ -76,9 +76,29 @@ def test_peak_extra_sees_an_allocation():
 def test_vs_seed_runs_end_to_end_at_a_tiny_shape():
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "vs_seed.py"), "--teacher-layers", "1",
                           "--teacher-width", "64", "--teacher-heads", "2", "--batch", "2", "--length", "32",
-                          "--warmup", "0", "--steps", "1", "--rounds", "1"],
+                          "--warmup", "0", "--steps", "1", "--rounds", "1", "--arms", "baseline,both", "--ops"],
                          capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    for line in ("kdsweep, live teacher / study: tokens/s x", "kdsweep, cached teacher / study: tokens/s x",
-                 "ratio kdsweep / study:", "where a step's time goes"):
+    for line in ("arm baseline ===", "arm both ===", "kdsweep, live teacher / study: tokens/s x",
+                 "kdsweep, cached teacher / study: tokens/s x", "FLOP bound x1.00, goal >= x1.00",
+                 "ratio kdsweep / study:", "where a step's time goes", "ATen ops per step"):
         assert line in out.stdout, out.stdout
+    summary = out.stdout[out.stdout.index("summary:"):].splitlines()
+    assert [row.split()[:2] for row in summary[2:4]] == [["micro", "baseline"], ["micro", "both"]], summary
+
+
+def test_flop_bound_of_the_cache_at_protgpt2s_shape():
+    """The issue's figures (NOTES-perf.md): study / cached at ProtGPT2's 36 x 1280 teacher, L = 512, micro 7.5x,
+    tiny 5.1x; the live teacher does the study's matmuls (bound 1.0). Models on the meta device: counts only."""
+    from distill.models import student_config, student_sizes
+    from distill.probe import step_flops_per_token
+
+    config = GPT2Config.from_pretrained(PROTGPT2_TOKENIZER_DIR)
+    with torch.device("meta"):
+        teacher = GPT2LMHeadModel(config)
+        students = {s: GPT2LMHeadModel(student_config(config, dropout=0.0, **student_sizes(s, None, None, None)))
+                    for s in ("micro", "tiny")}
+    assert (config.n_layer, config.n_embd) == (36, 1280)
+    bounds = {s: step_flops_per_token(m, teacher, 512, teacher_live=True)
+              / step_flops_per_token(m, teacher, 512, teacher_live=False) for s, m in students.items()}
+    assert bounds["micro"] == pytest.approx(7.5, abs=0.05) and bounds["tiny"] == pytest.approx(5.1, abs=0.05)

@@ -10,7 +10,9 @@ from torch.utils._pytree import tree_leaves
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from distill.fused_loss import (
-    FUSED_CHUNK_ELEMENTS,
+    CUDA_MIN_CHUNK_ROWS,
+    default_block_rows,
+    default_chunk_rows,
     fused_kd_loss,
     fused_kd_loss_terms,
     teacher_entropy_from_hidden,
@@ -119,12 +121,15 @@ def test_matches_kd_loss_full_vocab(arm):
 
 @pytest.mark.parametrize("arm", list(ARMS))
 @pytest.mark.parametrize("weight_norm", WEIGHT_NORMS)
-def test_matches_study_reference_in_float64(arm, weight_norm):
-    """Independent of kd_loss: the unchunked study-style reference, in fp64. (The reference
-    cannot take a wholly masked sequence under uncertainty weighting: min of nothing.)"""
+@pytest.mark.parametrize("chunk_rows", [5, None])
+def test_matches_study_reference_in_float64(arm, weight_norm, chunk_rows):
+    """Independent of kd_loss: the unchunked study-style reference, in fp64, with sequences
+    cut over chunks (entropies from a teacher-only pass) and whole (from the walk). (The
+    reference cannot take a wholly masked sequence under uncertainty weighting: min of
+    nothing.)"""
     batch = random_batch(3, 8, 17, seed=4, dtype=torch.float64)
     kwargs = arm_kwargs(arm, weight_norm=weight_norm)
-    fused = fused_grads(*batch, chunk_rows=5, **kwargs)
+    fused = fused_grads(*batch, chunk_rows=chunk_rows, **kwargs)
     assert fused[0].dtype == torch.float64
     assert_same(fused, logits_grads(reference_kd_loss, *batch, **kwargs), rtol=1e-10)
 
@@ -255,6 +260,78 @@ def test_precomputed_teacher_entropy_equals_computing_it():
                 fused_grads(*batch, **off), rtol=0)
 
 
+class TeacherLogitRows(TorchDispatchMode):
+    """Counts the rows of teacher logits made: matmul outputs (rows, V) from an input of
+    the teacher's width (distinct from the student's in these tests)."""
+
+    def __init__(self, teacher_width, vocab):
+        super().__init__()
+        self.teacher_width, self.vocab, self.rows = teacher_width, vocab, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        aten = torch.ops.aten
+        if func in (aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default) \
+                and out.shape[-1] == self.vocab \
+                and any(isinstance(a, torch.Tensor) and a.shape[-1] == self.teacher_width for a in args):
+            self.rows += out.numel() // self.vocab
+        return out
+
+
+@pytest.mark.parametrize("weight_norm,d_s,chunk_rows,grad,passes", [
+    ("mask", 6, None, True, 1),  # whole sequences: entropies from the walk's own logits
+    ("mask", 6, 18, True, 1),  # two whole sequences per chunk
+    ("weight", 4, None, True, 1),  # the soft part split until norm is known (2 d_s <= d_t)
+    ("weight", 8, None, True, 2),  # a wide student: the teacher pass is the cheaper way
+    ("mask", 6, 4, True, 2),  # sequences cut over chunks: the teacher-only pass first
+    ("mask", 6, 4, False, 1),  # evaluation weights the soft sum after the walk
+])
+def test_one_teacher_head_pass(weight_norm, d_s, chunk_rows, grad, passes):
+    """The uncertainty arm makes each position's teacher logits once when its chunk holds
+    whole sequences (the default chunk at L = 512), and matches kd_loss either way."""
+    d_t, vocab = 10, 23
+    batch = random_batch(3, 10, vocab, d_s=d_s, d_t=d_t, seed=40, masked_rows=(2,))
+    kwargs = arm_kwargs("uncertainty", weight_norm=weight_norm)
+    hidden = batch[0].clone().requires_grad_(grad)
+    with TeacherLogitRows(d_t, vocab) as counted:
+        loss = fused_kd_loss(hidden, *batch[1:], chunk_rows=chunk_rows, **kwargs)
+    assert counted.rows == passes * 3 * 9  # B * L' positions per pass
+    expected = kd_loss(batch[0] @ batch[1].T, batch[2] @ batch[3].T, batch[4], **kwargs)
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=0)
+    if grad:
+        assert_same(fused_grads(*batch, chunk_rows=chunk_rows, **kwargs),
+                    logits_grads(kd_loss, *batch, **kwargs), rtol=1e-5)
+
+
+@pytest.mark.parametrize("arm", ["uncertainty", "both"])
+def test_weight_norm_split_matches_reference_in_float64(arm):
+    """The weight-norm split (a narrow student, whole-sequence chunks, entropies from the
+    walk) against the unchunked study-style reference in fp64, with head biases and a
+    wholly masked sequence's neighbour; and gradcheck."""
+    student_hidden, student_head, teacher_hidden, teacher_head, labels = random_batch(
+        3, 8, 17, d_s=3, d_t=9, seed=41, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(42)
+    bias = torch.randn(17, generator=gen, dtype=torch.float64)
+    teacher_bias = torch.randn(17, generator=gen, dtype=torch.float64)
+    kwargs = arm_kwargs(arm, weight_norm="weight", chunk_rows=14)  # two sequences, then one
+    inputs = [x.clone().requires_grad_(True) for x in (student_hidden, student_head, bias)]
+    loss = fused_kd_loss(inputs[0], inputs[1], teacher_hidden, teacher_head, labels,
+                         student_head_bias=inputs[2], teacher_head_bias=teacher_bias, **kwargs)
+    grads = torch.autograd.grad(loss, inputs)
+    ref_inputs = [x.clone().requires_grad_(True) for x in (student_hidden, student_head, bias)]
+    ref_loss = reference_kd_loss(F.linear(*ref_inputs), F.linear(teacher_hidden, teacher_head, teacher_bias),
+                                 labels, **{k: v for k, v in kwargs.items() if k != "chunk_rows"})
+    assert_same((loss, *grads), (ref_loss, *torch.autograd.grad(ref_loss, ref_inputs)), rtol=1e-10)
+
+    def fn(hidden, head, head_bias):
+        return fused_kd_loss(hidden, head, teacher_hidden, teacher_head, labels, student_head_bias=head_bias,
+                             teacher_head_bias=teacher_bias, **kwargs)
+
+    # fast_mode: a random projection of the Jacobian (140 inputs: the full check takes ~1 min).
+    assert torch.autograd.gradcheck(fn, tuple(x.detach().clone().requires_grad_(True)
+                                              for x in (student_hidden, student_head, bias)), fast_mode=True)
+
+
 def test_teacher_entropy_from_hidden_matches_direct_formula():
     _, _, teacher_hidden, teacher_head, _ = random_batch(3, 9, 13, seed=14)
     bias = torch.randn(13, generator=torch.Generator().manual_seed(15))
@@ -317,14 +394,59 @@ def test_nothing_logits_sized_is_allocated():
     assert materialized.numel == 3 * 20 * vocab
 
 
-def test_default_chunk_rows():
-    assert FUSED_CHUNK_ELEMENTS // PROTGPT2_VOCAB == 83  # the figure the docstring gives
-    vocab = 2**16  # default chunk: 2**22 // 2**16 = 64 rows
-    batch = random_batch(2, 101, vocab, d_s=4, d_t=6, seed=19)
+class TensorSizes(TorchDispatchMode):
+    """Records the number of elements of every tensor an op produces."""
+
+    def __init__(self):
+        super().__init__()
+        self.numels = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.numels += [leaf.numel() for leaf in tree_leaves(out) if isinstance(leaf, torch.Tensor)]
+        return out
+
+
+def test_default_chunk_and_blocks_on_the_cpu():
+    """On the CPU the default chunk is 2**25 // V rows and at least one whole sequence (so the
+    uncertainty arms make their entropies in the walk), its elementwise math blocks of
+    2**22 // V rows: only the chunk's two logits are chunk-sized."""
+    cpu = torch.device("cpu")
+    assert default_chunk_rows(PROTGPT2_VOCAB, cpu, 511) == 667  # one sequence of ProtGPT2's L = 512
+    assert default_chunk_rows(PROTGPT2_VOCAB, cpu, 1023) == 1023  # a longer sequence: still whole
+    assert default_block_rows(PROTGPT2_VOCAB, cpu, 667) == 83  # 16.8 MB fp32 temporaries
+    vocab = 2**16  # chunk 512 rows: all three sequences of 100 positions; blocks of 64 rows
+    batch = random_batch(3, 101, vocab, d_s=4, d_t=6, seed=19)
     hidden = batch[0].clone().requires_grad_(True)
-    with LargestTensor() as largest:
+    with TensorSizes() as sizes:
         fused_kd_loss(hidden, *batch[1:], **arm_kwargs("both")).backward()
-    assert largest.numel == 64 * vocab
+    assert sizes.numels.count(300 * vocab) == 2  # the student's and the teacher's logits
+    assert max(n for n in sizes.numels if n != 300 * vocab) == 64 * vocab
+
+
+def test_default_chunk_on_cuda_by_memory_budget(monkeypatch):
+    """On CUDA: CHUNK_TEMPORARIES fp32 (rows, V) tensors in 1/32 of the device's memory, at least
+    1024 rows, blocks as large as the chunk (each block is a round of kernel launches)."""
+    props = type("Props", (), {"total_memory": 141 * 10**9})  # an H200
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    cuda = torch.device("cuda")
+    rows = default_chunk_rows(PROTGPT2_VOCAB, cuda, 511)
+    assert rows == 141 * 10**9 // 32 // (8 * 4 * PROTGPT2_VOCAB) == 2739
+    assert default_block_rows(PROTGPT2_VOCAB, cuda, rows) == rows
+    props.total_memory = 16 * 10**9  # a 16 GB card: the floor
+    assert default_chunk_rows(PROTGPT2_VOCAB, cuda, 511) == CUDA_MIN_CHUNK_ROWS == 1024
+
+
+@pytest.mark.parametrize("arm,weight_norm", [("both", "mask"), ("uncertainty", "weight"), ("calibration", "mask")])
+def test_blocks_change_nothing_but_rounding(arm, weight_norm):
+    """Blocks of the elementwise math (1 row, ragged, the whole chunk) give the loss and gradients of
+    kd_loss; the weight-norm split (d_s = 4 <= d_t / 2) included."""
+    batch = random_batch(3, 10, 23, d_s=4, d_t=10, seed=43, masked_rows=(2,))
+    kwargs = arm_kwargs(arm, weight_norm=weight_norm)
+    expected = logits_grads(kd_loss, *batch, **kwargs)
+    for chunk_rows, block_rows in ((18, 1), (18, 5), (9, 4), (27, None)):
+        assert_same(fused_grads(*batch, chunk_rows=chunk_rows, block_rows=block_rows, **kwargs), expected,
+                    rtol=1e-5)
 
 
 @pytest.mark.parametrize("weight_norm", WEIGHT_NORMS)
@@ -574,6 +696,7 @@ def test_error_entropy_helper_shapes():
     ("smoothing", 1.2, "fused_kd_loss: smoothing must be None or in"),
     ("weight_norm", "mean", "fused_kd_loss: weight_norm must be one of"),
     ("chunk_rows", 0, "fused_kd_loss: chunk_rows must be >= 1"),
+    ("block_rows", 0, "fused_kd_loss: block_rows must be >= 1"),
 ])
 def test_error_bad_arguments(name, value, message):
     with pytest.raises(ValueError, match=message):
