@@ -53,6 +53,11 @@ class LiveTeacher:
     def describe(self) -> str:
         return f"live {self.name}"
 
+    @property
+    def bytes_read(self) -> int:
+        """Bytes read from a teacher cache: none."""
+        return 0
+
     def train_batch(self, blocks: torch.Tensor, ids: torch.Tensor) -> TeacherBatch:
         with torch.no_grad():
             hidden, weight, bias = head_inputs(self.model, ids)
@@ -78,6 +83,11 @@ class CachedTeacher:
 
     def describe(self) -> str:
         return f"cache {self.cache.key_digest} {self.cache.path}"
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes read from the cache's files so far (train blocks, held-out proteins, head)."""
+        return self.cache.bytes_read
 
     def train_batch(self, blocks: torch.Tensor, ids: torch.Tensor) -> TeacherBatch:
         hidden = self.cache.train_hidden(blocks).to(self.device)  # storage dtype; the loss upcasts

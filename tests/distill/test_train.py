@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distill.checkpoint import latest_checkpoint
+from distill.checkpoint import latest_checkpoint, read_state
 from distill.rundir import RunLog, read_log
 from distill.train import run_training
 from tests.fixtures import tiny_config
@@ -130,7 +130,7 @@ def test_mixed_precision_paths_run_on_cpu(tmp_path, char_teacher, small_fasta, p
     assert res.status == "completed"
     row = _eval_rows(res.run_dir)[-1]
     assert torch.isfinite(torch.tensor(row["train_loss"])) and row["val_ppl"] < 1e4
-    state = torch.load(latest_checkpoint(res.run_dir / "checkpoints") / "state.pt", weights_only=False)
+    state = read_state(latest_checkpoint(res.run_dir / "checkpoints"))
     # fp16 must go through an enabled GradScaler (it has a scale); bf16 must not need one.
     assert ("scale" in state["scaler"]) == (precision == "fp16")
     assert read_log(res.run_dir)[0]["precision"] == precision
