@@ -145,38 +145,34 @@ def drop_resume_state(root: str | Path) -> int:
     """For a run that will never resume: keep only the newest checkpoint's weights and state, marked
     not resumable; delete its optimizer state and every older checkpoint. Returns the bytes freed."""
     found = list_checkpoints(root)
-    freed = 0
+    before = sum(folder_bytes(c) for c in found)
     for old in found[:-1]:
-        freed += folder_bytes(old)
         shutil.rmtree(old, ignore_errors=True)
     if found and (found[-1] / OPTIMIZER).is_file():
         newest = found[-1]
         try:
             state = read_state(newest)
         except CheckpointError:
-            return freed  # not ours to rewrite: leave it as it is
+            return before - folder_bytes(newest)  # not ours to rewrite: leave it as it is
         _write_json(newest / STATE, {**state, "resumable": False, "optimizer": None})
-        freed += (newest / OPTIMIZER).stat().st_size
         (newest / OPTIMIZER).unlink()
-    return freed
+    return before - sum(folder_bytes(c) for c in found[-1:] if c.is_dir())
 
 
-def restore_latest(root: str | Path, resume_from: str | Path | None, model, optimizer, scheduler, scaler,
-                   log) -> tuple[Path | None, int, dict | None]:
-    """Load `resume_from` (a checkpoint handed in explicitly), else the newest readable one in `root`.
+def restore_latest(root: str | Path, model, optimizer, scheduler, scaler, log) -> tuple[Path | None, int, dict | None]:
+    """Load the newest readable checkpoint in `root`.
 
     Returns (checkpoint, step, extra), or (None, 0, None) when there is none to load. A checkpoint
-    that fails to load is logged; one in `root` is renamed aside and the previous one is tried.
+    that fails to load is logged, renamed aside, and the previous one is tried.
     """
-    candidates = ([Path(resume_from)] if resume_from else []) + list_checkpoints(root)[::-1]
-    for ckpt in candidates:
+    for ckpt in list_checkpoints(root)[::-1]:
         try:
             step, extra = load_checkpoint(ckpt, model, optimizer, scheduler, scaler)
             return ckpt, step, extra
         except Exception as e:  # any read error: truncated safetensors, bad JSON, a missing key, a pickle
             log(f"checkpoint {ckpt} cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                 "trying the previous one")
-            if ckpt.parent == Path(root) and ckpt.exists():
+            if ckpt.exists():
                 ckpt.rename(ckpt.with_name(CORRUPT_PREFIX + ckpt.name))
     return None, 0, None
 

@@ -539,8 +539,9 @@ class TeacherCache:
         self.bytes_read = 0  # bytes copied out of the cache's files by this object (train, held-out, head)
 
     @classmethod
-    def open(cls, path: str | Path, expected: CacheKey) -> TeacherCache:
-        """Open the cache in `path` for a run whose key is `expected` (dtype None: any).
+    def open(cls, path: str | Path, expected: CacheKey | None) -> TeacherCache:
+        """Open the cache in `path` for a run whose key is `expected` (dtype None: any; None: a
+        caller that only verifies the files, whose key was checked already).
 
         Raises ConfigError naming every key field that differs, DataError for a missing,
         unfinished or damaged cache (naming the file)."""
@@ -549,7 +550,7 @@ class TeacherCache:
         if manifest.get("format") != CACHE_FORMAT:
             raise DataError(f"teacher_cache: {path}: cache format {manifest.get('format')}, this kdsweep reads "
                             f"format {CACHE_FORMAT}; build it again")
-        if bad := expected.differences(manifest["key"]):
+        if expected is not None and (bad := expected.differences(manifest["key"])):
             raise ConfigError(f"teacher_cache: {path} was built for another run: " + "; ".join(bad))
         for name, meta in manifest["files"].items():
             size = _size(path / name)

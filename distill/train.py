@@ -14,7 +14,8 @@
 
 The blocks come from a fixed pool read in a seeded order (distill/block_order.py).
 It runs alone (`kdsweep train`) and unchanged inside a Ray trial: Ray only
-supplies `report(metrics, checkpoint_dir)` and, on restore, `resume_from`.
+supplies `report(metrics)`; a restarted trial resumes from its run
+folder's own newest checkpoint, which Ray never copies (distill/checkpoint.py).
 When torch.distributed is initialised (Ray Train DDP), each rank takes its
 slice of every global batch and gradients are averaged by DDP.
 """
@@ -58,7 +59,7 @@ from distill.seeding import seed_everything
 from distill.step import LossSettings, make_scaler, optimizer_step, training_module
 from distill.teacher_source import open_teacher
 
-ReportFn = Callable[[dict, "str | None"], None]
+ReportFn = Callable[[dict], None]
 
 
 @dataclass
@@ -131,10 +132,9 @@ def run_training(
     cfg: TrainConfig,
     *,
     report: ReportFn | None = None,
-    resume_from: str | Path | None = None,
     log: Callable[[str], None] = print,
 ) -> RunResult:
-    """Train one student; see the module docstring. Resumes from `resume_from` or the run's latest checkpoint."""
+    """Train one student; see the module docstring. Resumes from the run's latest checkpoint."""
     costs = RunCosts()
     rt = resolve_runtime(cfg.precision, cfg.device)
     is_main = rt.rank == 0
@@ -146,7 +146,7 @@ def run_training(
         # A run that already ended (e.g. just before a driver kill, so Tune restarts it):
         # report its final row again and do not train a second time.
         if report is not None:
-            report(finished.last_row, None)
+            report(finished.last_row)
         log(f"{run_dir} already {finished.status} at step {finished.step}; not training again")
         return finished
     seed_everything(cfg.seed)
@@ -181,7 +181,7 @@ def run_training(
     runlog = RunLog(run_dir) if is_main else None
 
     best = {"val_ppl": math.inf, "step": -1}
-    ckpt, start_step, extra = restore_latest(ckpt_root, resume_from, student, optimizer, scheduler, scaler, log)
+    ckpt, start_step, extra = restore_latest(ckpt_root, student, optimizer, scheduler, scaler, log)
     if ckpt is not None:
         best = extra["best"]
         if runlog:
@@ -259,13 +259,12 @@ def run_training(
             }
             window.zero_()
             window_steps = 0
-            ckpt_dir = None
             if is_main:
                 row.update(costs.row(teacher))
                 runlog.append(row)  # before the checkpoint: a resume from step k keeps the row of step k
-                ckpt_dir = str(save_checkpoint(ckpt_root, done, student, optimizer, scheduler, scaler,
-                                               {"best": best}, cfg.keep_checkpoints))
-                runlog.append({"event": "checkpoint", "step": done, "bytes": folder_bytes(ckpt_dir)})
+                saved = save_checkpoint(ckpt_root, done, student, optimizer, scheduler, scaler, {"best": best},
+                                        cfg.keep_checkpoints)
+                runlog.append({"event": "checkpoint", "step": done, "bytes": folder_bytes(saved)})
                 log(f"step {done}/{steps} train_loss {row['train_loss']:.4f} val_ppl {val['ppl']:.4f} "
                     f"({row['tokens_per_s']:.0f} tok/s)")
                 if final:
@@ -273,7 +272,7 @@ def run_training(
                     # scheduler may end the trial's process as soon as it has that report.
                     _finish(student, teacher, tokenizer, data, cfg, rt, runlog, row, best)
             if report is not None:
-                report(row, ckpt_dir)
+                report(row)
             costs.resume()
     return finished_run(run_dir) if is_main else RunResult(COMPLETED, steps, best["val_ppl"], best["step"], run_dir)
 
@@ -307,5 +306,5 @@ def _diverged(runlog: RunLog | None, report: ReportFn | None, run_dir: Path, ste
         runlog.append(row)
         write_summary(result)
     if report is not None:
-        report({**row, "val_ppl": float("inf")}, None)
+        report({**row, "val_ppl": float("inf")})
     return result

@@ -24,7 +24,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, char_teacher, small_fasta
     class Crash(Exception):
         pass
 
-    def crash_at_4(metrics, ckpt):
+    def crash_at_4(metrics):
         if metrics["step"] == 4:
             raise Crash
 
@@ -51,7 +51,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, char_teacher, small_fasta
     # Re-running a finished run re-reports its final row and trains nothing.
     log_before = (tmp_path / "part" / "metrics.jsonl").read_text()
     seen = []
-    again = run_training(part_cfg, report=lambda m, c: seen.append(m))
+    again = run_training(part_cfg, report=seen.append)
     assert again.status == "completed" and again.step == 6
     assert [m["step"] for m in seen] == [6] and seen[0]["done_training"] is True
     assert (tmp_path / "part" / "metrics.jsonl").read_text() == log_before
@@ -60,7 +60,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, char_teacher, small_fasta
 def test_nonfinite_loss_ends_diverged_with_step(tmp_path, char_teacher, small_fasta):
     seen = []
     res = run_training(tiny_config(char_teacher, small_fasta, tmp_path / "r", inject_nan_at_step=4, eval_interval=2),
-                       report=lambda m, c: seen.append(m))
+                       report=seen.append)
     assert (res.status, res.step) == ("diverged", 4)
     summary = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert summary["status"] == "diverged" and summary["step"] == 4
@@ -73,7 +73,7 @@ def test_nonfinite_val_ppl_ends_diverged(tmp_path, char_teacher, small_fasta):
     """A finite loss with a non-finite held-out ppl is divergence too, not an early stop."""
     seen = []
     res = run_training(tiny_config(char_teacher, small_fasta, tmp_path / "v", inject_inf_val_at_step=4,
-                                   eval_interval=2), report=lambda m, c: seen.append(m))
+                                   eval_interval=2), report=seen.append)
     assert (res.status, res.step) == ("diverged", 4)
     assert json.loads((tmp_path / "v" / "metrics.json").read_text())["status"] == "diverged"
     assert [m["step"] for m in seen] == [2, 4] and seen[-1]["diverged"] is True
@@ -86,7 +86,7 @@ def test_everything_a_run_leaves_exists_before_its_last_report(tmp_path, char_te
     out = tmp_path / "f"
     at_final = {}
 
-    def report(row, ckpt):
+    def report(row):
         if row["done_training"]:
             at_final["summary"] = json.loads((out / "metrics.json").read_text())
             at_final["student"] = (out / "student" / "model.safetensors").is_file()
