@@ -35,7 +35,7 @@ from sweeps.preflight import check_inputs_of_space, check_resources
 from sweeps.reaper import start_reaper
 from sweeps.scheduler import PerStudyASHA
 from sweeps.searcher import StudySearcher, reconcile_with_tune
-from sweeps.space import SearchSpace, dump_space, load_space
+from sweeps.space import SearchSpace, dump_space, load_space, reuses_processes
 from sweeps.status import sweep_complete
 from sweeps.storage import display, is_sqlite
 from sweeps.study import existing_studies
@@ -43,16 +43,6 @@ from sweeps.trial import EXECUTORS, trial_resources
 
 Log = Callable[[str], None]
 TRAIN_HEALTH_CHECK_S = "0.2"
-
-
-def reuse_actors(space: SearchSpace) -> bool:
-    """Whether a finished trial's process runs the next trial (no process start, no imports: about
-    6 s a trial here, docs/benchmarks.md). Safe for the `local` executor: a trial's state is its
-    run's own (seeded, its own folder), and Tune reuses a process only after the previous trial's
-    thread has returned (it ends inside its blocking report when stopped). Not for `ray_train`:
-    its Tune function waits in `fit()`, which a stop does not end in time, so Tune starts a new
-    process anyway."""
-    return space.search["executor"] == "local"
 
 
 def init_ray(address: str | None, log: Log) -> str | None:
@@ -103,7 +93,7 @@ def _tuner(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool,
         # would end the sweep early when trials lost to a driver kill are handed out again).
         tune_config=tune.TuneConfig(search_alg=StudySearcher(space, sd, storage_url, sd.meta().get("git_commit", "unknown")),
                                     scheduler=scheduler_for(space),
-                                    num_samples=-1, reuse_actors=reuse_actors(space),
+                                    num_samples=-1, reuse_actors=reuses_processes(space),
                                     trial_dirname_creator=lambda t: t.trial_id, trial_name_creator=lambda t: t.trial_id),
         # No CheckpointConfig: trials hand Tune no checkpoints (sweeps/trial.py).
         run_config=tune.RunConfig(

@@ -423,6 +423,16 @@ def worker_resources(space: SearchSpace) -> dict:
     return {"CPU": float(res["cpus_per_worker"])} | ({"GPU": gpus} if gpus else {})
 
 
+def reuses_processes(space: SearchSpace) -> bool:
+    """Whether a finished trial's process runs the next trial (Tune's `reuse_actors`: no process
+    start and imports, about 6 s a trial here, docs/benchmarks.md). Safe for the `local` executor:
+    a trial's state is its run's own (seeded, in its own folder), and Tune reuses a process only
+    once the previous trial's thread has returned (a stopped trial ends inside its blocking
+    report). Not for `ray_train`: its Tune function waits in `fit()`, which a stop does not end
+    in time, so Tune would start a new process anyway."""
+    return space.search["executor"] == "local"
+
+
 def load_space(path: str | Path) -> SearchSpace:
     """Read and validate a search-space YAML (a bare name means one shipped in search_spaces/)."""
     path = Path(path)
