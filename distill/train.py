@@ -264,7 +264,7 @@ def run_training(
                 runlog.append(row)  # before the checkpoint: a resume from step k keeps the row of step k
                 saved = save_checkpoint(ckpt_root, done, student, optimizer, scheduler, scaler, {"best": best},
                                         cfg.keep_checkpoints)
-                runlog.append({"event": "checkpoint", "step": done, "bytes": folder_bytes(saved)})
+                runlog.append({"event": "checkpoint", "step": done, "bytes": folder_bytes(saved), "time": time.time()})
                 log(f"step {done}/{steps} train_loss {row['train_loss']:.4f} val_ppl {val['ppl']:.4f} "
                     f"({row['tokens_per_s']:.0f} tok/s)")
                 if final:

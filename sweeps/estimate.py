@@ -106,9 +106,12 @@ class Throughput:
     """Tokens per second of one scale on the probed device."""
 
     student_step: float  # a training step with the teacher's hidden states given (cached teacher)
-    teacher: float  # the teacher's forward (+ entropies when an arm needs them): live cost and cache build
+    teacher: float  # the teacher's forward (+ entropies when an arm needs them): a live step's teacher part
     eval_forward: float  # the student's forward for validation
     source: str
+    # A cache build: train blocks get the forward and the entropies, held-out proteins the forward only.
+    build_train: float = 0.0
+    build_heldout: float = 0.0
 
     @property
     def live_step(self) -> float:
@@ -154,7 +157,8 @@ class Estimate:
     device: str
     concurrency: float
     scales: list[ScaleEstimate]
-    cache_tokens: int
+    cache_tokens: int  # the train pool's and the held-out proteins'
+    cache_pool_tokens: int  # the train pool's
     cache_bytes: int
     cache_dtype: str
     cache_build_s: float
@@ -231,7 +235,9 @@ def parse_tokens_per_s(values: list[str] | None, scales) -> dict[str, float]:
 def flop_split(tokens_per_s: float, student_flops: float, teacher_flops: float, eval_flops: float) -> Throughput:
     """A measured live-step figure split into student step and teacher forward by their FLOPs."""
     total = student_flops + teacher_flops
-    return Throughput(student_step=tokens_per_s * total / student_flops, teacher=tokens_per_s * total / teacher_flops,
+    teacher = tokens_per_s * total / teacher_flops
+    return Throughput(student_step=tokens_per_s * total / student_flops, teacher=teacher,
+                      build_train=teacher, build_heldout=teacher,
                       eval_forward=tokens_per_s * total / eval_flops,
                       source=f"--tokens-per-s {tokens_per_s:g}, split by FLOPs (teacher share "
                              f"{teacher_flops / total:.0%})")
@@ -320,15 +326,18 @@ def probe_throughput(space: SearchSpace, cfg: TrainConfig, teacher_config, rt) -
     t_batch, t_len = probe_shape(forward_flops_per_token(model, cfg.block_size), cfg.micro_batch_size,
                                  cfg.block_size, rt.device)
     x = random_tokens(t_batch, t_len, teacher_config.vocab_size, rt.device)
-    # The teacher's part of a live step: its forward (+ the entropies a cache would store).
-    teacher_tps = tokens_per_s(lambda: HeldTeacher(teacher, x, rt, entropy=loss.uncertainty), x.numel(), rt.device)
+    # The teacher's forward alone (a cache build's held-out proteins), and with the entropies (a cache
+    # build's train blocks; a live step's teacher part when an arm weights by uncertainty).
+    forward, entropy = (tokens_per_s(lambda: HeldTeacher(teacher, x, rt, entropy=e), x.numel(), rt.device)
+                        for e in (False, True))
+    teacher_tps = {"live": entropy if loss.uncertainty else forward, "forward": forward, "entropy": entropy}
     source = (f"probe on {rt.device.type} ({torch.get_num_threads()} threads, {rt.precision}; "
               f"teacher {t_batch} x {t_len} tokens")
     return {scale: _probe_student(scale, teacher, cfg, rt, loss, teacher_tps, source) for scale in space.scales}
 
 
-def _probe_student(scale: str, teacher: LiveTeacher, cfg: TrainConfig, rt, loss: LossSettings, teacher_tps: float,
-                   source: str) -> Throughput:
+def _probe_student(scale: str, teacher: LiveTeacher, cfg: TrainConfig, rt, loss: LossSettings,
+                   teacher_tps: dict[str, float], source: str) -> Throughput:
     """One scale's student: its training step with the teacher's batch given, its eval forward."""
     student = build_student(teacher.config, student_sizes(scale, None, None, None), cfg.dropout, seed=0)
     student = student.to(rt.device)
@@ -345,7 +354,8 @@ def _probe_student(scale: str, teacher: LiveTeacher, cfg: TrainConfig, rt, loss:
 
     student.eval()
     eval_tps = tokens_per_s(score, xs.numel(), rt.device)
-    return Throughput(student_tps, teacher_tps, eval_tps, source=f"{source}, student {s_batch} x {s_len})")
+    return Throughput(student_tps, teacher_tps["live"], eval_tps, source=f"{source}, student {s_batch} x {s_len})",
+                      build_train=teacher_tps["entropy"], build_heldout=teacher_tps["forward"])
 
 
 def flops_throughput(space: SearchSpace, cfg: TrainConfig, teacher_config, figures: dict[str, float]):
@@ -452,6 +462,8 @@ def estimate(space: SearchSpace, *, tokens_per_s: list[str] | None = None, devic
     blocks = pool_size(cfg, len(data.train_blocks))
     heldout = heldout_tokens(data, positions)
     cache_tokens = blocks * cfg.block_size + sum(heldout.values())
+    speed = rows[0].throughput
+    build_s = blocks * cfg.block_size / speed.build_train + sum(heldout.values()) / speed.build_heldout
     cache_bytes = sum(cache_sizes(blocks, cfg.block_size, teacher_config.hidden_size, teacher_config.vocab_size,
                                   space.cache["dtype"], heldout).values())
     notes = []
@@ -472,7 +484,7 @@ def estimate(space: SearchSpace, *, tokens_per_s: list[str] | None = None, devic
         notes.append("train.final_eval is on: the test-split metrics at each trial's end are not counted")
     startup = machine.process_s + RAY_START_S + (concurrency * machine.process_s if reuse else 0.0)
     return Estimate(space.name, f"{rt.device.type} ({rt.precision})", concurrency, rows,
-                    cache_tokens, cache_bytes, space.cache["dtype"], cache_tokens / rows[0].throughput.teacher,
+                    cache_tokens, blocks * cfg.block_size, cache_bytes, space.cache["dtype"], build_s,
                     search["early_stopping"], startup, cache_bytes / machine.sha256_bytes_per_s, machine, notes,
                     time.perf_counter() - started)
 

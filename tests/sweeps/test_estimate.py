@@ -72,7 +72,12 @@ def _consistent(est, space):
         saved = row.train_tokens / row.throughput.live_step - row.train_tokens / row.throughput.student_step
         assert row.device_s_live - row.device_s_cached == pytest.approx(saved)
         assert row.throughput.live_step < row.throughput.student_step
-    assert est.cache_build_s == pytest.approx(est.cache_tokens / est.scales[0].throughput.teacher)
+    speed = est.scales[0].throughput
+    assert 0 < speed.build_train <= speed.build_heldout * 1.5  # the entropies cost, the forward is in both
+    # The pool's tokens get the forward and the entropies, the held-out proteins the forward alone.
+    pool = est.cache_pool_tokens
+    assert pool == min(pool, est.scales[0].steps_per_trial * train["batch_size"] * train["block_size"])
+    assert est.cache_build_s == pytest.approx(pool / speed.build_train + (est.cache_tokens - pool) / speed.build_heldout)
     assert est.device_s_cached == pytest.approx(est.cache_build_s + sum(r.device_s_cached for r in est.scales))
 
 
