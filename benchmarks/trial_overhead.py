@@ -1,12 +1,14 @@
 """Per-trial and per-sweep fixed costs of a sweep, split by timing a 1-trial and an N-trial sweep.
 
-    python benchmarks/trial_overhead.py [--trials 5] [--steps 40] [--eval-interval 5]
+    python benchmarks/trial_overhead.py [--trials 4] [--steps 8] [--eval-interval 1] [--batch-size 2]
         [--configs local,local-no-reuse,ray_train,ray_train-poll-2s]
     PYTHONPATH=/path/to/another/checkout python benchmarks/trial_overhead.py --configs local,ray_train
         # the same measurement of another version of kdsweep (e.g. before a change)
 
-Every trial is the same (the demo teacher, the demo-xs student, `--steps` steps of 8 x 256
-tokens, a report every `--eval-interval` steps, the teacher cache off, one trial at a time), so
+Every trial is the same (the demo teacher, the demo-xs student, `--steps` steps of `--batch-size`
+x 256 tokens, a report and a checkpoint every `--eval-interval` steps, each report scoring 8 val
+proteins, the teacher cache off, one trial at a time): small, so that what a trial costs besides
+its work stands out on a shared machine. So
 with W_1 and W_N the walls of a 1-trial and an N-trial sweep, each started from scratch (Ray
 included):
 
@@ -36,6 +38,7 @@ import time
 from pathlib import Path
 
 import ray
+import torch
 
 import sweeps.runner
 from distill.config import TrainConfig
@@ -70,28 +73,33 @@ def setting(config: str):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trials", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--eval-interval", type=int, default=5)
+    ap.add_argument("--trials", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--eval-interval", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--configs", default="local,local-no-reuse,ray_train,ray_train-poll-2s")
     args = ap.parse_args()
-    train = {"max_steps": args.steps, "eval_interval": args.eval_interval, "batch_size": 8, "micro_batch_size": 8,
-             "block_size": 256, "val_max_proteins": 48, "final_eval": False}
+    train = {"max_steps": args.steps, "eval_interval": args.eval_interval, "batch_size": args.batch_size,
+             "micro_batch_size": args.batch_size, "block_size": 256, "val_max_proteins": 8, "eval_batch_size": 8,
+             "final_eval": False}
     work = Path(tempfile.mkdtemp(prefix="kdsweep-overhead-"))
     print(f"kdsweep from {Path(sweeps.runner.__file__).parent.parent}; load average at start: "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
     def plain(i: int) -> tuple[float, dict]:
         cfg = TrainConfig().replace(scale="demo-xs", output_dir=str(work / f"plain{i}"), lr=3e-3, **train)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # a trial's (cpus_per_worker 1, sweeps.trial)
         t = time.perf_counter()
         run_training(cfg, log=lambda _: None)
         wall = time.perf_counter() - t
+        torch.set_num_threads(threads)
         rows = [json.loads(line) for line in (work / f"plain{i}" / "metrics.jsonl").read_text().splitlines()]
         return wall, [r for r in rows if "val_ppl" in r and "event" not in r][-1]
 
     def sweep(config: str, n: int) -> float:
         with setting(config) as executor:
-            name = f"{config}-{n}".replace("_", "-")
+            name = f"{config}-{n}-{time.time_ns()}".replace("_", "-")
             space = parse_space({"name": name, "scales": ["demo-xs"], "arms": ["baseline"], "params": PARAMS,
                                  "train": train, "search": {"trials_per_study": n, "max_concurrent": 1,
                                                             "executor": executor, "early_stopping": False},
@@ -103,6 +111,7 @@ def main() -> None:
             return wall
 
     plain(-1)  # warm the tokenized-data cache, the imports and the page cache
+    sweep("local", 1)  # and the driver's own first-sweep imports (Tune, Optuna), which no config should pay
     plain_wall, row = plain(0)
     setup = None
     if "first_step_s" in row:  # this version reports them (distill.train.RunCosts)
