@@ -105,6 +105,9 @@ class TrainConfig:
     eval_interval: int = 50
     eval_batch_size: int = 16
     keep_checkpoints: int = 2
+    # The dtype the final student is saved in (`<run>/student/`): fp32, or half the bytes in bf16 /
+    # fp16 (a copy is converted; training and the final evaluation keep the run's own precision).
+    save_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     precision: Precision = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0

@@ -41,6 +41,7 @@ import torch
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 
 from distill.atomic import write_atomic
+from distill.digests import cache_dir, hashing_reader, remembered, stamp
 from distill.errors import DataError
 from distill.homology import cluster_representatives, find_mmseqs
 from distill.leakage import format_leakage, split_leakage
@@ -89,15 +90,21 @@ def existing_data_path(data: str) -> Path:
 
 
 def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, or of a folder's files (sorted by relative path)."""
-    h = hashlib.sha256()
+    """SHA-256 of a file, or of a folder's files (sorted by relative path), each file's name then
+    its bytes. Computed once per version of the files (`distill.digests`): every trial of a sweep
+    loads the same data file, which at UniRef scale is gigabytes."""
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for p in files:
-        h.update(str(p.relative_to(path) if path.is_dir() else p.name).encode())
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
+    names = [str(p.relative_to(path) if path.is_dir() else p.name) for p in files]
+
+    def compute() -> str:
+        h = hashlib.sha256()
+        for name, p in zip(names, files):
+            h.update(name.encode())
+            for chunk in hashing_reader(p):
                 h.update(chunk)
-    return h.hexdigest()
+        return h.hexdigest()
+
+    return remembered(path, "data", compute, lambda: [[name, *stamp(p)] for name, p in zip(names, files)])
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -277,10 +284,6 @@ def is_pretokenized(path: Path) -> bool:
         return "input_ids" in pq.read_schema(path).names
     except Exception:
         return False
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("KDSWEEP_CACHE", Path.home() / ".cache" / "kdsweep"))
 
 
 def load_splits(data: str, tokenizer, *, column: str, split: SplitSpec) -> tuple[dict, dict]:

@@ -2,8 +2,8 @@
 
 * A local teacher folder: SHA-256 over its `config.json` and weight files (name and
   content). Hashing ProtGPT2's 3.1 GB takes seconds, and every trial checks the key of
-  the cache it reads, so each file's digest is remembered in `cache_dir()/file-sha256.json`
-  under (real path, size, mtime): a node hashes a teacher once.
+  the cache it reads, so each file's digest is remembered per version of the file
+  (`distill.digests`): a node hashes a teacher once.
 * A hub id: its `config.json` and the commit of the snapshot it resolves to (a hub
   commit pins every file), read from the local Hugging Face cache or fetched; the
   weights themselves are not needed.
@@ -12,43 +12,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 from pathlib import Path
 
-from distill.data import cache_dir
+from distill.digests import sha256_remembered
 from distill.errors import ModelError
 
 # Files that decide a teacher's outputs: its config and its weights.
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack")
-MEMO_NAME = "file-sha256.json"
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file's content, remembered per (real path, size, mtime_ns)."""
-    real = os.path.realpath(path)
-    st = os.stat(real)
-    stamp = [st.st_size, st.st_mtime_ns]
-    memo_path = cache_dir() / MEMO_NAME
-    memo = _read_memo(memo_path)
-    if memo.get(real, [None])[:2] == stamp:
-        return memo[real][2]
-    with open(real, "rb") as fh:
-        digest = hashlib.file_digest(fh, "sha256").hexdigest()
-    memo = _read_memo(memo_path)  # re-read: another process may have added entries meanwhile
-    memo[real] = [*stamp, digest]
-    memo_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = memo_path.with_name(f".{MEMO_NAME}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(memo))
-    os.replace(tmp, memo_path)  # last writer wins; a lost entry is only hashed again
-    return digest
-
-
-def _read_memo(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def teacher_fingerprint(name: str) -> str:
@@ -62,7 +32,7 @@ def teacher_fingerprint(name: str) -> str:
         if not any(p.suffix in WEIGHT_SUFFIXES for p in files):
             raise ModelError(f"teacher directory {path}: no weight file ({', '.join(WEIGHT_SUFFIXES)})")
         for p in files:
-            h.update(f"{p.name}\0{file_digest(p)}\0".encode())
+            h.update(f"{p.name}\0{sha256_remembered(p)}\0".encode())
     else:
         config = _hub_config(name)
         commit = config.parent.name  # .../models--org--name/snapshots/<commit>/config.json

@@ -15,6 +15,7 @@ dropped first, so every step appears once. Every file goes through
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -154,15 +155,24 @@ def finished_run(run_dir: Path) -> RunResult | None:
                      final_metrics=summary.get("test"), val_metrics=summary.get("val"))
 
 
+# save_dtype -> the torch dtype's name (torch is imported only to save: reading a run folder needs none)
+SAVE_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
 def save_student(student, tokenizer, out: Path, cfg: TrainConfig) -> None:
     """A folder `AutoModelForCausalLM/AutoTokenizer.from_pretrained` load directly, put in place
-    whole (written beside it, then renamed) so no reader ever sees half a student."""
+    whole (written beside it, then renamed) so no reader ever sees half a student. Saved in
+    `cfg.save_dtype` (a converted copy: `student` itself is left as it is)."""
+    import torch
+
+    dtype = getattr(torch, SAVE_DTYPES[cfg.save_dtype])
+    saved = student if dtype == torch.float32 else copy.deepcopy(student).to(dtype)  # deepcopy keeps the tied head tied
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
         with disk_full_as_oserror(tmp):
-            student.save_pretrained(tmp, safe_serialization=True)
+            saved.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
             dump_config(cfg, tmp / "kdsweep_config.yaml")
         shutil.rmtree(out, ignore_errors=True)

@@ -27,8 +27,14 @@ name, renamed, hashed, and the part recorded in ``progress.json``. A re-run adop
 partial folder whose builder is gone and skips its recorded parts (resumable). Only a
 complete build gets its manifest and is renamed to the final name, so an interrupted
 build never looks complete. Opening (``TeacherCache.open``) compares the manifest's key
-with the run's (an error names each differing field) and every file's size; each file's
-sha256 is checked the first time a process maps it.
+with the run's (an error names each differing field) and every file's size.
+
+Verification happens once per version of a file on a node, not in every trial
+(`distill.digests`): the build records the digest of each file it wrote (it hashed it as
+it wrote it), a sweep verifies the cache once on every node before its trials start
+(`TeacherCache.verify`, sweeps/cache.py), and a file whose current version has no such
+record (a node that joined later, a file written to since) is hashed the first time a
+process maps it, before any of its bytes are used: a damaged file is named then.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from distill import digests
 from distill.block_order import pool_size
 from distill.data import HeldOut, ProteinData
 from distill.diskfull import check_free_space, reserve
@@ -274,6 +281,8 @@ def build_teacher_cache(plan: CachePlan, *, log: Callable[[str], None] = print, 
         if not is_complete(plan.path):
             raise
         shutil.rmtree(partial, ignore_errors=True)  # another builder finished the same key first
+    else:
+        builder.record_verified(plan.path)
     log(f"teacher cache: built in {time.time() - started:.1f} s, {plan.path}")
     return plan.path
 
@@ -300,6 +309,8 @@ class _Builder:
         self.partial = plan.path.with_name(f"{plan.path.name}.partial-{os.getpid()}")
         self.done: dict[str, dict] = {}
         self.advance: Callable[[int], object] = lambda tokens: None  # progress: teacher tokens computed
+        # file -> (sha256, stamp when hashed) of the files this process wrote and hashed
+        self.hashed: dict[str, tuple[str, list[int]]] = {}
         self.head = teacher.get_output_embeddings()  # torch.nn.Linear: checked by is_linear_head
 
     def parts(self) -> list[_Part]:
@@ -334,6 +345,7 @@ class _Builder:
 
     def _record(self, part: str, files: dict) -> None:
         self.done[part] = files
+        self.hashed.update({f: (meta["sha256"], digests.stamp(self.partial / f)) for f, meta in files.items()})
         _write_json(self.partial / PROGRESS, {"layout": self._layout(), "parts": self.done})
 
     # -- parts ------------------------------------------------------------------------------
@@ -394,6 +406,13 @@ class _Builder:
             self.advance(int(batch["attention_mask"].sum()))
         return {hidden_file: _finish_tmp(out, self.partial / hidden_file),
                 offsets_file: _write_array(self.partial / offsets_file, offsets)}
+
+    def record_verified(self, folder: Path) -> None:
+        """The build's own record: every file this process hashed as it wrote it, unchanged since
+        (same size, times, inode; moved with its folder), needs no verification on this node."""
+        for name, (sha256, when_hashed) in self.hashed.items():
+            if digests.stamp(folder / name) == when_hashed:
+                digests.record(folder / name, "sha256", sha256, when_hashed)
 
     def write_manifest(self, seconds: float) -> None:
         plan, key = self.plan, self.plan.key
@@ -480,12 +499,7 @@ def _write_array(final: Path, array: np.ndarray) -> dict:
 
 
 def _file_record(path: Path, shape, dtype: str) -> dict:
-    return {"sha256": _sha256(path), "bytes": path.stat().st_size, "shape": list(shape), "dtype": dtype}
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+    return {"sha256": digests.sha256_file(path), "bytes": path.stat().st_size, "shape": list(shape), "dtype": dtype}
 
 
 def _read_json(path: Path) -> dict:
@@ -527,10 +541,6 @@ def read_manifest(path: str | Path) -> dict:
 # Reading
 # ---------------------------------------------------------------------------------------------
 
-# (real path, sha256) of every file this process has verified: checked on first map only.
-_VERIFIED: set[tuple[str, str]] = set()
-
-
 class TeacherCache:
     """A complete cache, opened for reading. Arrays are memory-mapped on first use."""
 
@@ -540,10 +550,15 @@ class TeacherCache:
         self.torch_dtype = _DTYPES[self.dtype][1]
         self.shard_blocks = manifest["train"]["shard_blocks"]
         self._maps: dict[str, np.ndarray] = {}
+        # Files whose current version is not recorded as verified on this node: hashed on first map.
+        self._unverified = {Path(p).name for p in digests.unverified(
+            {str(path / name): meta["sha256"] for name, meta in manifest["files"].items()})}
+        self.bytes_read = 0  # bytes copied out of the cache's files by this object (train, held-out, head)
 
     @classmethod
-    def open(cls, path: str | Path, expected: CacheKey) -> TeacherCache:
-        """Open the cache in `path` for a run whose key is `expected` (dtype None: any).
+    def open(cls, path: str | Path, expected: CacheKey | None) -> TeacherCache:
+        """Open the cache in `path` for a run whose key is `expected` (dtype None: any; None: a
+        caller that only verifies the files, whose key was checked already).
 
         Raises ConfigError naming every key field that differs, DataError for a missing,
         unfinished or damaged cache (naming the file)."""
@@ -552,7 +567,7 @@ class TeacherCache:
         if manifest.get("format") != CACHE_FORMAT:
             raise DataError(f"teacher_cache: {path}: cache format {manifest.get('format')}, this kdsweep reads "
                             f"format {CACHE_FORMAT}; build it again")
-        if bad := expected.differences(manifest["key"]):
+        if expected is not None and (bad := expected.differences(manifest["key"])):
             raise ConfigError(f"teacher_cache: {path} was built for another run: " + "; ".join(bad))
         for name, meta in manifest["files"].items():
             size = _size(path / name)
@@ -570,18 +585,31 @@ class TeacherCache:
     def teacher_params(self) -> int:
         return int(self.manifest["teacher"]["params"])
 
+    def _verify(self, name: str) -> None:
+        """Hash one file unless its current version is recorded as verified; DataError if it differs."""
+        if name in self._unverified:
+            path = self.path / name
+            if not digests.has_sha256(path, self.manifest["files"][name]["sha256"]):
+                raise DataError(f"teacher_cache: {path}: sha256 differs from the manifest (damaged file); "
+                                "build the cache again")
+            self._unverified.discard(name)
+
+    def verify(self) -> None:
+        """Verify every file not yet verified on this node (once per node, before a sweep's trials)."""
+        for name in sorted(self._unverified):
+            self._verify(name)
+
     def _array(self, name: str) -> np.ndarray:
-        """The memory-mapped array of one file, its sha256 verified the first time this process maps it."""
+        """The memory-mapped array of one file, verified (see `_verify`) before it is first mapped."""
         if name not in self._maps:
-            path, meta = self.path / name, self.manifest["files"][name]
-            real = os.path.realpath(path)
-            if (real, meta["sha256"]) not in _VERIFIED:
-                if _sha256(path) != meta["sha256"]:
-                    raise DataError(f"teacher_cache: {path}: sha256 differs from the manifest (damaged file); "
-                                    "build the cache again")
-                _VERIFIED.add((real, meta["sha256"]))
-            self._maps[name] = np.load(path, mmap_mode="r")
+            self._verify(name)
+            self._maps[name] = np.load(self.path / name, mmap_mode="r")
         return self._maps[name]
+
+    def _read(self, array: np.ndarray) -> np.ndarray:
+        """`array` (a copy out of a map) counted in `bytes_read`."""
+        self.bytes_read += array.nbytes
+        return array
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         """A storage-dtype numpy array (a copy, not the map) as a torch tensor of the storage dtype."""
@@ -590,8 +618,9 @@ class TeacherCache:
 
     def head(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(V, d_t) fp32 weight and (V,) bias or None: the teacher's LM head."""
-        weight = torch.from_numpy(np.array(self._array("head.weight.npy")))
-        bias = torch.from_numpy(np.array(self._array("head.bias.npy"))) if self.manifest["teacher"]["head_bias"] else None
+        weight = torch.from_numpy(self._read(np.array(self._array("head.weight.npy"))))
+        bias = (torch.from_numpy(self._read(np.array(self._array("head.bias.npy"))))
+                if self.manifest["teacher"]["head_bias"] else None)
         return weight, bias
 
     def _rows(self, suffix: str, blocks: torch.Tensor) -> list[np.ndarray]:
@@ -606,11 +635,11 @@ class TeacherCache:
 
     def train_hidden(self, blocks: torch.Tensor) -> torch.Tensor:
         """(b,) pool block indices -> (b, T, d_t) hidden states, storage dtype, on the CPU."""
-        return self._tensor(np.stack(self._rows("hidden", blocks)))
+        return self._tensor(self._read(np.stack(self._rows("hidden", blocks))))
 
     def train_entropy(self, blocks: torch.Tensor) -> torch.Tensor:
         """(b,) pool block indices -> (b, T - 1) fp32 teacher entropies at tau = 1, on the CPU."""
-        return torch.from_numpy(np.stack(self._rows("entropy", blocks)))
+        return torch.from_numpy(self._read(np.stack(self._rows("entropy", blocks))))
 
     def check_heldout(self, split: str, heldout: HeldOut) -> None:
         """Refuse a held-out set that is not the one this cache stored (count or lengths differ)."""
@@ -632,6 +661,7 @@ class TeacherCache:
             lo, hi = int(offsets[p]), int(offsets[p + 1])
             n = min(width, hi - lo)
             out[row, :n] = flat[lo:lo + n]
+            self.bytes_read += flat[lo:lo + n].nbytes
         return self._tensor(out)
 
 

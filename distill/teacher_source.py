@@ -60,6 +60,11 @@ class LiveTeacher:
     def prefetch(self, blocks_list: list[torch.Tensor]) -> None:
         """Nothing to read ahead: the live teacher runs on the ids."""
 
+    @property
+    def bytes_read(self) -> int:
+        """Bytes read from a teacher cache: none."""
+        return 0
+
     def train_batch(self, blocks: torch.Tensor, ids: torch.Tensor) -> TeacherBatch:
         with torch.no_grad():
             hidden, weight, bias = head_inputs(self.model, ids)
@@ -90,6 +95,11 @@ class CachedTeacher:
     def prefetch(self, blocks_list: list[torch.Tensor]) -> None:
         """Start reading these (b,) block sets' rows in the background (the next step's)."""
         self.reader.ahead(blocks_list)
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes read from the cache's files so far (train blocks, held-out proteins, head)."""
+        return self.cache.bytes_read
 
     def train_batch(self, blocks: torch.Tensor, ids: torch.Tensor) -> TeacherBatch:
         hidden, entropy = self.reader.take(blocks)  # prefetched, or read now

@@ -14,7 +14,8 @@
 
 The blocks come from a fixed pool read in a seeded order (distill/block_order.py).
 It runs alone (`kdsweep train`) and unchanged inside a Ray trial: Ray only
-supplies `report(metrics, checkpoint_dir)` and, on restore, `resume_from`.
+supplies `report(metrics)`; a restarted trial resumes from its run
+folder's own newest checkpoint, which Ray never copies (distill/checkpoint.py).
 When torch.distributed is initialised (Ray Train DDP), each rank takes its
 slice of every global batch and gradients are averaged by DDP.
 """
@@ -23,13 +24,15 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from distill.block_order import BlockOrder, pool_size, total_steps
-from distill.checkpoint import restore_latest, save_checkpoint
+from distill import digests
+from distill.checkpoint import folder_bytes, restore_latest, save_checkpoint
 from distill.config import TrainConfig, dump_config
 from distill.data import ProteinData
 from distill.errors import ConfigError
@@ -48,6 +51,7 @@ from distill.rundir import (
     RunLog,
     RunResult,
     finished_run,
+    read_log,
     save_student,
     write_summary,
 )
@@ -57,7 +61,55 @@ from distill.seeding import seed_everything
 from distill.step import LossSettings, make_scaler, optimizer_step, training_module
 from distill.teacher_source import open_teacher
 
-ReportFn = Callable[[dict, "str | None"], None]
+ReportFn = Callable[[dict], None]
+
+
+@dataclass
+class RunCosts:
+    """What one attempt of a run pays besides its steps, reported in every eval row (cumulative):
+    the per-trial costs that grow with the problem (benchmarks/rehearsal.py, `kdsweep estimate`).
+
+    first_step_s          seconds from `run_training`'s start to the end of its first step
+    steady_tokens_per_s   train tokens per second of the steps after the first, evals and checkpoints excluded
+    bytes_hashed          bytes this attempt SHA-256-hashed (data file, teacher, cache files): 0 once its
+                          node has verified them (distill/digests.py)
+    cache_bytes_read      bytes read from the teacher cache (0 with a live teacher)
+
+    (The bytes of each checkpoint are the run log's "checkpoint" events, written once it is in place.)
+    """
+
+    started: float = field(default_factory=time.perf_counter)
+    hashed_at_start: int = field(default_factory=digests.bytes_hashed)
+    first_step_s: float | None = None
+    steady_s: float = 0.0
+    steady_tokens: int = 0
+    _mark: float = 0.0  # end of the last timed stretch of steps
+
+    def step_done(self, tokens: int) -> bool:
+        """After each step: True after the first (whose time `first_step_s` records)."""
+        now = time.perf_counter()
+        if self.first_step_s is None:
+            self.first_step_s, self._mark = now - self.started, now
+            return True
+        self.steady_tokens += tokens
+        return False
+
+    def pause(self) -> None:
+        """Before an eval: the steps since the last mark count as steady training time."""
+        if self.first_step_s is not None:
+            now = time.perf_counter()
+            self.steady_s += now - self._mark
+            self._mark = now
+
+    def resume(self) -> None:
+        """After the eval, checkpoint and report: their time is not training time."""
+        self._mark = time.perf_counter()
+
+    def row(self, teacher) -> dict:
+        return {"first_step_s": self.first_step_s,
+                "steady_tokens_per_s": self.steady_tokens / self.steady_s if self.steady_s > 0 else None,
+                "bytes_hashed": digests.bytes_hashed() - self.hashed_at_start,
+                "cache_bytes_read": teacher.bytes_read}
 
 
 def accumulation_steps(cfg: TrainConfig, world_size: int) -> int:
@@ -82,10 +134,10 @@ def run_training(
     cfg: TrainConfig,
     *,
     report: ReportFn | None = None,
-    resume_from: str | Path | None = None,
     log: Callable[[str], None] = print,
 ) -> RunResult:
-    """Train one student; see the module docstring. Resumes from `resume_from` or the run's latest checkpoint."""
+    """Train one student; see the module docstring. Resumes from the run's latest checkpoint."""
+    costs = RunCosts()
     rt = resolve_runtime(cfg.precision, cfg.device)
     is_main = rt.rank == 0
     run_dir = Path(cfg.output_dir)
@@ -96,7 +148,7 @@ def run_training(
         # A run that already ended (e.g. just before a driver kill, so Tune restarts it):
         # report its final row again and do not train a second time.
         if report is not None:
-            report(finished.last_row, None)
+            report(finished.last_row)
         log(f"{run_dir} already {finished.status} at step {finished.step}; not training again")
         return finished
     seed_everything(cfg.seed)
@@ -131,7 +183,7 @@ def run_training(
     runlog = RunLog(run_dir) if is_main else None
 
     best = {"val_ppl": math.inf, "step": -1}
-    ckpt, start_step, extra = restore_latest(ckpt_root, resume_from, student, optimizer, scheduler, scaler, log)
+    ckpt, start_step, extra = restore_latest(ckpt_root, student, optimizer, scheduler, scaler, log)
     if ckpt is not None:
         best = extra["best"]
         if runlog:
@@ -141,9 +193,10 @@ def run_training(
     elif is_main:
         # Starting from step 0: rows an attempt killed before its first checkpoint wrote are
         # about to be produced again; drop them so every step appears once.
+        lost = max((r.get("step", 0) for r in read_log(run_dir) if "event" not in r), default=0)
         runlog.truncate_after(0)
-        if resume_from is not None:  # the scheduler named a checkpoint that is gone: say so, never "resumed"
-            runlog.append({"event": RESTARTED, "step": 0, "missing": str(resume_from)})
+        if lost > 0:  # an earlier attempt trained to `lost` and left no checkpoint here: say so, never "resumed"
+            runlog.append({"event": RESTARTED, "step": 0, "lost_step": lost, "checkpoints": str(ckpt_root)})
         dump_config(cfg, run_dir / CONFIG_NAME)
         runlog.append({"event": "start", "step": 0, "total_steps": steps, "params": sum(p.numel() for p in student.parameters()),
                        "data": data.info, "pool_blocks": pool, "precision": rt.precision, "world_size": rt.world_size,
@@ -171,7 +224,13 @@ def run_training(
         if result.grad_norm is None:
             # method §4: a non-finite loss ends the run, before its gradients reach the weights.
             return _diverged(runlog, report, run_dir, step, best, log)
-        tokens_seen += accum * cfg.micro_batch_size * cfg.block_size * rt.world_size
+        step_tokens = accum * cfg.micro_batch_size * cfg.block_size * rt.world_size
+        tokens_seen += step_tokens
+        if costs.first_step_s is None and rt.device.type == "cuda":
+            torch.cuda.synchronize(rt.device)  # once: the first step's time is its real time
+        if costs.step_done(step_tokens) and is_main:
+            runlog.append({"event": "first_step", "step": step + 1, "seconds": costs.first_step_s,
+                           "time": time.time()})
         window += result.terms
         window_steps += 1
         grad_norm = result.grad_norm
@@ -179,6 +238,7 @@ def run_training(
         done = step + 1
         final = done == steps
         if done % cfg.eval_interval == 0 or final:
+            costs.pause()
             val = _heldout_ppl(student, data, cfg, rt, pad_id)
             if cfg.inject_inf_val_at_step == done:
                 val["ppl"] = math.inf
@@ -209,11 +269,12 @@ def run_training(
             }
             window.zero_()
             window_steps = 0
-            ckpt_dir = None
             if is_main:
-                runlog.append(row)
-                ckpt_dir = str(save_checkpoint(ckpt_root, done, student, optimizer, scheduler, scaler,
-                                               {"best": best}, cfg.keep_checkpoints))
+                row.update(costs.row(teacher))
+                runlog.append(row)  # before the checkpoint: a resume from step k keeps the row of step k
+                saved = save_checkpoint(ckpt_root, done, student, optimizer, scheduler, scaler, {"best": best},
+                                        cfg.keep_checkpoints)
+                runlog.append({"event": "checkpoint", "step": done, "bytes": folder_bytes(saved), "time": time.time()})
                 log(f"step {done}/{steps} train_loss {row['train_loss']:.4f} val_ppl {val['ppl']:.4f} "
                     f"({row['tokens_per_s']:.0f} tok/s)")
                 if final:
@@ -221,7 +282,8 @@ def run_training(
                     # scheduler may end the trial's process as soon as it has that report.
                     _finish(student, teacher, tokenizer, data, cfg, rt, runlog, row, best)
             if report is not None:
-                report(row, ckpt_dir)
+                report(row)
+            costs.resume()
     return finished_run(run_dir) if is_main else RunResult(COMPLETED, steps, best["val_ppl"], best["step"], run_dir)
 
 
@@ -254,5 +316,5 @@ def _diverged(runlog: RunLog | None, report: ReportFn | None, run_dir: Path, ste
         runlog.append(row)
         write_summary(result)
     if report is not None:
-        report({**row, "val_ppl": float("inf")}, None)
+        report({**row, "val_ppl": float("inf")})
     return result

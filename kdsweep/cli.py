@@ -238,7 +238,8 @@ def _estimate(args) -> int:
     from sweeps.estimate import estimate, format_estimate
     from sweeps.space import load_space
 
-    est = estimate(load_space(args.space), tokens_per_s=args.tokens_per_s, device=args.device, devices=args.devices)
+    est = estimate(load_space(args.space), tokens_per_s=args.tokens_per_s, device=args.device, devices=args.devices,
+                   storage=args.storage)
     print(dumps(est.to_dict(), indent=2) if args.json else format_estimate(est))
     return 0
 
@@ -283,6 +284,8 @@ COMMANDS: dict[str, Command] = {
         arg("--device", default="auto", choices=["auto", "cpu", "cuda"], help="device to probe"),
         arg("--devices", type=int, help="GPUs (or CPU cores) the sweep will have, for the wall-clock figure "
                                         "(default: this machine's)"),
+        arg("--storage", help="folder the sweep will be stored in, whose write speed prices the checkpoints "
+                              "(default: $KDSWEEP_STORAGE, else ./kdsweep_runs)"),
         arg("--json", action="store_true", help="print JSON instead of a table")]),
     "sweep run": Command(_sweep_run, "start a sweep from a search-space YAML", [
         arg("space", help="search-space YAML, or the name of one in search_spaces/ (e.g. demo)"),

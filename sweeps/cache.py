@@ -6,9 +6,10 @@ trial and replicate (distill/teacher_cache.py). `sweep run`, `sweep resume` and 
 replicate` call `ensure_teacher_cache` once Ray is up and before any trial: it plans the
 cache in a Ray task (data and teacher config only), checks a complete one against its key,
 builds it if absent in a Ray task that reserves the teacher's resources (so on a cluster it
-runs on a GPU node), and its folder goes into `sweep.json` (`record_teacher_cache`), from
-which every trial's TrainConfig gets `teacher_cache` (sweeps/trial.py), whichever executor
-runs it.
+runs on a GPU node), verifies it once on every node that can run a trial (`verify_on_nodes`:
+the build's own record makes that free on the node that built it), and its folder goes into
+`sweep.json` (`record_teacher_cache`), from which every trial's TrainConfig gets
+`teacher_cache` (sweeps/trial.py), whichever executor runs it.
 
 Where: `cache.dir` of the space, else `<storage root>/teacher_cache/`, beside the
 sweeps: storage every node mounts whenever the sweep folders are, and shared by every
@@ -23,14 +24,16 @@ from pathlib import Path
 from typing import Callable
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from distill.config import TrainConfig
 from distill.diskfull import full_disk_in
+from distill.digests import bytes_hashed
 from distill.errors import KDSweepError
 from distill.inputs import check_writable_dir
 from distill.teacher_cache import CachePlan, TeacherCache, build_teacher_cache, is_complete, plan_teacher_cache
 from sweeps.layout import SweepDir
-from sweeps.space import SearchSpace
+from sweeps.space import SearchSpace, worker_resources
 
 CACHE_DIR = "teacher_cache"
 META_KEY = "teacher_cache"
@@ -102,13 +105,46 @@ def ensure_teacher_cache(space: SearchSpace, storage_root: Path, log: Callable[[
     path, complete, size = _get(task(_plan_task).remote(space, str(storage_root)))
     if complete:
         log(f"teacher cache: reading {path}")
+        verify_on_nodes(space, path, log)
         return path
     res = build_resources(space)
     log(f"{size}\nteacher cache: building as a Ray task ({res['num_cpus']:g} CPU, {res['num_gpus']:g} GPU)")
     started = time.time()
     path = _get(task(_build_task).remote(space, str(storage_root)))
     log(f"teacher cache: built in {time.time() - started:.1f} s: {path}")
+    verify_on_nodes(space, path, log)
     return path
+
+
+def _verify_task(path: str) -> tuple[int, float]:
+    """On one node: verify every cache file not verified there yet. Returns (bytes hashed, seconds)."""
+    started, before = time.time(), bytes_hashed()
+    TeacherCache.open(path, None).verify()
+    return bytes_hashed() - before, time.time() - started
+
+
+def trial_nodes(space: SearchSpace) -> list[str]:
+    """Ids of the alive nodes that can hold one of the space's trial workers (a CPU-only head with
+    `CPU: 0` cannot, and reads no cache)."""
+    need = worker_resources(space)
+    return [n["NodeID"] for n in ray.nodes()
+            if n["Alive"] and all(n["Resources"].get(k, 0.0) >= v for k, v in need.items())]
+
+
+def verify_on_nodes(space: SearchSpace, path: str, log: Callable[[str], None] = print) -> None:
+    """Verify the cache once on every node that can run a trial, one Ray task per node, before any
+    trial starts: a trial then hashes nothing (distill/digests.py). The tasks reserve no CPU (they
+    must run even beside another sweep's trials). A node that joins later (an autoscaled GPU node)
+    verifies each file at its first trial's first read of it, once for the node."""
+    nodes = trial_nodes(space)
+    task = ray.remote(num_cpus=0)(_verify_task)
+    refs = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(path)
+            for node in nodes]
+    results = [_get(ref) for ref in refs]
+    hashed = sum(n for n, _ in results)
+    slowest = max((s for _, s in results), default=0.0)
+    log(f"teacher cache: verified on {len(nodes)} node(s), {hashed / 1e9:.3g} GB hashed "
+        f"(files already verified on a node are not read), {slowest:.1f} s")
 
 
 def record_teacher_cache(sd: SweepDir, path: str | None) -> None:

@@ -16,13 +16,17 @@ Per scale (every arm of a scale costs the same to within its loss options):
   of a live step is 2 N_t / (2 N_t + 6 N_s) (N = parameters that multiply every token);
 * validation: every report scores `val_max_proteins` proteins (their real token lengths
   from the data, capped like the trials cap them) at the probed student-forward tokens/s;
-* per trial a fixed overhead, measured here because it grows with the machine's load: a
-  fresh Python process importing the trial's code (`sweeps.trial`: Ray, torch,
-  transformers; a trial runs in a new Ray worker process) plus the trial's own set-up as
-  this process times it (tokenized data from the cache, the student built); the
-  executor's extra (a `ray_train` trial starts Train's controller and workers,
-  docs/benchmarks.md) and the checkpoint writes (weights + AdamW moments per report);
-  once per sweep, Ray's start, counted as one more process start;
+* what a trial pays besides its steps (docs/benchmarks.md, "Per-trial fixed cost" and
+  "Rehearsal", where each part was measured): its set-up as this process times it now
+  (tokenized data from the cache); a fresh process importing the trial's code (Ray, torch,
+  transformers), timed now, once per trial, or once per concurrent slot where trials reuse
+  their process (`local` executor: `sweeps.space.reuses_processes`); Tune's own work per
+  trial and per report, and the `ray_train` executor's start of Train's controller and
+  workers (constants measured by benchmarks/trial_overhead.py); per report, the validation
+  and one checkpoint (weights + AdamW moments, 12 bytes a parameter) at the write speed of
+  the sweep storage, timed now. Verifying the teacher cache is once per sweep and node at
+  this machine's SHA-256 speed, timed now (trials then hash nothing: distill/digests.py);
+  once per sweep also Ray's start and the driver's imports;
 * teacher cache: the blocks a trial reads (every trial of a sweep reads the same blocks in the
   same order: they share the data seed), so min(T x batch_size, train blocks) x block_size
   tokens, and every val/test protein's tokens, each d_t values in `cache.dtype` (+ fp32
@@ -36,9 +40,11 @@ once here (`max_concurrent`, capped by the cores or GPUs available).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -65,18 +71,27 @@ from distill.step import LossSettings, Stepper
 from distill.teacher_cache import cache_sizes, heldout_tokens
 from distill.teacher_source import LiveTeacher
 from distill.train import total_steps
-from sweeps.asha_model import AshaExpectation, expected_asha_steps, without_early_stopping
-from sweeps.space import SearchSpace
+from sweeps.asha_model import AshaExpectation, expected_asha_steps, report_steps, without_early_stopping
+from sweeps.layout import storage_root
+from sweeps.space import SearchSpace, reuses_processes
 
 # Hub teachers whose config and tokenizer ship with kdsweep: estimated without a download.
 SHIPPED_TEACHERS = {"nferruz/ProtGPT2": PROTGPT2_TOKENIZER_DIR}
-# Per-trial overhead of each executor beyond a process start, seconds (docs/benchmarks.md,
-# "Sweep executors": Train V2's controller and worker group cost ray_train ~21 s more than local).
-EXECUTOR_EXTRA_S = {"local": 0.0, "ray_train": 21.0}
+# Seconds Tune and the executors add, measured on a 2-core CPU by benchmarks/trial_overhead.py
+# (docs/benchmarks.md, "Per-trial fixed cost"): Tune's work per trial (scheduling, starting or
+# resetting its process, the last result) and per report (a trial waits while the driver
+# processes each result), and a `ray_train` trial's start of Train's controller and worker group.
+TUNE_TRIAL_S = 1.0
+TUNE_REPORT_S = 0.1
+EXECUTOR_EXTRA_S = {"local": 0.0, "ray_train": 10.0}
+# Once per sweep: an embedded Ray's start and Tune's set-up (the same benchmark).
+RAY_START_S = 10.0
 # The import a trial's fresh worker process pays before it trains (timed in a subprocess).
 TRIAL_IMPORTS = "import sweeps.trial, distill.train"
-# Checkpoint write rate assumed for the per-report checkpoints (weights + 2 AdamW moments, fp32).
-CHECKPOINT_BYTES_PER_S = 500e6
+# Bytes of a checkpoint per student parameter: fp32 weights and AdamW's two fp32 moments.
+CHECKPOINT_BYTES_PER_PARAM = 12
+# Bytes hashed and written to time SHA-256 and the storage's write speed.
+PROBE_IO_BYTES = 64 * 2**20
 # A CPU probe call is sized to about this many model FLOPs (a few seconds on 2 cores), so
 # that even ProtGPT2 probes in well under a minute; on CUDA the trial's own micro-batch is probed.
 CPU_PROBE_FLOPS = 5e10
@@ -91,13 +106,28 @@ class Throughput:
     """Tokens per second of one scale on the probed device."""
 
     student_step: float  # a training step with the teacher's hidden states given (cached teacher)
-    teacher: float  # the teacher's forward (+ entropies when an arm needs them): live cost and cache build
+    teacher: float  # the teacher's forward (+ entropies when an arm needs them): a live step's teacher part
     eval_forward: float  # the student's forward for validation
     source: str
+    # A cache build: train blocks get the forward and the entropies, held-out proteins the forward only.
+    build_train: float = 0.0
+    build_heldout: float = 0.0
 
     @property
     def live_step(self) -> float:
         return 1.0 / (1.0 / self.student_step + 1.0 / self.teacher)
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What this machine's trials pay besides their steps, timed now (see the module docstring)."""
+
+    process_s: float  # a fresh process importing a trial's code
+    setup_s: float  # a trial's set-up before its first step (tokenizer, tokenized data)
+    sha256_bytes_per_s: float
+    write_bytes_per_s: float  # the sweep storage, fsync'd
+    cores: int
+    gpu: bool
 
 
 @dataclass
@@ -110,13 +140,15 @@ class ScaleEstimate:
     studies: int
     throughput: Throughput
     eval_tokens_per_report: int
-    checkpoint_bytes: int
-    overhead_s_per_trial: float
+    checkpoint_bytes: int  # one checkpoint (per report)
+    overhead_s_per_trial: float  # start-up and Tune's per-trial work (not the per-report part)
+    report_s: float  # per report besides validation's compute: the checkpoint write and Tune's processing
     reports: float = 0.0
     trial_steps: float = 0.0
     train_tokens: float = 0.0
     device_s_live: float = 0.0
     device_s_cached: float = 0.0
+    checkpoint_bytes_per_trial: int = 0  # a full-budget trial's checkpoints (one per report)
 
 
 @dataclass
@@ -125,12 +157,15 @@ class Estimate:
     device: str
     concurrency: float
     scales: list[ScaleEstimate]
-    cache_tokens: int
+    cache_tokens: int  # the train pool's and the held-out proteins'
+    cache_pool_tokens: int  # the train pool's
     cache_bytes: int
     cache_dtype: str
     cache_build_s: float
     early_stopping: bool
-    startup_s: float  # once per sweep (Ray's start); wall clock, not device time
+    startup_s: float  # once per sweep: Ray's start, the driver's imports (wall clock, not device time)
+    verify_s: float  # once per sweep and node, in parallel: SHA-256 of the teacher cache (wall clock)
+    machine: Machine
     notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
 
@@ -143,12 +178,16 @@ class Estimate:
         return self.cache_build_s + sum(s.device_s_cached for s in self.scales)
 
     def wall_s(self, cached: bool) -> float:
-        """Wall clock of the whole sweep here: start-up, then the device time spread over the trials at once."""
-        return self.startup_s + (self.device_s_cached if cached else self.device_s_live) / self.concurrency
+        """Wall clock of the whole sweep here: start-up (and the cache's verification), then the
+        device time spread over the trials at once."""
+        if cached:
+            return self.startup_s + self.verify_s + self.device_s_cached / self.concurrency
+        return self.startup_s + self.device_s_live / self.concurrency
 
     def to_dict(self) -> dict:
         out = asdict(self)
-        out.update(device_s_live=self.device_s_live, device_s_cached=self.device_s_cached)
+        out.update(device_s_live=self.device_s_live, device_s_cached=self.device_s_cached,
+                   wall_s_live=self.wall_s(cached=False), wall_s_cached=self.wall_s(cached=True))
         for row, scale in zip(out["scales"], self.scales):
             row["throughput"]["live_step"] = scale.throughput.live_step
             row["asha"]["fraction"] = scale.asha.fraction
@@ -196,7 +235,9 @@ def parse_tokens_per_s(values: list[str] | None, scales) -> dict[str, float]:
 def flop_split(tokens_per_s: float, student_flops: float, teacher_flops: float, eval_flops: float) -> Throughput:
     """A measured live-step figure split into student step and teacher forward by their FLOPs."""
     total = student_flops + teacher_flops
-    return Throughput(student_step=tokens_per_s * total / student_flops, teacher=tokens_per_s * total / teacher_flops,
+    teacher = tokens_per_s * total / teacher_flops
+    return Throughput(student_step=tokens_per_s * total / student_flops, teacher=teacher,
+                      build_train=teacher, build_heldout=teacher,
                       eval_forward=tokens_per_s * total / eval_flops,
                       source=f"--tokens-per-s {tokens_per_s:g}, split by FLOPs (teacher share "
                              f"{teacher_flops / total:.0%})")
@@ -236,6 +277,38 @@ def process_start_s() -> float:
     return time.perf_counter() - start
 
 
+def sha256_bytes_per_s() -> float:
+    """This machine's SHA-256 speed now (what verifying a teacher cache reads at)."""
+    data = os.urandom(PROBE_IO_BYTES)
+    start = time.perf_counter()
+    hashlib.sha256(data).digest()
+    return len(data) / (time.perf_counter() - start)
+
+
+def write_bytes_per_s(folder: Path) -> float:
+    """Write speed of the file system holding `folder` (or its nearest existing parent) now: a file
+    written and fsync'd there, then removed (what a checkpoint costs to write)."""
+    while not folder.is_dir():
+        folder = folder.parent
+    data = os.urandom(PROBE_IO_BYTES)
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".kdsweep-write-probe-") as fh:
+        start = time.perf_counter()
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+        return len(data) / (time.perf_counter() - start)
+
+
+def cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def probe_threads(space: SearchSpace) -> int:
+    """A trial's CPU threads (`cpus_per_worker`, sweeps.trial), never more than this machine's cores."""
+    return max(1, min(int(float(space.resources["cpus_per_worker"])), cores()))
+
+
 def _loss_settings(space: SearchSpace) -> LossSettings:
     """The costliest loss options among the space's arms (the cost differs little between arms)."""
     uncertainty = any(s.uncertainty for s in space.studies)
@@ -253,15 +326,18 @@ def probe_throughput(space: SearchSpace, cfg: TrainConfig, teacher_config, rt) -
     t_batch, t_len = probe_shape(forward_flops_per_token(model, cfg.block_size), cfg.micro_batch_size,
                                  cfg.block_size, rt.device)
     x = random_tokens(t_batch, t_len, teacher_config.vocab_size, rt.device)
-    # The teacher's part of a live step: its forward (+ the entropies a cache would store).
-    teacher_tps = tokens_per_s(lambda: HeldTeacher(teacher, x, rt, entropy=loss.uncertainty), x.numel(), rt.device)
+    # The teacher's forward alone (a cache build's held-out proteins), and with the entropies (a cache
+    # build's train blocks; a live step's teacher part when an arm weights by uncertainty).
+    forward, entropy = (tokens_per_s(lambda: HeldTeacher(teacher, x, rt, entropy=e), x.numel(), rt.device)
+                        for e in (False, True))
+    teacher_tps = {"live": entropy if loss.uncertainty else forward, "forward": forward, "entropy": entropy}
     source = (f"probe on {rt.device.type} ({torch.get_num_threads()} threads, {rt.precision}; "
               f"teacher {t_batch} x {t_len} tokens")
     return {scale: _probe_student(scale, teacher, cfg, rt, loss, teacher_tps, source) for scale in space.scales}
 
 
-def _probe_student(scale: str, teacher: LiveTeacher, cfg: TrainConfig, rt, loss: LossSettings, teacher_tps: float,
-                   source: str) -> Throughput:
+def _probe_student(scale: str, teacher: LiveTeacher, cfg: TrainConfig, rt, loss: LossSettings,
+                   teacher_tps: dict[str, float], source: str) -> Throughput:
     """One scale's student: its training step with the teacher's batch given, its eval forward."""
     student = build_student(teacher.config, student_sizes(scale, None, None, None), cfg.dropout, seed=0)
     student = student.to(rt.device)
@@ -278,7 +354,8 @@ def _probe_student(scale: str, teacher: LiveTeacher, cfg: TrainConfig, rt, loss:
 
     student.eval()
     eval_tps = tokens_per_s(score, xs.numel(), rt.device)
-    return Throughput(student_tps, teacher_tps, eval_tps, source=f"{source}, student {s_batch} x {s_len})")
+    return Throughput(student_tps, teacher_tps["live"], eval_tps, source=f"{source}, student {s_batch} x {s_len})",
+                      build_train=teacher_tps["entropy"], build_heldout=teacher_tps["forward"])
 
 
 def flops_throughput(space: SearchSpace, cfg: TrainConfig, teacher_config, figures: dict[str, float]):
@@ -300,13 +377,24 @@ def _concurrency(space: SearchSpace, device: torch.device, devices: int | None) 
         gpus = devices or torch.cuda.device_count()
         per_trial = float(res["gpus_per_worker"]) * res["workers"] or 1.0
         return min(float(gpus), cap * per_trial)
-    cores = devices or os.cpu_count() or 1
-    return float(max(1, min(cap, cores // max(1, int(float(res["cpus_per_worker"]))))))
+    return float(max(1, min(cap, (devices or cores()) // max(1, int(float(res["cpus_per_worker"]))))))
+
+
+def measure_machine(space: SearchSpace, storage: Path, setup) -> tuple[Machine, object]:
+    """Time what a trial pays besides its steps on this machine now; `setup()` is the trial's set-up
+    (returns the tokenized data, which the estimate reuses)."""
+    process_s = process_start_s()
+    started = time.perf_counter()
+    data = setup()
+    setup_s = time.perf_counter() - started
+    return Machine(process_s, setup_s, sha256_bytes_per_s(), write_bytes_per_s(storage), cores(),
+                   torch.cuda.is_available()), data
 
 
 def estimate(space: SearchSpace, *, tokens_per_s: list[str] | None = None, device: str = "auto",
-             devices: int | None = None) -> Estimate:
-    """The bill of ``space`` (see the module docstring)."""
+             devices: int | None = None, storage: str | None = None) -> Estimate:
+    """The bill of ``space`` (see the module docstring); `storage` is where the sweep will run
+    (its write speed prices the checkpoints)."""
     started = time.perf_counter()
     if devices is not None and devices < 1:
         raise ConfigError(f"--devices: got {devices}, allowed: an integer >= 1")
@@ -315,16 +403,17 @@ def estimate(space: SearchSpace, *, tokens_per_s: list[str] | None = None, devic
     cfg = space.trial_config(study, {}, "unused", device=device)
     rt = resolve_runtime(cfg.precision, cfg.device)
     teacher_config = load_teacher_config(space.teacher)
-    process_s = process_start_s()
-    setup_started = time.perf_counter()  # what a trial does before training: tokenizer, cached data
-    tokenizer = load_tokenizer(space.tokenizer or teacher_files(space.teacher))
-    data = prepare_data(space.data, tokenizer, column=cfg.sequence_column, split=SplitSpec.from_config(cfg),
-                        block_size=cfg.block_size)
-    setup_s = time.perf_counter() - setup_started
+
+    def setup():  # what a trial does before training: tokenizer, cached data
+        tokenizer = load_tokenizer(space.tokenizer or teacher_files(space.teacher))
+        return prepare_data(space.data, tokenizer, column=cfg.sequence_column, split=SplitSpec.from_config(cfg),
+                            block_size=cfg.block_size)
+
+    machine, data = measure_machine(space, storage_root(storage), setup)
     threads = torch.get_num_threads()
     try:
-        if rt.device.type == "cpu":  # a trial's threads (sweeps.trial._limit_threads)
-            torch.set_num_threads(max(1, int(float(space.resources["cpus_per_worker"]))))
+        if rt.device.type == "cpu":  # a trial's threads (sweeps.trial._limit_threads), at most the cores
+            torch.set_num_threads(probe_threads(space))
         if figures and set(figures) >= set(space.scales):
             throughput = flops_throughput(space, cfg, teacher_config, figures)
         else:
@@ -340,6 +429,8 @@ def estimate(space: SearchSpace, *, tokens_per_s: list[str] | None = None, devic
     cap = cfg.max_eval_tokens or positions
     val = data.val.subset(cfg.val_max_proteins)
     eval_tokens = sum(min(len(ids), cap) for ids in val.ids)
+    concurrency = _concurrency(space, rt.device, devices)
+    reuse = reuses_processes(space)
     rows = []
     for scale in space.scales:
         with torch.device("meta"):
@@ -349,14 +440,18 @@ def estimate(space: SearchSpace, *, tokens_per_s: list[str] | None = None, devic
         asha = (expected_asha_steps(n, steps, cfg.eval_interval, search["grace_period"],
                                     float(search["reduction_factor"]))
                 if search["early_stopping"] else without_early_stopping(n, steps))
+        ckpt = CHECKPOINT_BYTES_PER_PARAM * n_params
+        per_trial = (machine.setup_s + TUNE_TRIAL_S + EXECUTOR_EXTRA_S[search["executor"]]
+                     + (0.0 if reuse else machine.process_s))
         row = ScaleEstimate(scale, studies * n, steps, steps * cfg.batch_size * cfg.block_size, asha, studies,
-                            throughput[scale], eval_tokens, 12 * n_params,
-                            process_s + setup_s + EXECUTOR_EXTRA_S[search["executor"]])
+                            throughput[scale], eval_tokens, ckpt, per_trial,
+                            ckpt / machine.write_bytes_per_s + TUNE_REPORT_S,
+                            checkpoint_bytes_per_trial=ckpt * len(report_steps(steps, cfg.eval_interval)))
         row.trial_steps = studies * asha.expected_steps
         row.train_tokens = row.trial_steps * cfg.batch_size * cfg.block_size
         # A trial reports every eval_interval steps (and at its last step).
         row.reports = row.trial_steps / cfg.eval_interval
-        fixed = (row.reports * (eval_tokens / row.throughput.eval_forward + row.checkpoint_bytes / CHECKPOINT_BYTES_PER_S)
+        fixed = (row.reports * (eval_tokens / row.throughput.eval_forward + row.report_s)
                  + row.trials * row.overhead_s_per_trial)
         row.device_s_live = row.train_tokens / row.throughput.live_step + fixed
         row.device_s_cached = row.train_tokens / row.throughput.student_step + fixed
@@ -367,49 +462,87 @@ def estimate(space: SearchSpace, *, tokens_per_s: list[str] | None = None, devic
     blocks = pool_size(cfg, len(data.train_blocks))
     heldout = heldout_tokens(data, positions)
     cache_tokens = blocks * cfg.block_size + sum(heldout.values())
+    speed = rows[0].throughput
+    build_s = blocks * cfg.block_size / speed.build_train + sum(heldout.values()) / speed.build_heldout
     cache_bytes = sum(cache_sizes(blocks, cfg.block_size, teacher_config.hidden_size, teacher_config.vocab_size,
                                   space.cache["dtype"], heldout).values())
     notes = []
+    if float(space.resources["gpus_per_worker"]) > 0 and rt.device.type == "cpu" and set(figures) < set(space.scales):
+        notes.append(f"this space trains on GPUs (resources.gpus_per_worker {space.resources['gpus_per_worker']}) "
+                     f"but this machine has none, so these are CPU figures, not its bill. To price it: run "
+                     f"`kdsweep estimate {space.source or space.name} --device cuda` on a GPU node like the "
+                     f"trials', or pass a GPU's measured live-step tokens/s: "
+                     + " ".join(f"--tokens-per-s {s}=N" for s in space.scales))
+    requested = int(float(space.resources["cpus_per_worker"]))
+    if rt.device.type == "cpu" and requested > machine.cores:
+        notes.append(f"resources.cpus_per_worker is {requested} but this machine has {machine.cores} cores: "
+                     f"probed with {machine.cores} threads")
     if not space.cache["enabled"]:
         notes.append("cache.enabled is false: the sweep runs the live teacher (the cached figures are what "
                      "turning it on would give)")
     if cfg.final_eval:
         notes.append("train.final_eval is on: the test-split metrics at each trial's end are not counted")
-    return Estimate(space.name, f"{rt.device.type} ({rt.precision})", _concurrency(space, rt.device, devices), rows,
-                    cache_tokens, cache_bytes, space.cache["dtype"], cache_tokens / rows[0].throughput.teacher,
-                    search["early_stopping"], process_s, notes, time.perf_counter() - started)
+    startup = machine.process_s + RAY_START_S + (concurrency * machine.process_s if reuse else 0.0)
+    return Estimate(space.name, f"{rt.device.type} ({rt.precision})", concurrency, rows,
+                    cache_tokens, blocks * cfg.block_size, cache_bytes, space.cache["dtype"], build_s,
+                    search["early_stopping"], startup, cache_bytes / machine.sha256_bytes_per_s, machine, notes,
+                    time.perf_counter() - started)
 
 
-def _hours(seconds: float) -> str:
-    return f"{seconds / 3600:.3g} h" if seconds >= 3600 else f"{seconds / 60:.3g} min"
+def duration(seconds: float) -> str:
+    """'45 s', '12.5 min', '3.25 h', '44.8 h', '7,130 h': never scientific notation."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    hours = seconds / 3600
+    return f"{hours:.2f} h" if hours < 10 else f"{hours:.1f} h" if hours < 100 else f"{hours:,.0f} h"
+
+
+def size(n: float) -> str:
+    """Bytes as '820 MB', '2.4 GB', '1,536 GB'."""
+    if n < 1e9:
+        return f"{n / 1e6:.0f} MB"
+    return f"{n / 1e9:.3g} GB" if n < 1e12 else f"{n / 1e9:,.0f} GB"
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Right-aligned columns (the first left-aligned), each as wide as its widest cell."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
+            for r in [header, *rows]]
 
 
 def format_estimate(est: Estimate) -> str:
     rf = "ASHA (expected, sweeps/asha_model.py)" if est.early_stopping else "no early stopping"
     lines = [f"estimate for {est.space} on {est.device}; device-hours = hours of one trial's device "
-             f"(a whole GPU, or one trial's CPU cores); {rf}",
-             f"{'scale':<9}{'trials':>7}{'steps/trial':>12}{'tokens/trial':>14}{'tok/s live':>12}{'tok/s cached':>13}"
-             f"{'trial-steps':>13}{'of full':>8}{'stopped':>8}{'device live':>13}{'device cached':>14}"]
-    for s in est.scales:
-        lines.append(f"{s.scale:<9}{s.trials:>7}{s.steps_per_trial:>12,}{s.tokens_per_trial:>14,}"
-                     f"{s.throughput.live_step:>12,.0f}{s.throughput.student_step:>13,.0f}{s.trial_steps:>13,.0f}"
-                     f"{s.asha.fraction:>8.0%}{s.studies * s.asha.expected_stopped:>8.1f}"
-                     f"{_hours(s.device_s_live):>13}{_hours(s.device_s_cached):>14}")
+             f"(a whole GPU, or one trial's CPU cores); {rf}"]
+    rows = [[s.scale, f"{s.trials}", f"{s.steps_per_trial:,}", f"{s.tokens_per_trial:,}",
+             f"{s.throughput.live_step:,.0f}", f"{s.throughput.student_step:,.0f}", f"{s.trial_steps:,.0f}",
+             f"{s.asha.fraction:.0%}", f"{s.studies * s.asha.expected_stopped:.1f}", size(s.checkpoint_bytes_per_trial),
+             duration(s.device_s_live), duration(s.device_s_cached)] for s in est.scales]
     trials = sum(s.trials for s in est.scales)
     steps = sum(s.trial_steps for s in est.scales)
     full = sum(s.trials * s.steps_per_trial for s in est.scales)
-    lines.append(f"{'total':<9}{trials:>7}{'':>12}{'':>14}{'':>12}{'':>13}{steps:>13,.0f}{steps / full:>8.0%}"
-                 f"{sum(s.studies * s.asha.expected_stopped for s in est.scales):>8.1f}"
-                 f"{_hours(est.device_s_live):>13}{_hours(est.device_s_cached):>14}")
-    lines.append(f"teacher cache: {est.cache_tokens:,} tokens (train pool + val/test), {est.cache_bytes / 1e9:.3g} GB "
-                 f"in {est.cache_dtype}, built in "
-                 f"{_hours(est.cache_build_s)} (counted in the cached total)")
-    lines.append(f"wall clock here, {est.concurrency:g} trial(s) at once: {_hours(est.wall_s(cached=False))} "
-                 f"with a live teacher, {_hours(est.wall_s(cached=True))} with the cache")
+    rows.append(["total", f"{trials}", "", "", "", "", f"{steps:,.0f}", f"{steps / full:.0%}",
+                 f"{sum(s.studies * s.asha.expected_stopped for s in est.scales):.1f}", "",
+                 duration(est.device_s_live), duration(est.device_s_cached)])
+    lines += table(["scale", "trials", "steps/trial", "tokens/trial", "tok/s live", "tok/s cached", "trial-steps",
+                    "of full", "stopped", "ckpt/trial", "device live", "device cached"], rows)
+    m = est.machine
+    lines.append(f"teacher cache: {est.cache_tokens:,} tokens (train pool + val/test), {size(est.cache_bytes)} in "
+                 f"{est.cache_dtype}, built in {duration(est.cache_build_s)} (counted in the cached total), "
+                 f"verified once per node in {duration(est.verify_s)} (SHA-256 at {m.sha256_bytes_per_s / 1e9:.2f} GB/s)")
+    lines.append(f"wall clock here, {est.concurrency:g} trial(s) at once: {duration(est.wall_s(cached=False))} "
+                 f"with a live teacher, {duration(est.wall_s(cached=True))} with the cache")
     lines.append("tokens/s: " + "; ".join(f"{s.scale}: {s.throughput.source}" for s in est.scales))
-    lines.append(f"per trial also: {est.scales[0].overhead_s_per_trial:.0f} s of start-up (process start and "
-                 f"imports {est.startup_s:.0f} s, measured now), validation of "
-                 f"{est.scales[0].eval_tokens_per_report:,} tokens and a checkpoint per report")
+    first = est.scales[0]
+    lines.append(f"per trial also: {first.overhead_s_per_trial:.0f} s of start-up (set-up {m.setup_s:.0f} s and "
+                 f"process start {m.process_s:.0f} s, measured now; Tune {TUNE_TRIAL_S:g} s), and per report the "
+                 f"validation of {first.eval_tokens_per_report:,} tokens, a checkpoint "
+                 f"({', '.join(f'{s.scale} {size(s.checkpoint_bytes)}' for s in est.scales)}; written at "
+                 f"{m.write_bytes_per_s / 1e6:,.0f} MB/s) and Tune's {TUNE_REPORT_S:g} s; "
+                 f"once per sweep {duration(est.startup_s)} of start-up")
     lines.extend(f"note: {n}" for n in est.notes)
     lines.append(f"(estimated in {est.elapsed_s:.0f} s; nothing was launched)")
     return "\n".join(lines)

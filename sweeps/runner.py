@@ -21,10 +21,12 @@ import ray
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
+from distill.checkpoint import drop_resume_state
 from distill.config import config_from_dict
 from distill.data import precluster
 from distill.diskfull import full_disk_named
 from distill.errors import ConfigError
+from distill.rundir import CHECKPOINTS_DIR, STOPPED_EARLY, finished_run
 from distill.splits import SplitSpec
 from distill.train import total_steps
 from sweeps.cache import META_KEY as TEACHER_CACHE_KEY
@@ -37,21 +39,26 @@ from sweeps.reaper import start_reaper
 from sweeps.scheduler import PerStudyASHA
 from sweeps.searcher import StudySearcher, reconcile_with_tune
 from sweeps.shared_storage import StorageCheck, StorageGuard, check_every_node, plant, raise_if_refused, remove
-from sweeps.space import SearchSpace, dump_space, load_space
+from sweeps.space import SearchSpace, dump_space, load_space, reuses_processes
 from sweeps.status import sweep_complete
 from sweeps.storage import display, is_sqlite
 from sweeps.study import existing_studies, study_trials
 from sweeps.trial import EXECUTORS, trial_resources
 
 Log = Callable[[str], None]
+TRAIN_HEALTH_CHECK_S = "0.2"
 
 
 def init_ray(address: str | None, log: Log) -> str | None:
     """Join the cluster at `address` (or $RAY_ADDRESS), else start an embedded local Ray.
     Returns the address of the cluster joined, None for an embedded Ray."""
-    # Checkpointing every eval (for exact resume) trips Tune's "snapshotting too often" warning
-    # on short trials; it is expected here, so keep the console readable.
+    # Reporting every eval trips Tune's "snapshotting too often" warning on short trials; it is
+    # expected here, so keep the console readable.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # A Ray Train worker's report waits for its controller's next poll of the workers (every 2 s by
+    # default): 0.2 s cut a ray_train trial's fixed cost by 11 s (docs/benchmarks.md). An embedded
+    # Ray's workers inherit it from here; a cluster's nodes need it in `ray start`'s environment.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_HEALTH_CHECK_S)
     address = address or os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
         if address:
@@ -94,13 +101,13 @@ def _tuner(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool,
         # would end the sweep early when trials lost to a driver kill are handed out again).
         tune_config=tune.TuneConfig(search_alg=StudySearcher(space, sd, storage_url, sd.meta().get("git_commit", "unknown")),
                                     scheduler=scheduler_for(space),
-                                    num_samples=-1,
+                                    num_samples=-1, reuse_actors=reuses_processes(space),
                                     trial_dirname_creator=lambda t: t.trial_id, trial_name_creator=lambda t: t.trial_id),
+        # No CheckpointConfig: trials hand Tune no checkpoints (sweeps/trial.py).
         run_config=tune.RunConfig(
             name=sd.tune.name,
             storage_path=str(sd.root),
             failure_config=tune.FailureConfig(max_failures=space.search["max_failures"]),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=[*callbacks, guard := StorageGuard(str(sd.root))],
             stop=guard,
             verbose=0,
@@ -243,6 +250,7 @@ def _fit(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool, a
     finally:
         remove(storage_check)
     raise_if_refused(sd.root)
+    drop_stopped_resume_state(sd)
     if not sweep_complete(sd):
         # Tune catches Ctrl-C itself: it saves its state and returns as if the sweep had ended.
         raise KeyboardInterrupt
@@ -251,6 +259,15 @@ def _fit(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool, a
     meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     sd.write_meta(meta)
     return sd
+
+
+def drop_stopped_resume_state(sd: SweepDir) -> int:
+    """Optimizer state and older checkpoints of every trial ASHA stopped (it never resumes): the searcher
+    drops them as it records the stop; this pass catches any it missed. Returns the bytes freed."""
+    if not sd.runs.is_dir():
+        return 0
+    return sum(drop_resume_state(run / CHECKPOINTS_DIR) for run in sd.runs.iterdir()
+               if (done := finished_run(run)) is not None and done.status == STOPPED_EARLY)
 
 
 def next_steps(sd: SweepDir, storage: str | None) -> str:

@@ -40,8 +40,17 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from distill.checkpoint import drop_resume_state
 from distill.numbers import dumps, number
-from distill.rundir import COMPLETED, DIVERGED, STOPPED_EARLY, RunResult, finished_run, write_summary_if_absent
+from distill.rundir import (
+    CHECKPOINTS_DIR,
+    COMPLETED,
+    DIVERGED,
+    STOPPED_EARLY,
+    RunResult,
+    finished_run,
+    write_summary_if_absent,
+)
 from sweeps.layout import SweepDir
 from sweeps.space import SearchSpace
 from sweeps.study import (
@@ -207,6 +216,9 @@ class StudySearcher(Searcher):
             own = finished_run(run_dir)
             if own is not None and own.status == COMPLETED and own.val_ppl is not None:
                 return COMPLETED, TrialState.COMPLETE, float(own.val_ppl)
+        # It never resumes: its optimizer state and older checkpoints go (its trial thread waits in
+        # its report, so nothing is writing a checkpoint now).
+        drop_resume_state(run_dir / CHECKPOINTS_DIR)
         # PRUNED keeps its intermediate values, and TPE treats it as such.
         return STOPPED_EARLY, TrialState.PRUNED, None
 

@@ -39,11 +39,13 @@ ARMS = {BASELINE: (False, False), "uncertainty": (True, False), "calibration": (
 ENHANCED_ARMS = tuple(a for a in ARMS if a != BASELINE)
 SEARCHABLE = ("lr", "warmup_steps", "temperature", "alpha", "smoothing")
 DIST_TYPES = ("loguniform", "uniform", "int", "choice")
-EXECUTORS = ("local", "ray_train")
+# "auto": `local` for one-worker trials (no Ray Train start-up: docs/benchmarks.md, "Per-trial fixed
+# cost"), `ray_train` when a trial has several workers (DDP).
+EXECUTORS = ("auto", "local", "ray_train")
 TOP_KEYS = ("name", "description", "teacher", "tokenizer", "data", "scales", "arms", "params", "scale_params",
             "arm_params", "train", "search", "resources", "tracking", "cache")
 SEARCH_DEFAULTS = {"trials_per_study": 4, "max_concurrent": 2, "seed": 0, "grace_period": 20, "reduction_factor": 2,
-                   "max_failures": 2, "executor": "local", "storage_url": None, "startup_trials": None,
+                   "max_failures": 2, "executor": "auto", "storage_url": None, "startup_trials": None,
                    "early_stopping": True}
 RESOURCE_DEFAULTS = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0.0}
 # Ranges of the search and resource numbers: beyond them a value is a typo, and some (a 1e12-trial
@@ -420,6 +422,8 @@ def parse_space(raw: Any, source: str = "search space") -> SearchSpace:
     train = _parse_train(raw, p)
     search = _parse_search(raw, p)
     resources = _parse_resources(raw, search["executor"], p)
+    if search["executor"] == "auto":
+        search["executor"] = "local" if resources["workers"] == 1 else "ray_train"
     cache = _parse_cache(raw, p)
     tracking = _parse_tracking(raw, p)
     if p:
@@ -448,6 +452,23 @@ def parse_space(raw: Any, source: str = "search space") -> SearchSpace:
         source=source,
         raw=copy.deepcopy(raw),
     )
+
+
+def worker_resources(space: SearchSpace) -> dict:
+    """One training worker's Ray resources (the local executor's trial is its one worker)."""
+    res = space.resources
+    gpus = float(res["gpus_per_worker"])
+    return {"CPU": float(res["cpus_per_worker"])} | ({"GPU": gpus} if gpus else {})
+
+
+def reuses_processes(space: SearchSpace) -> bool:
+    """Whether a finished trial's process runs the next trial (Tune's `reuse_actors`: no process
+    start and imports, about 6 s a trial here, docs/benchmarks.md). Safe for the `local` executor:
+    a trial's state is its run's own (seeded, in its own folder), and Tune reuses a process only
+    once the previous trial's thread has returned (a stopped trial ends inside its blocking
+    report). Not for `ray_train`: its Tune function waits in `fit()`, which a stop does not end
+    in time, so Tune would start a new process anyway."""
+    return space.search["executor"] == "local"
 
 
 def load_space(path: str | Path) -> SearchSpace:

@@ -4,8 +4,9 @@ Read from the Optuna storage alone (no Ray; states as `sweeps.study` defines the
 study's best trial is its completed trial with the lowest objective, the final model's
 val_ppl.
 Orphaned trials (lost to a driver kill before Tune saved them) are not counted. `restarted`
-counts trials that were handed a checkpoint that was not on disk (a node without the shared
-storage wrote it) and trained again from step 0: they are never counted as resumed.
+counts trials whose earlier attempt trained but left no checkpoint in the run folder (killed
+before its first one, or written where this node cannot see) and so trained again from step 0:
+they are never counted as resumed.
 """
 
 from __future__ import annotations

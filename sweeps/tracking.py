@@ -18,7 +18,9 @@ from sweeps.layout import SweepDir
 
 # The metrics of a training row (distill/train.py) drawn as curves.
 CURVES = ("val_ppl", "best_val_ppl", "val_nll_per_residue", "val_ece", "val_accuracy", "train_loss", "train_hard",
-          "train_soft", "grad_norm", "lr", "tokens_per_s", "tokens")
+          "train_soft", "grad_norm", "lr", "tokens_per_s", "tokens",
+          # what the run paid besides its steps (distill.train.RunCosts)
+          "first_step_s", "steady_tokens_per_s", "bytes_hashed", "cache_bytes_read")
 # The rest of a training row: the x-axis and end-of-run markers.
 NOT_CURVES = ("step", "best_step", "done_training")
 # Keys of a trial config that say which study a trial belongs to, not what was sampled.

@@ -4,22 +4,25 @@
   `TorchTrainer` with the space's ScalingConfig (DDP across workers, fp16/bf16
   on GPU) and a fixed run name per trial, so a restored trial resumes its Train
   run from its last checkpoint; `TuneReportCallback` forwards rank 0's reports.
-* `local`: the loop runs inside the Tune function itself (single device). It
-  skips Train's ~15 s start-up and its up-to-2 s blocking reports, which
-  dominate CPU-sized trials (docs/benchmarks.md has the measured ratios).
+* `local`: the loop runs inside the Tune function itself (one worker, CPU or a
+  share of a GPU). It skips Train's start-up and its blocking reports
+  (docs/benchmarks.md has the measured costs); the default for one-worker trials.
 
 Either way the trial's run folder is `<sweep>/runs/<trial id>` (config,
-complete JSONL history, metrics.json), stable across retries and restores.
+complete JSONL history, metrics.json, checkpoints), stable across retries and
+restores. Trials report metrics only: the run's own checkpoint (written once,
+distill/checkpoint.py) is what a restarted trial resumes from, so Ray never
+copies one (a second copy of model + AdamW state per report, and its upload time).
 """
 
 from __future__ import annotations
 
-import contextlib
+import os
+import time
 from pathlib import Path
 
 import ray.train
 import ray.tune
-from ray.train import Checkpoint
 
 from distill.config import TrainConfig, config_from_dict
 from distill.rundir import RunLog, finished_run
@@ -27,7 +30,7 @@ from distill.train import run_training
 from sweeps.cache import META_KEY as TEACHER_CACHE_KEY
 from sweeps.layout import SweepDir
 from sweeps.shared_storage import StorageCheck, check_this_node
-from sweeps.space import SearchSpace
+from sweeps.space import SearchSpace, worker_resources
 
 NODE_EVENT = "node"
 
@@ -73,16 +76,8 @@ def _already_ended(cfg: TrainConfig) -> bool:
 def record_node(cfg: TrainConfig) -> None:
     """One run-log row per attempt naming the Ray node it runs on: where each trial ran, and
     where it moved after losing a node (`kdsweep` cannot learn this from Tune afterwards)."""
-    RunLog(cfg.output_dir).append({"event": NODE_EVENT, "node_id": ray.get_runtime_context().get_node_id()})
-
-
-@contextlib.contextmanager
-def _checkpoint_dir(ckpt: Checkpoint | None):
-    if ckpt is None:
-        yield None
-    else:
-        with ckpt.as_directory() as d:
-            yield d
+    RunLog(cfg.output_dir).append({"event": NODE_EVENT, "node_id": ray.get_runtime_context().get_node_id(),
+                                   "pid": os.getpid(), "time": time.time()})
 
 
 def _limit_threads(cpus: float) -> None:
@@ -101,12 +96,7 @@ def local_trial(config: dict, *, space: SearchSpace, sweep_dir: str, storage_che
     if _already_ended(cfg):
         return
     record_node(cfg)
-
-    def report(metrics: dict, ckpt_dir: str | None) -> None:
-        ray.tune.report(metrics, checkpoint=Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
-
-    with _checkpoint_dir(ray.tune.get_checkpoint()) as resume_from:
-        run_training(cfg, report=report, resume_from=resume_from, log=lambda _: None)
+    run_training(cfg, report=ray.tune.report, log=lambda _: None)
 
 
 def _train_worker(loop_config: dict) -> None:
@@ -116,12 +106,7 @@ def _train_worker(loop_config: dict) -> None:
     cfg = config_from_dict(loop_config["cfg"])
     if ray.train.get_context().get_world_rank() == 0:
         record_node(cfg)
-
-    def report(metrics: dict, ckpt_dir: str | None) -> None:
-        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
-
-    with _checkpoint_dir(ray.train.get_checkpoint()) as resume_from:
-        run_training(cfg, report=report, resume_from=resume_from, log=lambda _: None)
+    run_training(cfg, report=ray.train.report, log=lambda _: None)
 
 
 def ray_train_trial(config: dict, *, space: SearchSpace, sweep_dir: str,
@@ -153,13 +138,6 @@ def ray_train_trial(config: dict, *, space: SearchSpace, sweep_dir: str,
 
 
 EXECUTORS = {"local": local_trial, "ray_train": ray_train_trial}
-
-
-def worker_resources(space: SearchSpace) -> dict:
-    """One training worker's Ray resources (the local executor's trial is its one worker)."""
-    res = space.resources
-    gpus = float(res["gpus_per_worker"])
-    return {"CPU": float(res["cpus_per_worker"])} | ({"GPU": gpus} if gpus else {})
 
 
 def trial_bundles(space: SearchSpace) -> list[tuple[str, dict]]:

@@ -2,6 +2,7 @@
 and real proteins, CPU)."""
 
 import hashlib
+import os
 import shutil
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from distill import digests
 from distill.checkpoint import latest_checkpoint
 from distill.data import prepare_data
 from distill.errors import ConfigError, DataError
@@ -23,6 +25,7 @@ from distill.teacher_cache import (
     TeacherCache,
     build_teacher_cache,
     bytes_per_token,
+    cache_size_bytes,
     plan_teacher_cache,
     read_manifest,
 )
@@ -116,6 +119,12 @@ def test_fp32_cache_trains_like_the_live_teacher(run_cfg, fp32_cache, live_run, 
     for ra, rb in zip(eval_rows(live_run), eval_rows(out), strict=True):
         for key in ("train_loss", "train_hard", "train_soft", "val_ppl", "grad_norm"):
             assert rb[key] == pytest.approx(ra[key], rel=1e-5), (key, ra["step"])
+    # What the run paid: nothing hashed (the data file, the teacher and the cache were verified
+    # before, by the live run and the build), the cache read once per block it used.
+    rows = eval_rows(out)
+    assert [r["bytes_hashed"] for r in rows] == [0] * len(rows)
+    assert 0 < rows[0]["cache_bytes_read"] < rows[-1]["cache_bytes_read"]
+    assert all(r["cache_bytes_read"] == 0 for r in eval_rows(live_run))
     wa = load_file(str(latest_checkpoint(live_run / "checkpoints") / "model.safetensors"))
     wb = load_file(str(latest_checkpoint(out / "checkpoints") / "model.safetensors"))
     for k in wa:
@@ -205,6 +214,48 @@ def test_a_damaged_cache_names_the_file(run_cfg, fp32_cache, tmp_path):
     (copy / MANIFEST).unlink()
     with pytest.raises(DataError, match="no complete teacher cache here"):
         TeacherCache.open(copy, key)
+
+
+def _read_everything(cache):
+    cache.head()
+    cache.train_hidden(torch.arange(24))
+    cache.train_entropy(torch.arange(24))
+    cache.heldout_hidden("val", torch.arange(4), 16)
+
+
+def test_a_verified_cache_hashes_nothing_and_a_flipped_byte_is_still_caught(run_cfg, fp32_cache, tmp_path):
+    key = plan_teacher_cache(run_cfg, "fp32", fp32_cache.parent).key
+    total = cache_size_bytes(fp32_cache)
+    # The build recorded what it hashed as it wrote: reading it all hashes nothing.
+    before = digests.bytes_hashed()
+    cache = TeacherCache.open(fp32_cache, key)
+    _read_everything(cache)
+    assert digests.bytes_hashed() - before == 0 and cache.bytes_read > 24 * 64 * 32 * 4
+    # A copy (another inode) is verified once, by `verify` (what a sweep runs once per node) ...
+    copy = tmp_path / "copy"
+    shutil.copytree(fp32_cache, copy)
+    before = digests.bytes_hashed()
+    TeacherCache.open(copy, key).verify()
+    assert digests.bytes_hashed() - before == total
+    # ... and then never again, in any process of this node that opens it.
+    before = digests.bytes_hashed()
+    _read_everything(TeacherCache.open(copy, key))
+    assert digests.bytes_hashed() - before == 0
+    # One byte flipped in place, its mtime set back: named at the first read of that file, and only
+    # that file is hashed again.
+    shard = copy / "train-00001.hidden.npy"
+    st = shard.stat()
+    data = bytearray(shard.read_bytes())
+    data[-5] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+    cache = TeacherCache.open(copy, key)
+    before = digests.bytes_hashed()
+    cache.train_hidden(torch.tensor([0, 7, 16]))  # shards 0 and 2
+    assert digests.bytes_hashed() - before == 0
+    with pytest.raises(DataError, match=r"train-00001\.hidden\.npy: sha256 differs from the manifest"):
+        cache.train_hidden(torch.tensor([8]))
+    assert digests.bytes_hashed() - before == st.st_size
 
 
 def test_numpy_has_no_bf16_so_it_is_stored_as_its_bits(run_cfg, tmp_path):

@@ -1,13 +1,14 @@
 """The training loop on real proteins with tiny real GPT-2 teachers (CPU)."""
 
 import json
+import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from distill.checkpoint import latest_checkpoint
-from distill.rundir import RESTARTED, RunLog, read_log
+from distill.checkpoint import latest_checkpoint, read_state
+from distill.rundir import CHECKPOINTS_DIR, RESTARTED, RunLog, read_log
 from distill.train import run_training
 from tests.fixtures import tiny_config
 
@@ -24,7 +25,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, char_teacher, small_fasta
     class Crash(Exception):
         pass
 
-    def crash_at_4(metrics, ckpt):
+    def crash_at_4(metrics):
         if metrics["step"] == 4:
             raise Crash
 
@@ -51,7 +52,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, char_teacher, small_fasta
     # Re-running a finished run re-reports its final row and trains nothing.
     log_before = (tmp_path / "part" / "metrics.jsonl").read_text()
     seen = []
-    again = run_training(part_cfg, report=lambda m, c: seen.append(m))
+    again = run_training(part_cfg, report=seen.append)
     assert again.status == "completed" and again.step == 6
     assert [m["step"] for m in seen] == [6] and seen[0]["done_training"] is True
     assert (tmp_path / "part" / "metrics.jsonl").read_text() == log_before
@@ -60,7 +61,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, char_teacher, small_fasta
 def test_nonfinite_loss_ends_diverged_with_step(tmp_path, char_teacher, small_fasta):
     seen = []
     res = run_training(tiny_config(char_teacher, small_fasta, tmp_path / "r", inject_nan_at_step=4, eval_interval=2),
-                       report=lambda m, c: seen.append(m))
+                       report=seen.append)
     assert (res.status, res.step) == ("diverged", 4)
     summary = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert summary["status"] == "diverged" and summary["step"] == 4
@@ -73,7 +74,7 @@ def test_nonfinite_val_ppl_ends_diverged(tmp_path, char_teacher, small_fasta):
     """A finite loss with a non-finite held-out ppl is divergence too, not an early stop."""
     seen = []
     res = run_training(tiny_config(char_teacher, small_fasta, tmp_path / "v", inject_inf_val_at_step=4,
-                                   eval_interval=2), report=lambda m, c: seen.append(m))
+                                   eval_interval=2), report=seen.append)
     assert (res.status, res.step) == ("diverged", 4)
     assert json.loads((tmp_path / "v" / "metrics.json").read_text())["status"] == "diverged"
     assert [m["step"] for m in seen] == [2, 4] and seen[-1]["diverged"] is True
@@ -86,7 +87,7 @@ def test_everything_a_run_leaves_exists_before_its_last_report(tmp_path, char_te
     out = tmp_path / "f"
     at_final = {}
 
-    def report(row, ckpt):
+    def report(row):
         if row["done_training"]:
             at_final["summary"] = json.loads((out / "metrics.json").read_text())
             at_final["student"] = (out / "student" / "model.safetensors").is_file()
@@ -130,7 +131,7 @@ def test_mixed_precision_paths_run_on_cpu(tmp_path, char_teacher, small_fasta, p
     assert res.status == "completed"
     row = _eval_rows(res.run_dir)[-1]
     assert torch.isfinite(torch.tensor(row["train_loss"])) and row["val_ppl"] < 1e4
-    state = torch.load(latest_checkpoint(res.run_dir / "checkpoints") / "state.pt", weights_only=False)
+    state = read_state(latest_checkpoint(res.run_dir / "checkpoints"))
     # fp16 must go through an enabled GradScaler (it has a scale); bf16 must not need one.
     assert ("scale" in state["scaler"]) == (precision == "fp16")
     assert read_log(res.run_dir)[0]["precision"] == precision
@@ -162,15 +163,24 @@ def test_restart_before_first_checkpoint_keeps_each_step_once(tmp_path, char_tea
     assert _eval_rows(tmp_path / "r")[0]["train_loss"] != 9.9
 
 
-def test_a_missing_checkpoint_is_a_restart_from_step_0_never_a_resume(tmp_path, char_teacher, small_fasta):
-    """What a trial sees when Tune names a checkpoint that a node without the shared storage wrote
-    to its own disk: nothing at that path. The run trains from step 0 and its log says so."""
+def test_progress_without_a_checkpoint_is_a_restart_from_step_0_never_a_resume(tmp_path, char_teacher, small_fasta):
+    """What a retried trial sees when its earlier attempt trained (its log has rows) but left no
+    checkpoint where this attempt looks (killed before its first one, or written to a disk this node
+    does not share): it trains from step 0, and its log says how far the lost attempt had got."""
     cfg = tiny_config(char_teacher, small_fasta, tmp_path / "r", max_steps=4, eval_interval=2, final_eval=False)
-    gone = tmp_path / "elsewhere" / "checkpoint_000001"
-    result = run_training(cfg, resume_from=str(gone))
+    run_training(cfg)
+    shutil.rmtree(tmp_path / "r" / CHECKPOINTS_DIR)
+    (tmp_path / "r" / "metrics.json").unlink()
+    result = run_training(cfg)
     assert result.status == "completed"
     events = [r.get("event") for r in read_log(tmp_path / "r")]
     assert "resumed" not in events and events.count(RESTARTED) == 1
     [row] = [r for r in read_log(tmp_path / "r") if r.get("event") == RESTARTED]
-    assert row == {"event": RESTARTED, "step": 0, "missing": str(gone)}
+    assert row == {"event": RESTARTED, "step": 0, "lost_step": 4, "checkpoints": str(tmp_path / "r" / CHECKPOINTS_DIR)}
     assert [r["step"] for r in _eval_rows(tmp_path / "r")] == [2, 4]
+
+
+def test_a_first_attempt_is_not_a_restart(tmp_path, char_teacher, small_fasta):
+    cfg = tiny_config(char_teacher, small_fasta, tmp_path / "r", max_steps=2, eval_interval=2, final_eval=False)
+    run_training(cfg)
+    assert RESTARTED not in [r.get("event") for r in read_log(tmp_path / "r")]

@@ -72,7 +72,12 @@ def _consistent(est, space):
         saved = row.train_tokens / row.throughput.live_step - row.train_tokens / row.throughput.student_step
         assert row.device_s_live - row.device_s_cached == pytest.approx(saved)
         assert row.throughput.live_step < row.throughput.student_step
-    assert est.cache_build_s == pytest.approx(est.cache_tokens / est.scales[0].throughput.teacher)
+    speed = est.scales[0].throughput
+    assert 0 < speed.build_train <= speed.build_heldout * 1.5  # the entropies cost, the forward is in both
+    # The pool's tokens get the forward and the entropies, the held-out proteins the forward alone.
+    pool = est.cache_pool_tokens
+    assert pool == min(pool, est.scales[0].steps_per_trial * train["batch_size"] * train["block_size"])
+    assert est.cache_build_s == pytest.approx(pool / speed.build_train + (est.cache_tokens - pool) / speed.build_heldout)
     assert est.device_s_cached == pytest.approx(est.cache_build_s + sum(r.device_s_cached for r in est.scales))
 
 
@@ -155,3 +160,61 @@ def test_cli_estimate_bad_input_exits_2(argv, needle, capsys, tmp_path):
 def test_cli_estimate_cuda_without_a_gpu(capsys):
     assert main(["estimate", "demo", "--device", "cuda"]) == 2
     assert "no CUDA device is visible" in capsys.readouterr().err
+
+
+def test_durations_and_sizes_read_plainly():
+    from sweeps.estimate import duration, size
+
+    assert [duration(s) for s in (12, 600, 3 * 3600, 44.8 * 3600, 71_300 * 3600)] == \
+        ["12 s", "10.0 min", "3.00 h", "44.8 h", "71,300 h"]
+    assert [size(n) for n in (8.2e8, 2.4e9, 1.5e12)] == ["820 MB", "2.4 GB", "1,500 GB"]
+
+
+def _demo_raw(**changes):
+    raw = load_space(SEARCH_SPACES_DIR / "demo.yaml").raw
+    return {**raw, **{k: {**raw.get(k, {}), **v} for k, v in changes.items()}}
+
+
+def test_the_bill_prices_start_up_reports_and_verification_and_prints_aligned(monkeypatch):
+    from sweeps import estimate as est_mod
+
+    space = parse_space(_demo_raw(), "demo.yaml")
+    est = estimate(space, tokens_per_s=["2000"], device="cpu")
+    m = est.machine
+    assert m.process_s > 0 and m.setup_s > 0 and m.sha256_bytes_per_s > 0 and m.write_bytes_per_s > 0
+    for row in est.scales:  # local executor: the trial's process is reused, so no process start per trial
+        assert row.overhead_s_per_trial == pytest.approx(m.setup_s + est_mod.TUNE_TRIAL_S)
+        assert row.report_s == pytest.approx(row.checkpoint_bytes / m.write_bytes_per_s + est_mod.TUNE_REPORT_S)
+        assert row.checkpoint_bytes_per_trial == row.checkpoint_bytes * 8  # 40 steps, a report every 5
+    assert est.verify_s == pytest.approx(est.cache_bytes / m.sha256_bytes_per_s)
+    assert est.wall_s(cached=True) == pytest.approx(est.startup_s + est.verify_s + est.device_s_cached / est.concurrency)
+    ray_train = estimate(parse_space(_demo_raw(search={"executor": "ray_train"}), "d.yaml"), tokens_per_s=["2000"],
+                         device="cpu")
+    extra = ray_train.scales[0].overhead_s_per_trial - est.scales[0].overhead_s_per_trial
+    assert extra == pytest.approx(est_mod.EXECUTOR_EXTRA_S["ray_train"] + ray_train.machine.process_s
+                                  + ray_train.machine.setup_s - m.setup_s)
+    text = format_estimate(est)
+    assert "e+" not in text
+    table = text.splitlines()[1:5]  # header, two scales, total
+    assert len({len(line) for line in table}) == 1  # aligned: every row as wide as the header
+    for col in ("trials", "device cached"):
+        end = table[0].index(col) + len(col)
+        assert all(line[end - 1] != " " for line in table[1:3])  # right-aligned under its header
+
+
+def test_a_gpu_space_priced_on_a_cpu_says_so_and_how(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("checks the note of a machine without a GPU")
+    space = parse_space(_demo_raw(resources={"gpus_per_worker": 0.5, "cpus_per_worker": 64}), "gpu.yaml")
+    est = estimate(space, device="cpu")
+    text = format_estimate(est)
+    assert "this space trains on GPUs" in text and "--device cuda" in text
+    assert "--tokens-per-s demo-xs=N --tokens-per-s demo-s=N" in text
+    # The probe's threads never exceed the machine's cores.
+    from sweeps.estimate import cores
+
+    assert all(f"probe on cpu ({cores()} threads" in row.throughput.source for row in est.scales)
+    assert f"resources.cpus_per_worker is 64 but this machine has {cores()} cores" in text
+    # With the GPU's figures given, it is the GPU's bill: no such note.
+    given = estimate(space, tokens_per_s=["5000"], device="cpu")
+    assert "this space trains on GPUs" not in format_estimate(given)

@@ -19,7 +19,7 @@ def test_a_trial_restarted_from_step_0_is_counted_as_such(tmp_path):
     sd = write_finished_sweep(tmp_path)
     assert sweep_status(sd)[0][RESTARTED] == 0
     # t1 was handed a checkpoint that was not on disk (tests/distill/test_train.py writes this row for real)
-    RunLog(sd.run_dir("t1")).append({"event": RESTARTED, "step": 0, "missing": "/efs/x/checkpoint_000001"})
+    RunLog(sd.run_dir("t1")).append({"event": RESTARTED, "step": 0, "lost_step": 8, "checkpoints": "/efs/x/runs/t1/checkpoints"})
     rows = sweep_status(sd)
     assert rows[0][RESTARTED] == 1
     head, row = format_status(rows).splitlines()
