@@ -42,7 +42,7 @@ class SequenceSet:
     n_duplicates: int
 
 
-def _open_text(path: Path) -> io.TextIOBase:
+def open_text(path: Path) -> io.TextIOBase:
     raw = gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
     return io.TextIOWrapper(raw, encoding="ascii", errors="strict")
 
@@ -63,7 +63,7 @@ def check_sequence(seq: str, source: str, record: int, name: str = "") -> str:
 def read_fasta(path: Path) -> list[str]:
     """All records of a FASTA file, validated, in file order (empties kept as '')."""
     try:
-        with _open_text(path) as fh:
+        with open_text(path) as fh:
             text = fh.read()
     except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, OSError) as e:
         raise DataError(f"{path}: not a readable FASTA file ({e})") from None

@@ -188,7 +188,8 @@ def _data_report(args) -> int:
     from distill.data_report import data_report, format_data_report
     from distill.numbers import dumps
 
-    report = data_report(args.data, identity=args.identity, coverage=args.coverage, column=args.column)
+    report = data_report(args.data, identity=args.identity, coverage=args.coverage, column=args.column,
+                         teacher_train=args.teacher_train)
     print(dumps(report, indent=2) if args.json else format_data_report(report))
     return 0
 
@@ -295,12 +296,15 @@ COMMANDS: dict[str, Command] = {
         arg("--tensorboard", action="store_true", help="also serve TensorBoard on the sweep's runs"),
         arg("--tensorboard-port", type=int, default=6006, help="TensorBoard port on 127.0.0.1"),
         arg("--print-only", action="store_true", help="print the commands, serve nothing")]),
-    "data report": Command(_data_report, "split sizes and leakage (held-out 20-mers found in train) of the hash "
-                           "and the cluster split of a data file", [
+    "data report": Command(_data_report, "split sizes, near-duplicate leakage at 20-mers and the 8-mer share (a "
+                           "remote-homology indicator) of the hash and the cluster split of a data file", [
         arg("data", help="'bundled' or a data file (FASTA, parquet, datasets folder)"),
         arg("--identity", type=float, default=SplitSpec.identity, help="MMseqs2 --min-seq-id of the cluster split"),
         arg("--coverage", type=float, default=SplitSpec.coverage, help="MMseqs2 -c of the cluster split"),
         arg("--column", default="sequence", help="sequence column of a table"),
+        arg("--teacher-train", default=None, metavar="FILE|demo",
+            help="the teacher's training data (sequence file, ID list .txt, or 'demo'): report how many val/test "
+                 "proteins it saw"),
         arg("--json", action="store_true", help="print JSON instead of a table")]),
     "demo-teacher": Command(_demo_teacher, "(re)build the bundled CPU demo teacher (about an hour on 2 cores)", [
         arg("--out", default=str(Path(__file__).resolve().parent.parent / "distill" / "assets" / "demo-teacher"),
