@@ -55,8 +55,8 @@ def _export(sd: SweepDir, trials, out: Path) -> tuple[dict[str, Path], str | Non
         return {}, f"export failed: {e}"
     by_name = {p.name: p for p in paths}
     space = load_space(sd.space)
-    return {s.name: by_name[config_file_name(s.scale, s.arm)] for s in space.studies
-            if config_file_name(s.scale, s.arm) in by_name}, None
+    return {s.name: by_name[config_file_name(s.scale, s.arm, s.search_replicate)] for s in space.studies
+            if config_file_name(s.scale, s.arm, s.search_replicate) in by_name}, None
 
 
 def analyze(sd: SweepDir, out_dir: str | Path | None = None) -> dict:

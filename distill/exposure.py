@@ -59,8 +59,9 @@ def demo_teacher_split() -> tuple[str, SplitSpec]:
     record = json.loads(DEMO_RECORD.read_text()).get("data")
     if not record:
         raise DataError(f"{DEMO_RECORD}: no `data` record: the demo teacher's training data is unknown")
-    return record["data"], SplitSpec(record["split_method"], tuple(record["split"]), record["cluster_identity"],
-                                     record["cluster_coverage"])
+    return record["data"], SplitSpec(record["split_method"], tuple(record["split"]),
+                                     record["cluster_identity"] or SplitSpec.identity,
+                                     record["cluster_coverage"] or SplitSpec.coverage)
 
 
 def fasta_ids(title: str) -> set[str]:
@@ -84,16 +85,23 @@ def split_of(data: str, split: SplitSpec, column: str = "sequence", tokenizer=No
     return split_proteins(proteins.sequences, split)[0]
 
 
+def check_teacher_train_data(spec: str) -> None:
+    """Before any work: `spec` names something that exists (the demo record, or a file)."""
+    if spec == DEMO:
+        demo_teacher_split()
+    elif not Path(spec).expanduser().exists():
+        raise DataError(f"teacher_train_data: {spec}: file not found (allowed: {DEMO!r}, a sequence file, or an ID "
+                        f"list {'/'.join(ID_SUFFIXES)})")
+
+
 def load_teacher_data(spec: str) -> TeacherData:
     """`spec` (see the module docstring) -> TeacherData."""
     if spec == DEMO:
         data, split = demo_teacher_split()
         return TeacherData(f"demo teacher: the train set of {data} under the {split.describe()} split",
                            tuple(split_of(data, split)["train"]))
+    check_teacher_train_data(spec)
     path = Path(spec).expanduser()
-    if not path.exists():
-        raise DataError(f"teacher_train_data: {path}: file not found (allowed: {DEMO!r}, a sequence file, or an ID "
-                        f"list {'/'.join(ID_SUFFIXES)})")
     if path.suffix in ID_SUFFIXES:
         ids = frozenset(w for line in path.read_text().splitlines() if (w := line.strip()))
         return TeacherData(str(path), ids=ids)

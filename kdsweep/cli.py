@@ -114,10 +114,11 @@ def _demo_teacher(args) -> int:
 
 def _sweep_run(args) -> int:
     from sweeps.runner import next_steps, run_sweep
-    from sweeps.space import load_space, smoke_space, with_tracker
+    from sweeps.space import load_space, smoke_space, with_search_replicates, with_tracker
     from sweeps.status import format_status, sweep_status
 
-    space = with_tracker(load_space(args.space), args.tracker)  # validated before Ray starts
+    # validated before Ray starts
+    space = with_search_replicates(with_tracker(load_space(args.space), args.tracker), args.search_replicates)
     if args.smoke:
         space = smoke_space(space)
     sd = run_sweep(space, name=args.name, storage=args.storage, address=args.address)
@@ -162,7 +163,7 @@ def _sweep_replicate(args) -> int:
     from sweeps.replicate import run_replicates
 
     sd = open_sweep(args.name, args.storage)
-    run_replicates(sd, seeds=args.seeds, address=args.address, tracker=args.tracker)
+    run_replicates(sd, seeds=args.seeds, address=args.address, tracker=args.tracker, ablations=args.ablations)
     flag = f" --storage {args.storage}" if args.storage else ""
     print(f"replicates: {sd.replicates}\nnext: kdsweep analyze {args.name}{flag}")
     return 0
@@ -274,6 +275,9 @@ COMMANDS: dict[str, Command] = {
         arg("--name", help="sweep name (default: the space's name)"),
         STORAGE, ADDRESS, TRACKER,
         arg("--smoke", action="store_true", help="smallest run that exercises every part (one scale, 16 steps)"),
+        arg("--search-replicates", type=int, default=None, metavar="R",
+            help="independent searches per (scale, arm), each with its own seeds (default: the space's "
+                 "search.search_replicates, 1): R > 1 puts search noise in the tuned-vs-tuned verdicts"),
     ], _sweep_resume_hint),
     "sweep resume": Command(_sweep_resume, "continue a sweep whose driver was killed or interrupted",
                             [NAME, STORAGE, ADDRESS], _sweep_resume_hint),
@@ -281,8 +285,12 @@ COMMANDS: dict[str, Command] = {
         NAME, STORAGE, arg("--json", action="store_true", help="print JSON instead of a table")]),
     "sweep export": Command(_sweep_export, "write the best config of each (scale, arm) for `kdsweep train`", [
         NAME, STORAGE, arg("--out", required=True, help="folder to write <scale>__<arm>.yaml into")]),
-    "sweep replicate": Command(_sweep_replicate, "retrain each (scale, arm)'s best config with N new seeds", [
-        NAME, STORAGE, ADDRESS, TRACKER, arg("--seeds", type=int, default=3, help="replicates per (scale, arm)")],
+    "sweep replicate": Command(_sweep_replicate, "retrain each (scale, arm)'s best config with N new seeds, and "
+                               "each enhanced one with each enhancement switched off (matched ablation)", [
+        NAME, STORAGE, ADDRESS, TRACKER, arg("--seeds", type=int, default=3, help="replicates per (scale, arm)"),
+        arg("--no-ablations", dest="ablations", action="store_false",
+            help="skip the matched ablations (each enhanced arm's best config retrained with each of its "
+                 "enhancements switched off, same seeds): no 'enhancement on vs off' table")],
         _sweep_resume_hint),
     "cache build": Command(_cache_build, "build a space's teacher cache (resumable; sweeps also build it at start)", [
         arg("space", help="search-space YAML, or the name of one in search_spaces/ (e.g. demo)"),

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from distill.errors import ConfigError
+from distill.exposure import check_teacher_train_data
 from distill.inputs import check_inputs, check_writable_dir
 from distill.train import accumulation_steps
 from sweeps.cache import check_cache_dir
@@ -44,6 +45,8 @@ def check_inputs_of_space(space: SearchSpace, storage: Path, *, final_eval: bool
 
     `final_eval=True` checks the configs replicate trials run (they score the test split)."""
     check_writable_dir(storage, "--storage")
+    if space.teacher_train_data:
+        check_teacher_train_data(space.teacher_train_data)
     if space.cache["enabled"]:
         check_cache_dir(space, storage)
     checked = set()

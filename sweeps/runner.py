@@ -33,7 +33,7 @@ from sweeps.preflight import check_inputs_of_space, check_resources
 from sweeps.reaper import start_reaper
 from sweeps.scheduler import PerStudyASHA
 from sweeps.searcher import StudySearcher, reconcile_with_tune
-from sweeps.space import SearchSpace, dump_space, load_space
+from sweeps.space import SearchSpace, dump_space, load_space, space_warnings
 from sweeps.status import sweep_complete
 from sweeps.storage import display, is_sqlite
 from sweeps.study import existing_studies
@@ -111,6 +111,8 @@ def run_sweep(space: SearchSpace, *, name: str | None = None, storage: str | Non
                           f"resume it with `kdsweep sweep resume {name}` or pick another --name")
     _precluster(space)
     check_inputs_of_space(space, sd.root.parent)
+    for warning in space_warnings(space):
+        log(f"warning: {warning}")
     if space.search["storage_url"]:
         # The searcher counts a study's trials from the storage: a reused name would inherit them.
         if taken := existing_studies(space.search["storage_url"], name):

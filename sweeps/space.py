@@ -38,10 +38,16 @@ SEARCHABLE = ("lr", "warmup_steps", "temperature", "alpha", "smoothing")
 DIST_TYPES = ("loguniform", "uniform", "int", "choice")
 EXECUTORS = ("local", "ray_train")
 TOP_KEYS = ("name", "description", "teacher", "tokenizer", "data", "scales", "arms", "params", "scale_params",
-            "arm_params", "train", "search", "resources", "tracking", "cache")
+            "arm_params", "train", "search", "resources", "tracking", "cache", "teacher_train_data")
 SEARCH_DEFAULTS = {"trials_per_study": 4, "max_concurrent": 2, "seed": 0, "grace_period": 20, "reduction_factor": 2,
                    "max_failures": 2, "executor": "local", "storage_url": None, "startup_trials": None,
-                   "early_stopping": True}
+                   "early_stopping": True, "search_replicates": 1}
+# Search replicate r of a (scale, arm) (method §7, tuned arm vs tuned baseline): its own study, TPE seed and
+# training seeds, all in the block [seed + r * SEED_STRIDE, seed + (r + 1) * SEED_STRIDE): its search trials
+# train with the block's first seed, its replicates with the next ones. r = 0 is the sweep without replicates.
+SEED_STRIDE = 1000
+# enhancement -> the TrainConfig value that switches it off (the matched ablation of `sweep replicate`)
+ENHANCEMENTS = {"uncertainty": {"uncertainty": False}, "smoothing": {"smoothing": None}}
 RESOURCE_DEFAULTS = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0.0}
 TRACKERS = ("mlflow", "wandb")
 NO_TRACKER = "none"  # `--tracker none`: off, whatever the space says
@@ -70,6 +76,16 @@ class Dist:
         return {"type": self.type, "low": self.low, "high": self.high}
 
 
+def switched_off(off) -> dict:
+    """The TrainConfig values that switch the enhancements `off` (ENHANCEMENTS keys) off."""
+    return {k: v for e in off for k, v in ENHANCEMENTS[e].items()}
+
+
+def replicate_suffix(search_replicate: int) -> str:
+    """'' for search replicate 0 (a sweep without replicates keeps its names), '.r<k>' after it."""
+    return f".r{search_replicate}" if search_replicate else ""
+
+
 @dataclass(frozen=True)
 class Study:
     """One (scale, arm) study: its name and its own distributions."""
@@ -77,10 +93,16 @@ class Study:
     scale: str
     arm: str
     params: dict[str, Dist]
+    search_replicate: int = 0  # which independent search of this (scale, arm): search.search_replicates
 
     @property
     def name(self) -> str:
-        return f"{self.scale}/{self.arm}"
+        return f"{self.scale}/{self.arm}{replicate_suffix(self.search_replicate)}"
+
+    @property
+    def enhancements(self) -> tuple[str, ...]:
+        """The enhancements this arm switches on (ENHANCEMENTS keys): what its matched ablation switches off."""
+        return tuple(e for e, on in zip(ENHANCEMENTS, ARMS[self.arm]) if on)
 
     @property
     def uncertainty(self) -> bool:
@@ -105,6 +127,7 @@ class SearchSpace:
     resources: dict[str, Any]
     cache: dict[str, Any] = field(default_factory=lambda: dict(CACHE_DEFAULTS))
     tracking: dict[str, Any] = field(default_factory=lambda: dict(TRACKING_DEFAULTS))
+    teacher_train_data: str | None = None  # distill/exposure.py: what the teacher trained on, if known
     source: str = ""
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -118,6 +141,7 @@ class SearchSpace:
             "scale": study.scale,
             "uncertainty": study.uncertainty,
             "smoothing": None,
+            "seed": self.search_seed_of(study.search_replicate),
             **params,
             "output_dir": output_dir,
             **extra,
@@ -135,13 +159,24 @@ class SearchSpace:
 
     @property
     def search_seed(self) -> int:
-        """The training seed of every search trial (`train.seed`, default 0)."""
+        """The training seed of every search trial of search replicate 0 (`train.seed`, default 0)."""
         return int(self.train.get("seed", TrainConfig.seed))
 
-    def replicate_seeds(self, n: int) -> list[int]:
-        """n training seeds for replicates, disjoint from the search seed (method §6): a replicate
-        with the search seed would re-run the lucky search trial itself."""
-        return [self.search_seed + 1 + k for k in range(n)]
+    @property
+    def search_replicates(self) -> int:
+        return int(self.search["search_replicates"])
+
+    def search_seed_of(self, search_replicate: int) -> int:
+        """The training seed of the search trials of one search replicate (see SEED_STRIDE)."""
+        return self.search_seed + search_replicate * SEED_STRIDE
+
+    def replicate_seeds(self, n: int, search_replicate: int = 0) -> list[int]:
+        """n training seeds for the replicates of one search replicate's best configs, disjoint from its
+        search seed (method §6: a replicate with the search seed would re-run the lucky search trial
+        itself) and from every other search replicate's seeds (so the two levels are nested)."""
+        if n >= SEED_STRIDE:
+            raise ConfigError(f"--seeds: got {n}, allowed: 1 ... {SEED_STRIDE - 1} (seeds of one search replicate)")
+        return [self.search_seed_of(search_replicate) + 1 + k for k in range(n)]
 
 
 class _Problems(list):
@@ -303,7 +338,7 @@ def _parse_train(raw: dict, p: _Problems) -> dict:
 
 def _parse_search(raw: dict, p: _Problems) -> dict:
     search = _merged(raw, "search", SEARCH_DEFAULTS, p)
-    for k in ("trials_per_study", "max_concurrent", "grace_period", "max_failures"):
+    for k in ("trials_per_study", "max_concurrent", "grace_period", "max_failures", "search_replicates"):
         v = search[k]
         if not isinstance(v, int) or isinstance(v, bool) or v < (0 if k == "max_failures" else 1):
             p.append(f"search.{k}: got {v!r}, allowed: an integer >= {0 if k == 'max_failures' else 1}")
@@ -384,16 +419,26 @@ def parse_space(raw: Any, source: str = "search space") -> SearchSpace:
     resources = _parse_resources(raw, search["executor"], p)
     cache = _parse_cache(raw, p)
     tracking = _parse_tracking(raw, p)
+    teacher_train = raw.get("teacher_train_data")
+    if teacher_train is not None and (not isinstance(teacher_train, str) or not teacher_train):
+        p.append(f"teacher_train_data: got {teacher_train!r}, allowed: null (unknown), 'demo' (the demo teacher's "
+                 "recorded training set), a sequence file or an ID list (.txt)")
+    elif teacher_train == "demo" and raw.get("teacher", "demo") != "demo":
+        p.append(f"teacher_train_data: 'demo' names the demo teacher's training set, but teacher is "
+                 f"{raw.get('teacher')!r}; give that teacher's own training data, or leave it out (unknown)")
     if p:
         raise ConfigError(p, f"search space {source}")
 
     studies = []
-    for s in scales:
-        for a in arms:
-            params = {**base, **per_scale.get(s, {}), **per_arm.get(a, {})}
-            if not ARMS[a][1]:
-                params.pop("smoothing", None)
-            studies.append(Study(s, a, params))
+    # Replicate 0's studies first, in the order of a sweep without replicates: their indices (TPE seeds,
+    # searcher.sampler_seed) are the same, so search replicates only add studies.
+    for r in range(search["search_replicates"]):
+        for s in scales:
+            for a in arms:
+                params = {**base, **per_scale.get(s, {}), **per_arm.get(a, {})}
+                if not ARMS[a][1]:
+                    params.pop("smoothing", None)
+                studies.append(Study(s, a, params, r))
     return SearchSpace(
         name=raw.get("name") or Path(source).stem,
         teacher=raw.get("teacher", "demo"),
@@ -407,6 +452,7 @@ def parse_space(raw: Any, source: str = "search space") -> SearchSpace:
         resources=resources,
         cache=cache,
         tracking=tracking,
+        teacher_train_data=teacher_train,
         source=source,
         raw=copy.deepcopy(raw),
     )
@@ -420,6 +466,27 @@ def load_space(path: str | Path) -> SearchSpace:
     if not path.is_file():
         raise ConfigError(f"{path}: search space file not found")
     return parse_space(read_yaml_mapping(path), str(path))
+
+
+def space_warnings(space: SearchSpace) -> list[str]:
+    """What is legal but tilts the comparison (printed before a sweep starts; method §6):
+
+    * ASHA's first rung at or before the end of the largest warmup searched: a trial is judged
+      before it ever trained at its full learning rate, which favours configs with short warmups
+      (fast starters) over ones that would overtake them later.
+    """
+    out = []
+    warm = [(s.name, d.high) for s in space.studies if (d := s.params.get("warmup_steps")) and d.type != "choice"]
+    warm += [(s.name, max(d.values)) for s in space.studies if (d := s.params.get("warmup_steps")) and d.type == "choice"]
+    if warm and space.search["early_stopping"]:
+        study, largest = max(warm, key=lambda w: w[1])
+        rung = space.search["grace_period"]
+        if rung <= largest:
+            out.append(f"search.grace_period: ASHA's first rung (step {rung}) falls at or before the end of the "
+                       f"largest warmup searched ({study}: warmup_steps up to {largest:g}): a trial can be judged "
+                       "before it trained at its full learning rate, which favours short warmups; raise "
+                       f"grace_period above {largest:g} or narrow the warmup range.")
+    return out
 
 
 def smoke_space(space: SearchSpace) -> SearchSpace:
@@ -441,6 +508,15 @@ def with_tracker(space: SearchSpace, tracker: str | None) -> SearchSpace:
         return space
     raw = copy.deepcopy(space.raw)
     raw["tracking"] = {**(raw.get("tracking") or {}), "tracker": None if tracker == NO_TRACKER else tracker}
+    return parse_space(raw, space.source)
+
+
+def with_search_replicates(space: SearchSpace, replicates: int | None) -> SearchSpace:
+    """`--search-replicates R`: the space with `search.search_replicates` set (None: unchanged)."""
+    if replicates is None:
+        return space
+    raw = copy.deepcopy(space.raw)
+    raw["search"] = {**(raw.get("search") or {}), "search_replicates": replicates}
     return parse_space(raw, space.source)
 
 
