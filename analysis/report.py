@@ -32,6 +32,7 @@ from analysis.tables import (Table, ablation_table, replicate_status_table, scal
                              trial_counts_table, write_table)
 from analysis.verdicts import mechanism_table, verdict_table
 from distill.config import TrainConfig
+from distill.data import resolve_data_path
 from distill.errors import KDSweepError
 from distill.exposure import exposure, format_exposure, load_teacher_data, split_of
 from distill.splits import SplitSpec
@@ -76,7 +77,7 @@ def exposure_line(space) -> tuple[str, dict | None]:
     try:
         teacher = load_teacher_data(space.teacher_train_data)
         split = split_of(cfg.data, SplitSpec.from_config(cfg), cfg.sequence_column)
-        figures = exposure(teacher, {n: split[n] for n in ("val", "test")}, Path(cfg.data))
+        figures = exposure(teacher, {n: split[n] for n in ("val", "test")}, resolve_data_path(cfg.data))
     except (KDSweepError, OSError) as e:  # e.g. the data file moved: the rest of the report still stands
         return f"teacher exposure: not measured ({e})", None
     return format_exposure(figures, teacher.source), figures

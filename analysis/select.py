@@ -110,7 +110,7 @@ def selection_free_core(val: np.ndarray, test: np.ndarray, base: np.ndarray, uni
     """`val` (arms, units), `test` (arms, seeds), `base` (seeds,), `unit` (seeds,) the unit index of each seed:
     (chosen arm's test - baseline per seed, NaN where its unit had no arm to report; arm per unit)."""
     chosen = chosen_before(val, first)
-    arm = np.array([-1 if chosen[u] is None else chosen[u] for u in unit])  # (seeds,)
+    arm = np.array([-1 if chosen[u] is None else chosen[u] for u in unit], dtype=int)  # (seeds,)
     diff = np.where(arm >= 0, test[np.maximum(arm, 0), np.arange(len(base))] - base, np.nan)
     return diff, chosen
 

@@ -391,8 +391,8 @@ def replicate_status_table(reps: pd.DataFrame, scales: list[str], arms: list[str
             "unreadable": int((sel["status"] == UNREADABLE).sum()) if len(sel) else 0,
         }
         records.append(rec)
-        rows.append([scale, arm, *(str(rec[k]) for k in ("in_tables", "diverged", "no_test", "incomplete",
-                                                           "unreadable"))])
+        counted = ("in_tables", "diverged", "no_test", "incomplete", "unreadable")
+        rows.append([scale, rec["arm"], *(str(rec[k]) for k in counted)])
     notes = ["incomplete / failed = a replicate folder without metrics.json (still running, crashed or interrupted).",
              "(no <enhancement>: matched ablation) = the arm's tuned config retrained with that enhancement switched "
              "off, same seeds: the 'off' side of the mechanism table."]

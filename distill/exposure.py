@@ -21,6 +21,7 @@ Without it, tables say "teacher's training data unknown".
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from dataclasses import dataclass
@@ -79,8 +80,10 @@ def ids_by_sequence(path: Path) -> dict[str, set[str]]:
     return out
 
 
+@functools.lru_cache(maxsize=4)  # the demo's teacher record and its space name the same split: read it once
 def split_of(data: str, split: SplitSpec, column: str = "sequence", tokenizer=None) -> dict[str, list[str]]:
-    """{"train", "val", "test": sequences} of a data file under a split, read as a run reads it."""
+    """{"train", "val", "test": sequences} of a data file under a split, read as a run reads it (do not
+    modify the result: it is cached)."""
     proteins = read_proteins(existing_data_path(data), column, tokenizer)
     return split_proteins(proteins.sequences, split)[0]
 
