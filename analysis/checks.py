@@ -6,10 +6,15 @@
 * edge of a search range: the exported best config's value of a searched parameter lies
   within 5 % of its range's low or high end (measured on a log scale for loguniform): the
   optimum may lie outside what was searched.
-* degenerate model: every completed replicate of a scale has the same test accuracy (to 1e-4),
+* degenerate model: every completed replicate of an arm has the same test accuracy (to 1e-4),
   or some replicate has accuracy 0. Such students predict (nearly) the same token
   everywhere; their ECE is the calibration of that one prediction, and differences between
   arms say little about what distillation taught them.
+* composition only: a replicate not measurably better than the unigram floor (`analysis.floors`).
+* search noise not included: one search per study, so no verdict's interval holds the luck of
+  the search (method §7).
+* teacher exposure unknown: no `teacher_train_data`, so nobody knows how many held-out proteins the
+  teacher trained on.
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ import math
 
 import pandas as pd
 
+from analysis.floors import floor_warnings
 from analysis.fmt import sig
 from analysis.load import per_seed, usable_replicates
 from analysis.select import search_best
 from analysis.stats import LEVEL, t_quantile
+from distill.exposure import UNKNOWN
 from sweeps.space import SearchSpace
 
 MIN_SEEDS = 3
@@ -59,7 +66,7 @@ def range_position(value: float, low: float, high: float, log: bool) -> float:
 def edge_of_range(space: SearchSpace, trials: pd.DataFrame) -> list[str]:
     out = []
     for study in space.studies:
-        best = search_best(trials, study.scale, study.arm)
+        best = search_best(trials, study.scale, study.arm, study.search_replicate)
         if best is None:
             continue
         for name, dist in study.params.items():
@@ -77,25 +84,43 @@ def edge_of_range(space: SearchSpace, trials: pd.DataFrame) -> list[str]:
 
 
 def degenerate(reps: pd.DataFrame, scales, arms) -> list[str]:
+    """Per arm (an arm can be degenerate where another at its scale is not): accuracy 0, or the same
+    accuracy in every replicate."""
     ok = usable_replicates(reps)
     out = []
     for scale in scales:
-        acc = {f"{a} seed {s}": v for a in arms for s, v in per_seed(ok, scale, a, "accuracy").items()}
-        if not acc:
-            continue
-        zero = [run for run, v in acc.items() if v == 0]
-        if zero:
-            out.append(f"{scale}: test accuracy 0 in {', '.join(zero)}: a degenerate model; its ECE is its mean "
-                       "confidence.")
-        elif len(acc) >= 2 and max(acc.values()) - min(acc.values()) < SAME_ACCURACY:
-            out.append(f"{scale}: every one of the {len(acc)} completed replicates has test accuracy "
-                       f"{sig(min(acc.values()))} (spread < {SAME_ACCURACY:g}): a degenerate model, predicting "
-                       "(nearly) the same token everywhere; its ECE is the calibration of that one prediction and "
-                       "the arms' differences say little about what distillation taught.")
+        for arm in arms:
+            acc = per_seed(ok, scale, arm, "accuracy")
+            if acc.empty:
+                continue
+            zero = [int(s) for s, v in acc.items() if v == 0]
+            if zero:
+                out.append(f"{scale}/{arm}: test accuracy 0 in seed {', '.join(map(str, zero))}: a degenerate model; "
+                           "its ECE is its mean confidence.")
+            elif len(acc) >= 2 and acc.max() - acc.min() < SAME_ACCURACY:
+                out.append(f"{scale}/{arm}: every one of its {len(acc)} completed replicates has test accuracy "
+                           f"{sig(float(acc.min()))} (spread < {SAME_ACCURACY:g}): a degenerate model, predicting "
+                           "(nearly) the same token everywhere; its ECE is the calibration of that one prediction and "
+                           "its differences from other arms say little about what distillation taught.")
     return out
 
 
-def report_warnings(space: SearchSpace, trials: pd.DataFrame, reps: pd.DataFrame) -> list[str]:
-    """Every warning, degenerate models first (they void the rest), then search ranges, then seeds."""
+def search_noise(space: SearchSpace) -> list[str]:
+    if space.search_replicates > 1:
+        return []
+    return ["search noise is not included in any verdict: one search per (scale, arm) (search.search_replicates = "
+            "1), so a tuned-vs-tuned 'better' may be the luck of that arm's search; run with --search-replicates R "
+            "(R >= 3) for intervals that include it, and read the mechanism table (enhancement on vs off at the same "
+            "config) for what the enhancement itself does."]
+
+
+def report_warnings(space: SearchSpace, trials: pd.DataFrame, reps: pd.DataFrame, exposure_unknown: bool = False
+                    ) -> list[str]:
+    """Every warning: students at the composition floor and degenerate models first (they void the rest),
+    then search noise and teacher exposure, search ranges, then seeds."""
     scales, arms = list(space.scales), list(space.arms)
-    return degenerate(reps, scales, arms) + edge_of_range(space, trials) + few_seeds(reps, scales, arms)
+    exposure = ([f"teacher exposure: {UNKNOWN}: the split keeps val/test proteins from the student's training "
+                 "data, not from the teacher's; ppl_ratio and kl_teacher are flattered by whatever it saw (give "
+                 "teacher_train_data in the space)."] if exposure_unknown else [])
+    return (floor_warnings(usable_replicates(reps), scales, arms) + degenerate(reps, scales, arms)
+            + search_noise(space) + exposure + edge_of_range(space, trials) + few_seeds(reps, scales, arms))

@@ -83,7 +83,8 @@ def trials_frame(sd: SweepDir) -> pd.DataFrame:
                 val_ppl, step = math.nan, None
             summary = read_summary(run_dir) if run_dir else None
             rows.append({
-                "scale": study.scale, "arm": study.arm, "study": study.name, "trial_id": trial_id,
+                "scale": study.scale, "arm": study.arm, "search_replicate": study.search_replicate,
+                "study": study.name, "trial_id": trial_id,
                 "optuna_number": t.number, "status": status,
                 **{p: t.params.get(p, math.nan) for p in param_names},
                 "val_ppl": val_ppl,
@@ -94,7 +95,8 @@ def trials_frame(sd: SweepDir) -> pd.DataFrame:
                 "run_status": summary.get("status") if summary else None,
                 "has_run_log": bool(evals),
             })
-    cols = ["scale", "arm", "study", "trial_id", "optuna_number", "status", *param_names, "val_ppl", "step",
+    cols = ["scale", "arm", "search_replicate", "study", "trial_id", "optuna_number", "status", *param_names,
+            "val_ppl", "step",
             "val_ece", "val_accuracy", "n_evals", "run_status", "has_run_log"]
     return pd.DataFrame(rows, columns=cols)
 
@@ -121,8 +123,9 @@ def history_frame(sd: SweepDir, trials: pd.DataFrame | None = None) -> pd.DataFr
 
 
 def replicates_frame(sd: SweepDir) -> pd.DataFrame:
-    """One row per replicate folder: scale, arm, seed, status, has_test, has_val, objective_val_ppl,
-    and every scalar held-out metric of both splits as `val_<metric>` and `test_<metric>`.
+    """One row per replicate folder: scale, arm, seed, search_replicate, off (the enhancements a matched
+    ablation switched off, joined by '+'; '' for a tuned config), status, has_test, has_val,
+    objective_val_ppl, and every scalar held-out metric of both splits as `val_<metric>` and `test_<metric>`.
 
     status: the run's own (metrics.json) "completed" / "diverged"; "incomplete" when
     there is no metrics.json (still running, crashed, or interrupted); "unreadable"
@@ -137,20 +140,23 @@ def replicates_frame(sd: SweepDir) -> pd.DataFrame:
         parsed = parse_replicate_name(d.name) if d.is_dir() else None
         if parsed is None:
             continue  # not a replicate run folder
-        scale, arm, seed = parsed
+        scale, arm, seed, search_replicate, off = parsed
         summary = read_summary(d) or {}
-        row = {"scale": scale, "arm": arm, "seed": seed, "replicate": d.name,
+        row = {"scale": scale, "arm": arm, "seed": seed, "search_replicate": search_replicate, "off": "+".join(off),
+               "replicate": d.name,
                "status": summary.get("status", UNREADABLE) if summary else INCOMPLETE,
                "has_test": _has_metrics(summary.get("test")), "has_val": _has_metrics(summary.get("val")),
                "step": number(summary.get("step")), "objective_val_ppl": number(summary.get("val_ppl"))}
         for split in SPLITS:
             row.update(_metric_columns(split, summary.get(split)))
         rows.append(row)
-    base = ["scale", "arm", "seed", "replicate", "status", "has_test", "has_val", "step", "objective_val_ppl"]
+    base = ["scale", "arm", "seed", "search_replicate", "off", "replicate", "status", "has_test", "has_val", "step",
+            "objective_val_ppl"]
     df = pd.DataFrame(rows)
     if df.empty:
         return pd.DataFrame(columns=base)
-    return df[base + [c for c in df.columns if c not in base]].sort_values(["scale", "arm", "seed"], ignore_index=True)
+    return df[base + [c for c in df.columns if c not in base]].sort_values(["scale", "arm", "off", "seed"],
+                                                                            ignore_index=True)
 
 
 def _has_metrics(metrics) -> bool:
@@ -193,8 +199,20 @@ def per_seed(reps: pd.DataFrame, scale: str, arm: str, metric: str, split: str =
     return pd.to_numeric(sel.set_index("seed")[col], errors="coerce").dropna().astype(float).sort_index()
 
 
-def usable_replicates(reps: pd.DataFrame) -> pd.DataFrame:
-    """The rows that may enter a table: completed runs that have test metrics."""
+def usable_replicates(reps: pd.DataFrame, off: str = "") -> pd.DataFrame:
+    """The rows that may enter a table: completed runs that have test metrics, of the tuned configs
+    (`off` = '') or of one matched ablation (`off` = 'smoothing', ...; None: every ablation)."""
     if reps.empty:
         return reps
-    return reps[(reps["status"] == COMPLETED) & reps["has_test"].astype(bool)]
+    done = reps[(reps["status"] == COMPLETED) & reps["has_test"].astype(bool)]
+    return done[done["off"] != ""] if off is None else done[done["off"] == off]
+
+
+def tuned_replicates(reps: pd.DataFrame) -> pd.DataFrame:
+    """The replicate rows of tuned configs (all statuses): the matched ablations are left out."""
+    return reps if reps.empty else reps[reps["off"] == ""]
+
+
+def unit_of(reps: pd.DataFrame) -> dict[int, int]:
+    """Seed -> its search replicate (seeds of different search replicates never coincide: SEED_STRIDE)."""
+    return {} if reps.empty else {int(s): int(r) for s, r in zip(reps["seed"], reps["search_replicate"])}

@@ -8,29 +8,38 @@
     index.html                   all of the above; inline CSS, relative links, no network
 
 and returns what it wrote; it prints nothing (the CLI prints). Every table's notes end with
-the data split the runs used and its leakage figure (from the runs' own logs).
+the data split the runs used, its near-duplicate leakage at 20-mers and 8-mer share (from the
+runs' own logs), and the teacher's exposure: how many val/test proteins the teacher trained on
+(`teacher_train_data`; "unknown" without it).
 """
 
 from __future__ import annotations
 
 import html
+import math
 import os
 import time
 import warnings
 from pathlib import Path
 
 from analysis.checks import report_warnings
+from analysis.fmt import mean_pm, sig
 from analysis.load import history_frame, replicates_frame, split_notes, trials_frame, usable_replicates
 from analysis.pareto import pareto_table
 from analysis.plots import make_plots
 from analysis.select import choose_arm
-from analysis.tables import (Table, ablation_table, replicate_status_table, scale_table, trial_counts_table,
-                             verdict_table, write_table)
+from analysis.tables import (Table, ablation_table, replicate_status_table, scale_table, search_counts,
+                             trial_counts_table, write_table)
+from analysis.verdicts import mechanism_table, verdict_table
+from distill.config import TrainConfig
+from distill.data import resolve_data_path
 from distill.errors import KDSweepError
+from distill.exposure import exposure, format_exposure, load_teacher_data, split_of
+from distill.splits import SplitSpec
 from distill.rundir import COMPLETED
 from sweeps.export import export_best
 from sweeps.layout import SweepDir, config_file_name
-from sweeps.space import load_space
+from sweeps.space import load_space, replicate_suffix
 from sweeps.study import TRIAL_STATES
 
 NO_SPLIT_RECORD = "split: not recorded (the runs' logs predate the split record); leakage unknown"
@@ -55,8 +64,23 @@ def _export(sd: SweepDir, trials, out: Path) -> tuple[dict[str, Path], str | Non
         return {}, f"export failed: {e}"
     by_name = {p.name: p for p in paths}
     space = load_space(sd.space)
-    return {s.name: by_name[config_file_name(s.scale, s.arm)] for s in space.studies
-            if config_file_name(s.scale, s.arm) in by_name}, None
+    return {s.name: by_name[config_file_name(s.scale, s.arm, s.search_replicate)] for s in space.studies
+            if config_file_name(s.scale, s.arm, s.search_replicate) in by_name}, None
+
+
+def exposure_line(space) -> tuple[str, dict | None]:
+    """(the teacher-exposure line every table's notes end with, the figures or None). Measured on the
+    space's data under its split against `teacher_train_data` (`distill.exposure`)."""
+    if not space.teacher_train_data:
+        return format_exposure(None), None
+    cfg: TrainConfig = space.trial_config(space.studies[0], {}, "unused")
+    try:
+        teacher = load_teacher_data(space.teacher_train_data)
+        split = split_of(cfg.data, SplitSpec.from_config(cfg), cfg.sequence_column)
+        figures = exposure(teacher, {n: split[n] for n in ("val", "test")}, resolve_data_path(cfg.data))
+    except (KDSweepError, OSError) as e:  # e.g. the data file moved: the rest of the report still stands
+        return f"teacher exposure: not measured ({e})", None
+    return format_exposure(figures, teacher.source), figures
 
 
 def analyze(sd: SweepDir, out_dir: str | Path | None = None) -> dict:
@@ -71,14 +95,17 @@ def analyze(sd: SweepDir, out_dir: str | Path | None = None) -> dict:
     history = history_frame(sd, trials)
     reps = replicates_frame(sd)
     split = split_line(split_notes(sd))
+    exposed, exposure_figures = exposure_line(space)
+    r = space.search_replicates
 
     # Order = order in index.html: the short status summary, the method §7 tables, then what was left out.
     tables: list[Table] = [trial_counts_table(trials, scales, arms, space.search["trials_per_study"]),
-                           scale_table(reps, trials, scales), verdict_table(reps, trials, scales),
+                           scale_table(reps, trials, scales), verdict_table(reps, trials, scales, r),
+                           mechanism_table(reps, space.studies, scales, r),
                            *(ablation_table(reps, s) for s in scales), pareto_table(trials, scales),
                            replicate_status_table(reps, scales, arms)]
     for t in tables:
-        t.notes.append(split)
+        t.notes += [split, exposed]
     table_paths = {t.name: write_table(t, out / "tables") for t in tables}
 
     with warnings.catch_warnings():
@@ -92,7 +119,8 @@ def analyze(sd: SweepDir, out_dir: str | Path | None = None) -> dict:
     for scale in scales:
         choice = choose_arm(usable_replicates(reps), trials, scale, arms)
         recommended[scale] = {"arm": choice.arm, "basis": choice.basis,
-                              "config": configs.get(f"{scale}/{choice.arm}") if choice.arm else None}
+                              "config": configs.get(f"{scale}/{choice.arm}") if choice.arm else None,
+                              "search": search_counts(trials, scale, choice.arm, 0) if choice.arm else ""}
 
     ok = usable_replicates(reps)
     result = {
@@ -102,26 +130,47 @@ def analyze(sd: SweepDir, out_dir: str | Path | None = None) -> dict:
         "skipped": skipped,
         "configs": configs,
         "recommended": recommended,
-        "warnings": report_warnings(space, trials, reps),
+        "warnings": report_warnings(space, trials, reps, exposure_unknown=not space.teacher_train_data),
         "split": split,
+        "exposure": exposed,
+        "exposure_figures": exposure_figures,
         "summary": tables[0].data.to_dict("records"),
+        "headline": {rec["scale"]: rec for rec in tables[1].data.to_dict("records")},
+        "verdicts": tables[2].data.to_dict("records"),
+        "mechanism": tables[3].data.to_dict("records"),
         "replicates": {"total": len(reps), "in_tables": len(ok), "excluded": len(reps) - len(ok)},
     }
     result["html"] = write_html(sd, out, tables, result)
     return result
 
 
+def _pm(mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return "missing"
+    return mean_pm(mean, std) if not math.isnan(std) and std > 0 else sig(mean)
+
+
 def summary_lines(result: dict) -> list[str]:
     """What a CLI would print after `analyze` (the function itself prints nothing)."""
     lines = [f"analysis: {result['html']}"]
     for r in result["summary"]:
-        lines.append(f"  {r['scale']}/{r['arm']}: " + ", ".join(
+        lines.append(f"  {r['scale']}/{r['arm']}{replicate_suffix(r['search_replicate'])}: " + ", ".join(
             f"{r[k]} {k}" for k in TRIAL_STATES if r[k]))
     reps = result["replicates"]
     lines.append(f"replicates: {reps['in_tables']} in tables, {reps['excluded']} excluded")
     lines.append(result["split"])
+    lines.append(result["exposure"])
+    for scale, rec in result["headline"].items():
+        lines.append(f"  {scale}: selection-free improvement (headline) "
+                     f"{_pm(rec['selection_free_improvement_pct_mean'], rec['selection_free_improvement_pct_std'])} % "
+                     f"(n={rec['selection_free_improvement_pct_n']} {rec['selection_free_unit']}s)")
+    for v in result["verdicts"] + result["mechanism"]:
+        what = (f"{v['arm']} vs baseline" if v["comparison"].startswith("tuned")
+                else f"{v['arm']}: {v['enhancement']} on vs off")
+        lines.append(f"  {v['scale']} [{v['comparison']}] {what}: {v['verdict']} (Holm: {v['verdict_holm']})")
     for scale, rec in result["recommended"].items():
-        lines.append(f"  {scale}: train {rec['config'] or '-'} ({rec['arm'] or 'none'}: {rec['basis']})")
+        lines.append(f"  {scale}: train {rec['config'] or '-'} ({rec['arm'] or 'none'}: {rec['basis']}; search "
+                     f"{rec['search'] or '-'})")
     lines += [f"  skipped {name}: {why}" for name, why in result["skipped"].items()]
     lines += [f"warning: {w}" for w in result["warnings"]]
     return lines
@@ -173,17 +222,21 @@ def write_html(sd: SweepDir, out: Path, tables: list[Table], result: dict) -> Pa
              f"<p>created {e(str(meta.get('created', '?')))}, kdsweep commit <code>{e(str(meta.get('git_commit', '?')))}"
              f"</code>; analysed {e(time.strftime('%Y-%m-%d %H:%M:%S'))}. Replicates: {result['replicates']['in_tables']}"
              f" in tables, {result['replicates']['excluded']} excluded (diverged / failed / unfinished).</p>",
-             f"<p>Data: {e(result['split'])}. Arms are chosen on the val split; the test split only reports.</p>"]
+             f"<p>Data: {e(result['split'])}. Arms are chosen on the val split; the test split only reports.</p>",
+             f"<p>{e(result['exposure'])}.</p>",
+             "<p>Two comparisons, named apart: <b>tuned arm vs tuned baseline</b> (methods, each tuned by its own "
+             "search) and <b>enhancement on vs off at the same config</b> (the mechanism at its tuned point). The "
+             "headline figure is the selection-free improvement.</p>"]
     if result["warnings"]:
         parts.append("<h2>Warnings</h2><ul class=warnings>" + "".join(f"<li>{e(w)}</li>" for w in result["warnings"])
                      + "</ul>")
 
     parts.append("<h2>Configs to train</h2><table><tr><th>scale</th><th>arm</th><th>config</th><th>chosen on</th>"
-                 "</tr>")
+                 "<th>its search</th></tr>")
     for scale, rec in result["recommended"].items():
         cfg = _a(rec["config"], out, rec["config"].name) if rec["config"] else "-"
         parts.append(f"<tr><td>{e(scale)}</td><td>{e(rec['arm'] or 'missing')}</td><td>{cfg}</td>"
-                     f"<td>{e(rec['basis'])}</td></tr>")
+                     f"<td>{e(rec['basis'])}</td><td>{e(rec['search'] or '-')}</td></tr>")
     parts.append("</table>")
     if result["configs"]:
         parts.append("<p>Every exported best config (same files as <code>kdsweep sweep export</code>; train with "

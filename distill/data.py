@@ -44,7 +44,8 @@ from distill.atomic import write_atomic
 from distill.digests import cache_dir, hashing_reader, remembered, stamp
 from distill.errors import DataError
 from distill.homology import cluster_representatives, find_mmseqs
-from distill.leakage import format_leakage, split_leakage
+from distill.leakage import LEAKAGE_WORDS, REMOTE_WORDS, format_leakage, split_leakage
+from distill.metrics import unigram_log_probs
 from distill.numbers import dumps
 from distill.sequences import check_sequence, dedupe, read_sequences
 from distill.splits import SPLITS, SplitSpec, split_sequences
@@ -52,7 +53,7 @@ from distill.splits import SPLITS, SplitSpec, split_sequences
 ASSETS = Path(__file__).parent / "assets"
 BUNDLED_DATA = ASSETS / "data" / "uniprot_sample_20k.fasta.gz"
 EOS_TEXT = "<|endoftext|>"
-CACHE_VERSION = 3  # 3: a data-only .npz (was a torch pickle)
+CACHE_VERSION = 4  # 4: the split provenance holds the 8-mer share; 3: a data-only .npz (was a torch pickle)
 
 
 def write_bundled_subset(path: Path, n: int, max_len: int | None = None) -> Path:
@@ -248,10 +249,10 @@ def split_proteins(seqs: list[str], spec: SplitSpec) -> tuple[dict[str, list[str
 
 
 def split_note(spec: SplitSpec, leakage: dict) -> str:
-    """'split: cluster (MMseqs2 0.5/0.8); leakage (held-out proteins with >= 50 % / >= 90 % / all of
-    their 20-mers in train) test: ..., val: ...': the line every analysis table's notes carry."""
-    return (f"split: {spec.describe()}; leakage (held-out proteins with >= 50 % / >= 90 % / all of their "
-            f"20-mers in train) test: {format_leakage(leakage['test'])}; val: {format_leakage(leakage['val'])}")
+    """'split: cluster (MMseqs2 0.5/0.8); near-duplicate leakage at 20-mers (...) and 8-mer share (...)
+    test: ..., val: ...': the line every analysis table's notes carry."""
+    return (f"split: {spec.describe()}; {LEAKAGE_WORDS}, and {REMOTE_WORDS}: "
+            f"test: {format_leakage(leakage['test'])}; val: {format_leakage(leakage['val'])}")
 
 
 def precluster(data: str, *, column: str, split: SplitSpec) -> None:
@@ -373,6 +374,14 @@ def heldout_split(data: str, tokenizer, name: str = "test", *, column: str = "se
     if not splits[name][0]:
         raise DataError(f"{info['data']}: the {name} split is empty")
     return HeldOut(*splits[name], residues_per_token(tokenizer), name)
+
+
+def train_unigram(data: str, tokenizer, *, column: str = "sequence", split: SplitSpec = SplitSpec()) -> torch.Tensor:
+    """(V,) log-probabilities of the unigram floor fitted on every token of the train split (method §5)."""
+    splits, _ = load_splits(data, tokenizer, column=column, split=split)
+    ids = splits["train"][0]
+    return unigram_log_probs(torch.from_numpy(np.concatenate(ids)) if ids else torch.zeros(0, dtype=torch.long),
+                             len(tokenizer))
 
 
 def heldout_from_file(data: str, tokenizer, column: str = "sequence") -> HeldOut:

@@ -30,7 +30,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from distill.atomic import write_atomic
 from distill.data import prepare_data
-from distill.metrics import student_ppl
+from distill.metrics import bootstrap_gap, student_ppl
 from distill.numbers import dumps
 from distill.optim import make_optimizer, make_scheduler
 from distill.seeding import seed_everything
@@ -68,12 +68,20 @@ def unigram_entropy(sequences: list[str]) -> float:
     return float(-(p * np.log(p)).sum())
 
 
+def training_data_record(info: dict) -> dict:
+    """What the teacher trained on, for its exposure (distill/exposure.py reads it back): the data and
+    the split whose train set it saw."""
+    return {"data": "bundled", "part": "train", "data_sha256": info["data_sha256"],
+            **{k: info[k] for k in ("split_method", "split", "cluster_identity", "cluster_coverage")}}
+
+
 def train_demo_teacher(out_dir: str | Path, *, steps: int = DEMO_TRAIN["steps"], log=print) -> Path:
     """Train the demo teacher on the bundled train split; save weights + tokenizer to `out_dir`."""
     cfg = DEMO_TRAIN | {"steps": steps}
     seed_everything(cfg["seed"])
     tokenizer = build_aa_tokenizer()
-    blocks = prepare_data("bundled", tokenizer, block_size=cfg["block_size"]).train_blocks  # (N, block)
+    data = prepare_data("bundled", tokenizer, block_size=cfg["block_size"])
+    blocks = data.train_blocks  # (N, block)
     model = GPT2LMHeadModel(
         GPT2Config(vocab_size=len(tokenizer), bos_token_id=0, eos_token_id=0, activation_function="gelu_new",
                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **DEMO_ARCH)
@@ -98,7 +106,8 @@ def train_demo_teacher(out_dir: str | Path, *, steps: int = DEMO_TRAIN["steps"],
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     write_atomic(out / "train_record.json", dumps(
-        {"train": cfg, "arch": DEMO_ARCH, "train_seconds": round(time.time() - t0, 1), "torch": torch.__version__},
+        {"train": cfg, "arch": DEMO_ARCH, "data": training_data_record(data.info),
+         "train_seconds": round(time.time() - t0, 1), "torch": torch.__version__},
         indent=2) + "\n")
     return out
 
@@ -131,17 +140,6 @@ def paired_residue_nll(model, batches, comp_nll: torch.Tensor, residue_ids: torc
             (("model", model_sum), ("composition", comp_sum), ("count", count))}
 
 
-def bootstrap_gap(paired: dict[str, np.ndarray], n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
-    """Residue-weighted mean NLL gap (model - composition, nats) with a 95% CI from resampling proteins,
-    and the share of proteins the model scores better than composition alone."""
-    diff, count = paired["model"] - paired["composition"], paired["count"]  # (N,)
-    idx = np.random.default_rng(seed).integers(0, len(diff), (n_boot, len(diff)))  # (n_boot, N)
-    boots = diff[idx].sum(1) / count[idx].sum(1)
-    lo, hi = np.percentile(boots, [2.5, 97.5])
-    return {"gap": float(diff.sum() / count.sum()), "ci95_low": float(lo), "ci95_high": float(hi),
-            "share_of_proteins_better": float((diff < 0).mean())}
-
-
 def measure_demo_teacher(teacher_dir: str | Path) -> dict:
     """Held-out NLL per residue of a saved demo teacher against the data's unigram entropy."""
     teacher_dir = Path(teacher_dir)
@@ -162,7 +160,7 @@ def measure_demo_teacher(teacher_dir: str | Path) -> dict:
         "test_nll_per_residue": test["nll_per_residue"],
         "test_nll_per_token": test["nll_per_token"],
         "unigram_entropy_nats": unigram_entropy(data.test.sequences),
-        "residue_targets_gap_to_composition": bootstrap_gap(paired),
+        "residue_targets_gap_to_composition": bootstrap_gap(paired["model"] - paired["composition"], paired["count"]),
         "params": sum(p.numel() for p in model.parameters()),
         **json.loads((teacher_dir / "train_record.json").read_text()),
     }

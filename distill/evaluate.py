@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 from distill.config import TrainConfig, load_config
-from distill.data import HeldOut, heldout_from_file, heldout_split
+from distill.data import HeldOut, heldout_from_file, heldout_split, train_unigram
 from distill.inputs import check_teacher_tokenizer
 from distill.generation import aa_kl_natural, generation_throughput
 from distill.metrics import compression, count_params, score_heldout
@@ -25,11 +25,12 @@ THROUGHPUT_TOKENS = 64
 
 
 def evaluate_student(student, teacher: TeacherSource, tokenizer, heldout: HeldOut, *, cfg, runtime,
-                     generation: bool = True) -> dict:
+                     generation: bool = True, unigram=None) -> dict:
     """ppl, ppl_teacher, ppl_ratio, kl_teacher, ece (+accuracy, confidence, bins), compression; with
-    `generation`, also aa_kl_natural / aa_kl_uniprot (and their sample size and expected bias) and
-    generation tokens/s; plus what was scored. `teacher`: the live model or a teacher cache
-    (distill/teacher_source.py).
+    `generation`, also aa_kl_natural / aa_kl_uniprot (their sample size, length-cap share and natural
+    resampling floor) and generation tokens/s; with `unigram` ((V,) log-probabilities fitted on the
+    train tokens: `distill.metrics.unigram_log_probs`), the composition floor on the same tokens; plus
+    what was scored. `teacher`: the live model or a teacher cache (distill/teacher_source.py).
 
     Student and teacher are scored at the same precision: both under the runtime's autocast.
     """
@@ -47,6 +48,7 @@ def evaluate_student(student, teacher: TeacherSource, tokenizer, heldout: HeldOu
         heldout.batches(cfg.eval_batch_size, max_tokens, tokenizer.eos_token_id),
         device=runtime.device,
         autocast_dtype=runtime.autocast_dtype,
+        unigram=unigram,
     )
     t_params, s_params = teacher.n_params, count_params(student)
     out.update({"teacher_params": t_params, "student_params": s_params, "compression": compression(t_params, s_params),
@@ -72,9 +74,20 @@ def headline(metrics: dict) -> str:
     return (
         f"ppl {metrics['ppl']:.3f} (teacher {metrics['ppl_teacher']:.3f})  ppl_ratio {metrics['ppl_ratio']:.3f}  "
         f"kl_teacher {metrics['kl_teacher']:.4f}  ece {metrics['ece']:.4f} with accuracy {acc:.3f}{flag}  "
-        f"aa_kl_natural {metrics['aa_kl_natural']:.4f} (perfect sampler: {metrics['aa_kl_expected_bias']:.4f} at "
-        f"{metrics['aa_gen_residues']} residues)  compression {metrics['compression']:.1f}x"
+        f"aa_kl_natural {metrics['aa_kl_natural']:.4f} (natural proteins at {metrics['aa_gen_residues']} residues: "
+        f"{metrics.get('aa_kl_floor_mean', math.nan):.4f}, 95th pct {metrics.get('aa_kl_floor_p95', math.nan):.4f})  "
+        f"compression {metrics['compression']:.1f}x" + floor_text(metrics)
     )
+
+
+def floor_text(metrics: dict) -> str:
+    """The unigram floor, as `headline` prints it (empty when it was not measured)."""
+    if "unigram_ppl" not in metrics:
+        return ""
+    flag = "  PREDICTS COMPOSITION ONLY" if metrics["at_unigram_floor"] else ""
+    return (f"\nunigram floor (train token frequencies, same tokens): ppl {metrics['unigram_ppl']:.3f}; student - "
+            f"floor {metrics['unigram_gap']:+.4f} nats/token [95 % CI {metrics['unigram_gap_ci95_low']:+.4f}, "
+            f"{metrics['unigram_gap_ci95_high']:+.4f}]{flag}")
 
 
 def evaluate_dirs(student_dir: str, teacher: str, *, data: str | None = None, device: str = "auto") -> dict:
@@ -89,9 +102,13 @@ def evaluate_dirs(student_dir: str, teacher: str, *, data: str | None = None, de
     student = load_saved_student(student_dir, device=rt.device)
     teacher_model = load_teacher(resolve_teacher(teacher), device=rt.device)
     check_vocab(tokenizer, teacher_model.config, student.config, tokenizer_name=f"student tokenizer ({student_dir})")
+    unigram = None  # a file of its own has no train split to fit the floor on
     if data is not None:
         heldout = heldout_from_file(data, tokenizer, column=cfg.sequence_column)
     else:
-        heldout = heldout_split("bundled", tokenizer, "test", split=SplitSpec.from_config(cfg))
-    metrics = evaluate_student(student, LiveTeacher(teacher_model, teacher), tokenizer, heldout, cfg=cfg, runtime=rt)
+        split = SplitSpec.from_config(cfg)
+        heldout = heldout_split("bundled", tokenizer, "test", split=split)
+        unigram = train_unigram("bundled", tokenizer, column=cfg.sequence_column, split=split)
+    metrics = evaluate_student(student, LiveTeacher(teacher_model, teacher), tokenizer, heldout, cfg=cfg, runtime=rt,
+                               unigram=unigram)
     return {**metrics, "student": str(student_dir), "teacher": teacher, "data": data or "bundled:test"}

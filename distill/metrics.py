@@ -119,11 +119,39 @@ class _Calibration:
         }
 
 
+# --------------------------------------------------------------------------------------
+# The unigram (composition) floor
+# --------------------------------------------------------------------------------------
+
+
+def unigram_log_probs(token_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """(V,) float64 log-probabilities of a context-free token-frequency model fitted on `token_ids`
+    (any shape: the train split's tokens), with add-1/2 (Krichevsky-Trofimov) smoothing so a token
+    never seen in train costs a finite log(2 (N + V/2)) nats instead of infinity.
+
+    Scored on the held-out tokens, it is the floor a student must beat: a model that knows the
+    composition and nothing else (method §5)."""
+    counts = torch.bincount(token_ids.reshape(-1).long().cpu(), minlength=vocab_size).double() + 0.5  # (V,)
+    return (counts / counts.sum()).log()
+
+
+def bootstrap_gap(diff: np.ndarray, count: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Per-token mean of a paired per-protein NLL difference (sums `diff`, positions `count`, both
+    (N,)), with a 95 % interval from resampling proteins, and the share of proteins where it is < 0."""
+    idx = np.random.default_rng(seed).integers(0, len(diff), (n_boot, len(diff)))  # (n_boot, N)
+    boots = diff[idx].sum(1) / np.maximum(count[idx].sum(1), 1)
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return {"gap": float(diff.sum() / count.sum()), "ci95_low": float(lo), "ci95_high": float(hi),
+            "share_of_proteins_better": float((diff < 0).mean())}
+
+
 class HeldOutScorer:
     """Accumulates the held-out metrics of method §5 over batches of logits.
 
     `with_teacher=False` scores the student alone (no ppl_ratio / kl_teacher); then
-    `update` must get `teacher_logits=None`.
+    `update` must get `teacher_logits=None`. `unigram` ((V,) log-probabilities,
+    `unigram_log_probs` of the train tokens) adds the composition floor on the same scored
+    tokens: its ppl, and the student's per-token gap to it with a 95 % interval over proteins.
     """
 
     def __init__(
@@ -132,8 +160,14 @@ class HeldOutScorer:
         with_teacher: bool = True,
         n_bins: int = N_ECE_BINS,
         chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+        unigram: torch.Tensor | None = None,
     ):
         self.with_teacher = with_teacher
+        self.unigram = unigram
+        # per protein (each batch's rows, in batch order): student NLL sum, unigram NLL sum, positions
+        self.rows_student: list[np.ndarray] = []
+        self.rows_unigram: list[np.ndarray] = []
+        self.rows_count: list[np.ndarray] = []
         self.chunk_elements = chunk_elements
         self.n_sequences = 0
         self.n_tokens = 0
@@ -164,12 +198,15 @@ class HeldOutScorer:
         targets = input_ids[rows, cols + 1]  # (N,)
         vocab = student_logits.shape[-1]
         chunk = max(1, self.chunk_elements // vocab)
+        row_nll = torch.zeros(input_ids.shape[0], dtype=torch.float64, device=input_ids.device)  # (B,)
         for start in range(0, rows.numel(), chunk):
             r, c = rows[start:start + chunk], cols[start:start + chunk]
             y = targets[start:start + chunk]  # (C,)
             # Advanced indexing copies only the C scored rows: (C, V), upcast to fp32.
             log_q = torch.log_softmax(student_logits[r, c].float(), dim=-1)
-            self.nll_sum += -log_q.gather(1, y[:, None]).sum().item()
+            nll = -log_q.gather(1, y[:, None]).squeeze(1)  # (C,)
+            self.nll_sum += nll.sum().item()
+            row_nll.index_add_(0, r, nll.double())
             self.calibration.add(log_q, y)
             if teacher_logits is not None:
                 log_p = torch.log_softmax(teacher_logits[r, c].float(), dim=-1)  # (C, V)
@@ -181,6 +218,12 @@ class HeldOutScorer:
                 self.kl_sum += kl.sum().item()
                 del log_p, p, kl
             del log_q
+        if self.unigram is not None:
+            uni = -self.unigram[targets.cpu()]  # (N,) float64
+            self.rows_student.append(row_nll.cpu().numpy())
+            self.rows_unigram.append(torch.zeros(input_ids.shape[0], dtype=torch.float64)
+                                     .index_add_(0, rows.cpu(), uni).numpy())
+            self.rows_count.append(torch.bincount(rows.cpu(), minlength=input_ids.shape[0]).numpy())
         self.n_sequences += input_ids.shape[0]
         self.n_tokens += rows.numel()
         self.n_residues += int(n_residues.sum())
@@ -224,6 +267,8 @@ class HeldOutScorer:
             "nll_per_residue": self.nll_sum / self.n_residues if self.n_residues else math.nan,
         }
         out.update(self.calibration.summary())
+        if self.unigram is not None:
+            out.update(self._floor(nll_per_token))
         # accuracy == 0 makes ECE equal the mean confidence; the study reported that
         # as calibration without saying so.
         out["accuracy_is_zero"] = bool(self.calibration.correct.sum() == 0)
@@ -244,7 +289,26 @@ class HeldOutScorer:
                 "ece_teacher": teacher_cal["ece"],
                 "ece_bins_teacher": teacher_cal["ece_bins"],
             })
+            if self.unigram is not None:
+                # ppl_ratio a composition-only student would score, and how much of the teacher's
+                # gain over composition the student recovers (1: all of it, 0: none, < 0: worse).
+                out["unigram_ppl_ratio"] = _exp(out["unigram_nll_per_token"] - nll_teacher)
+                teacher_gain = out["unigram_nll_per_token"] - nll_teacher
+                out["unigram_gain_recovered"] = (-out["unigram_gap"] / teacher_gain if teacher_gain > 0
+                                                 else math.nan)
         return out
+
+    def _floor(self, nll_per_token: float) -> dict:
+        """The unigram floor on the scored tokens and the student's gap to it (negative: better than
+        composition), 95 % interval over proteins; `at_unigram_floor` when that interval does not lie
+        wholly below 0: the student is not measurably better than composition (method §5)."""
+        student, unigram = np.concatenate(self.rows_student), np.concatenate(self.rows_unigram)
+        count = np.concatenate(self.rows_count)
+        gap = bootstrap_gap(student - unigram, count)
+        nll_unigram = float(unigram.sum() / count.sum())
+        return {"unigram_ppl": _exp(nll_unigram), "unigram_nll_per_token": nll_unigram,
+                "unigram_gap": nll_per_token - nll_unigram, "unigram_gap_ci95_low": gap["ci95_low"],
+                "unigram_gap_ci95_high": gap["ci95_high"], "at_unigram_floor": bool(gap["ci95_high"] >= 0)}
 
 
 # --------------------------------------------------------------------------------------
@@ -260,10 +324,11 @@ def _run_scorer(
     device: torch.device | str,
     autocast_dtype: torch.dtype | None,
     chunk_elements: int,
+    unigram: torch.Tensor | None = None,
 ) -> HeldOutScorer:
     device = torch.device(device)
     scorer = HeldOutScorer(with_teacher=teacher_logits_fn is not None,
-                           chunk_elements=chunk_elements)
+                           chunk_elements=chunk_elements, unigram=unigram)
     with eval_mode(model), torch.no_grad():
         for batch in batches:
             input_ids = batch["input_ids"].to(device)  # (B, L)
@@ -292,8 +357,10 @@ def score_heldout(
     device: torch.device | str,
     autocast_dtype: torch.dtype | None = None,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    unigram: torch.Tensor | None = None,
 ) -> dict:
-    """Every held-out metric of method §5 that needs logits, student vs teacher.
+    """Every held-out metric of method §5 that needs logits, student vs teacher (and, given the
+    `unigram` log-probabilities of the train tokens, the composition floor on the same tokens).
 
     `student_model` must already be on `device`; it runs in eval mode (its previous mode
     is restored) under `torch.autocast(autocast_dtype)` if one is given.
@@ -302,7 +369,7 @@ def score_heldout(
     device/dtype). Returns `HeldOutScorer.result()`.
     """
     return _run_scorer(student_model, teacher_logits_fn, batches, device=device,
-                       autocast_dtype=autocast_dtype, chunk_elements=chunk_elements).result()
+                       autocast_dtype=autocast_dtype, chunk_elements=chunk_elements, unigram=unigram).result()
 
 
 def student_ppl(

@@ -43,7 +43,7 @@ class SequenceSet:
     n_duplicates: int
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
     """The file's text: UTF-8 (a BOM, as some editors write, dropped; ASCII is UTF-8), or a DataError
     naming the first bad byte's offset (in the decompressed stream for .gz)."""
     with gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb") as fh:
@@ -70,7 +70,7 @@ def check_sequence(seq: str, source: str, record: int, name: str = "") -> str:
 def read_fasta(path: Path) -> list[str]:
     """All records of a FASTA file, validated, in file order (empties kept as '')."""
     try:
-        text = _read_text(path)
+        text = read_text(path)
     except (gzip.BadGzipFile, EOFError, OSError) as e:
         raise DataError(f"{path}: not a readable FASTA file ({e})") from None
     first = next((ln for ln in text.splitlines() if ln.strip()), None)

@@ -38,7 +38,7 @@ from distill.data import ProteinData
 from distill.errors import ConfigError
 from distill.evaluate import evaluate_student
 from distill.inputs import check_positions, load_run_inputs
-from distill.metrics import student_ppl
+from distill.metrics import student_ppl, unigram_log_probs
 from distill.models import build_student, check_vocab, student_sizes
 from distill.optim import make_optimizer, make_scheduler
 from distill.rundir import (
@@ -301,7 +301,10 @@ def _finish(student, teacher, tokenizer, data: ProteinData, cfg: TrainConfig, rt
                                               generation=False)
         runlog.append({"event": "val", "step": row["step"], **result.val_metrics})
         if len(data.test):
-            result.final_metrics = evaluate_student(student, teacher, tokenizer, data.test, cfg=cfg, runtime=rt)
+            # the unigram floor: train token frequencies (the packed train blocks hold every train token
+            # but the last block's remainder), scored on the test tokens the student is scored on
+            result.final_metrics = evaluate_student(student, teacher, tokenizer, data.test, cfg=cfg, runtime=rt,
+                                                    unigram=unigram_log_probs(data.train_blocks, len(tokenizer)))
             runlog.append({"event": "test", "step": row["step"], **result.final_metrics})
     write_summary(result)
 

@@ -121,9 +121,10 @@ def _demo_teacher(args) -> int:
 
 
 def _sweep_run(args) -> int:
-    from sweeps.space import load_space, smoke_space, with_tracker
+    from sweeps.space import load_space, smoke_space, with_search_replicates, with_tracker
 
-    space = with_tracker(load_space(args.space), args.tracker)  # validated before Ray is even imported
+    # validated before Ray is even imported
+    space = with_search_replicates(with_tracker(load_space(args.space), args.tracker), args.search_replicates)
     if args.smoke:
         space = smoke_space(space)
     if args.name is None:
@@ -174,7 +175,7 @@ def _sweep_replicate(args) -> int:
     from sweeps.replicate import run_replicates
 
     sd = open_sweep(args.name, args.storage)
-    run_replicates(sd, seeds=args.seeds, address=args.address, tracker=args.tracker)
+    run_replicates(sd, seeds=args.seeds, address=args.address, tracker=args.tracker, ablations=args.ablations)
     flag = f" --storage {args.storage}" if args.storage else ""
     print(f"replicates: {sd.replicates}\nnext: kdsweep analyze {args.name}{flag}")
     return 0
@@ -204,7 +205,8 @@ def _data_report(args) -> int:
     from distill.data_report import data_report, format_data_report
     from distill.numbers import dumps
 
-    report = data_report(args.data, identity=args.identity, coverage=args.coverage, column=args.column)
+    report = data_report(args.data, identity=args.identity, coverage=args.coverage, column=args.column,
+                         teacher_train=args.teacher_train)
     print(dumps(report, indent=2) if args.json else format_data_report(report))
     return 0
 
@@ -292,6 +294,9 @@ COMMANDS: dict[str, Command] = {
         arg("--name", help="sweep name (default: the space's name)"),
         STORAGE, ADDRESS, TRACKER,
         arg("--smoke", action="store_true", help="smallest run that exercises every part (one scale, 16 steps)"),
+        arg("--search-replicates", type=int, default=None, metavar="R",
+            help="independent searches per (scale, arm), each with its own seeds (default: the space's "
+                 "search.search_replicates, 1): R > 1 puts search noise in the tuned-vs-tuned verdicts"),
     ], _sweep_resume_hint),
     "sweep resume": Command(_sweep_resume, "continue a sweep whose driver was killed or interrupted",
                             [NAME, STORAGE, ADDRESS], _sweep_resume_hint),
@@ -299,8 +304,12 @@ COMMANDS: dict[str, Command] = {
         NAME, STORAGE, arg("--json", action="store_true", help="print JSON instead of a table")]),
     "sweep export": Command(_sweep_export, "write the best config of each (scale, arm) for `kdsweep train`", [
         NAME, STORAGE, arg("--out", required=True, help="folder to write <scale>__<arm>.yaml into")]),
-    "sweep replicate": Command(_sweep_replicate, "retrain each (scale, arm)'s best config with N new seeds", [
-        NAME, STORAGE, ADDRESS, TRACKER, arg("--seeds", type=int, default=3, help="replicates per (scale, arm)")],
+    "sweep replicate": Command(_sweep_replicate, "retrain each (scale, arm)'s best config with N new seeds, and "
+                               "each enhanced one with each enhancement switched off (matched ablation)", [
+        NAME, STORAGE, ADDRESS, TRACKER, arg("--seeds", type=int, default=3, help="replicates per (scale, arm)"),
+        arg("--no-ablations", dest="ablations", action="store_false",
+            help="skip the matched ablations (each enhanced arm's best config retrained with each of its "
+                 "enhancements switched off, same seeds): no 'enhancement on vs off' table")],
         _sweep_resume_hint),
     "cache build": Command(_cache_build, "build a space's teacher cache (resumable; sweeps also build it at start)", [
         arg("space", help="search-space YAML, or the name of one in search_spaces/ (e.g. demo)"),
@@ -314,12 +323,15 @@ COMMANDS: dict[str, Command] = {
         arg("--tensorboard", action="store_true", help="also serve TensorBoard on the sweep's runs"),
         arg("--tensorboard-port", type=int, default=6006, help="TensorBoard port on 127.0.0.1"),
         arg("--print-only", action="store_true", help="print the commands, serve nothing")]),
-    "data report": Command(_data_report, "split sizes and leakage (held-out 20-mers found in train) of the hash "
-                           "and the cluster split of a data file", [
+    "data report": Command(_data_report, "split sizes, near-duplicate leakage at 20-mers and the 8-mer share (a "
+                           "remote-homology indicator) of the hash and the cluster split of a data file", [
         arg("data", help="'bundled' or a data file (FASTA, parquet, datasets folder)"),
         arg("--identity", type=float, default=SplitSpec.identity, help="MMseqs2 --min-seq-id of the cluster split"),
         arg("--coverage", type=float, default=SplitSpec.coverage, help="MMseqs2 -c of the cluster split"),
         arg("--column", default="sequence", help="sequence column of a table"),
+        arg("--teacher-train", default=None, metavar="FILE|demo",
+            help="the teacher's training data (sequence file, ID list .txt, or 'demo'): report how many val/test "
+                 "proteins it saw"),
         arg("--json", action="store_true", help="print JSON instead of a table")]),
     "demo-teacher": Command(_demo_teacher, "(re)build the bundled CPU demo teacher (about an hour on 2 cores)", [
         arg("--out", default=str(Path(__file__).resolve().parent.parent / "distill" / "assets" / "demo-teacher"),

@@ -41,10 +41,9 @@ def export_best(sd: SweepDir, out_dir: str | Path, *, train_root: str = "runs/fi
             "git_commit": meta.get("git_commit"), "teacher": space.teacher, "data": space.data,
             "data_sha256": data_hash,
         }
-        cfg = space.trial_config(study, dict(best.params),
-                                 f"{train_root}/{Path(config_file_name(study.scale, study.arm)).stem}",
-                                 provenance=provenance)
-        path = out / config_file_name(study.scale, study.arm)
+        name = config_file_name(study.scale, study.arm, study.search_replicate)
+        cfg = space.trial_config(study, dict(best.params), f"{train_root}/{Path(name).stem}", provenance=provenance)
+        path = out / name
         dump_config(cfg, path, header=f"kdsweep sweep export {sd.name}: best {study.name} "
                                       f"(val_ppl {best.value:.4f}); train with: kdsweep train --config {path.name}")
         written.append(path)

@@ -10,7 +10,8 @@
     mlflow-artifacts/       the artifact folder MLflow records for them
     wandb/                  W&B run files (`tracking.tracker: wandb`; offline runs stay here)
     runs/<trial>/           kdsweep's own run folder per search trial (see distill/rundir.py)
-    replicates/<scale>__<arm>__seed<k>/   the replicate runs of `sweep replicate`
+    replicates/<scale>__<arm>[.r<r>][.no-<enhancement>...]__seed<k>/   the replicate runs of `sweep
+                            replicate`: search replicate r > 0, and the matched ablations
     train/                  Ray Train run storage (ray_train executor only)
     analysis/               `kdsweep analyze` output
 
@@ -31,6 +32,7 @@ import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from distill.atomic import write_atomic
 from distill.errors import ConfigError, shown
@@ -57,22 +59,41 @@ def check_sweep_name(name, what: str) -> str:
     return name
 
 
-def replicate_name(scale: str, arm: str, seed: int) -> str:
-    return f"{scale}__{arm}__seed{seed}"
+_ARM_PART = re.compile(r"^(?P<arm>[a-z]+)(?:\.r(?P<r>[1-9]\d*))?(?P<off>(?:\.no-[a-z]+)*)$")
 
 
-def parse_replicate_name(name: str) -> tuple[str, str, int] | None:
-    """Inverse of `replicate_name`: '<scale>__<arm>__seed<k>' (the scale may hold '_')."""
+class ReplicateName(NamedTuple):
+    """What a replicate folder holds: a study's best config (`search_replicate` r of (scale, arm)) trained
+    with `seed`, with the enhancements in `off` switched off (empty: the tuned config itself)."""
+
+    scale: str
+    arm: str
+    seed: int
+    search_replicate: int = 0
+    off: tuple[str, ...] = ()
+
+
+def replicate_name(scale: str, arm: str, seed: int, search_replicate: int = 0, off: tuple[str, ...] = ()) -> str:
+    return f"{scale}__{arm}{f'.r{search_replicate}' if search_replicate else ''}{''.join(f'.no-{e}' for e in off)}" \
+           f"__seed{seed}"
+
+
+def parse_replicate_name(name: str) -> ReplicateName | None:
+    """Inverse of `replicate_name`: '<scale>__<arm>[.r<r>][.no-<enhancement>...]__seed<k>' (the scale may
+    hold '_')."""
     parts = name.rsplit("__", 2)
     if len(parts) != 3:
         return None
-    m = _SEED_DIR.match(parts[2])
-    return (parts[0], parts[1], int(m.group(1))) if m else None
+    seed, arm = _SEED_DIR.match(parts[2]), _ARM_PART.match(parts[1])
+    if not (seed and arm):
+        return None
+    off = tuple(e for e in arm["off"].split(".no-") if e)
+    return ReplicateName(parts[0], arm["arm"], int(seed.group(1)), int(arm["r"] or 0), off)
 
 
-def config_file_name(scale: str, arm: str) -> str:
-    """The file `sweep export` (and `analyze`) writes for one (scale, arm)."""
-    return f"{scale}__{arm}.yaml"
+def config_file_name(scale: str, arm: str, search_replicate: int = 0) -> str:
+    """The file `sweep export` (and `analyze`) writes for one (scale, arm) (and search replicate)."""
+    return f"{scale}__{arm}{f'.r{search_replicate}' if search_replicate else ''}.yaml"
 
 
 @dataclass(frozen=True)
@@ -106,8 +127,9 @@ class SweepDir:
     def run_dir(self, trial_id: str) -> Path:
         return self.runs / trial_id
 
-    def replicate_dir(self, scale: str, arm: str, seed: int) -> Path:
-        return self.replicates / replicate_name(scale, arm, seed)
+    def replicate_dir(self, scale: str, arm: str, seed: int, search_replicate: int = 0,
+                      off: tuple[str, ...] = ()) -> Path:
+        return self.replicates / replicate_name(scale, arm, seed, search_replicate, off)
 
     def meta(self) -> dict:
         if not self.meta_path.is_file():

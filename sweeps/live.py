@@ -40,7 +40,8 @@ def trial_row(trial: Trial, state: str) -> TrialRow:
     r, config = trial.last_result or {}, trial_config(trial)
     params = sampled(config)
     if "replicate_seed" in config:
-        params = {"seed": config["replicate_seed"], **params}
+        params = {"seed": config["replicate_seed"], **({"off": ",".join(config["off"])} if config.get("off") else {}),
+                  **params}
     return TrialRow(trial.trial_id, config.get("study", "?"), state, r.get("step"), r.get("val_ppl"),
                     r.get("best_val_ppl"), r.get("time_total_s"), params)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from distill.errors import ConfigError
+from distill.exposure import check_teacher_train_data
 from distill.inputs import check_inputs, check_writable_dir
 from distill.train import accumulation_steps, total_steps
 from sweeps.cache import check_cache_dir
@@ -49,6 +50,8 @@ def check_inputs_of_space(space: SearchSpace, storage: Path, *, final_eval: bool
     `final_eval=True` checks the configs replicate trials run (they score the test split);
     `check_memory=False` for a sweep joining a cluster, whose nodes hold the trials."""
     check_writable_dir(storage, "--storage")
+    if space.teacher_train_data:
+        check_teacher_train_data(space.teacher_train_data)
     if space.cache["enabled"]:
         check_cache_dir(space, storage)
     checked = set()
@@ -107,6 +110,24 @@ def asha_warnings(space: SearchSpace) -> list[str]:
     if space.search["trials_per_study"] == 1:
         out.append("search.trials_per_study 1: ASHA compares the trials of one study, so with one it never stops "
                    "a trial early")
+    return out + warmup_rung_warnings(space)
+
+
+def warmup_rung_warnings(space: SearchSpace) -> list[str]:
+    """ASHA's first rung at or before the end of the largest warmup searched (method §6): a trial is
+    judged before it ever trained at its full learning rate, which favours configs with short warmups
+    (fast starters) over ones that would overtake them later. Legal, so warned, not refused."""
+    out = []
+    warm = [(s.name, d.high) for s in space.studies if (d := s.params.get("warmup_steps")) and d.type != "choice"]
+    warm += [(s.name, max(d.values)) for s in space.studies if (d := s.params.get("warmup_steps")) and d.type == "choice"]
+    if warm and space.search["early_stopping"]:
+        study, largest = max(warm, key=lambda w: w[1])
+        rung = space.search["grace_period"]
+        if rung <= largest:
+            out.append(f"search.grace_period: ASHA's first rung (step {rung}) falls at or before the end of the "
+                       f"largest warmup searched ({study}: warmup_steps up to {largest:g}): a trial can be judged "
+                       "before it trained at its full learning rate, which favours short warmups; raise "
+                       f"grace_period above {largest:g} or narrow the warmup range.")
     return out
 
 

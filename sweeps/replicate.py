@@ -1,11 +1,20 @@
-"""`kdsweep sweep replicate NAME --seeds N`: retrain each study's best config with N seeds.
+"""`kdsweep sweep replicate NAME --seeds N`: retrain each study's best config with N seeds, and
+the matched ablations.
 
 method §6: best configurations are re-run with several seeds before they enter a
 table. Each replicate is a Ray Tune trial (same executor as the sweep) training
-the best params of one (scale, arm) to the space's full budget with a seed that is
-never the search seed, then scoring the **val** split (what the analysis chooses
-arms on) and the **test** split (what it reports) with every method §5 metric (its
-`metrics.json`).
+the best params of one study (a (scale, arm) and search replicate) to the space's full
+budget with a seed that is never the search seed, then scoring the **val** split (what
+the analysis chooses arms on) and the **test** split (what it reports) with every
+method §5 metric (its `metrics.json`).
+
+**Matched ablation** (method §7, "enhancement on vs off at the same config"): the best
+config of every enhanced study is also trained with each of its enhancements switched
+off (`both`: once without uncertainty weighting, once without smoothing), same params,
+same seeds, so the analysis can pair each seed's on and off runs: the effect of the
+mechanism at its tuned point, apart from the luck of the search that found that point.
+Every enhanced arm is ablated, not only the chosen one: the choice is made on val
+replicates that do not exist yet, and ablating all is no selection.
 
 Re-running skips replicates whose `metrics.json` says completed; an interrupted
 replicate resumes from the checkpoints in its own folder.
@@ -30,18 +39,21 @@ from sweeps.study import best_trial, study_trials
 from sweeps.trial import EXECUTORS, trial_resources
 
 
-def replicate_specs(sd: SweepDir, seeds: int) -> tuple[object, list[dict]]:
-    """(space, [trial config per (study, seed)]) for every study with a completed trial; the seeds
-    are `space.replicate_seeds(seeds)`, never the search seed."""
+def replicate_specs(sd: SweepDir, seeds: int, ablations: bool = True) -> tuple[object, list[dict]]:
+    """(space, [trial config per (study, seed[, enhancement off])]) for every study with a completed trial;
+    the seeds are `space.replicate_seeds(seeds, search replicate)`, never a search seed. With
+    `ablations`, every enhanced study's best config again with each enhancement off (`off`), same seeds."""
     space, by_study = study_trials(sd)
     specs = []
     for study in space.studies:
         best = best_trial(by_study[study.name])
         if best is None:
             continue
-        for seed in space.replicate_seeds(seeds):
-            specs.append({"study": study.name, "scale": study.scale, "arm": study.arm, "optuna_number": best.number,
-                          "replicate_seed": seed, **best.params})
+        variants = [()] + ([(e,) for e in study.enhancements] if ablations else [])
+        for off in variants:
+            for seed in space.replicate_seeds(seeds, study.search_replicate):
+                specs.append({"study": study.name, "scale": study.scale, "arm": study.arm,
+                              "optuna_number": best.number, "replicate_seed": seed, "off": list(off), **best.params})
     if not specs:
         raise ConfigError(f"sweep {sd.name!r} has no completed trial to replicate yet")
     return space, specs
@@ -50,7 +62,8 @@ def replicate_specs(sd: SweepDir, seeds: int) -> tuple[object, list[dict]]:
 def is_finished(sd: SweepDir, spec: dict, space) -> bool:
     """Ended for good: diverged, or completed with its test metrics (`distill.rundir.finished_run`)."""
     study = space.study(spec["study"])
-    done = finished_run(sd.replicate_dir(study.scale, study.arm, spec["replicate_seed"]))
+    done = finished_run(sd.replicate_dir(study.scale, study.arm, spec["replicate_seed"], study.search_replicate,
+                                         tuple(spec["off"])))
     return done is not None and (done.status == DIVERGED or bool(done.final_metrics))
 
 
@@ -59,12 +72,13 @@ def _replicate_trial(config: dict, *, space, sweep_dir: str, storage_check) -> N
 
 
 def run_replicates(sd: SweepDir, *, seeds: int, address: str | None = None, tracker: str | None = None,
-                   log: Log = print) -> list[dict]:
-    """Run the unfinished replicates; returns the specs that were run. `tracker` overrides the
-    space's `tracking.tracker` for this run (see `sweeps.space.with_tracker`)."""
+                   ablations: bool = True, log: Log = print) -> list[dict]:
+    """Run the unfinished replicates (and, with `ablations`, the matched ablations); returns the specs
+    that were run. `tracker` overrides the space's `tracking.tracker` for this run (see
+    `sweeps.space.with_tracker`)."""
     if seeds < 1:
         raise ConfigError(f"--seeds: got {seeds}, allowed: >= 1")
-    space, specs = replicate_specs(sd, seeds)
+    space, specs = replicate_specs(sd, seeds, ablations)
     check_inputs_of_space(space, sd.root.parent, final_eval=True)
     space = with_tracker(space, tracker)
     todo = [s for s in specs if not is_finished(sd, s, space)]
@@ -73,8 +87,11 @@ def run_replicates(sd: SweepDir, *, seeds: int, address: str | None = None, trac
                                budgets={study: studies.count(study) for study in dict.fromkeys(studies)})
     meta = sd.meta()
     meta["replicate_seeds"] = max(seeds, meta.get("replicate_seeds", 0))  # what the analysis should expect
+    meta["ablations"] = ablations or meta.get("ablations", False)
     sd.write_meta(meta)
-    log(f"replicates of {sd.name}: {len(specs)} planned ({len(specs) - len(todo)} already finished, {len(todo)} to run)")
+    n_ablation = sum(bool(s["off"]) for s in specs)
+    log(f"replicates of {sd.name}: {len(specs)} planned ({len(specs) - n_ablation} of best configs, {n_ablation} "
+        f"matched ablations; {len(specs) - len(todo)} already finished, {len(todo)} to run)")
     if not todo:
         return []
     init_ray(address, log)

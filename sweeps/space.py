@@ -43,10 +43,16 @@ DIST_TYPES = ("loguniform", "uniform", "int", "choice")
 # cost"), `ray_train` when a trial has several workers (DDP).
 EXECUTORS = ("auto", "local", "ray_train")
 TOP_KEYS = ("name", "description", "teacher", "tokenizer", "data", "scales", "arms", "params", "scale_params",
-            "arm_params", "train", "search", "resources", "tracking", "cache")
+            "arm_params", "train", "search", "resources", "tracking", "cache", "teacher_train_data")
 SEARCH_DEFAULTS = {"trials_per_study": 4, "max_concurrent": 2, "seed": 0, "grace_period": 20, "reduction_factor": 2,
                    "max_failures": 2, "executor": "auto", "storage_url": None, "startup_trials": None,
-                   "early_stopping": True}
+                   "early_stopping": True, "search_replicates": 1}
+# Search replicate r of a (scale, arm) (method §7, tuned arm vs tuned baseline): its own study, TPE seed and
+# training seeds, all in the block [seed + r * SEED_STRIDE, seed + (r + 1) * SEED_STRIDE): its search trials
+# train with the block's first seed, its replicates with the next ones. r = 0 is the sweep without replicates.
+SEED_STRIDE = 1000
+# enhancement -> the TrainConfig value that switches it off (the matched ablation of `sweep replicate`)
+ENHANCEMENTS = {"uncertainty": {"uncertainty": False}, "smoothing": {"smoothing": None}}
 RESOURCE_DEFAULTS = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0.0}
 # Ranges of the search and resource numbers: beyond them a value is a typo, and some (a 1e12-trial
 # budget, a seed of 2**40 that numpy refuses only after Ray has started) used to fail deep inside
@@ -54,7 +60,7 @@ RESOURCE_DEFAULTS = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0.0}
 MAX_INT = 2**31 - 1
 MAX_TRIALS_PER_STUDY = 10_000
 SEARCH_COUNTS = {"trials_per_study": (1, MAX_TRIALS_PER_STUDY), "max_concurrent": (1, MAX_TRIALS_PER_STUDY),
-                 "grace_period": (1, MAX_INT), "max_failures": (0, 1000)}
+                 "grace_period": (1, MAX_INT), "max_failures": (0, 1000), "search_replicates": (1, 100)}
 MAX_REDUCTION_FACTOR = 1000
 MAX_WORKERS, MAX_CPUS, MAX_GPUS = 1024, 1024, 64
 TRACKERS = ("mlflow", "wandb")
@@ -84,6 +90,16 @@ class Dist:
         return {"type": self.type, "low": self.low, "high": self.high}
 
 
+def switched_off(off) -> dict:
+    """The TrainConfig values that switch the enhancements `off` (ENHANCEMENTS keys) off."""
+    return {k: v for e in off for k, v in ENHANCEMENTS[e].items()}
+
+
+def replicate_suffix(search_replicate: int) -> str:
+    """'' for search replicate 0 (a sweep without replicates keeps its names), '.r<k>' after it."""
+    return f".r{search_replicate}" if search_replicate else ""
+
+
 @dataclass(frozen=True)
 class Study:
     """One (scale, arm) study: its name and its own distributions."""
@@ -91,10 +107,16 @@ class Study:
     scale: str
     arm: str
     params: dict[str, Dist]
+    search_replicate: int = 0  # which independent search of this (scale, arm): search.search_replicates
 
     @property
     def name(self) -> str:
-        return f"{self.scale}/{self.arm}"
+        return f"{self.scale}/{self.arm}{replicate_suffix(self.search_replicate)}"
+
+    @property
+    def enhancements(self) -> tuple[str, ...]:
+        """The enhancements this arm switches on (ENHANCEMENTS keys): what its matched ablation switches off."""
+        return tuple(e for e, on in zip(ENHANCEMENTS, ARMS[self.arm]) if on)
 
     @property
     def uncertainty(self) -> bool:
@@ -119,6 +141,7 @@ class SearchSpace:
     resources: dict[str, Any]
     cache: dict[str, Any] = field(default_factory=lambda: dict(CACHE_DEFAULTS))
     tracking: dict[str, Any] = field(default_factory=lambda: dict(TRACKING_DEFAULTS))
+    teacher_train_data: str | None = None  # distill/exposure.py: what the teacher trained on, if known
     source: str = ""
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -132,6 +155,7 @@ class SearchSpace:
             "scale": study.scale,
             "uncertainty": study.uncertainty,
             "smoothing": None,
+            "seed": self.search_seed_of(study.search_replicate),
             **params,
             "output_dir": output_dir,
             **extra,
@@ -149,13 +173,24 @@ class SearchSpace:
 
     @property
     def search_seed(self) -> int:
-        """The training seed of every search trial (`train.seed`, default 0)."""
+        """The training seed of every search trial of search replicate 0 (`train.seed`, default 0)."""
         return int(self.train.get("seed", TrainConfig.seed))
 
-    def replicate_seeds(self, n: int) -> list[int]:
-        """n training seeds for replicates, disjoint from the search seed (method §6): a replicate
-        with the search seed would re-run the lucky search trial itself."""
-        return [self.search_seed + 1 + k for k in range(n)]
+    @property
+    def search_replicates(self) -> int:
+        return int(self.search["search_replicates"])
+
+    def search_seed_of(self, search_replicate: int) -> int:
+        """The training seed of the search trials of one search replicate (see SEED_STRIDE)."""
+        return self.search_seed + search_replicate * SEED_STRIDE
+
+    def replicate_seeds(self, n: int, search_replicate: int = 0) -> list[int]:
+        """n training seeds for the replicates of one search replicate's best configs, disjoint from its
+        search seed (method §6: a replicate with the search seed would re-run the lucky search trial
+        itself) and from every other search replicate's seeds (so the two levels are nested)."""
+        if n >= SEED_STRIDE:
+            raise ConfigError(f"--seeds: got {n}, allowed: 1 ... {SEED_STRIDE - 1} (seeds of one search replicate)")
+        return [self.search_seed_of(search_replicate) + 1 + k for k in range(n)]
 
 
 class _Problems(list):
@@ -426,16 +461,26 @@ def parse_space(raw: Any, source: str = "search space") -> SearchSpace:
         search["executor"] = "local" if resources["workers"] == 1 else "ray_train"
     cache = _parse_cache(raw, p)
     tracking = _parse_tracking(raw, p)
+    teacher_train = raw.get("teacher_train_data")
+    if teacher_train is not None and (not isinstance(teacher_train, str) or not teacher_train):
+        p.append(f"teacher_train_data: got {teacher_train!r}, allowed: null (unknown), 'demo' (the demo teacher's "
+                 "recorded training set), a sequence file or an ID list (.txt)")
+    elif teacher_train == "demo" and raw.get("teacher", "demo") != "demo":
+        p.append(f"teacher_train_data: 'demo' names the demo teacher's training set, but teacher is "
+                 f"{raw.get('teacher')!r}; give that teacher's own training data, or leave it out (unknown)")
     if p:
         raise ConfigError(p, f"search space {source}")
 
     studies = []
-    for s in scales:
-        for a in arms:
-            params = {**base, **per_scale.get(s, {}), **per_arm.get(a, {})}
-            if not ARMS[a][1]:
-                params.pop("smoothing", None)
-            studies.append(Study(s, a, params))
+    # Replicate 0's studies first, in the order of a sweep without replicates: their indices (TPE seeds,
+    # searcher.sampler_seed) are the same, so search replicates only add studies.
+    for r in range(search["search_replicates"]):
+        for s in scales:
+            for a in arms:
+                params = {**base, **per_scale.get(s, {}), **per_arm.get(a, {})}
+                if not ARMS[a][1]:
+                    params.pop("smoothing", None)
+                studies.append(Study(s, a, params, r))
     return SearchSpace(
         name=name,
         teacher=raw.get("teacher", "demo"),
@@ -449,6 +494,7 @@ def parse_space(raw: Any, source: str = "search space") -> SearchSpace:
         resources=resources,
         cache=cache,
         tracking=tracking,
+        teacher_train_data=teacher_train,
         source=source,
         raw=copy.deepcopy(raw),
     )
@@ -514,6 +560,15 @@ def with_tracker(space: SearchSpace, tracker: str | None) -> SearchSpace:
         return space
     raw = copy.deepcopy(space.raw)
     raw["tracking"] = {**(raw.get("tracking") or {}), "tracker": None if tracker == NO_TRACKER else tracker}
+    return parse_space(raw, space.source)
+
+
+def with_search_replicates(space: SearchSpace, replicates: int | None) -> SearchSpace:
+    """`--search-replicates R`: the space with `search.search_replicates` set (None: unchanged)."""
+    if replicates is None:
+        return space
+    raw = copy.deepcopy(space.raw)
+    raw["search"] = {**(raw.get("search") or {}), "search_replicates": replicates}
     return parse_space(raw, space.source)
 
 

@@ -24,7 +24,7 @@ CURVES = ("val_ppl", "best_val_ppl", "val_nll_per_residue", "val_ece", "val_accu
 # The rest of a training row: the x-axis and end-of-run markers.
 NOT_CURVES = ("step", "best_step", "done_training")
 # Keys of a trial config that say which study a trial belongs to, not what was sampled.
-STUDY_KEYS = ("study", "scale", "arm", "optuna_number", "replicate_seed")
+STUDY_KEYS = ("study", "scale", "arm", "optuna_number", "replicate_seed", "off")
 
 
 def trial_config(trial) -> dict:
@@ -47,7 +47,8 @@ def sampled(config: dict) -> dict:
 
 def run_name(config: dict, trial_id: str) -> str:
     seed = f"_seed{config['replicate_seed']}" if "replicate_seed" in config else ""
-    return f"{config['scale']}_{config['arm']}_{config['optuna_number']}{seed}_{trial_id}"
+    off = "".join(f"_no-{e}" for e in config.get("off", ()))  # a matched ablation (sweeps/replicate.py)
+    return f"{config['scale']}_{config['arm']}_{config['optuna_number']}{seed}{off}_{trial_id}"
 
 
 def run_tags(config: dict, trial_id: str, sweep: str) -> dict[str, str]:
@@ -55,6 +56,8 @@ def run_tags(config: dict, trial_id: str, sweep: str) -> dict[str, str]:
             "trial_id": trial_id}
     if "replicate_seed" in config:
         tags["replicate_seed"] = str(config["replicate_seed"])
+    if config.get("off"):
+        tags["switched_off"] = ",".join(config["off"])
     return tags
 
 

@@ -30,7 +30,7 @@ from distill.train import run_training
 from sweeps.cache import META_KEY as TEACHER_CACHE_KEY
 from sweeps.layout import SweepDir
 from sweeps.shared_storage import StorageCheck, check_this_node
-from sweeps.space import SearchSpace, worker_resources
+from sweeps.space import SearchSpace, switched_off, worker_resources
 
 NODE_EVENT = "node"
 
@@ -41,8 +41,9 @@ def trial_train_config(space: SearchSpace, config: dict, sweep_dir: str, trial_i
     A search trial's config is the searcher's {study, optuna_number, params...}: it
     trains in `runs/<trial id>` with the search seed. A replicate's config also holds
     `replicate_seed` (never the search seed: `SearchSpace.replicate_seeds`): it retrains
-    that study's best params with that seed in `replicates/<scale>__<arm>__seed<k>` and
-    ends with the val-split (choosing) and test-split (reporting) metrics.
+    that study's best params with that seed in `replicates/<scale>__<arm>__seed<k>` (with `off`, the
+    enhancements a matched ablation switches off, in `..__<arm>.no-<enhancement>__..`) and ends with the
+    val-split (choosing) and test-split (reporting) metrics.
 
     Either reads the sweep's teacher cache when it has one (`sweep.json`'s `teacher_cache`,
     written by sweeps/cache.py before any trial starts).
@@ -57,9 +58,11 @@ def trial_train_config(space: SearchSpace, config: dict, sweep_dir: str, trial_i
     if seed is None:
         return space.trial_config(study, params, str(sd.run_dir(trial_id)), provenance=provenance,
                                   teacher_cache=teacher_cache)
-    run_dir = sd.replicate_dir(study.scale, study.arm, seed)
+    off = tuple(config.get("off", ()))  # a matched ablation: enhancements switched off (sweeps/replicate.py)
+    run_dir = sd.replicate_dir(study.scale, study.arm, seed, study.search_replicate, off)
     return space.trial_config(study, params, str(run_dir), seed=seed, final_eval=True, teacher_cache=teacher_cache,
-                              provenance={**provenance, "search_seed": space.search_seed, "replicate_seed": seed})
+                              provenance={**provenance, "search_seed": space.search_seed_of(study.search_replicate),
+                                          "replicate_seed": seed, "switched_off": list(off)}, **switched_off(off))
 
 
 def _already_ended(cfg: TrainConfig) -> bool:

@@ -160,7 +160,7 @@ def write_finished_sweep(store: Path) -> SweepDir:
     sd.write_meta({"name": "norays", "storage_url": None, "git_commit": "test"})
     study = open_study(sd.storage_url(create=True), "norays", "demo-xs/baseline")
     dists = {"lr": optuna.distributions.FloatDistribution(1e-3, 3e-2, log=True),
-             "warmup_steps": optuna.distributions.IntDistribution(0, 10),
+             "warmup_steps": optuna.distributions.IntDistribution(0, 5),
              "temperature": optuna.distributions.FloatDistribution(1.0, 4.0),
              "alpha": optuna.distributions.FloatDistribution(0.1, 0.9)}
     params = {"lr": 3e-3, "warmup_steps": 2, "temperature": 2.0, "alpha": 0.5}

@@ -2,9 +2,12 @@
 
 The sweep is the demo space shrunk: the bundled demo teacher, 400 real UniProt
 proteins, two demo scales x four arms x 2 trials of 12 steps, then 2 seeds of
-each study's best config. It runs through the real CLI in subprocesses, each
-with its own embedded Ray (RAY_TMPDIR: a short fresh folder, removed at the end
-after every process of that Ray is ended by PID).
+each study's best config, and the matched ablations (each enhanced arm's best config
+with each enhancement switched off, same 2 seeds). It runs through the real CLI in
+subprocesses, each with its own embedded Ray (RAY_TMPDIR: a short fresh folder,
+removed at the end after every process of that Ray is ended by PID). The space names a
+teacher training set (`teacher_train_data`): the sweep's train split plus TEACHER_SAW of
+its test proteins, so the exposure figures have a known answer.
 """
 
 from __future__ import annotations
@@ -19,10 +22,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from distill.exposure import split_of
+from distill.splits import SplitSpec
 from sweeps.layout import SweepDir
 from tests.fixtures import ray_subprocess_env, write_real_fasta
 
 SWEEP = "ana"
+TEACHER_SAW = 5  # test proteins the declared teacher training set holds verbatim
 SPACE = {
     "name": SWEEP,
     "teacher": "demo",
@@ -30,7 +36,7 @@ SPACE = {
     "arms": ["baseline", "uncertainty", "calibration", "both"],
     "params": {
         "lr": {"type": "loguniform", "low": 1.0e-3, "high": 3.0e-2},
-        "warmup_steps": {"type": "int", "low": 0, "high": 4},
+        "warmup_steps": {"type": "int", "low": 0, "high": 3},  # ends before the first ASHA rung (step 4)
         "temperature": {"type": "uniform", "low": 1.0, "high": 4.0},
         "alpha": {"type": "uniform", "low": 0.1, "high": 0.9},
         "smoothing": {"type": "loguniform", "low": 0.01, "high": 0.2},
@@ -61,8 +67,11 @@ def sweep(tmp_path_factory) -> SweepDir:
         return SweepDir(Path(reuse))
     base = tmp_path_factory.mktemp("analysis-sweep")
     data = write_real_fasta(base / "proteins.fasta", 400)
+    split = split_of(str(data), SplitSpec("hash"))
+    teacher = base / "teacher_train.fasta"
+    teacher.write_text("".join(f">t{i}\n{s}\n" for i, s in enumerate(split["train"] + split["test"][:TEACHER_SAW])))
     space = base / "space.yaml"
-    space.write_text(yaml.safe_dump({**SPACE, "data": str(data)}, sort_keys=False))
+    space.write_text(yaml.safe_dump({**SPACE, "data": str(data), "teacher_train_data": str(teacher)}, sort_keys=False))
     store = base / "store"
     t0 = time.time()
     with ray_subprocess_env(KDSWEEP_CACHE=str(base / "cache")) as env:

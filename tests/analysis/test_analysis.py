@@ -1,7 +1,9 @@
 """`analysis.analyze` on a real sweep: frames vs Optuna and the run logs, table cells vs
 numbers recomputed here straight from the replicates' metrics.json (val chooses, test
-reports), verdicts and warnings, plots and HTML, and sweeps with a missing arm / scale, a
-single seed, differing seeds, diverged runs, val and test rankings that disagree."""
+reports), both verdict tables (tuned arm vs tuned baseline; enhancement on vs off at the same
+config, paired with the matched ablations) with Holm's correction, the floors, teacher exposure,
+warnings, plots and HTML, and sweeps with a missing arm / scale, a single seed, differing seeds,
+diverged runs, val and test rankings that disagree, search replicates, students at the floor."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+import yaml
 from optuna.trial import TrialState
 
 from analysis import plots as plots_module
@@ -24,11 +27,13 @@ from analysis.load import history_frame, replicates_frame, trials_frame
 from analysis.plots import aggregate_bins
 from analysis.report import analyze
 from analysis.select import ON_REPLICATES, ON_SEARCH
+from analysis.stats import holm
 from distill.rundir import read_log
 from kdsweep.cli import main
-from sweeps.layout import config_file_name
+from sweeps.layout import config_file_name, parse_replicate_name, replicate_name
 from sweeps.space import load_space
 from sweeps.study import open_study
+from tests.analysis.conftest import TEACHER_SAW
 
 pytestmark = pytest.mark.ray
 
@@ -43,18 +48,19 @@ T975 = {1: 12.7062047362, 2: 4.30265272975, 3: 3.18244630528}
 # ---- reference numbers, straight from the files -------------------------------------------
 
 
-def reference(sd, split: str = "test") -> dict:
-    """{(scale, arm): {seed: metrics of `split`}} of completed replicates with test metrics, read here directly."""
+def reference(sd, split: str = "test", off: str = "") -> dict:
+    """{(scale, arm): {seed: metrics of `split`}} of completed replicates with test metrics, read here directly:
+    of the tuned configs (`off` ''), or of the matched ablation with that enhancement off."""
     out: dict = {}
     for d in sorted((sd.root / "replicates").iterdir()):
         path = d / "metrics.json"
-        if not path.is_file():
+        name = parse_replicate_name(d.name)
+        if not path.is_file() or "+".join(name.off) != off:
             continue
         summary = json.loads(path.read_text())
         if summary["status"] != "completed" or not summary.get("test"):
             continue
-        scale, arm, seed = d.name.rsplit("__", 2)
-        out.setdefault((scale, arm), {})[int(seed[len("seed"):])] = summary[split]
+        out.setdefault((name.scale, name.arm), {})[name.seed] = summary[split]
     return out
 
 
@@ -117,6 +123,37 @@ def interaction_expected(ref, scale, m) -> tuple[float, float, int, str]:
     return mean, std, min(st[a][2] for a in ARMS), "propagated"
 
 
+def first_by_search(trials, scale) -> str | None:
+    """The enhanced arm of the search's best completed trial (search replicate 0): the first seed's choice."""
+    done = trials[(trials["scale"] == scale) & (trials["status"] == "completed") & trials["arm"].isin(ARMS[1:])
+                  & (trials["search_replicate"] == 0)]
+    return done.sort_values("val_ppl")["arm"].iloc[0] if len(done) else None
+
+
+def t_check(row, d: list[float]) -> None:
+    """A verdict row's interval, p-value and raw verdict against the per-unit differences `d`."""
+    assert int(row["n"]) == len(d)
+    if len(d) >= 2:
+        mean, sd_, n = stats(d)
+        half = T975[n - 1] * sd_ / math.sqrt(n)
+        assert close(row["diff_mean"], mean)
+        assert row["ci_low"] == pytest.approx(mean - half, rel=1e-9) and row["ci_high"] == pytest.approx(mean + half, rel=1e-9)
+        want = "better" if mean + half < 0 else "worse" if mean - half > 0 else "inconclusive"
+        assert row["verdict"] == want and (row["p"] < 0.05) == (want != "inconclusive")
+    elif len(d) == 1:
+        assert row["verdict"] == "inconclusive (n=1)" and math.isnan(row["ci_low"])
+
+
+def holm_check(table: pd.DataFrame) -> None:
+    """Holm over every row of a verdict table, recomputed from its raw p-values."""
+    for got, want in zip(table["p_holm"], holm(table["p"])):
+        assert close(got, want)
+    for row in table.to_dict("records"):
+        if row["n"] >= 2:
+            word = "inconclusive" if not row["p_holm"] < 0.05 else ("better" if row["diff_mean"] < 0 else "worse")
+            assert row["verdict_holm"] == word and row["p_holm"] >= row["p"] - 1e-15
+
+
 def split_note_of(sd) -> str:
     """The split line every table must carry: the start row of a replicate's own log."""
     d = sorted((sd.root / "replicates").iterdir())[0]
@@ -128,7 +165,11 @@ def check_tables(sd, result) -> None:
     ref, val_ref, trials = reference(sd), reference(sd, "val"), trials_frame(sd)
     scale_csv = pd.read_csv(result["tables"]["scale_enhancement"]["csv"]).set_index("scale")
     scale_md = Path(result["tables"]["scale_enhancement"]["md"]).read_text()
-    verdicts = pd.read_csv(result["tables"]["verdicts"]["csv"]).set_index(["scale", "arm"])
+    verdict_csv, mechanism_csv = (pd.read_csv(result["tables"][n]["csv"]) for n in ("verdicts", "mechanism"))
+    holm_check(verdict_csv)
+    holm_check(mechanism_csv)
+    verdicts = verdict_csv.set_index(["scale", "arm"])
+    mechanism = mechanism_csv.set_index(["scale", "arm", "enhancement"])
     for scale in SCALES:
         row = scale_csv.loc[scale]
         check_cell(row, "compression", [float(t["compression"]) for a in ARMS
@@ -159,54 +200,69 @@ def check_tables(sd, result) -> None:
             assert int(row["improvement_pct_n"]) == want[2]
         else:
             assert int(row["improvement_pct_n"]) == 0
-        # selection-free: each seed reported with the arm chosen on the val values of the other seeds
+        # selection-free: each seed reported with the arm chosen before it (the first by the search objective,
+        # the others on the val values of the seeds before them)
         shared = set(base)
         for a in ARMS[1:]:
             shared &= set(metric(ref, scale, a, "ppl_ratio")) & set(metric(val_ref, scale, a, "ppl_ratio"))
-        free = []
-        for s in sorted(shared) if len(shared) >= 2 else []:
-            pick = chosen_on_val(val_ref, scale, ARMS[1:], shared - {s})
-            free.append(100 * (base[s] - metric(ref, scale, pick, "ppl_ratio")[s]) / base[s])
+        order, free, free_d = sorted(shared), [], []
+        for i, s in enumerate(order):
+            pick = first_by_search(trials, scale) if i == 0 else chosen_on_val(val_ref, scale, ARMS[1:], set(order[:i]))
+            if pick:
+                free.append(100 * (base[s] - metric(ref, scale, pick, "ppl_ratio")[s]) / base[s])
+                free_d.append(metric(ref, scale, pick, "ppl_ratio")[s] - base[s])
         check_cell(row, "selection_free_improvement_pct", free)
         assert cell_text(list(base.values())) in scale_md
 
         for arm in ARMS[1:]:
             v = verdicts.loc[(scale, arm)]
             a = metric(ref, scale, arm, "ppl_ratio")
-            d = [a[s] - base[s] for s in sorted(set(a) & set(base))]
-            assert int(v["n"]) == len(d) and bool(v["chosen"]) == (arm == chosen)
-            if len(d) >= 2:
-                mean, sd_, n = stats(d)
-                half = T975[n - 1] * sd_ / math.sqrt(n)
-                assert close(v["diff_mean"], mean)
-                assert v["ci_low"] == pytest.approx(mean - half, rel=1e-9) and v["ci_high"] == pytest.approx(mean + half, rel=1e-9)
-                want = "better" if mean + half < 0 else "worse" if mean - half > 0 else "inconclusive"
-                assert v["verdict"] == want
-            elif len(d) == 1:
-                assert v["verdict"] == "inconclusive (n=1)" and math.isnan(v["ci_low"])
+            t_check(v, [a[s] - base[s] for s in sorted(set(a) & set(base))])
+            assert bool(v["chosen"]) == (arm == chosen)
+        t_check(verdicts.loc[(scale, "chosen arm, selection-free")], free_d)
+
+        # enhancement on vs off at the same config: paired per seed with the matched ablation
+        for arm, enhancements in (("uncertainty", ["uncertainty"]), ("calibration", ["smoothing"]),
+                                  ("both", ["uncertainty", "smoothing"])):
+            on = metric(ref, scale, arm, "ppl_ratio")
+            for e in enhancements:
+                off = metric(reference(sd, off=e), scale, arm, "ppl_ratio")
+                t_check(mechanism.loc[(scale, arm, e)], [on[s] - off[s] for s in sorted(set(on) & set(off))])
 
         abl = pd.read_csv(result["tables"][f"ablation_{scale}"]["csv"]).set_index("arm")
         md = Path(result["tables"][f"ablation_{scale}"]["md"]).read_text()
         for arm in ARMS:
-            for m in (*ABL_METRICS, "aa_kl_expected_bias"):
+            for m in ABL_METRICS:
                 vals = list(metric(ref, scale, arm, m).values())
                 check_cell(abl.loc[arm], m, vals)
                 assert cell_text(vals) in md, (scale, arm, m, cell_text(vals))
+            for col, m in (("gain_recovered_pct", "unigram_gain_recovered"), ("capped_pct", "aa_gen_capped_share")):
+                check_cell(abl.loc[arm], col, [100 * v for v in metric(ref, scale, arm, m).values()])
+            flagged = [s for s, t in ref.get((scale, arm), {}).items() if t["at_unigram_floor"]]
+            want = (f"({len(flagged)}/{len(ref[(scale, arm)])} seeds at the unigram floor)" if flagged
+                    else "above the floor") if (scale, arm) in ref else "not measured"
+            assert want in abl.loc[arm, "vs_unigram_floor"]
         for m in ABL_METRICS:
             mean, std, n, how = interaction_expected(ref, scale, m)
             row = abl.loc["interaction"]
             assert int(row[f"{m}_n"]) == n, (scale, m)
             assert close(float(row[f"{m}_mean"]), mean) and close(float(row[f"{m}_std"]), std), (scale, m)
             assert (row[f"{m}_spread"] if isinstance(row[f"{m}_spread"], str) else "missing") == how
-    # every table says which split chose and which reports, and ends with the split and its leakage
+    # every table says which split chose and which reports, and ends with the split, its leakage and the
+    # teacher's exposure (the declared teacher set holds the train split and TEACHER_SAW test proteins)
     note = split_note_of(sd)
-    assert note.startswith("split: ") and "leakage" in note
+    assert note.startswith("split: ") and "near-duplicate leakage at 20-mers" in note and "8-mer share" in note
+    exposure = result["exposure"]
+    assert f"test: {TEACHER_SAW} of " in exposure and "val: 0 of " in exposure and "near-duplicate leakage" in exposure
     for name, paths in result["tables"].items():
         md = Path(paths["md"]).read_text()
-        assert md.rstrip().endswith(f"- {note}"), name
+        assert md.rstrip().endswith(f"- {note}\n- {exposure}"), name
     assert "Chosen arm: the enhanced arm with the lowest mean val ppl_ratio" in scale_md
-    assert "The test split only reports" in scale_md
-    assert "not only the chosen one" in Path(result["tables"]["verdicts"]["md"]).read_text()
+    assert "The test split only reports" in scale_md and "Headline: selection-free improvement %" in scale_md
+    verdict_md, mechanism_md = (Path(result["tables"][n]["md"]).read_text() for n in ("verdicts", "mechanism"))
+    assert "Comparison: tuned arm vs tuned baseline" in verdict_md and "search noise" in verdict_md
+    assert "not included (one search per study" in verdict_md and "Holm" in verdict_md
+    assert "Comparison: enhancement on vs off at the same config" in mechanism_md
 
 
 # ---- the analysis of the untouched sweep ------------------------------------------------------
@@ -257,10 +313,17 @@ def test_trials_frame_matches_optuna_and_run_logs(sweep):
 
 def test_replicates_frame_reads_every_val_and_test_metric(sweep):
     reps = replicates_frame(sweep)
-    assert len(reps) == 16 and (reps["status"] == "completed").all() and reps["has_test"].all() and reps["has_val"].all()
+    assert (reps["status"] == "completed").all() and reps["has_test"].all() and reps["has_val"].all()
+    # 8 tuned configs x 2 seeds, + the matched ablations: per scale 4 (uncertainty, calibration, both x 2) x 2 seeds
+    assert (reps["off"] == "").sum() == 16 and len(reps) == 16 + 16 and (reps["search_replicate"] == 0).all()
+    assert set(reps["off"]) == {"", "uncertainty", "smoothing"} and set(reps[reps["off"] == "smoothing"]["arm"]) == {
+        "calibration", "both"}
+    reps = reps[reps["off"] == ""]
     for split, metrics in (("test", ("ppl", "ppl_teacher", "ppl_ratio", "kl_teacher", "ece", "accuracy", "confidence",
                                      "aa_kl_natural", "aa_kl_expected_bias", "aa_kl_uniprot", "compression",
-                                     "teacher_params", "student_params", "gen_tokens_per_s")),
+                                     "teacher_params", "student_params", "gen_tokens_per_s", "unigram_ppl",
+                                     "unigram_ppl_ratio", "unigram_gap", "unigram_gain_recovered",
+                                     "aa_kl_floor_mean", "aa_kl_floor_p95", "aa_gen_capped_share")),
                            ("val", ("ppl", "ppl_teacher", "ppl_ratio", "kl_teacher", "ece", "accuracy"))):
         ref = reference(sweep, split)
         for r in reps.to_dict("records"):
@@ -276,7 +339,8 @@ def test_table_cells_equal_recomputed_mean_std(sweep, analysis):
     tex = Path(analysis["tables"]["ablation_demo-xs"]["tex"]).read_text()
     assert r"\begin{tabular}" in tex and r"$\pm$" in tex and "interaction" in tex
     status = pd.read_csv(analysis["tables"]["replicate_status"]["csv"])
-    assert status["in_tables"].sum() == 16 and status["diverged"].sum() == 0
+    assert status["in_tables"].sum() == 16 + 16 and status["diverged"].sum() == 0  # tuned + matched ablations
+    assert (status["arm"] == "both (no smoothing: matched ablation)").sum() == 2
     counts = pd.read_csv(analysis["tables"]["trial_status"]["csv"])
     trials = trials_frame(sweep)
     for s in ("completed", "stopped_early", "diverged"):
@@ -299,16 +363,24 @@ def test_pareto_front_of_completed_trials(sweep, analysis):
     assert "pareto" in analysis["plots"]
 
 
-def test_warnings_name_few_seeds_and_degenerate_models(sweep, analysis):
-    """2 seeds per arm: a warning for every (scale, arm). A degenerate-model warning exactly where every
-    replicate of a scale has the same test accuracy (the demo students' 0.09499) or one has 0."""
+def test_warnings_name_few_seeds_degenerate_models_and_students_at_the_floor(sweep, analysis):
+    """2 seeds per arm: a warning for every (scale, arm). A degenerate-model warning exactly for the arms whose
+    replicates all have the same test accuracy or one has 0; a composition-only warning exactly for the arms
+    with a replicate at the unigram floor; search noise not included (one search per study)."""
     w = analysis["warnings"]
     [few] = [x for x in w if x.startswith("n=2 usable replicate(s), fewer than 3, in ")]
     assert all(f"{scale}/{arm}" in few for scale in SCALES for arm in ARMS)
+    ref = reference(sweep)
     for scale in SCALES:
-        acc = [v for a in ARMS for v in metric(reference(sweep), scale, a, "accuracy").values()]
-        flagged = any(x.startswith(f"{scale}: every one of the") or x.startswith(f"{scale}: test accuracy 0") for x in w)
-        assert flagged == (max(acc) - min(acc) < 1e-4 or min(acc) == 0), (scale, acc)
+        for arm in ARMS:
+            acc = list(metric(ref, scale, arm, "accuracy").values())
+            flagged = any(x.startswith(f"{scale}/{arm}: every one of its") or x.startswith(f"{scale}/{arm}: test "
+                                                                                          "accuracy 0") for x in w)
+            assert flagged == (max(acc) - min(acc) < 1e-4 or min(acc) == 0), (scale, arm, acc)
+            at_floor = any(t["at_unigram_floor"] for t in ref[(scale, arm)].values())
+            assert any(x.startswith(f"{scale}/{arm}: predicts composition only") for x in w) == at_floor
+    assert any(x.startswith("search noise is not included in any verdict") for x in w)
+    assert not any("teacher exposure" in x for x in w)  # the space declares the teacher's training data
     html = analysis["html"].read_text()
     assert "<h2>Warnings</h2>" in html and all(escape(x) in html for x in w)
 
@@ -402,9 +474,10 @@ def test_plots_zoom_to_the_data_and_label_every_panel(sweep, monkeypatch, tmp_pa
 
 
 def _drop(sd, scale=None, arm=None, seed=None) -> None:
+    """Remove replicate folders (matched ablations included) of a scale / arm / seed."""
     for d in (sd.root / "replicates").iterdir():
-        s, a, k = d.name.rsplit("__", 2)
-        if (scale in (None, s)) and (arm in (None, a)) and (seed in (None, int(k[4:]))):
+        name = parse_replicate_name(d.name)
+        if (scale in (None, name.scale)) and (arm in (None, name.arm)) and (seed in (None, name.seed)):
             shutil.rmtree(d)
 
 
@@ -437,7 +510,8 @@ def test_single_seed_says_no_spread(sweep_copy):
     for scale in SCALES:
         md = Path(result["tables"][f"ablation_{scale}"]["md"]).read_text()
         table = md.split("\n\n")[1]
-        with_value = sum(bool(metric(ref, scale, a, m)) for a in ARMS for m in (*ABL_METRICS, "aa_kl_expected_bias"))
+        with_value = sum(bool(metric(ref, scale, a, m)) for a in ARMS
+                         for m in (*ABL_METRICS, "unigram_gain_recovered", "aa_gen_capped_share"))
         with_value += sum(interaction_expected(ref, scale, m)[2] == 1 for m in ABL_METRICS)
         assert "±" not in table and table.count("(n=1, no spread)") == with_value >= 5
         csv = pd.read_csv(result["tables"][f"ablation_{scale}"]["csv"])
@@ -562,8 +636,10 @@ def test_val_chooses_where_val_and_test_disagree(sweep_copy):
     assert row["chosen_ppl_ratio_mean"] == pytest.approx(test_means[worst_on_test])
     assert result["recommended"][scale]["arm"] == worst_on_test
     verdicts = pd.read_csv(result["tables"]["verdicts"]["csv"])
-    assert verdicts[verdicts["chosen"]].set_index("scale").loc[scale, "arm"] == worst_on_test
-    assert len(verdicts[verdicts["scale"] == scale]) == 3  # every enhanced arm has its verdict, chosen or not
+    arms = verdicts[verdicts["chosen"] & (verdicts["arm"] != "chosen arm, selection-free")]
+    assert arms.set_index("scale").loc[scale, "arm"] == worst_on_test
+    # every enhanced arm has its verdict, chosen or not, and the chosen arm has its selection-free one
+    assert len(verdicts[verdicts["scale"] == scale]) == 3 + 1
 
 
 def test_warnings_for_a_range_edge_and_a_degenerate_scale(sweep_copy):
@@ -575,13 +651,89 @@ def test_warnings_for_a_range_edge_and_a_degenerate_scale(sweep_copy):
     study.add_trial(optuna.trial.create_trial(
         value=min(t.value for t in done) / 2, params={**done[0].params, "lr": low * 1.05},
         distributions=done[0].distributions, user_attrs={"ray_trial_id": "edgetrial", "status": "completed"}))
-    # demo-xs: one student predicts differently, so its scale is no longer degenerate; demo-s: all alike
-    _set_metric(sd, "demo-xs", "both", "test", "accuracy", 0.5)
+    # demo-xs/both: its two students predict differently, so it is no longer degenerate; demo-s: all alike
+    for seed, acc in ((1, 0.5), (2, 0.4)):
+        path = sd.root / "replicates" / replicate_name("demo-xs", "both", seed) / "metrics.json"
+        summary = json.loads(path.read_text())
+        summary["test"]["accuracy"] = acc
+        path.write_text(json.dumps(summary))
     for arm in ARMS:
         _set_metric(sd, "demo-s", arm, "test", "accuracy", 0.25)
     result = analyze(sd, sd.root.parent / "out")
     w = result["warnings"]
     [edge] = [x for x in w if x.startswith("demo-s/both: the best config's lr")]
     assert "low edge of its search range [0.001, 0.03] (loguniform" in edge
-    assert "demo-s: every one of the 8 completed replicates has test accuracy 0.25 (spread < 0.0001)" in " ".join(w)
-    assert not any(x.startswith("demo-xs: every one") for x in w)
+    for arm in ARMS:
+        assert f"demo-s/{arm}: every one of its 2 completed replicates has test accuracy 0.25 (spread < 0.0001)" in w
+    assert not any(x.startswith("demo-xs/both: every one") for x in w)
+
+
+def _edit_space(sd, **changes) -> None:
+    raw = yaml.safe_load(sd.space.read_text())
+    for key, value in changes.items():
+        section, _, leaf = key.partition("__")
+        if leaf:
+            raw.setdefault(section, {})[leaf] = value
+        elif value is None:
+            raw.pop(section, None)
+        else:
+            raw[section] = value
+    sd.space.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def test_search_replicates_give_two_level_verdicts(sweep_copy):
+    """A second search replicate (its replicate folders made from the first's, seeds + 1000, values shifted per
+    arm): every verdict's interval is then over the 2 replicates' mean differences and says search noise is
+    included; the selection-free unit is the search replicate."""
+    sd = sweep_copy()
+    _edit_space(sd, search__search_replicates=2)
+    shift = {"baseline": 0.0, "uncertainty": 0.02, "calibration": -0.01, "both": 0.005}
+    for d in sorted((sd.root / "replicates").iterdir()):
+        name = parse_replicate_name(d.name)
+        new = sd.root / "replicates" / replicate_name(name.scale, name.arm, name.seed + 1000, 1, name.off)
+        shutil.copytree(d, new, ignore=shutil.ignore_patterns("student", "checkpoints"))
+        summary = json.loads((new / "metrics.json").read_text())
+        for split in ("val", "test"):
+            summary[split]["ppl_ratio"] += shift[name.arm] + (0.003 if name.off else 0.0)
+        (new / "metrics.json").write_text(json.dumps(summary))
+    result = analyze(sd, sd.root.parent / "out")
+    ref = reference(sd)
+    verdicts = pd.read_csv(result["tables"]["verdicts"]["csv"]).set_index(["scale", "arm"])
+    for scale in SCALES:
+        base = metric(ref, scale, "baseline", "ppl_ratio")
+        for arm in ARMS[1:]:
+            a = metric(ref, scale, arm, "ppl_ratio")
+            per_rep = [statistics.fmean(a[s] - base[s] for s in a if s // 1000 == r) for r in (0, 1)]
+            row = verdicts.loc[(scale, arm)]
+            assert row["unit"] == "search replicates" and row["n"] == 2
+            t_check(row, per_rep)
+        free = verdicts.loc[(scale, "chosen arm, selection-free")]
+        assert free["unit"] == "search replicates" and free["chosen_by_unit"].startswith("search replicate 0: ")
+    md = Path(result["tables"]["verdicts"]["md"]).read_text()
+    assert "included (2 search replicates, two-level interval)" in md and "not included" not in md
+    mechanism = pd.read_csv(result["tables"]["mechanism"]["csv"])
+    assert (mechanism["unit"] == "search replicates").all() and (mechanism["n"] == 2).all()
+    # an ablation's off side is shifted by +0.003 in replicate 1 only: on - off moves by -0.0015 on average
+    assert not any(x.startswith("search noise is not included") for x in result["warnings"])
+    counts = pd.read_csv(result["tables"]["trial_status"]["csv"])
+    assert set(counts["search_replicate"]) == {0, 1}
+
+
+def test_students_at_the_floor_are_flagged_and_unknown_exposure_is_said(sweep_copy):
+    sd = sweep_copy()
+    _edit_space(sd, teacher_train_data=None)
+    for d in (sd.root / "replicates").iterdir():
+        path = d / "metrics.json"
+        summary = json.loads(path.read_text())
+        summary["test"]["at_unigram_floor"] = d.name == replicate_name("demo-s", "uncertainty", 2)
+        path.write_text(json.dumps(summary))
+    result = analyze(sd, sd.root.parent / "out")
+    abl = pd.read_csv(result["tables"]["ablation_demo-s"]["csv"]).set_index("arm")
+    assert abl.loc["uncertainty", "vs_unigram_floor"] == "PREDICTS COMPOSITION ONLY (1/2 seeds at the unigram floor)"
+    assert abl.loc["baseline", "vs_unigram_floor"].startswith("above the floor (2/2 seeds")
+    [w] = [x for x in result["warnings"] if "predicts composition only" in x]
+    assert w.startswith("demo-s/uncertainty: predicts composition only: in 1 of 2 replicates (seed 2)")
+    assert "teacher exposure: teacher's training data unknown" in result["exposure"]
+    assert any(x.startswith("teacher exposure: teacher's training data unknown") for x in result["warnings"])
+    for paths in result["tables"].values():
+        assert Path(paths["md"]).read_text().rstrip().endswith(result["exposure"])

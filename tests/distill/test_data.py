@@ -96,8 +96,10 @@ def test_cluster_split_is_the_default_and_its_leakage_is_recorded(homolog_fasta,
     assert hashed["split_method"] == "hash" and hashed["cluster_identity"] is None
     for n in ("val", "test"):
         assert hashed["leakage"][n]["ge50"] > 0.15 and info["leakage"][n]["ge50"] == 0.0
-    assert info["split_note"].startswith("split: cluster (MMseqs2 0.5/0.8); leakage (held-out proteins with >= 50 %")
-    assert hashed["split_note"].startswith("split: hash; leakage") and "test: 28.6 % >=50 %" in hashed["split_note"]
+    assert info["split_note"].startswith("split: cluster (MMseqs2 0.5/0.8); near-duplicate leakage at 20-mers (held-out "
+                                         "proteins with >= 50 %")
+    assert "8-mer share (remote-homology indicator" in info["split_note"]
+    assert hashed["split_note"].startswith("split: hash; near-duplicate leakage at 20-mers") and "test: 28.6 % >=50 %" in hashed["split_note"]
     # Thresholds enter the cache key: a stricter identity gives other clusters.
     strict = prepare_data(str(homolog_fasta), tok, split=SplitSpec("cluster", WIDE, identity=0.95), block_size=64)
     assert strict.info["cluster_identity"] == 0.95 and strict.info["clusters"] > 60

@@ -11,8 +11,11 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from distill.generation import aa_kl_natural, expected_aa_kl_bias, generation_throughput, sample_proteins
-from distill.metrics import UNIPROT_BACKGROUND, aa_kl
+from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+from distill.generation import (RepetitionPenaltyExceptEnd, aa_kl_natural, draw_samples, expected_aa_kl_bias,
+                                generation_throughput, natural_resampling_floor, sample_proteins)
+from distill.metrics import STANDARD_AA, UNIPROT_BACKGROUND, aa_kl
 
 LETTERS = "ACDEFGHIKLMNPQRSTVWYBXZUO"
 HELDOUT = ["MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQ",
@@ -126,6 +129,56 @@ def test_expected_bias_is_what_a_perfect_sampler_scores():
     kls = [aa_kl(rng.multinomial(n, q) / n, q) for _ in range(400)]
     assert np.mean(kls) == pytest.approx(expected_aa_kl_bias(n), rel=0.1)
     assert expected_aa_kl_bias(n) == pytest.approx(19 / 20_000)
+
+
+def test_penalty_spares_the_end_token_and_equals_hugging_faces_elsewhere():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.tensor([[0, 3, 5, 3], [0, 7, 2, 2]])  # (B, T): the prompt is the end token, id 0
+    scores = torch.randn(2, 9, generator=g)  # (B, V), positive and negative logits
+    ours = RepetitionPenaltyExceptEnd(1.2, end_id=0)(ids, scores.clone())
+    hf = RepetitionPenaltyLogitsProcessor(1.2)(ids, scores.clone())
+    assert torch.equal(ours[:, 1:], hf[:, 1:])  # every other seen token penalised exactly as HF does
+    assert torch.equal(ours[:, 0], scores[:, 0]) and not torch.equal(hf[:, 0], scores[:, 0])
+
+
+def test_samples_end_where_the_model_ends_them_and_the_cap_is_counted(tokenizer):
+    # The end token (id 0) and "A" (id 2) are equally likely at every step. Under HF's penalty the
+    # prompt (= the end token) would be divided by 1.2 from the first step on; here it is not, so
+    # about half the samples end at each step and none reach a 30-token cap.
+    model = constant_output_model({0: 0.1, 2: 0.1})
+    ends = draw_samples(model, tokenizer, num_sequences=64, max_new_tokens=30, seed=0, device="cpu",
+                        batch_size=64, repetition_penalty=1.0)
+    penalised = draw_samples(model, tokenizer, num_sequences=64, max_new_tokens=30, seed=0, device="cpu",
+                             batch_size=64)
+    # "A" is penalised once seen (its logit 1.6 -> 1.33), the end token never: samples end sooner
+    assert np.mean([len(p) for p in penalised.proteins]) <= np.mean([len(p) for p in ends.proteins])
+    assert ends.capped == 0 and ends.capped_share == 0.0
+    # A model that never ends: every sample is cut at the cap
+    stuck = draw_samples(constant_output_model({2: 1.0, 0: -5.0}), tokenizer, num_sequences=4, max_new_tokens=12,
+                         seed=0, device="cpu", batch_size=4)
+    assert stuck.capped == 4 and stuck.capped_share == 1.0 and all(len(p) == 12 for p in stuck.proteins)
+
+
+def test_resampling_floor_matches_the_iid_closed_form():
+    """For proteins whose residues are i.i.d. draws from q, resampling whole proteins to N residues is
+    (K - 1) / 2N on average, like a perfect i.i.d. sampler: the resampled floor reduces to the closed form."""
+    rng = np.random.default_rng(1)
+    q = UNIPROT_BACKGROUND
+    proteins = ["".join(rng.choice(list(STANDARD_AA), size=int(n), p=q)) for n in rng.integers(50, 400, 2000)]
+    n = 10_000
+    floor = natural_resampling_floor(proteins, n, n_resamples=400, seed=0)
+    # Monte-Carlo error of the mean of 400 KLs (sd ~ mean * sqrt(2 / 19)): ~1.6 %; the tolerance is 4 sd
+    assert floor["aa_kl_floor_mean"] == pytest.approx(expected_aa_kl_bias(n), rel=0.07)
+    assert floor["aa_kl_floor_mean"] < floor["aa_kl_floor_p95"] < 3 * expected_aa_kl_bias(n)
+
+
+def test_resampling_floor_of_real_proteins_is_far_above_the_iid_figure(bundled_proteins):
+    """Real proteins each have their own composition, so natural resamples of N residues vary several times
+    more than i.i.d. residues would (the issue measured ~0.0036 against 0.00093 at ~10,200 residues)."""
+    heldout = bundled_proteins[:900]
+    floor = natural_resampling_floor(heldout, 10_000, seed=0)
+    assert floor["aa_kl_floor_mean"] > 2.5 * expected_aa_kl_bias(10_000)
+    assert floor["aa_kl_floor_diff_p95"] > 0 and floor["aa_kl_floor_interaction_p95"] > floor["aa_kl_floor_diff_p95"]
 
 
 def test_generation_throughput_positive():

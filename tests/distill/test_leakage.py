@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from distill.leakage import covered_share, figure, kmer_hashes, split_leakage
+from distill.leakage import (K_REMOTE, REMOTE_KEY, covered_share, figure, kmer_hashes, shuffled_control,
+                             split_leakage, teacher_exposure)
 from distill.splits import split_sequences
 
 
@@ -26,8 +27,26 @@ def test_matches_brute_force_on_real_proteins(homologs):
         assert (want == 0).any() and ((want > 0) & (want < 1)).sum() > 10
     assert (want == 1).any()
     leak = split_leakage(split)
-    assert leak["test"] == figure(want) and leak["test"]["n"] == len(split["test"])
+    share8 = brute_share(split["train"], split["test"], K_REMOTE)
+    assert leak["test"] == {**figure(want), REMOTE_KEY: pytest.approx((share8 >= 0.1).mean())}
+    assert leak["test"]["n"] == len(split["test"])
     assert leak["test"]["ge50"] == pytest.approx((want >= 0.5).mean()) and 0.2 < leak["test"]["ge50"] < 0.8
+    # homologs share 8-mers more often than 20-mers, and shuffling their residues removes (nearly) all of it
+    assert leak["test"][REMOTE_KEY] > leak["test"]["ge50"]
+    assert shuffled_control(split)["test"] < 0.05 < leak["test"][REMOTE_KEY]
+
+
+def test_teacher_exposure_counts_exact_and_near_copies(homologs):
+    split = split_sequences(homologs, (0.6, 0.2, 0.2))
+    teacher = split["train"] + split["test"][:7] + [s[:-3] + "WWW" for s in split["val"][:5]]
+    exp = teacher_exposure(teacher, {"val": split["val"], "test": split["test"]})
+    assert exp["test"]["exact"] == 7 and exp["val"]["exact"] == 0  # near-copies are not exact copies
+    base = split_leakage(split)
+    # the teacher saw everything train holds plus those 12 proteins: at least the split's own leakage
+    assert exp["test"]["full"] >= base["test"]["full"] + 7 / len(split["test"]) - 1e-12
+    assert exp["val"]["ge90"] >= base["val"]["ge90"] and exp["val"][REMOTE_KEY] >= base["val"][REMOTE_KEY]
+    assert teacher_exposure([], {"test": split["test"]})["test"] == {**figure(np.zeros(len(split["test"]))),
+                                                                      REMOTE_KEY: 0.0, "exact": 0}
 
 
 def test_windows_never_cross_sequence_ends():

@@ -16,10 +16,12 @@ from distill.metrics import (
     aa_composition,
     aa_counts,
     aa_kl,
+    bootstrap_gap,
     compression,
     count_params,
     score_heldout,
     student_ppl,
+    unigram_log_probs,
 )
 
 VOCAB = 11
@@ -162,6 +164,47 @@ def test_scorer_matches_naive_per_protein(batch_size, chunk_elements):
     assert result["ece_teacher"] == pytest.approx(swapped["ece"], rel=1e-5)
     assert result["accuracy_teacher"] == pytest.approx(swapped["accuracy"])
     assert [b["count"] for b in result["ece_bins_teacher"]] == swapped["bin_counts"]
+
+
+def test_unigram_floor_on_the_same_scored_tokens():
+    """The floor is the NLL of train token frequencies (add-1/2 smoothed) on exactly the positions the
+    student is scored on; the gap is the student's NLL minus it, per token; the flag fires when the
+    student is not measurably below it."""
+    proteins, n_res = make_proteins(0)
+    train = torch.tensor([1, 1, 1, 2, 2, 3, 4, 4, 4, 4])
+    uni = unigram_log_probs(train, VOCAB)
+    counts = np.bincount(train.numpy(), minlength=VOCAB) + 0.5
+    assert uni.numpy() == pytest.approx(np.log(counts / counts.sum()))
+    s_logits, t_logits = random_logits(proteins, 1), random_logits(proteins, 2)
+    batches = pad_batches(proteins, n_res, 3)
+    student = [pad_logits(s_logits[i:i + 3], b, 10 + i) for i, b in zip(range(0, 7, 3), batches)]
+    teacher = [pad_logits(t_logits[i:i + 3], b, 20 + i) for i, b in zip(range(0, 7, 3), batches)]
+    out = score_logits(batches, student, teacher, unigram=uni)
+    scored = [int(t) for p in proteins for t in p[1:]]
+    want = -np.mean([uni[t].item() for t in scored])
+    assert out["unigram_nll_per_token"] == pytest.approx(want) and out["unigram_ppl"] == pytest.approx(math.exp(want))
+    assert out["unigram_gap"] == pytest.approx(out["nll_per_token"] - want)
+    assert out["unigram_ppl_ratio"] == pytest.approx(math.exp(want) / out["ppl_teacher"])
+    # random logits with scale 2.5 are far worse than frequencies: at (above) the floor, flagged
+    assert out["unigram_gap"] > 0 and out["at_unigram_floor"]
+    assert out["unigram_gap_ci95_low"] <= out["unigram_gap"] <= out["unigram_gap_ci95_high"]
+    # a student that predicts every next token near-perfectly is far below the floor: not flagged
+    sharp = [pad_logits([torch.nn.functional.one_hot(torch.cat([p[1:], p[:1]]), VOCAB).float() * 30 for p in
+                         proteins[i:i + 3]], b, 30 + i) for i, b in zip(range(0, 7, 3), batches)]
+    good = score_logits(batches, sharp, sharp, unigram=uni)
+    assert good["unigram_gap"] < 0 and not good["at_unigram_floor"]
+    assert good["unigram_gain_recovered"] == pytest.approx(1.0)  # as good as its teacher
+    assert math.isnan(out["unigram_gain_recovered"])  # that teacher is no better than composition: no gain
+
+
+def test_bootstrap_gap_is_count_weighted_with_a_ci():
+    out = bootstrap_gap(np.array([10.0, 30.0, 5.0]) - np.array([12.0, 29.0, 8.0]), np.array([5.0, 10.0, 5.0]))
+    assert out["gap"] == pytest.approx((-2 + 1 - 3) / 20)
+    assert out["ci95_low"] <= out["gap"] <= out["ci95_high"] and out["ci95_low"] < out["ci95_high"]
+    assert out["share_of_proteins_better"] == pytest.approx(2 / 3)
+    # the same gap per position in every protein: no spread to resample
+    flat = bootstrap_gap(np.array([-1.0, -2.0]), np.array([10.0, 20.0]))
+    assert flat["ci95_low"] == pytest.approx(-0.1) and flat["ci95_high"] == pytest.approx(-0.1)
 
 
 def test_ppl_counts_L_minus_1_positions():

@@ -8,7 +8,9 @@ import yaml
 
 from distill.errors import ConfigError
 from kdsweep.cli import main
-from sweeps.space import SEARCH_SPACES_DIR, dump_space, load_space, parse_space, smoke_space, with_tracker
+from sweeps.preflight import warmup_rung_warnings
+from sweeps.space import (SEARCH_SPACES_DIR, SEED_STRIDE, dump_space, load_space, parse_space, smoke_space,
+                          with_search_replicates, with_tracker)
 from tests.fixtures import write_real_fasta
 
 SHIPPED = sorted(SEARCH_SPACES_DIR.glob("*.yaml"))
@@ -80,6 +82,9 @@ def _with(**changes):
         (_with(tracking__tracker="neptune"), "tracking.tracker: got 'neptune', allowed: null (none), mlflow, wandb"),
         (_with(tracking__projekt="x"), "tracking.projekt: unknown key"),
         (_with(tracking__wandb_project=7), "tracking.wandb_project: expected a W&B project name, got 7"),
+        (_with(search__search_replicates=0), "search.search_replicates: got 0, allowed: an integer >= 1"),
+        (_with(teacher_train_data=5), "teacher_train_data: got 5, allowed: null (unknown), 'demo'"),
+        (_with(teacher="nferruz/ProtGPT2", teacher_train_data="demo"), "teacher_train_data: 'demo' names the demo"),
     ],
 )
 def test_malformed_spaces_name_the_key(raw, needle):
@@ -177,3 +182,40 @@ def test_a_space_file_with_a_byte_order_mark_loads(tmp_path):
     path = tmp_path / "bom.yaml"
     path.write_bytes(b"\xef\xbb\xbf" + yaml.safe_dump(DEMO).encode())
     assert load_space(path).scales == tuple(DEMO["scales"])
+
+
+def test_search_replicates_are_independent_studies_with_disjoint_seeds():
+    """R searches per (scale, arm): replicate 0 keeps the names and seeds of a sweep without replicates,
+    replicate r searches with training seed seed + r * SEED_STRIDE, and its best configs' replicate seeds
+    follow it, so no seed is shared between levels (method §7: a two-level, nested design)."""
+    plain = load_space(SEARCH_SPACES_DIR / "demo.yaml")
+    assert plain.search_replicates == 1 and with_search_replicates(plain, None) is plain
+    space = with_search_replicates(plain, 3)
+    assert len(space.studies) == 3 * len(plain.studies)
+    assert [s.name for s in space.studies[:len(plain.studies)]] == [s.name for s in plain.studies]  # same indices
+    study = space.study("demo-s/both.r2")
+    assert (study.scale, study.arm, study.search_replicate) == ("demo-s", "both", 2)
+    assert study.enhancements == ("uncertainty", "smoothing") and space.study("demo-s/baseline").enhancements == ()
+    params = {"lr": 1e-3, "warmup_steps": 0, "temperature": 2.0, "alpha": 0.5, "smoothing": 0.1}
+    assert space.trial_config(study, params, "/tmp/x").seed == 2 * SEED_STRIDE
+    assert space.trial_config(space.study("demo-s/both"), params, "/tmp/x").seed == 0
+    seeds = [set(space.replicate_seeds(5, r)) | {space.search_seed_of(r)} for r in range(3)]
+    assert all(not (a & b) for i, a in enumerate(seeds) for b in seeds[i + 1:])
+    assert space.replicate_seeds(3) == plain.replicate_seeds(3) == [1, 2, 3]
+    with pytest.raises(ConfigError, match="--seeds: got 1000"):
+        space.replicate_seeds(SEED_STRIDE)
+
+
+def test_asha_first_rung_inside_the_warmup_is_warned():
+    for path in SHIPPED:  # the shipped spaces judge no trial before its warmup ends
+        assert warmup_rung_warnings(load_space(path)) == [], path.stem
+    [w] = warmup_rung_warnings(parse_space(_with(params__warmup_steps={"type": "int", "low": 0, "high": 10}), "w.yaml"))
+    assert "ASHA's first rung (step 10) falls at or before the end of the largest warmup searched" in w
+    assert "warmup_steps up to 10" in w
+    assert warmup_rung_warnings(parse_space(_with(params__warmup_steps={"type": "int", "low": 0, "high": 10},
+                                            search__early_stopping=False), "w.yaml")) == []  # no ASHA, no rung
+
+
+def test_teacher_train_data_is_optional_and_demo_names_the_demo_teachers_record():
+    assert load_space(SEARCH_SPACES_DIR / "demo.yaml").teacher_train_data == "demo"
+    assert load_space(SEARCH_SPACES_DIR / "protgpt2.yaml").teacher_train_data is None

@@ -109,7 +109,8 @@ def test_mlflow_sweep_and_wandb_replicates(tmp_path, small_fasta, char_teacher):
     wandb_home = {k: str(tmp_path / k.lower()) for k in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR")}
     with ray_subprocess_env(WANDB_MODE="offline", **wandb_home) as env:
         run_kdsweep(["sweep", "run", str(space), "--storage", str(store), "--tracker", "mlflow"], env)
-        run_kdsweep(["sweep", "replicate", "tracked", "--seeds", "1", "--storage", str(store), "--tracker", "wandb"], env)
+        run_kdsweep(["sweep", "replicate", "tracked", "--seeds", "1", "--no-ablations", "--storage", str(store),
+                     "--tracker", "wandb"], env)
     sd = SweepDir(store / "tracked")
 
     # MLflow: one run per trial in the sweep's experiment, named, tagged, with params and the val_ppl curve
