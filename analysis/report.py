@@ -99,7 +99,8 @@ def analyze(sd: SweepDir, out_dir: str | Path | None = None) -> dict:
     r = space.search_replicates
 
     # Order = order in index.html: the short status summary, the method §7 tables, then what was left out.
-    tables: list[Table] = [trial_counts_table(trials, scales, arms, space.search["trials_per_study"]),
+    tables: list[Table] = [trial_counts_table(trials, scales, arms, space.search["trials_per_study"],
+                                                    space.search_replicates),
                            scale_table(reps, trials, scales), verdict_table(reps, trials, scales, r),
                            mechanism_table(reps, space.studies, scales, r),
                            *(ablation_table(reps, s) for s in scales), pareto_table(trials, scales),

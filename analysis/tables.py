@@ -399,13 +399,14 @@ def replicate_status_table(reps: pd.DataFrame, scales: list[str], arms: list[str
     return Table("replicate_status", "Replicates by status", header, rows, pd.DataFrame(records), notes)
 
 
-def trial_counts_table(trials: pd.DataFrame, scales: list[str], arms: list[str], planned: int) -> Table:
-    """Search trials by status per (scale, arm), and the best objective of the completed ones."""
+def trial_counts_table(trials: pd.DataFrame, scales: list[str], arms: list[str], planned: int,
+                       search_replicates: int = 1) -> Table:
+    """Search trials by status per (scale, arm) and search replicate (every planned one, with or without
+    trials), and the best objective of the completed ones."""
     header = ["scale", "arm", "search replicate", "planned", *TRIAL_STATES, "best objective (final val_ppl)",
               "best trial"]
     rows, records = [], []
-    replicates = sorted(set(trials["search_replicate"])) if "search_replicate" in trials.columns and len(trials) \
-        else [0]
+    replicates = range(search_replicates)
     for scale in scales:
         for arm in arms:
             for r in replicates:

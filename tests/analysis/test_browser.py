@@ -85,11 +85,12 @@ def test_report_reads_in_a_browser(sweep, browser, shots, tmp_path):
     for name in ("Scale x enhancement (chosen on val, reported on test)", "Warnings", "Configs to train",
                  "Pareto view: val ppl vs val ECE of completed search trials (val split)", "Plots"):
         assert name in titles, (name, titles)
-    assert any(t.startswith("Enhanced arm vs baseline: paired difference") for t in titles)
+    assert any(t.startswith("Tuned arm vs tuned baseline: paired difference") for t in titles)
+    assert any(t.startswith("Enhancement on vs off at the same config: paired effect") for t in titles)
     tables = browser.find_elements(By.TAG_NAME, "table")
     assert len(tables) == 1 + len(result["tables"])  # configs + every written table
     assert all(t.is_displayed() and t.find_elements(By.TAG_NAME, "td") for t in tables)
-    verdicts = browser.find_element(By.XPATH, "//h2[starts-with(., 'Enhanced arm vs baseline')]/following::table[1]")
+    verdicts = browser.find_element(By.XPATH, "//h2[starts-with(., 'Tuned arm vs tuned baseline')]/following::table[1]")
     assert "inconclusive" in verdicts.text or "better" in verdicts.text or "worse" in verdicts.text
     assert result["split"] in text and "chosen on val" in text.lower()
     # no broken images: each plot loaded and has pixels, and a caption that says what it shows

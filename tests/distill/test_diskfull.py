@@ -40,7 +40,7 @@ dd if=/dev/zero of=$DISK/fill bs=4k 2>/dev/null       # every block taken
 find $DISK -path $DISK/fill -prune -o -type f -print > {tmp_path}/files
 rm $DISK/fill                                          # space freed
 {_run(tmp_path, "again", args)}
-""", size="256k")
+""", size="1m")
     rc, err = _outcome(tmp_path, "full")
     assert rc == "1", err
     assert err.strip().splitlines()[-1].startswith(f"kdsweep: error: no space left on the device writing "

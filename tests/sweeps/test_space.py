@@ -82,7 +82,7 @@ def _with(**changes):
         (_with(tracking__tracker="neptune"), "tracking.tracker: got 'neptune', allowed: null (none), mlflow, wandb"),
         (_with(tracking__projekt="x"), "tracking.projekt: unknown key"),
         (_with(tracking__wandb_project=7), "tracking.wandb_project: expected a W&B project name, got 7"),
-        (_with(search__search_replicates=0), "search.search_replicates: got 0, allowed: an integer >= 1"),
+        (_with(search__search_replicates=0), "search.search_replicates: got 0, allowed: an integer from 1 to 100"),
         (_with(teacher_train_data=5), "teacher_train_data: got 5, allowed: null (unknown), 'demo'"),
         (_with(teacher="nferruz/ProtGPT2", teacher_train_data="demo"), "teacher_train_data: 'demo' names the demo"),
     ],
@@ -167,7 +167,7 @@ def test_relative_paths_are_made_absolute_against_the_callers_directory(tmp_path
     shutil.copytree(char_teacher, work / "teacher")
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump({**DEMO, "data": "rel.fasta", "teacher": "teacher", "tokenizer": "./teacher",
-                                     "cache": {"dir": "caches"}}))
+                                     "cache": {"dir": "caches"}, "teacher_train_data": None}))
     monkeypatch.chdir(work)
     s = load_space(space)
     assert (s.data, s.teacher, s.tokenizer) == (str(work / "rel.fasta"), str(work / "teacher"), str(work / "teacher"))
