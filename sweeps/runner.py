@@ -37,6 +37,8 @@ from sweeps.space import SearchSpace, dump_space, load_space
 from sweeps.status import sweep_complete
 from sweeps.storage import display, is_sqlite
 from sweeps.study import existing_studies
+from sweeps.textfit import command_lines
+from sweeps.tracking import tracker_hint
 from sweeps.trial import EXECUTORS, trial_resources
 
 Log = Callable[[str], None]
@@ -109,6 +111,7 @@ def run_sweep(space: SearchSpace, *, name: str | None = None, storage: str | Non
     if sd.meta_path.exists():
         raise ConfigError(f"sweep {name!r} already exists in {sd.root.parent}; "
                           f"resume it with `kdsweep sweep resume {name}` or pick another --name")
+    log(f"sweep {name}: checking its data, teacher and sizes, then starting Ray (seconds to a minute)")
     _precluster(space)
     check_inputs_of_space(space, sd.root.parent)
     if space.search["storage_url"]:
@@ -215,13 +218,13 @@ def _fit(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool, a
     return sd
 
 
-def next_steps(sd: SweepDir, storage: str | None) -> str:
+def next_steps(sd: SweepDir, storage: str | None, width: int | None = None) -> str:
+    """What to run next, fitted to `width` (`sweeps.textfit.command_lines`), the tracker's UI included."""
     flag = f" --storage {storage}" if storage else ""
-    return "\n".join([
-        f"results: {sd.root}",
-        f"  kdsweep sweep status {sd.name}{flag}          # trials per (scale, arm), best val_ppl and params",
-        f"  kdsweep sweep export {sd.name}{flag} --out best_configs/   # one train config per (scale, arm)",
-        f"  kdsweep dashboard {sd.name}{flag} --tensorboard   # optuna-dashboard + TensorBoard on 127.0.0.1",
-    ])
-
-
+    commands = [
+        (f"kdsweep sweep status {sd.name}{flag}", "trials per (scale, arm), best objective and params"),
+        (f"kdsweep sweep export {sd.name}{flag} --out best_configs/", "one train config per (scale, arm)"),
+        (f"kdsweep dashboard {sd.name}{flag} --tensorboard", "optuna-dashboard + TensorBoard on 127.0.0.1"),
+    ]
+    hint = tracker_hint(load_space(sd.space).tracking, sd)
+    return "\n".join([f"results: {sd.root}", *command_lines(commands + ([hint] if hint else []), width)])

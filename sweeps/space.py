@@ -46,7 +46,8 @@ RESOURCE_DEFAULTS = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0.0}
 TRACKERS = ("mlflow", "wandb")
 NO_TRACKER = "none"  # `--tracker none`: off, whatever the space says
 # mlflow_uri null: $MLFLOW_TRACKING_URI, else the sweep's own mlflow.db (sweeps/trackers.py).
-TRACKING_DEFAULTS = {"tracker": None, "mlflow_uri": None, "wandb_project": "kdsweep"}
+# log_student: also store each completed trial's student (its weights) with the tracker's run.
+TRACKING_DEFAULTS = {"tracker": None, "mlflow_uri": None, "wandb_project": "kdsweep", "log_student": False}
 # The teacher cache (distill/teacher_cache.py, sweeps/cache.py): on by default. dir null = a
 # `teacher_cache/` folder beside the sweeps in the storage root; gpus null = one GPU if trials use GPUs.
 CACHE_DEFAULTS = {"enabled": True, "dtype": "fp32", "dir": None, "gpus": None}
@@ -363,6 +364,8 @@ def _parse_tracking(raw: dict, p: _Problems) -> dict:
         p.append(f"tracking.mlflow_uri: expected a tracking URI string or null, got {tracking['mlflow_uri']!r}")
     if not isinstance(tracking["wandb_project"], str) or not tracking["wandb_project"]:
         p.append(f"tracking.wandb_project: expected a W&B project name, got {tracking['wandb_project']!r}")
+    if not isinstance(tracking["log_student"], bool):
+        p.append(f"tracking.log_student: expected true or false, got {tracking['log_student']!r}")
     return tracking
 
 
