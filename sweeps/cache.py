@@ -29,7 +29,8 @@ import ray
 from distill.config import TrainConfig
 from distill.errors import KDSweepError
 from distill.inputs import check_writable_dir
-from distill.teacher_cache import CachePlan, TeacherCache, build_teacher_cache, is_complete, plan_teacher_cache
+from distill.teacher_cache import (CachePlan, TeacherCache, build_teacher_cache, heldout_donor, is_complete,
+                                   plan_teacher_cache)
 from sweeps.console import BuildProgress
 from sweeps.layout import SweepDir
 from sweeps.space import SearchSpace
@@ -77,7 +78,9 @@ def _plan_task(space: SearchSpace, storage_root: str) -> tuple[str, bool, str]:
     complete = is_complete(plan.path)
     if complete:
         TeacherCache.open(plan.path, plan.key)
-    return str(plan.path), complete, plan.describe()
+    donor = None if complete else heldout_donor(plan)
+    reuse = f"\nteacher cache: its val/test hidden states are linked from {donor}, not computed" if donor else ""
+    return str(plan.path), complete, plan.describe() + reuse
 
 
 def _build_task(space: SearchSpace, storage_root: str):

@@ -208,7 +208,7 @@ def _cells(p: Progress, r: TrialRow, value: float | None, params: bool) -> list[
 def frame_lines(title: str, p: Progress, width: int, height: int) -> list[Text]:
     """The view of `p` in at most `height - 1` lines of at most `width` columns."""
     head = pack([Text(title, style="bold"), Text(f"elapsed {fmt_duration(p.elapsed_s)}"),
-                 Text(f"ETA {fmt_eta(p) if p.ended else '-'}"), Text(f"{len(p.ended)}/{p.total} ended")], width)
+                 Text(f"ETA {fmt_eta(p, '-')}"), Text(f"{len(p.ended)}/{p.total} ended")], width)
     head += pack([Text(f"{state} {n}", style=STATE_STYLE.get(state, "") if n else "dim")
                   for state, n in p.counts().items()], width)
     for group in _by_scale(p):

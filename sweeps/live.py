@@ -7,9 +7,9 @@ line per ended trial plus periodic summaries otherwise. A trial's state is the
 and Tune's status, never Tune's raw TERMINATED (which covers completed and stopped
 early alike); a trial Tune created but has not started yet is `starting`.
 
-The view times each trial itself, from the moment Tune created it to its end: Tune's
-own `time_total_s` leaves out the trial's start-up (a new process, imports, the
-teacher), which the ETA needs.
+The view times each trial itself, from the moment Tune created it, at each of its reports,
+to its end: Tune's own `time_total_s` leaves out the trial's start-up (a new process,
+imports, the teacher), which the ETA needs (`sweeps.progress.Progress.eta_s`).
 
 Tune pickles its callbacks with the experiment and a resumed sweep uses the pickled
 ones: the renderer and the output stream are therefore chosen in `setup`, at each start.
@@ -27,7 +27,7 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from sweeps.console import LineRenderer, LiveRenderer, is_interactive
-from sweeps.progress import STARTING, Progress, TrialRow
+from sweeps.progress import STARTING, EarlyStopping, Progress, TrialRow
 from sweeps.study import ENDED_STATES, FAILED, RUNNING, ended_status
 from sweeps.tracking import sampled, trial_config
 
@@ -69,16 +69,21 @@ def trial_state(trial: Trial) -> str:
     return STARTING if trial.status == Trial.PENDING else RUNNING
 
 
-def trial_row(trial: Trial, state: str, started_s: float | None = None, ended_s: float | None = None) -> TrialRow:
+def trial_row(trial: Trial, state: str, started_s: float | None = None, ended_s: float | None = None,
+              reports: tuple | None = None) -> TrialRow:
+    """`reports`: (step, view time) of the trial's first and latest result, as the view saw them."""
     r, config = trial.last_result or {}, trial_config(trial)
+    first, last = reports or (None, None)
     return TrialRow(trial.trial_id, config.get("study", "?"), state, r.get("step"), r.get("val_ppl"),
-                    r.get("best_val_ppl"), started_s, ended_s, sampled(config), config.get("replicate_seed"))
+                    r.get("best_val_ppl"), started_s, ended_s, sampled(config), config.get("replicate_seed"), first, last)
 
 
 class LiveView(Callback):
     def __init__(self, title: str, budgets: dict[str, int], *, max_steps: int | None = None,
-                 out: TextIO | None = None, summary_every_s: float = 300.0):
+                 early_stopping: EarlyStopping | None = None, out: TextIO | None = None,
+                 summary_every_s: float = 300.0):
         self.title, self.budgets, self.max_steps = title, dict(budgets), max_steps
+        self.early_stopping = early_stopping
         self.summary_every_s = summary_every_s
         self._out = out  # None: sys.stdout at setup
         self._reset()
@@ -89,13 +94,14 @@ class LiveView(Callback):
         self._ended: dict[str, str] = {}  # trial id -> state, in the order they ended (this run)
         self._started: dict[str, float] = {}  # trial id -> view time Tune created it (first seen)
         self._ended_at: dict[str, float] = {}
+        self._reports: dict[str, tuple] = {}  # trial id -> ((step, time) first, (step, time) latest)
         self._slots = 0
         self._start = time.monotonic()
         self._last_update = 0.0
 
     def __getstate__(self):
         return {"title": self.title, "budgets": self.budgets, "max_steps": self.max_steps,
-                "summary_every_s": self.summary_every_s, "_out": None}
+                "early_stopping": self.early_stopping, "summary_every_s": self.summary_every_s, "_out": None}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -118,6 +124,10 @@ class LiveView(Callback):
         self._update(trials)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if "step" in result:
+            point = (int(result["step"]), self._now())
+            first = self._reports.get(trial.trial_id, (point,))[0]
+            self._reports[trial.trial_id] = (first if first[0] < point[0] else point, point)
         self._update(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
@@ -148,9 +158,10 @@ class LiveView(Callback):
         for t in trials:
             self._seen(t)
         rows = tuple(trial_row(t, self._ended.get(t.trial_id) or trial_state(t), self._started.get(t.trial_id),
-                               self._ended_at.get(t.trial_id)) for t in trials)
+                               self._ended_at.get(t.trial_id), self._reports.get(t.trial_id)) for t in trials)
         self._slots = max(self._slots, sum(r.state not in ENDED_STATES for r in rows))
-        return Progress(rows, tuple(self._ended), self.budgets, self._now(), self.max_steps, self._slots)
+        return Progress(rows, tuple(self._ended), self.budgets, self._now(), self.max_steps, self._slots,
+                        self.early_stopping)
 
     def _update(self, trials) -> None:
         if self._renderer is not None and time.monotonic() - self._last_update >= REDRAW_S:

@@ -21,6 +21,7 @@ and the trackers):
 from __future__ import annotations
 
 import heapq
+import statistics
 from dataclasses import dataclass, field
 
 from sweeps.study import COMPLETED, ENDED_STATES, PENDING, RUNNING
@@ -42,6 +43,8 @@ class TrialRow:
     ended_s: float | None = None  # view time (s) when it ended
     params: dict = field(default_factory=dict)
     seed: int | None = None  # a replicate's seed
+    first_report: tuple[int, float] | None = None  # (step, view time) of its first result
+    last_report: tuple[int, float] | None = None  # (step, view time) of its latest result
 
     def seconds(self, now: float) -> float | None:
         """Wall time from creation (start-up included) to its end, or to `now` while it runs."""
@@ -56,6 +59,28 @@ class TrialRow:
 
 
 @dataclass(frozen=True)
+class EarlyStopping:
+    """ASHA per study (sweeps.scheduler): a trial that reports at a rung may be stopped there, the
+    first trial of a study never is (nothing to compare it with), and about 1 / reduction_factor
+    of the trials reaching a rung go on to the next. The last rung is the full budget."""
+
+    rungs: tuple[int, ...]
+    reduction_factor: float
+
+    def expected_final(self, reached: int | None) -> tuple[float, float]:
+        """(expected last step, chance of the full budget) of a trial that may be stopped, having
+        reported step `reached` and gone on (None: not started)."""
+        ahead = [r for r in self.rungs if reached is None or r > reached]
+        if not ahead:
+            return float(reached), 1.0
+        steps, chance = float(ahead[0]), 1.0
+        for prev, rung in zip(ahead, ahead[1:]):
+            chance /= self.reduction_factor
+            steps += (rung - prev) * chance
+        return steps, chance
+
+
+@dataclass(frozen=True)
 class Progress:
     rows: tuple[TrialRow, ...]  # every trial Tune holds, in the order they were created
     ended_order: tuple[str, ...]  # ids of the trials that ended in this run, in that order
@@ -63,6 +88,7 @@ class Progress:
     elapsed_s: float
     max_steps: int | None = None
     slots: int = 0  # the most trials seen in flight (starting or running) at once: the parallelism reached
+    early_stopping: EarlyStopping | None = None  # None: every trial trains its full budget
 
     @property
     def total(self) -> int:
@@ -99,44 +125,104 @@ class Progress:
         return [by_id[t] for t in self.ended_order[-k:] if t in by_id]
 
     def eta_s(self) -> float | None:
-        """Seconds until every planned trial has ended; None until a trial has ended in this run.
+        """Seconds until every planned trial has ended; None until a trial has reported twice.
 
-        The trials that ended give the wall time a trial holds its slot, from Tune creating it
-        to its end, so a trial's start-up counts (early stops and divergences included: the
-        estimate expects the same mix from now on). Each trial in flight is expected to last
-        as long as the ended trials that outlived its age did (the mean of their durations;
-        past them all, its own pace to its full budget); each trial not handed out yet as long
-        as the mean. These are laid onto `slots` slots,
-        the parallelism actually reached, each next trial taking the slot that frees first;
-        the ETA is when the last slot frees.
+        A trial holds its slot for its start-up, its steps at its study's pace, and a tail (the
+        final save; a replicate's test scoring). All three are measured on this sweep's trials
+        from the view's own clock: start-up from Tune creating a trial to its first report (less
+        the steps before it), the pace between its first and latest report (per study, else per
+        scale, else overall), the tail from its last report to its end. How many steps a trial
+        will train comes from the early-stopping rule (`EarlyStopping`): the full budget for the
+        first trial of a study or without early stopping, else the rungs it is expected to reach.
+        The trials in flight finish what is left of theirs, the others follow in the order they
+        are handed out (round-robin over the studies), each taking the slot that frees first on
+        `slots` slots, the parallelism reached; the ETA is when the last slot frees.
         """
-        now = self.elapsed_s
-        durations = [d for r in self.ended if (d := r.seconds(now)) is not None]
-        if not durations:
+        if not self.max_steps:
             return None
-        pending, active = self.counts()[PENDING], self.active
-        if pending + len(active) == 0:
+        est = _Estimate(self)
+        if not est.paces:
+            return None
+        pending, active = est.pending(), self.active
+        if not pending and not active:
             return 0.0
-        mean = sum(durations) / len(durations)
-        busy = [_expected_left(durations, r, now, self.max_steps) for r in active]
+        busy = sorted(est.left(r) for r in active)
         n_slots = max(1, self.slots, len(active))
-        free_at = sorted(busy)[-n_slots:] + [0.0] * max(0, n_slots - len(busy))
+        free_at = busy[-n_slots:] + [0.0] * max(0, n_slots - len(busy))
         heapq.heapify(free_at)
-        for _ in range(pending):
-            heapq.heappush(free_at, heapq.heappop(free_at) + mean)
+        for study, ordinal in pending:
+            heapq.heappush(free_at, heapq.heappop(free_at) + est.duration(study, ordinal))
         return max(free_at)
 
 
-def _expected_left(durations: list[float], row: TrialRow, now: float, max_steps: int | None) -> float:
-    """Seconds left for a trial in flight: the mean excess over its age of the ended trials that
-    lasted longer; once it has outlived them all, its own pace to its full budget."""
-    age = row.seconds(now) or 0.0
-    longer = [d - age for d in durations if d > age]
-    if longer:
-        return sum(longer) / len(longer)
-    if row.step and max_steps:
-        return age * max(0, max_steps - row.step) / row.step
-    return 0.0
+class _Estimate:
+    """What `Progress.eta_s` measures on the trials so far: start-up, pace per study, tail."""
+
+    def __init__(self, p: Progress):
+        self.p = p
+        self.ordinal: dict[str, int] = {}  # trial id -> 1 for the first trial of its study, 2, ...
+        seen: dict[str, int] = {}
+        for r in p.rows:
+            seen[r.study] = self.ordinal[r.trial_id] = seen.get(r.study, 0) + 1
+        self.handed_out = seen
+        paces: dict[str, list[float]] = {}
+        starts, tails = [], []
+        for r in p.rows:
+            pace = _pace(r)
+            if pace is None:
+                continue
+            paces.setdefault(r.study, []).append(pace)
+            (k1, t1), (_, t2) = r.first_report, r.last_report
+            if r.started_s is not None:
+                starts.append(max(0.0, t1 - r.started_s - k1 * pace))
+            if r.ended_s is not None and r.state == COMPLETED:
+                tails.append(max(0.0, r.ended_s - t2))
+        self.paces = {study: statistics.median(v) for study, v in paces.items()}
+        self.start_up = statistics.median(starts) if starts else 0.0
+        self.tail = statistics.median(tails) if tails else 0.0
+
+    def pace(self, study: str) -> float:
+        """Seconds per step: the study's, else its scale's, else every study's (medians)."""
+        if study in self.paces:
+            return self.paces[study]
+        scale = study.rpartition("/")[0]
+        same = [v for s, v in self.paces.items() if s.rpartition("/")[0] == scale]
+        return statistics.median(same or list(self.paces.values()))
+
+    def final(self, ordinal: int, reached: int | None) -> tuple[float, float]:
+        """(expected last step, chance of the full budget) of a study's `ordinal`-th trial."""
+        rule = self.p.early_stopping
+        if rule is None or ordinal == 1:
+            return float(self.p.max_steps), 1.0
+        return rule.expected_final(reached)
+
+    def duration(self, study: str, ordinal: int) -> float:
+        steps, full = self.final(ordinal, None)
+        return self.start_up + steps * self.pace(study) + full * self.tail
+
+    def left(self, r: TrialRow) -> float:
+        """Seconds left of a trial in flight."""
+        now, ordinal = self.p.elapsed_s, self.ordinal[r.trial_id]
+        if r.last_report is None:  # starting, or running before its first report
+            return max(0.0, self.duration(r.study, ordinal) - (r.seconds(now) or 0.0))
+        step, at = r.last_report
+        steps, full = self.final(ordinal, step)
+        pace = _pace(r) or self.pace(r.study)
+        return max(0.0, (steps - step) * pace - (now - at)) + full * self.tail
+
+    def pending(self) -> list[tuple[str, int]]:
+        """(study, ordinal) of every trial not handed out yet, in the searcher's round-robin order."""
+        out = [(study, k) for study, budget in self.p.budgets.items()
+               for k in range(self.handed_out.get(study, 0) + 1, budget + 1)]
+        order = list(self.p.budgets)
+        return sorted(out, key=lambda x: (x[1], order.index(x[0])))
+
+
+def _pace(r: TrialRow) -> float | None:
+    """Seconds per step between a trial's first and latest report."""
+    if r.first_report is None or r.last_report is None or r.last_report[0] <= r.first_report[0]:
+        return None
+    return (r.last_report[1] - r.first_report[1]) / (r.last_report[0] - r.first_report[0])
 
 
 def fmt_duration(seconds: float | None) -> str:
@@ -164,9 +250,9 @@ def fmt_step(row: TrialRow, max_steps: int | None) -> str:
     return f"{row.step}/{max_steps}" if max_steps else str(row.step)
 
 
-def fmt_eta(p: Progress) -> str:
+def fmt_eta(p: Progress, unknown: str = "once a trial has reported twice") -> str:
     eta = p.eta_s()
-    return "~" + fmt_duration(eta) if eta is not None else "after the first trial ends"
+    return "~" + fmt_duration(eta) if eta is not None else unknown
 
 
 def fmt_counts(p: Progress, sep: str = ", ") -> str:

@@ -30,6 +30,7 @@ from sweeps.cache import ensure_teacher_cache, record_teacher_cache
 from sweeps.callbacks import tracker_callbacks, tune_callbacks
 from sweeps.layout import SweepDir, git_commit, open_sweep, storage_root
 from sweeps.preflight import check_inputs_of_space, check_resources
+from sweeps.progress import EarlyStopping
 from sweeps.reaper import start_reaper
 from sweeps.scheduler import PerStudyASHA
 from sweeps.searcher import StudySearcher, reconcile_with_tune
@@ -119,8 +120,11 @@ def run_sweep(space: SearchSpace, *, name: str | None = None, storage: str | Non
         if taken := existing_studies(space.search["storage_url"], name):
             raise ConfigError(f"search.storage_url already holds studies of a sweep named {name!r} "
                               f"({', '.join(taken)}); pick another --name")
+    scheduler = scheduler_for(space)
     callbacks = tune_callbacks(space, name, title=f"sweep {name}", max_steps=max_steps(space),
-                               budgets={s.name: space.search["trials_per_study"] for s in space.studies})
+                               budgets={s.name: space.search["trials_per_study"] for s in space.studies},
+                               early_stopping=EarlyStopping(scheduler.rungs(), scheduler.reduction_factor)
+                               if isinstance(scheduler, PerStudyASHA) else None)
     start_ray(space, address, space.search["storage_url"], log)
     # Before the sweep folder: an interrupted build leaves no sweep, and the same command resumes it.
     teacher_cache = ensure_teacher_cache(space, sd.root.parent, log)

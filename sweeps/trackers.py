@@ -13,8 +13,8 @@ metrics.jsonl as artifacts (with `tracking.log_student: true`, its student folde
 * MLflow: the tracking URI is `tracking.mlflow_uri`, else $MLFLOW_TRACKING_URI, else
   `sqlite:///<sweep>/mlflow.db` (MLflow 3 refuses a plain folder store unless told to).
   `mlflow ui --backend-store-uri sqlite:///<sweep>/mlflow.db` shows it. Each result is one
-  batched write (Ray's callback writes every param and metric in its own transaction,
-  which is what made Tune warn about "performance bottlenecks"). The run's status follows
+  batched write (Ray's callback writes every param and metric with a call of its own, on
+  Tune's driver loop). The run's status follows
   its state: completed FINISHED, stopped_early KILLED (by the scheduler), diverged and
   failed FAILED.
 * W&B: project `tracking.wandb_project`, group = the sweep, job type = the kind; files under

@@ -21,7 +21,7 @@ from rich.console import Console
 
 from sweeps.console import LineRenderer, LiveRenderer, closing_lines, fit_height, frame_lines
 from sweeps.live import LiveView, SlowStepNote, trial_state
-from sweeps.progress import STARTING, Progress, TrialRow
+from sweeps.progress import STARTING, EarlyStopping, Progress, TrialRow
 from sweeps.study import COMPLETED, DIVERGED, FAILED, PENDING, RUNNING, STOPPED_EARLY
 from sweeps.textfit import Column, command_lines, fit_columns
 
@@ -117,15 +117,16 @@ def test_lines_one_per_ended_trial_and_a_final_summary(monkeypatch):
 
 def test_lines_add_a_summary_every_period(monkeypatch):
     out = io.StringIO()
-    view = LiveView("sweep demo", {s: 3 for s in STUDIES}, out=out, summary_every_s=0.0)
+    view = LiveView("sweep demo", {s: 3 for s in STUDIES}, max_steps=8, out=out, summary_every_s=0.0)
     view.setup()
     monkeypatch.setattr("sweeps.live.REDRAW_S", 0.0)
     trials = [_trial(0, STUDIES[0])]
-    _run(view, trials, COMPLETED, steps=(4,), step_events=2)
+    _run(view, trials, COMPLETED, steps=(4, 8), step_events=1)
     lines = out.getvalue().splitlines()
-    # every update is due for a summary: the result, two loop steps, and the end (with its ended line)
-    assert [("ended" in line.split("]")[0]) for line in lines] == [True, True, True, False, True]
-    assert "[0/12 ended]" in lines[0] and "ETA after the first trial ends" in lines[0]
+    # every update is due for a summary: a result and a loop step, twice, and the end (with its ended line)
+    assert [("ended" in line.split("]")[0]) for line in lines] == [True, True, True, True, False, True]
+    assert "[0/12 ended]" in lines[0] and "ETA once a trial has reported twice" in lines[0]
+    assert "[0/12 ended]" in lines[2] and "ETA ~" in lines[2]  # its pace is known from its second report
     assert "[1/12 ended]" in lines[-1] and "ETA ~" in lines[-1]
 
 
@@ -309,57 +310,93 @@ def test_tunes_bottleneck_warnings_are_explained_once():
 # ---- the ETA ---------------------------------------------------------------------------------
 
 
-def test_eta_counts_start_up_and_the_slots_reached():
-    # two ended trials held their slot 100 s each (start-up included); one in flight 30 s, one 60 s
-    ended = [TrialRow(f"e{i}", STUDIES[0], COMPLETED, started_s=0.0, ended_s=100.0) for i in range(2)]
-    active = [TrialRow("r0", STUDIES[1], RUNNING, started_s=220.0), TrialRow("r1", STUDIES[1], STARTING, started_s=190.0)]
-    p = Progress(tuple(ended + active), ("e0", "e1"), {STUDIES[0]: 5, STUDIES[1]: 5}, 250.0, slots=2)
-    # in flight: 70 s and 40 s left; 6 not handed out, 100 s each, on 2 slots: 40+100+100+100, 70+100+100+100
-    assert p.eta_s() == pytest.approx(370.0)
-    assert p.counts() == {PENDING: 6, STARTING: 1, RUNNING: 1, STOPPED_EARLY: 0, COMPLETED: 2, DIVERGED: 0, FAILED: 0}
-    assert p.per_study() == [(STUDIES[0], 2, 5), (STUDIES[1], 0, 5)]
-    assert Progress(tuple(active), (), {STUDIES[1]: 5}, 60.0, slots=2).eta_s() is None
+ASHA = EarlyStopping((10, 20, 40), 2.0)
 
 
-def _simulated_sweep(seed: int, n: int = 24, slots: int = 2, start_up: float = 10.0) -> list[tuple[float, float]]:
-    """(start, end) of every trial of an ASHA-like sweep: each trial holds a slot for start_up + its
-    training, 40 s trained to the end or stopped at 10 or 20 s (stopping gets likelier as the sweep
-    goes, as ASHA's rungs fill); a freed slot takes the next trial at once."""
+def test_eta_from_start_up_pace_tail_and_the_slots_reached():
+    A, B = STUDIES[0], STUDIES[1]
+    rows = (
+        # A's first trial: created at 0, first report at step 10 at 30 s, last at step 40 at 60 s: 1 s a step,
+        # 30 - 10 = 20 s of start-up; ended at 65: a 5 s tail
+        TrialRow("a1", A, COMPLETED, 40, started_s=0.0, ended_s=65.0, first_report=(10, 30.0), last_report=(40, 60.0)),
+        TrialRow("a2", A, STOPPED_EARLY, 10, started_s=65.0, ended_s=95.0, first_report=(10, 95.0),
+                 last_report=(10, 95.0)),
+        # B's first trial, at step 20 10 s ago: 20 steps of a full budget at 1 s, less the 10 s, plus the tail
+        TrialRow("b1", B, RUNNING, 20, started_s=100.0, first_report=(10, 130.0), last_report=(20, 140.0)),
+        # A's third, starting for 10 s: start-up + the rungs it is expected to reach (10 + 10/2 + 20/4 = 20
+        # steps) + the tail if it reaches the full budget (1/4), less its 10 s
+        TrialRow("a3", A, STARTING, started_s=140.0),
+    )
+    p = Progress(rows, ("a1", "a2"), {A: 3, B: 3}, 150.0, max_steps=40, slots=2, early_stopping=ASHA)
+    later = 20 + 20 * 1.0 + 0.25 * 5  # a study's 2nd or 3rd trial: 41.25 s
+    # in flight: 15 s and 31.25 s left; B's 2nd and 3rd follow on the slot that frees first
+    assert p.eta_s() == pytest.approx(max(15 + later, 31.25 + later)) == pytest.approx(72.5)
+    assert p.counts() == {PENDING: 2, STARTING: 1, RUNNING: 1, STOPPED_EARLY: 1, COMPLETED: 1, DIVERGED: 0, FAILED: 0}
+    assert p.per_study() == [(A, 2, 3), (B, 0, 3)]
+    no_pace = tuple(r for r in rows if r.trial_id in ("a2", "a3"))  # nobody has reported twice yet
+    assert Progress(no_pace, ("a2",), {A: 3}, 150.0, max_steps=40, slots=2).eta_s() is None
+    assert ASHA.expected_final(None) == (20.0, 0.25) and ASHA.expected_final(10) == (30.0, 0.5)
+    assert ASHA.expected_final(20) == (40.0, 1.0)
+
+
+def _simulated_sweep(seed: int, scales=(("xs", 1.0), ("s", 2.5)), arms=4, per_study=3, slots=2):
+    """Rows of a simulated sweep, with its end known: studies handed out round-robin, each trial a
+    start-up (~30 s), reports every 5 steps at its scale's pace, stopped by ASHA (rungs 10, 20, 40,
+    the first trial of a study never) with chance 1/2 at each rung; everything +-20 % at random."""
     rng = random.Random(seed)
-    free, spans = [0.0] * slots, []
-    for i in range(n):
-        s = free.index(min(free))
-        stop = rng.random() < 0.2 + 0.5 * i / n
-        train = rng.choice([10.0, 20.0]) if stop else 40.0
-        spans.append((free[s], free[s] + start_up + train * rng.uniform(0.8, 1.2)))
-        free[s] = spans[-1][1]
-    return spans
+    studies = [(f"{scale}/arm{a}", pace) for scale, pace in scales for a in range(arms)]
+    order = [(study, pace) for _ in range(per_study) for study, pace in studies]
+    free, rows = [0.0] * slots, []
+    for i, (study, pace) in enumerate(order):
+        ordinal = sum(s == study for s, _ in order[:i]) + 1
+        final = 40
+        for rung in (10, 20):
+            if ordinal > 1 and rung < final and rng.random() < 0.5:
+                final = rung
+        slot = free.index(min(free))
+        start = free[slot]
+        pace *= rng.uniform(0.8, 1.2)
+        t0 = start + 30 * rng.uniform(0.8, 1.2)
+        reports = [(k, t0 + k * pace) for k in range(5, final + 1, 5)]
+        end = reports[-1][1] + (3.0 if final == 40 else 0.0)
+        rows.append((study, start, end, reports, final))
+        free[slot] = end
+    return rows, {s: per_study for s, _ in studies}
 
 
-def _progress_at(spans: list[tuple[float, float]], t: float, slots: int) -> Progress:
+def _progress_at(sim, budgets, t: float) -> Progress:
     rows, order = [], []
-    for i, (start, end) in sorted(enumerate(spans), key=lambda x: x[1][1]):
+    for i, (study, start, end, reports, final) in sorted(enumerate(sim), key=lambda x: x[1][1]):
         if start > t:
             continue
+        seen = [r for r in reports if r[1] <= t]
         done = end <= t
-        rows.append(TrialRow(f"t{i}", STUDIES[0], COMPLETED if done else RUNNING, started_s=start,
-                             ended_s=end if done else None))
-        order += [f"t{i}"] if done else []
-    return Progress(tuple(rows), tuple(order), {STUDIES[0]: len(spans)}, t, slots=slots)
+        state = (COMPLETED if final == 40 else STOPPED_EARLY) if done else (RUNNING if seen else STARTING)
+        rows.append(TrialRow(f"t{i}", study, state, seen[-1][0] if seen else None, started_s=start,
+                             ended_s=end if done else None, first_report=seen[0] if seen else None,
+                             last_report=seen[-1] if seen else None))
+        order += [(end, f"t{i}")] if done else []
+    return Progress(tuple(rows), tuple(t for _, t in sorted(order)), budgets, t, max_steps=40, slots=2,
+                    early_stopping=ASHA)
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_eta_within_30_percent_from_the_quarter_mark_on_simulated_sweeps(seed):
-    """A known truth: simulated sweeps whose end is known. From a quarter of the sweep's wall time
-    on, the ETA is within 30 % of the real time left."""
-    spans = _simulated_sweep(seed)
-    end = max(e for _, e in spans)
-    errors = []
-    for k in range(25, 96):
-        t = end * k / 100
-        eta = _progress_at(spans, t, 2).eta_s()
-        errors.append(abs(eta - (end - t)) / (end - t))
-    assert max(errors) <= 0.30, max(errors)
+def test_eta_on_simulated_sweeps_whose_end_is_known():
+    """A known truth: 20 simulated ASHA sweeps of two scales. From a quarter of the wall time to 80 % the
+    ETA is within 30 % of the real time left in at least 3 sweeps out of 4, and its median error is
+    under 10 %. (The last trials' fate, stopped at the first rung or trained to the end, is a coin
+    flip for any estimate: the measured figures near the end are in docs/benchmarks.md.)"""
+    worst, all_errors = [], []
+    for seed in range(20):
+        sim, budgets = _simulated_sweep(seed)
+        end = max(e for _, _, e, _, _ in sim)
+        errors = []
+        for k in range(25, 81):
+            t = end * k / 100
+            errors.append(abs(_progress_at(sim, budgets, t).eta_s() - (end - t)) / (end - t))
+        worst.append(max(errors))
+        all_errors += errors
+    assert sum(w <= 0.30 for w in worst) >= 15, sorted(worst)
+    assert sorted(all_errors)[len(all_errors) // 2] < 0.10
 
 
 def test_tune_can_pickle_the_view_with_the_experiment(monkeypatch):
