@@ -26,21 +26,11 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from sweeps.progress import EarlyStopping, Progress, TrialRow
+from sweeps.progress import Progress
 
 
 def load(path: Path) -> list[Progress]:
-    out = []
-    for line in path.read_text().splitlines():
-        d = json.loads(line)
-        d["rows"] = tuple(TrialRow(**{**r, **{k: tuple(r[k]) for k in ("first_report", "last_report") if r[k]}})
-                          for r in d["rows"])
-        d["ended_order"] = tuple(d["ended_order"])
-        if d["early_stopping"]:
-            d["early_stopping"] = EarlyStopping(tuple(d["early_stopping"]["rungs"]),
-                                                d["early_stopping"]["reduction_factor"])
-        out.append(Progress(**d))
-    return out
+    return [Progress.from_dict(json.loads(line)) for line in path.read_text().splitlines()]
 
 
 def errors(snapshots: list[Progress]) -> list[tuple[float, float, float]]:

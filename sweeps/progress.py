@@ -90,6 +90,15 @@ class Progress:
     slots: int = 0  # the most trials seen in flight (starting or running) at once: the parallelism reached
     early_stopping: EarlyStopping | None = None  # None: every trial trains its full budget
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Progress:
+        """The inverse of `dataclasses.asdict` (a recording of the view, read back from JSON)."""
+        pairs = ("first_report", "last_report")
+        rows = tuple(TrialRow(**{**r, **{k: tuple(r[k]) for k in pairs if r.get(k)}}) for r in d["rows"])
+        rule = d.get("early_stopping")
+        return cls(**{**d, "rows": rows, "ended_order": tuple(d["ended_order"]),
+                      "early_stopping": EarlyStopping(tuple(rule["rungs"]), rule["reduction_factor"]) if rule else None})
+
     @property
     def total(self) -> int:
         return sum(self.budgets.values())
