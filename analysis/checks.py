@@ -34,10 +34,12 @@ from sweeps.space import SearchSpace
 MIN_SEEDS = 3
 EDGE = 0.05  # share of a range's width (log width for loguniform) that counts as its edge
 SAME_ACCURACY = 1e-4
+MORE_SEEDS = f"kdsweep sweep replicate NAME --seeds {MIN_SEEDS}"  # without a sweep to name (report: its own)
 
 
-def few_seeds(reps: pd.DataFrame, scales, arms) -> list[str]:
-    """One warning per replicate count below MIN_SEEDS, naming every (scale, arm) that has it."""
+def few_seeds(reps: pd.DataFrame, scales, arms, more: str = MORE_SEEDS) -> list[str]:
+    """One warning per replicate count below MIN_SEEDS, naming every (scale, arm) that has it and the
+    command (`more`: the sweep's own name and storage) that adds seeds."""
     ok = usable_replicates(reps)
     by_n: dict[int, list[str]] = {}
     for scale in scales:
@@ -52,7 +54,7 @@ def few_seeds(reps: pd.DataFrame, scales, arms) -> list[str]:
                f"a {round(100 * LEVEL)} % t-interval is ± {t_quantile(1 - (1 - LEVEL) / 2, n - 1):.1f} "
                "standard errors wide, so verdicts are nearly always inconclusive")
         out.append(f"n={n} usable replicate(s), fewer than {MIN_SEEDS}, in {', '.join(studies)}: {why}. More seeds: "
-                   f"kdsweep sweep replicate NAME --seeds {MIN_SEEDS}.")
+                   f"{more}")
     return out
 
 
@@ -114,8 +116,13 @@ def search_noise(space: SearchSpace) -> list[str]:
             "config) for what the enhancement itself does."]
 
 
-def report_warnings(space: SearchSpace, trials: pd.DataFrame, reps: pd.DataFrame, exposure_unknown: bool = False
-                    ) -> list[str]:
+def replicate_command(sweep: str, storage: str) -> str:
+    """The command that brings every (scale, arm) of a sweep to MIN_SEEDS replicates."""
+    return f"kdsweep sweep replicate {sweep} --seeds {MIN_SEEDS} --storage {storage}"
+
+
+def report_warnings(space: SearchSpace, trials: pd.DataFrame, reps: pd.DataFrame, exposure_unknown: bool = False,
+                    more: str = MORE_SEEDS) -> list[str]:
     """Every warning: students at the composition floor and degenerate models first (they void the rest),
     then search noise and teacher exposure, search ranges, then seeds."""
     scales, arms = list(space.scales), list(space.arms)
@@ -123,4 +130,4 @@ def report_warnings(space: SearchSpace, trials: pd.DataFrame, reps: pd.DataFrame
                  "data, not from the teacher's; ppl_ratio and kl_teacher are flattered by whatever it saw (give "
                  "teacher_train_data in the space)."] if exposure_unknown else [])
     return (floor_warnings(usable_replicates(reps), scales, arms) + degenerate(reps, scales, arms)
-            + search_noise(space) + exposure + edge_of_range(space, trials) + few_seeds(reps, scales, arms))
+            + search_noise(space) + exposure + edge_of_range(space, trials) + few_seeds(reps, scales, arms, more))

@@ -8,7 +8,7 @@
                            non-dominated configs marked (analysis/pareto.py)
 * reliability_<scale>.png  reliability diagrams per arm from the replicates' test ECE bins,
                            axes zoomed to the occupied confidence range
-* ablation_<scale>.png     test ppl_ratio of the four arms (mean ± std, seeds as dots) and each
+* ablation_<scale>.png     test ppl_ratio of the four arms (mean and 95 % interval, seeds as dots) and each
                            enhanced arm minus baseline with its 95 % t-interval; y zoomed to the data
 
 Each plot returns a `Plot`: its file and a caption that says what it shows. Every panel has
@@ -32,7 +32,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from analysis.fmt import sig
 from analysis.load import TEST, column, per_seed, usable_replicates
 from analysis.pareto import pareto_points
-from analysis.stats import LEVEL, paired_difference
+from analysis.stats import LEVEL, paired_difference, t_quantile
 from analysis.tables import cell_of
 from distill.rundir import COMPLETED, DIVERGED, STOPPED_EARLY
 from sweeps.space import ARMS, BASELINE, ENHANCED_ARMS
@@ -135,7 +135,8 @@ def plot_lr(trials: pd.DataFrame, scales: list[str], arms: list[str], path: Path
     if pts_all.empty:
         raise PlotSkipped("no search trial has a finite val_ppl yet")
     fig = _figure(3.2 * len(arms), 2.9 * len(scales))
-    axes = fig.subplots(len(scales), len(arms), squeeze=False)
+    # one val ppl axis per scale: the arms of a scale compare by eye
+    axes = fig.subplots(len(scales), len(arms), squeeze=False, sharey="row")
     lr_lo, lr_hi = pts_all["lr"].min(), pts_all["lr"].max()
     for i, scale in enumerate(scales):
         for j, arm in enumerate(arms):
@@ -166,7 +167,7 @@ def plot_lr(trials: pd.DataFrame, scales: list[str], arms: list[str], path: Path
     return _save(fig, path, "Learning rate against validation perplexity, one panel per (scale, arm): filled "
                             "markers are completed trials at their objective (the final model's val_ppl), hollow "
                             "ones trials stopped early at their last val_ppl; the star is the config exported and "
-                            "replicated.")
+                            "replicated. The panels of a scale share their val ppl axis.")
 
 
 def plot_pareto(trials: pd.DataFrame, scales: list[str], path: Path) -> Plot:
@@ -275,7 +276,7 @@ def plot_reliability(reps: pd.DataFrame, scale: str, path: Path) -> Plot:
 
 
 def plot_ablation(reps: pd.DataFrame, scale: str, path: Path) -> Plot:
-    """Left: test ppl_ratio of the four arms (mean ± std, seeds as dots). Right: each enhanced arm
+    """Left: test ppl_ratio of the four arms (mean and its t-interval, seeds as dots). Right: each enhanced arm
     minus baseline per seed, its mean and 95 % t-interval, against 0. y zoomed to the data."""
     ok = usable_replicates(reps)
     series = {a: per_seed(ok, scale, a, "ppl_ratio") for a in ARMS}
@@ -291,7 +292,8 @@ def plot_ablation(reps: pd.DataFrame, scale: str, path: Path) -> Plot:
                       transform=left.get_xaxis_transform())
             continue
         c = cell_of(s)
-        spread = 0.0 if math.isnan(c.std) else c.std
+        # the mean's 95 % t-interval (none from one seed)
+        spread = 0.0 if math.isnan(c.std) or c.n < 2 else t_quantile(1 - (1 - LEVEL) / 2, c.n - 1) * c.std / math.sqrt(c.n)
         left.errorbar(i, c.mean, yerr=spread or None, fmt="D", ms=8, color=_color(arm), capsize=6, lw=2)
         left.plot(np.full(len(s), i) + np.linspace(-0.18, 0.18, len(s)), s.values, ls="", marker="o", ms=4,
                   color="k", alpha=0.7)
@@ -300,7 +302,7 @@ def plot_ablation(reps: pd.DataFrame, scale: str, path: Path) -> Plot:
         shown += [*s.values, c.mean - spread, c.mean + spread]
     _zoom(left, min(shown), max(shown))
     left.set_xticks(range(len(ARMS)), ARMS)
-    _labels(left, f"test ppl_ratio at scale {scale}: mean ± std, seeds as dots", "arm",
+    _labels(left, f"test ppl_ratio at scale {scale}: mean, {round(100 * LEVEL)} % interval, seeds as dots", "arm",
             "test ppl_ratio (student / teacher)")
 
     base = series[BASELINE]
@@ -326,8 +328,9 @@ def plot_ablation(reps: pd.DataFrame, scale: str, path: Path) -> Plot:
     right.set_xticks(range(len(ENHANCED_ARMS)), ENHANCED_ARMS)
     _labels(right, f"arm - baseline per seed, mean and {round(100 * LEVEL)} % t-interval", "enhanced arm",
             "difference in test ppl_ratio (< 0: better)")
-    return _save(fig, path, f"Ablation at scale {scale} on the test split. Left: ppl_ratio of each arm, mean ± std "
-                            "over seeds (diamond and bar) with each seed as a dot. Right: each enhanced arm minus "
+    return _save(fig, path, f"Ablation at scale {scale} on the test split. Left: ppl_ratio (student ppl / teacher "
+                            f"ppl on the same tokens) of each arm, the mean over seeds with its {round(100 * LEVEL)} % "
+                            "t-interval (diamond and bar) and each seed as a dot. Right: each enhanced arm minus "
                             f"the baseline of the same seed, with the mean and its {round(100 * LEVEL)} % "
                             "t-interval and the verdict word; below the dotted zero line is better. Both y-axes "
                             "are zoomed to the data, not started at 0.")

@@ -22,7 +22,7 @@ import time
 import warnings
 from pathlib import Path
 
-from analysis.checks import report_warnings
+from analysis.checks import replicate_command, report_warnings
 from analysis.fmt import mean_pm, sig
 from analysis.load import history_frame, replicates_frame, split_notes, trials_frame, usable_replicates
 from analysis.pareto import pareto_table
@@ -131,7 +131,8 @@ def analyze(sd: SweepDir, out_dir: str | Path | None = None) -> dict:
         "skipped": skipped,
         "configs": configs,
         "recommended": recommended,
-        "warnings": report_warnings(space, trials, reps, exposure_unknown=not space.teacher_train_data),
+        "warnings": report_warnings(space, trials, reps, exposure_unknown=not space.teacher_train_data,
+                                    more=replicate_command(sd.name, str(sd.root.parent))),
         "split": split,
         "exposure": exposed,
         "exposure_figures": exposure_figures,
@@ -187,6 +188,7 @@ table{border-collapse:collapse;margin:.5em 0 1em;font-size:13px}
 th,td{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top}
 th{background:#f2f2f2} td.missing{color:#b00} td.nospread{color:#a60}
 img{max-width:100%;border:1px solid #ddd;margin:.3em 0}
+.wide{overflow-x:auto;max-width:100%}
 .notes{font-size:12px;color:#555} code{background:#f5f5f5;padding:0 3px}
 .warnings{background:#fff4e5;border:1px solid #e0a040;padding:.3em 1em .3em 2em}
 figcaption{font-size:13px;color:#333;max-width:1100px;margin-bottom:1.5em}
@@ -203,15 +205,23 @@ def _a(path: Path, out: Path, text: str) -> str:
     return f'<a href="{html.escape(rel)}">{html.escape(text)}</a>' if rel else html.escape(text)
 
 
-def table_html(t: Table) -> str:
+def table_html(t: Table, shared_notes: frozenset[str] = frozenset()) -> str:
+    """The table in a box of its own width (a wide table scrolls there, not the page); its notes but
+    those `shared_notes` the report gives once for every table."""
     def td(text: str) -> str:
         cls = ' class="missing"' if text.startswith("missing") else (' class="nospread"' if "no spread" in text else "")
         return f"<td{cls}>{html.escape(text)}</td>"
 
     head = "".join(f"<th>{html.escape(h)}</th>" for h in t.header)
     body = "".join("<tr>" + "".join(td(c) for c in r) + "</tr>" for r in t.rows)
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in t.notes)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table><ul class=notes>{notes}</ul>"
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in t.notes if n not in shared_notes)
+    return (f"<div class=wide><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+            f"<ul class=notes>{notes}</ul>")
+
+
+# The figure and tables that answer the sweep's question, first in the report: per scale, every arm's
+# test ppl_ratio and its difference from baseline with the verdict; then the tables that say it in numbers.
+ANSWER_PLOT, ANSWER_TABLES = "ablation_{scale}", ("scale_enhancement", "verdicts")
 
 
 def write_html(sd: SweepDir, out: Path, tables: list[Table], result: dict) -> Path:
@@ -231,6 +241,9 @@ def write_html(sd: SweepDir, out: Path, tables: list[Table], result: dict) -> Pa
     if result["warnings"]:
         parts.append("<h2>Warnings</h2><ul class=warnings>" + "".join(f"<li>{e(w)}</li>" for w in result["warnings"])
                      + "</ul>")
+    answer_at = len(parts)  # the answer goes here, once the sections it is made of are known
+    # a note that several tables share (the data split and its leakage, ...) is given once
+    shared = frozenset(n for n in {n for t in tables for n in t.notes} if sum(n in t.notes for t in tables) > 1)
 
     parts.append("<h2>Configs to train</h2><table><tr><th>scale</th><th>arm</th><th>config</th><th>chosen on</th>"
                  "<th>its search</th></tr>")
@@ -244,17 +257,27 @@ def write_html(sd: SweepDir, out: Path, tables: list[Table], result: dict) -> Pa
                      "<code>kdsweep train --config FILE</code>): "
                      + ", ".join(_a(p, out, name) for name, p in result["configs"].items()) + "</p>")
 
-    for t in tables:
+    def table_section(t: Table) -> str:
         links = " ".join(_a(p, out, fmt) for fmt, p in result["tables"][t.name].items())
-        parts.append(f"<h2>{e(t.title)}</h2><p class=notes>files: {links}</p>{table_html(t)}")
+        return f"<h2>{e(t.title)}</h2><p class=notes>files: {links}</p>{table_html(t, shared)}"
 
-    parts.append("<h2>Plots</h2>")
-    for name, plot in result["plots"].items():
+    def figure(name: str, plot) -> str:
         rel = _rel(plot.path, out)
-        if rel:
-            parts.append(f"<figure id=\"{e(name)}\"><img src=\"{e(rel)}\" alt=\"{e(plot.caption)}\">"
-                         f"<figcaption>{e(plot.caption)} <span class=notes>({_a(plot.path, out, rel)})</span>"
-                         "</figcaption></figure>")
+        return (f"<figure id=\"{e(name)}\"><img src=\"{e(rel)}\" alt=\"{e(plot.caption)}\">"
+                f"<figcaption>{e(plot.caption)} <span class=notes>({_a(plot.path, out, rel)})</span>"
+                "</figcaption></figure>") if rel else ""
+
+    answer_plots = [ANSWER_PLOT.format(scale=s) for s in load_space(sd.space).scales]
+    answer_plots = [n for n in answer_plots if n in result["plots"]]
+    once = sorted(shared - {result["split"]})  # the split is in the Data line above
+    parts[answer_at:answer_at] = (
+        ["<h2>Answer: every arm's test ppl_ratio per scale, and the verdicts</h2>"]
+        + [figure(n, result["plots"][n]) for n in answer_plots]
+        + ([f"<p class=notes>Notes for every table: {'; '.join(e(n) for n in once)}.</p>"] if once else [])
+        + [table_section(t) for t in tables if t.name in ANSWER_TABLES])
+    parts += [table_section(t) for t in tables if t.name not in ANSWER_TABLES]
+    parts.append("<h2>Plots</h2>")
+    parts += [figure(name, plot) for name, plot in result["plots"].items() if name not in answer_plots]
     if result["skipped"]:
         parts.append("<h3>Skipped</h3><ul>" + "".join(f"<li><b>{e(k)}</b>: {e(v)}</li>"
                                                        for k, v in result["skipped"].items()) + "</ul>")

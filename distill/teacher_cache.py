@@ -244,12 +244,14 @@ class BuildInterrupted(RuntimeError):
 
 
 def build_teacher_cache(plan: CachePlan, *, log: Callable[[str], None] = print, progress: bool = True,
-                        shard_bytes: int = SHARD_BYTES, stop_after_parts: int | None = None) -> Path:
+                        shard_bytes: int = SHARD_BYTES, stop_after_parts: int | None = None,
+                        on_progress: Callable[[int, int], object] | None = None) -> Path:
     """Build the cache `plan` describes (or return its folder if already complete).
 
     Resumable: parts recorded by an interrupted build are not computed again.
     `stop_after_parts` raises BuildInterrupted once that many parts have been written by
-    this call (tests use it to interrupt a build at a known point).
+    this call (tests use it to interrupt a build at a known point). `on_progress(done, total)`
+    is told the teacher tokens done and in all after every batch (a sweep's progress bar).
     """
     if is_complete(plan.path):
         TeacherCache.open(plan.path, plan.key)  # its key and files are this plan's, or a ConfigError/DataError
@@ -266,9 +268,19 @@ def build_teacher_cache(plan: CachePlan, *, log: Callable[[str], None] = print, 
                          "loss_impl: logits")
     builder = _Builder(plan, teacher, shard_bytes)
     partial = builder.open_partial()
+    if (donor := heldout_donor(plan)) is not None and builder.adopt_heldout(donor):
+        log(f"teacher cache: val/test hidden states linked from {donor} (the same proteins through the same teacher)")
     todo = [p for p in builder.parts() if p.name not in builder.done]
-    with _progress_bar(sum(p.tokens for p in builder.parts()), sum(p.tokens for p in todo), progress) as bar:
-        builder.advance = bar.update
+    total = sum(p.tokens for p in builder.parts())
+    done = [total - sum(p.tokens for p in todo)]
+    with _progress_bar(total, sum(p.tokens for p in todo), progress) as bar:
+        def advance(tokens: int) -> None:
+            bar.update(tokens)
+            done[0] += tokens
+            if on_progress is not None:
+                on_progress(done[0], total)
+
+        builder.advance = advance
         for written, part in enumerate(todo):
             if stop_after_parts is not None and written == stop_after_parts:
                 raise BuildInterrupted(f"stopped after {written} parts (stop_after_parts)")
@@ -285,6 +297,23 @@ def build_teacher_cache(plan: CachePlan, *, log: Callable[[str], None] = print, 
         builder.record_verified(plan.path)
     log(f"teacher cache: built in {time.time() - started:.1f} s, {plan.path}")
     return plan.path
+
+
+def heldout_donor(plan: CachePlan) -> Path | None:
+    """A complete cache beside `plan`'s folder whose val/test hidden states are the ones `plan` would
+    compute: the same key but for the train pool (n_blocks: e.g. a `--smoke` sweep's shorter budget),
+    the same teacher positions and eval batch size, and as many held-out tokens per split."""
+    mine = {k: v for k, v in plan.key.to_dict().items() if k != "n_blocks"}
+    for manifest_path in sorted(plan.path.parent.glob(f"*/{MANIFEST}")):
+        m = _read_json(manifest_path)
+        if manifest_path.parent == plan.path or not m or m.get("format") != CACHE_FORMAT:
+            continue
+        theirs = {k: v for k, v in m["key"].items() if k != "n_blocks"}
+        if (theirs == mine and m["teacher"]["n_positions"] == plan.n_positions
+                and m["build"]["eval_batch_size"] == plan.cfg.eval_batch_size
+                and {k: v["n_tokens"] for k, v in m["heldout"].items()} == plan.heldout_tokens()):
+            return manifest_path.parent
+    return None
 
 
 def _progress_bar(total: int, todo: int, enabled: bool):
@@ -342,6 +371,25 @@ class _Builder:
             self.done = {name: files for name, files in progress["parts"].items()
                          if all(_size(self.partial / f) == meta["bytes"] for f, meta in files.items())}
         return self.partial
+
+    def adopt_heldout(self, donor: Path) -> bool:
+        """The held-out parts not built yet, hard-linked from `donor` (`heldout_donor`; copied where
+        a link cannot be made) with the donor's file records. Returns whether any was adopted."""
+        files = read_manifest(donor)["files"]
+        adopted = False
+        for split in self.plan.heldout_tokens():
+            if split in self.done:
+                continue
+            names = (f"{split}.hidden.npy", f"{split}.offsets.npy")
+            for name in names:
+                (self.partial / name).unlink(missing_ok=True)
+                try:
+                    os.link(donor / name, self.partial / name)
+                except OSError:
+                    shutil.copyfile(donor / name, self.partial / name)
+            self._record(split, {name: files[name] for name in names})
+            adopted = True
+        return adopted
 
     def _record(self, part: str, files: dict) -> None:
         self.done[part] = files

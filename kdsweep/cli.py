@@ -26,7 +26,7 @@ DESCRIPTION = ("Systematic hyperparameter sweeps for knowledge distillation of p
                "(ProtGPT2 -> small GPT-2 students), on Ray Tune + Optuna.")
 WORKFLOW = """typical workflow:
   kdsweep sweep run search_spaces/demo.yaml      # search: one Optuna study per (scale, arm)
-  kdsweep sweep status demo                      # trials by state, best val_ppl per study
+  kdsweep sweep status demo                      # trials by state, best objective per study
   kdsweep dashboard demo                         # watch it: optuna-dashboard (+ --tensorboard)
   kdsweep sweep replicate demo --seeds 3         # retrain each study's best config with new seeds
   kdsweep analyze demo                           # tables, plots, index.html
@@ -82,8 +82,8 @@ def _train(args) -> int:
         check_inputs(cfg)  # the old run is deleted only for a new one that can start
         clear_run(cfg.output_dir)
     result = run_training(cfg)
-    final = f"val_ppl {result.val_ppl:.4f} (final model); " if result.val_ppl is not None else ""
-    print(f"status: {result.status} at step {result.step}; {final}best val_ppl seen {result.best_val_ppl:.4f} "
+    final = f"objective (final model's val_ppl) {result.val_ppl:.4f}; " if result.val_ppl is not None else ""
+    print(f"status: {result.status} at step {result.step}; {final}min val_ppl seen {result.best_val_ppl:.4f} "
           f"(step {result.best_step})")
     if result.final_metrics:
         print("test split: " + headline(result.final_metrics))
@@ -122,6 +122,7 @@ def _demo_teacher(args) -> int:
 
 def _sweep_run(args) -> int:
     from sweeps.space import load_space, smoke_space, with_search_replicates, with_tracker
+    from sweeps.textfit import output_width
 
     # validated before Ray is even imported
     space = with_search_replicates(with_tracker(load_space(args.space), args.tracker), args.search_replicates)
@@ -134,18 +135,19 @@ def _sweep_run(args) -> int:
     from sweeps.status import format_status, sweep_status
 
     sd = run_sweep(space, name=args.name, storage=args.storage, address=args.address)
-    print(format_status(sweep_status(sd)))
-    print(next_steps(sd, args.storage))
+    print(format_status(sweep_status(sd), output_width()))
+    print(next_steps(sd, args.storage, output_width()))
     return 0
 
 
 def _sweep_resume(args) -> int:
     from sweeps.runner import next_steps, resume_sweep
     from sweeps.status import format_status, sweep_status
+    from sweeps.textfit import output_width
 
     sd = resume_sweep(args.name, storage=args.storage, address=args.address)
-    print(format_status(sweep_status(sd)))
-    print(next_steps(sd, args.storage))
+    print(format_status(sweep_status(sd), output_width()))
+    print(next_steps(sd, args.storage, output_width()))
     return 0
 
 
@@ -153,9 +155,25 @@ def _sweep_status(args) -> int:
     from distill.numbers import dumps
     from sweeps.layout import open_sweep
     from sweeps.status import format_status, sweep_status
+    from sweeps.textfit import output_width
 
     rows = sweep_status(open_sweep(args.name, args.storage))
-    print(dumps(rows, indent=2) if args.json else format_status(rows))
+    print(dumps(rows, indent=2) if args.json else format_status(rows, output_width()))
+    return 0
+
+
+def _sweep_list(args) -> int:
+    import dataclasses
+
+    from distill.numbers import dumps
+    from sweeps.layout import storage_root
+    from sweeps.status import format_sweep_list, list_sweeps
+    from sweeps.textfit import output_width
+
+    root = storage_root(args.storage)
+    summaries = list_sweeps(root)
+    print(dumps([dataclasses.asdict(s) for s in summaries], indent=2) if args.json
+          else format_sweep_list(summaries, root, output_width()))
     return 0
 
 
@@ -173,11 +191,16 @@ def _sweep_export(args) -> int:
 def _sweep_replicate(args) -> int:
     from sweeps.layout import open_sweep
     from sweeps.replicate import run_replicates
+    from sweeps.space import load_space, with_tracker
+    from sweeps.textfit import command_lines, output_width
+    from sweeps.tracking import tracker_hint
 
     sd = open_sweep(args.name, args.storage)
     run_replicates(sd, seeds=args.seeds, address=args.address, tracker=args.tracker, ablations=args.ablations)
     flag = f" --storage {args.storage}" if args.storage else ""
-    print(f"replicates: {sd.replicates}\nnext: kdsweep analyze {args.name}{flag}")
+    hint = tracker_hint(with_tracker(load_space(sd.space), args.tracker).tracking, sd)
+    commands = [(f"kdsweep analyze {args.name}{flag}", "tables, plots and index.html")] + ([hint] if hint else [])
+    print("\n".join([f"replicates: {sd.replicates}", "next:", *command_lines(commands, output_width())]))
     return 0
 
 
@@ -198,7 +221,7 @@ def _dashboard(args) -> int:
 
     check_ports(args.port, args.tensorboard_port if args.tensorboard else None)
     return serve_dashboard(open_sweep(args.name, args.storage), port=args.port, print_only=args.print_only,
-                           tensorboard_port=args.tensorboard_port if args.tensorboard else None)
+                           tensorboard_port=args.tensorboard_port if args.tensorboard else None, verbose=args.verbose)
 
 
 def _data_report(args) -> int:
@@ -300,8 +323,11 @@ COMMANDS: dict[str, Command] = {
     ], _sweep_resume_hint),
     "sweep resume": Command(_sweep_resume, "continue a sweep whose driver was killed or interrupted",
                             [NAME, STORAGE, ADDRESS], _sweep_resume_hint),
-    "sweep status": Command(_sweep_status, "trials by state and the best val_ppl per (scale, arm)", [
+    "sweep status": Command(_sweep_status, "trials by state and the best trial's objective per (scale, arm)", [
         NAME, STORAGE, arg("--json", action="store_true", help="print JSON instead of a table")]),
+    "sweep list": Command(_sweep_list, "every sweep under --storage: created, studies, trials by state, the best "
+                          "objective per scale", [
+        STORAGE, arg("--json", action="store_true", help="print JSON instead of a table")]),
     "sweep export": Command(_sweep_export, "write the best config of each (scale, arm) for `kdsweep train`", [
         NAME, STORAGE, arg("--out", required=True, help="folder to write <scale>__<arm>.yaml into")]),
     "sweep replicate": Command(_sweep_replicate, "retrain each (scale, arm)'s best config with N new seeds, and "
@@ -322,7 +348,8 @@ COMMANDS: dict[str, Command] = {
         NAME, STORAGE, arg("--port", type=int, default=8080, help="optuna-dashboard port on 127.0.0.1"),
         arg("--tensorboard", action="store_true", help="also serve TensorBoard on the sweep's runs"),
         arg("--tensorboard-port", type=int, default=6006, help="TensorBoard port on 127.0.0.1"),
-        arg("--print-only", action="store_true", help="print the commands, serve nothing")]),
+        arg("--print-only", action="store_true", help="print the commands, serve nothing"),
+        arg("--verbose", action="store_true", help="also print every HTTP request the servers answer")]),
     "data report": Command(_data_report, "split sizes, near-duplicate leakage at 20-mers and the 8-mer share (a "
                            "remote-homology indicator) of the hash and the cluster split of a data file", [
         arg("data", help="'bundled' or a data file (FASTA, parquet, datasets folder)"),

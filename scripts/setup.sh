@@ -29,16 +29,17 @@ PY=${PYTHON:-python3}
 echo "kdsweep installed in $(pwd)/.venv (run it as .venv/bin/kdsweep, or 'source .venv/bin/activate' first)"
 
 if [ -n "$EXTRA" ]; then
-  # Debian's package names; chromium-driver is the chromedriver Selenium drives it through.
-  BROWSER=(chromium chromium-driver)
-  if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
+  # Debian's package names; chromium-driver is the chromedriver Selenium drives it through; tmux
+  # is the terminal the live view is tested in (tests/sweeps/test_live_tmux.py).
+  SYSTEM=(chromium chromium-driver tmux)
+  if command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v tmux >/dev/null; then
     :
   elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "installing ${BROWSER[*]} with apt-get (the browser tests: tests/analysis/test_browser.py)"
+    echo "installing ${SYSTEM[*]} with apt-get (the browser and terminal tests)"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${BROWSER[@]}" >/dev/null
+    apt-get install -y -qq --no-install-recommends "${SYSTEM[@]}" >/dev/null
   else
-    echo "the browser tests will skip: run once, as root, 'apt-get install chromium chromium-driver'" >&2
+    echo "the browser and tmux tests will skip: run once, as root, 'apt-get install ${SYSTEM[*]}'" >&2
   fi
 fi

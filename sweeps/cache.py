@@ -19,6 +19,8 @@ trial runs on that node.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -31,10 +33,13 @@ from distill.diskfull import full_disk_in
 from distill.digests import bytes_hashed
 from distill.errors import KDSweepError
 from distill.inputs import check_writable_dir
-from distill.teacher_cache import CachePlan, TeacherCache, build_teacher_cache, is_complete, plan_teacher_cache
+from distill.teacher_cache import (CachePlan, TeacherCache, build_teacher_cache, heldout_donor, is_complete,
+                                   plan_teacher_cache)
+from sweeps.console import BuildProgress
 from sweeps.layout import SweepDir
 from sweeps.space import SearchSpace, worker_resources
 
+PROGRESS_EVERY_S = 0.5  # between two progress updates the build task sends the driver
 CACHE_DIR = "teacher_cache"
 META_KEY = "teacher_cache"
 
@@ -77,11 +82,37 @@ def _plan_task(space: SearchSpace, storage_root: str) -> tuple[str, bool, str]:
     complete = is_complete(plan.path)
     if complete:
         TeacherCache.open(plan.path, plan.key)
-    return str(plan.path), complete, plan.describe()
+    donor = None if complete else heldout_donor(plan)
+    reuse = f"\nteacher cache: its val/test hidden states are linked from {donor}, not computed" if donor else ""
+    return str(plan.path), complete, plan.describe() + reuse
 
 
-def _build_task(space: SearchSpace, storage_root: str) -> str:
-    return str(build_teacher_cache(plan_space_cache(space, Path(storage_root)), progress=False))
+def _build_task(space: SearchSpace, storage_root: str):
+    """A Ray generator task: builds the cache in a thread, yielding (teacher tokens done, in all)
+    at most every PROGRESS_EVERY_S as it goes, then the cache's folder (the driver's progress bar)."""
+    updates: queue.Queue = queue.Queue()
+    outcome: dict = {}
+
+    def build() -> None:
+        try:
+            outcome["path"] = str(build_teacher_cache(plan_space_cache(space, Path(storage_root)), progress=False,
+                                                      log=lambda _: None, on_progress=lambda *p: updates.put(p)))
+        except BaseException as e:  # re-raised in the task itself, below
+            outcome["error"] = e
+        finally:
+            updates.put(None)
+
+    thread = threading.Thread(target=build, daemon=True)
+    thread.start()
+    last = 0.0
+    while (update := updates.get()) is not None:
+        if time.monotonic() - last >= PROGRESS_EVERY_S:
+            last = time.monotonic()
+            yield update
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    yield outcome["path"]
 
 
 def _get(ref):
@@ -110,7 +141,13 @@ def ensure_teacher_cache(space: SearchSpace, storage_root: Path, log: Callable[[
     res = build_resources(space)
     log(f"{size}\nteacher cache: building as a Ray task ({res['num_cpus']:g} CPU, {res['num_gpus']:g} GPU)")
     started = time.time()
-    path = _get(task(_build_task).remote(space, str(storage_root)))
+    with BuildProgress("teacher cache", "teacher tokens") as bar:
+        for ref in task(_build_task).options(num_returns="streaming").remote(space, str(storage_root)):
+            item = _get(ref)
+            if isinstance(item, str):
+                path = item
+            else:
+                bar.update(*item)
     log(f"teacher cache: built in {time.time() - started:.1f} s: {path}")
     verify_on_nodes(space, path, log)
     return path

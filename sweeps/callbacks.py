@@ -17,6 +17,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from sweeps.failfast import FailFast
 from sweeps.live import LiveView
+from sweeps.progress import EarlyStopping
 from sweeps.space import SearchSpace
 from sweeps.tensorboard import TensorBoardCallback
 
@@ -32,10 +33,10 @@ def tracker_callbacks(space: SearchSpace, sweep: str) -> list:
 
 
 def tune_callbacks(space: SearchSpace, sweep: str, *, title: str, budgets: dict[str, int],
-                   max_steps: int | None) -> list:
+                   max_steps: int | None, early_stopping: EarlyStopping | None = None) -> list:
     # Tune adds its CSV, JSON and TBX loggers unless told not to; the TBX one is replaced here
     # (and brings Tune's misleading TensorBoard hint with it), the other two are listed explicitly.
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     return [CSVLoggerCallback(), JsonLoggerCallback(), TensorBoardCallback(),
             *tracker_callbacks(space, sweep),
-            LiveView(title, budgets, max_steps=max_steps), FailFast(sweep)]
+            LiveView(title, budgets, max_steps=max_steps, early_stopping=early_stopping), FailFast(sweep)]

@@ -5,8 +5,11 @@
   127.0.0.1 (one run per trial, `<scale>_<arm>_<n>_<trial id>`: filter by scale or arm);
 * the SSH port-forward line that opens both from another machine: to the head of the
   Ray cluster the sweep joined (`ray_address` in sweep.json), else a generic `user@head`;
-* the Ray dashboard of a cluster: token auth is on by default in Ray >= 2.59, so the
-  page needs the token from `~/.ray/auth_token` (never turn auth off).
+* for a sweep that joined a Ray cluster, its Ray dashboard: token auth is on by default in
+  Ray >= 2.59, so the page needs the token from `~/.ray/auth_token` (never turn auth off).
+  A sweep on an embedded local Ray had no dashboard (kdsweep starts none): no such line.
+
+Quiet by default: the servers' access logs (a line per HTTP request) only with `--verbose`.
 """
 
 from __future__ import annotations
@@ -35,17 +38,21 @@ def ssh_forward(sd: SweepDir, ports: list[int]) -> str:
 
 def instructions(sd: SweepDir, port: int, tensorboard_port: int | None) -> str:
     if tensorboard_port:
-        tensorboard = f"http://{HOST}:{tensorboard_port}   (runs <scale>_<arm>_<n>_<trial id> in {sd.tensorboard})"
+        tensorboard = (f"http://{HOST}:{tensorboard_port}   (runs search/<scale>_<arm>_<n>_<trial id> and "
+                       f"replicates/..., in {sd.tensorboard})")
     else:
         tensorboard = (f"tensorboard --logdir {sd.tensorboard} --host {HOST}   then open http://{HOST}:6006 "
                        "(or add --tensorboard)")
-    return "\n".join([
+    lines = [
         f"optuna-dashboard: http://{HOST}:{port}   (studies '{sd.name}:<scale>/<arm>', storage {sd.storage_url()})",
         f"TensorBoard:      {tensorboard}",
         ssh_forward(sd, [port] + ([tensorboard_port] if tensorboard_port else [])),
-        "Ray dashboard (cluster): `ray dashboard cluster.yaml` forwards it to http://127.0.0.1:8265;",
-        "                 API calls need: -H \"Authorization: Bearer $(cat ~/.ray/auth_token)\" (token auth stays on)",
-    ])
+    ]
+    if sd.meta().get("ray_address"):  # only a cluster has a Ray dashboard to open
+        lines += ["Ray dashboard (cluster): `ray dashboard cluster.yaml` forwards it to http://127.0.0.1:8265;",
+                  "                 API calls need: -H \"Authorization: Bearer $(cat ~/.ray/auth_token)\" "
+                  "(token auth stays on)"]
+    return "\n".join(lines)
 
 
 def check_ports(port: int, tensorboard_port: int | None) -> None:
@@ -78,8 +85,24 @@ def start_tensorboard(sd: SweepDir, port: int) -> str:
     return tb.launch()
 
 
+def serve_optuna_dashboard(storage_url: str, port: int, verbose: bool) -> None:
+    """optuna-dashboard's WSGI app on HOST:port, until Ctrl-C. Its own `run_server` logs every
+    request (Bottle's access log) and a start-up banner; here those show only when `verbose`."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from optuna_dashboard import wsgi
+
+    class Handler(WSGIRequestHandler):
+        def log_request(self, code="-", size="-"):
+            if verbose:
+                super().log_request(code, size)
+
+    with make_server(HOST, port, wsgi(storage_url), handler_class=Handler) as server:
+        server.serve_forever()
+
+
 def serve_dashboard(sd: SweepDir, *, port: int = OPTUNA_PORT, tensorboard_port: int | None = None,
-                    print_only: bool = False) -> int:
+                    print_only: bool = False, verbose: bool = False) -> int:
     if not print_only:
         check_port_free(port)
         if tensorboard_port:
@@ -87,9 +110,7 @@ def serve_dashboard(sd: SweepDir, *, port: int = OPTUNA_PORT, tensorboard_port: 
     print(instructions(sd, port, tensorboard_port), flush=True)
     if print_only:
         return 0
-    from optuna_dashboard import run_server
-
     if tensorboard_port:
         start_tensorboard(sd, tensorboard_port)
-    run_server(sd.storage_url(), host=HOST, port=port)  # blocks until Ctrl-C
+    serve_optuna_dashboard(sd.storage_url(), port, verbose)  # blocks until Ctrl-C
     return 0

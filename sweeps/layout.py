@@ -178,8 +178,32 @@ def check_sqlite_file(path: Path) -> None:
 
 def open_sweep(name: str, storage: str | None) -> SweepDir:
     sd = SweepDir(storage_root(storage) / check_sweep_name(name, "sweep name"))
-    sd.meta()  # raises a clear error when it does not exist
+    if not sd.meta_path.is_file():
+        raise unknown_sweep(name, sd.root.parent)
+    sd.meta()  # a damaged sweep.json is named
     return sd
+
+
+def sweep_names(root: Path) -> list[str]:
+    """The folders under the storage root `root` that hold a sweep (a sweep.json), sorted."""
+    if not root.is_dir():
+        return []
+    return sorted(d.name for d in root.iterdir() if (d / "sweep.json").is_file())
+
+
+def unknown_sweep(name: str, root: Path) -> ConfigError:
+    """The error for a sweep name with no sweep under `root`: the closest names, and every name there."""
+    import difflib
+
+    names = sweep_names(root)
+    if not names:
+        return ConfigError(f"sweep {name!r}: no sweeps in {root}; start one with `kdsweep sweep run SPACE`, "
+                           "or pass --storage (default: $KDSWEEP_STORAGE, else ./kdsweep_runs)")
+    close = difflib.get_close_matches(name, names, n=3)
+    guess = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+    return ConfigError(f"sweep {name!r} not found in {root}; {guess}sweeps there: {shown} "
+                       f"(`kdsweep sweep list --storage {root}` shows them)")
 
 
 def git_commit() -> str:

@@ -35,6 +35,7 @@ from sweeps.callbacks import tracker_callbacks, tune_callbacks
 from sweeps.layout import SweepDir, check_sweep_name, git_commit, open_sweep, storage_root
 from sweeps.localray import init_loopback_ray
 from sweeps.preflight import asha_warnings, check_inputs_of_space, check_resources, check_tune_state
+from sweeps.progress import EarlyStopping
 from sweeps.reaper import start_reaper
 from sweeps.scheduler import PerStudyASHA
 from sweeps.searcher import StudySearcher, reconcile_with_tune
@@ -43,6 +44,8 @@ from sweeps.space import SearchSpace, dump_space, load_space, reuses_processes
 from sweeps.status import sweep_complete
 from sweeps.storage import display, is_sqlite
 from sweeps.study import existing_studies, study_trials
+from sweeps.textfit import command_lines
+from sweeps.tracking import tracker_hint
 from sweeps.trial import EXECUTORS, trial_resources
 
 Log = Callable[[str], None]
@@ -125,6 +128,7 @@ def run_sweep(space: SearchSpace, *, name: str | None = None, storage: str | Non
     if sd.meta_path.exists():
         raise ConfigError(f"sweep {name!r} already exists in {sd.root.parent}; "
                           f"resume it with `kdsweep sweep resume {name}` or pick another --name")
+    log(f"sweep {name}: checking its data, teacher and sizes, then starting Ray (seconds to a minute)")
     _precluster(space)
     check_inputs_of_space(space, sd.root.parent, check_memory=not _joins_cluster(address))
     for line in asha_warnings(space):
@@ -134,8 +138,11 @@ def run_sweep(space: SearchSpace, *, name: str | None = None, storage: str | Non
         if taken := existing_studies(space.search["storage_url"], name):
             raise ConfigError(f"search.storage_url already holds studies of a sweep named {name!r} "
                               f"({', '.join(taken)}); pick another --name")
+    scheduler = scheduler_for(space)
     callbacks = tune_callbacks(space, name, title=f"sweep {name}", max_steps=max_steps(space),
-                               budgets={s.name: space.search["trials_per_study"] for s in space.studies})
+                               budgets={s.name: space.search["trials_per_study"] for s in space.studies},
+                               early_stopping=EarlyStopping(scheduler.rungs(), scheduler.reduction_factor)
+                               if isinstance(scheduler, PerStudyASHA) else None)
     start_ray(space, address, space.search["storage_url"], log)
     storage_check = check_shared_storage(space, sd.root.parent, log)
     # Before the sweep folder: an interrupted build leaves no sweep, and the same command resumes it.
@@ -270,13 +277,13 @@ def drop_stopped_resume_state(sd: SweepDir) -> int:
                if (done := finished_run(run)) is not None and done.status == STOPPED_EARLY)
 
 
-def next_steps(sd: SweepDir, storage: str | None) -> str:
+def next_steps(sd: SweepDir, storage: str | None, width: int | None = None) -> str:
+    """What to run next, fitted to `width` (`sweeps.textfit.command_lines`), the tracker's UI included."""
     flag = f" --storage {storage}" if storage else ""
-    return "\n".join([
-        f"results: {sd.root}",
-        f"  kdsweep sweep status {sd.folder}{flag}          # trials per (scale, arm), best val_ppl and params",
-        f"  kdsweep sweep export {sd.folder}{flag} --out best_configs/   # one train config per (scale, arm)",
-        f"  kdsweep dashboard {sd.folder}{flag} --tensorboard   # optuna-dashboard + TensorBoard on 127.0.0.1",
-    ])
-
-
+    commands = [
+        (f"kdsweep sweep status {sd.folder}{flag}", "trials per (scale, arm), best objective and params"),
+        (f"kdsweep sweep export {sd.folder}{flag} --out best_configs/", "one train config per (scale, arm)"),
+        (f"kdsweep dashboard {sd.folder}{flag} --tensorboard", "optuna-dashboard + TensorBoard on 127.0.0.1"),
+    ]
+    hint = tracker_hint(load_space(sd.space).tracking, sd)
+    return "\n".join([f"results: {sd.root}", *command_lines(commands + ([hint] if hint else []), width)])

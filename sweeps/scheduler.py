@@ -20,6 +20,7 @@ class PerStudyASHA(FIFOScheduler):
     def __init__(self, study_names, *, max_t: int, grace_period: int, reduction_factor: float):
         super().__init__()
         self._metric, self._mode = METRIC, MODE
+        self.max_t, self.reduction_factor = max_t, reduction_factor
         self.asha = {
             name: AsyncHyperBandScheduler(time_attr=TIME_ATTR, metric=METRIC, mode=MODE, max_t=max_t,
                                           grace_period=min(grace_period, max_t), reduction_factor=reduction_factor,
@@ -60,3 +61,9 @@ class PerStudyASHA(FIFOScheduler):
 
     def debug_string(self) -> str:
         return "ASHA per study: " + ", ".join(f"{n}: {a._num_stopped} stopped" for n, a in self.asha.items())
+
+    def rungs(self) -> tuple[int, ...]:
+        """The steps at which ASHA compares a study's trials, the last the full budget (the live
+        view's ETA expects a trial to reach each next one with chance 1 / reduction factor)."""
+        bracket = next(iter(self.asha.values()))._brackets[0]
+        return tuple(sorted({int(step) for step, _ in bracket._rungs if step < self.max_t} | {self.max_t}))

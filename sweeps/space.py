@@ -66,7 +66,8 @@ MAX_WORKERS, MAX_CPUS, MAX_GPUS = 1024, 1024, 64
 TRACKERS = ("mlflow", "wandb")
 NO_TRACKER = "none"  # `--tracker none`: off, whatever the space says
 # mlflow_uri null: $MLFLOW_TRACKING_URI, else the sweep's own mlflow.db (sweeps/trackers.py).
-TRACKING_DEFAULTS = {"tracker": None, "mlflow_uri": None, "wandb_project": "kdsweep"}
+# log_student: also store each completed trial's student (its weights) with the tracker's run.
+TRACKING_DEFAULTS = {"tracker": None, "mlflow_uri": None, "wandb_project": "kdsweep", "log_student": False}
 # The teacher cache (distill/teacher_cache.py, sweeps/cache.py): on by default. dir null = a
 # `teacher_cache/` folder beside the sweeps in the storage root; gpus null = one GPU if trials use GPUs.
 CACHE_DEFAULTS = {"enabled": True, "dtype": "fp32", "dir": None, "gpus": None}
@@ -431,6 +432,8 @@ def _parse_tracking(raw: dict, p: _Problems) -> dict:
         p.append(f"tracking.mlflow_uri: expected a tracking URI string or null, got {shown(tracking['mlflow_uri'])}")
     if not isinstance(tracking["wandb_project"], str) or not tracking["wandb_project"]:
         p.append(f"tracking.wandb_project: expected a W&B project name, got {shown(tracking['wandb_project'])}")
+    if not isinstance(tracking["log_student"], bool):
+        p.append(f"tracking.log_student: expected true or false, got {shown(tracking['log_student'])}")
     return tracking
 
 

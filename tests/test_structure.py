@@ -116,13 +116,14 @@ from kdsweep.cli import main
 store = {str(sd.root.parent)!r}
 codes = [main(["sweep", "status", "norays", "--storage", store, "--json"]),
          main(["sweep", "export", "norays", "--storage", store, "--out", {str(tmp_path / "best")!r}]),
+         main(["sweep", "list", "--storage", store]),
          main(["analyze", "norays", "--storage", store])]
 print(json.dumps({{"codes": codes, "ray": sorted(m for m in sys.modules if m == "ray" or m.startswith("ray."))}}))
 """
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     result = json.loads(p.stdout.strip().splitlines()[-1])
-    assert result["codes"] == [0, 0, 0]
+    assert result["codes"] == [0, 0, 0, 0]
     assert result["ray"] == []
     assert (tmp_path / "best" / "demo-xs__baseline.yaml").is_file()
     assert (sd.analysis / "index.html").is_file()

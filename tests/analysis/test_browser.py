@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from analysis.report import analyze
+from tests.analysis.conftest import SPACE
 from sweeps.space import load_space
 from sweeps.study import study_name
 
@@ -65,10 +66,11 @@ def shots(tmp_path) -> Path:
     return root
 
 
-def screenshot(driver, path: Path) -> Path:
-    """The whole page: the window grows to the document's height first (at most 20,000 px)."""
+def screenshot(driver, path: Path, width: int = 1400) -> Path:
+    """The whole page at `width` px: the window grows to the document's height first (at most 20,000 px)."""
+    driver.set_window_size(width, 1000)
     height = driver.execute_script("return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)")
-    driver.set_window_size(1400, min(max(int(height) + 100, 1000), 20_000))
+    driver.set_window_size(width, min(max(int(height) + 100, 1000), 20_000))
     driver.save_screenshot(str(path))
     assert path.stat().st_size > 10_000, path
     print(f"screenshot: {path}")
@@ -99,7 +101,24 @@ def test_report_reads_in_a_browser(sweep, browser, shots, tmp_path):
     assert all(img.get_property("naturalWidth") > 300 for img in images)
     captions = [c.text for c in browser.find_elements(By.TAG_NAME, "figcaption")]
     assert len(captions) == len(images) and all(len(c) > 80 for c in captions)
-    screenshot(browser, shots / "report_index.png")
+    # it leads with the answer: the first section after the warnings holds every scale's ablation figure
+    # (each arm's test ppl_ratio and its verdict), before any table
+    first_h2 = [t for t in titles if t != "Warnings"][0]
+    assert first_h2.startswith("Answer:"), titles
+    figures = [f.get_attribute("id") for f in browser.find_elements(By.TAG_NAME, "figure")]
+    assert figures[:len(SPACE["scales"])] == [f"ablation_{s}" for s in SPACE["scales"]], figures
+    first_table = browser.find_element(By.TAG_NAME, "table")
+    first_figure = browser.find_element(By.TAG_NAME, "figure")
+    assert browser.execute_script("return arguments[0].compareDocumentPosition(arguments[1]) & 4",
+                                  first_figure, first_table)  # the figure comes first
+    # the split note is given once (the Data line), not under every table
+    assert text.count(result["split"]) == 1
+    # the warning names this sweep and its storage, not a placeholder
+    assert f"kdsweep sweep replicate {sweep.name} --seeds 3 --storage {sweep.root.parent}" in text
+    for width in (1400, 800):  # no horizontal scroll of the page: wide tables scroll in their own box
+        path = screenshot(browser, shots / f"report_index_{width}.png", width)
+        scroll = browser.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+        assert scroll[0] <= scroll[1], (width, scroll, path)
 
 
 def _free_port() -> int:

@@ -275,3 +275,32 @@ def test_protgpt2_takes_2_56_kb_per_token_in_bf16():
     assert bytes_per_token(d_t, "bf16") == bytes_per_token(d_t, "fp16") == 2560
     assert bytes_per_token(d_t, "fp32") == 5120
     assert 50_000_000 * bytes_per_token(d_t, "bf16") == 128e9  # protgpt2.yaml's token budget: 128 GB
+
+
+def test_a_build_that_differs_only_in_its_train_pool_links_the_val_test_parts(run_cfg, fp32_cache, tmp_path):
+    """A --smoke sweep's cache (a shorter budget: a smaller pool) beside the full one: its val/test hidden
+    states are the same proteins through the same teacher, so they are linked, not computed; a cache of
+    another eval batch size is no donor (batching may change the last bits)."""
+    root = tmp_path / "caches"
+    shutil.copytree(fp32_cache, root / fp32_cache.name)
+    donor = root / fp32_cache.name
+    logged = []
+    shorter = run_cfg.replace(max_steps=3)  # 12 blocks instead of 24: another key
+    path = build_teacher_cache(plan_teacher_cache(shorter, "fp32", root), progress=False, log=logged.append,
+                               shard_bytes=SHARD_BYTES)
+    assert path != donor and any(f"linked from {donor}" in line for line in logged), logged
+    for name in ("val.hidden.npy", "val.offsets.npy", "test.hidden.npy", "test.offsets.npy"):
+        assert (path / name).stat().st_ino == (donor / name).stat().st_ino  # one copy on disk
+        assert read_manifest(path)["files"][name] == read_manifest(donor)["files"][name]
+    cache = TeacherCache.open(path, plan_teacher_cache(shorter, "fp32", root).key)
+    live = TeacherCache.open(donor, plan_teacher_cache(run_cfg, "fp32", root).key)
+    proteins = torch.arange(4)
+    assert torch.equal(cache.heldout_hidden("val", proteins, 32), live.heldout_hidden("val", proteins, 32))
+    assert read_manifest(path)["train"]["n_blocks"] == 12
+
+    other = run_cfg.replace(max_steps=3, eval_batch_size=4)
+    shutil.copytree(fp32_cache, tmp_path / "third" / fp32_cache.name)
+    logged.clear()
+    build_teacher_cache(plan_teacher_cache(other, "fp32", tmp_path / "third"), progress=False, log=logged.append,
+                        shard_bytes=SHARD_BYTES)
+    assert not any("linked from" in line for line in logged), logged

@@ -256,7 +256,8 @@ CASES = [
          "{tmp}/cache: no complete teacher cache here (an unfinished build is in {tmp}/cache.partial-",
          ["{tmp}/out"], setup="unfinished_cache"),
     # ---- the other sweep commands ------------------------------------------------------------------
-    Case("resume-unknown-sweep", ["sweep", "resume", "nosuch", *SWEPT], "no sweep here (no sweep.json)",
+    Case("resume-unknown-sweep", ["sweep", "resume", "nosuch", *SWEPT], "sweep 'nosuch' not found in {tmp}/swept; "
+         "sweeps there: norays",
          ["{tmp}/swept/nosuch"], setup="swept"),
     Case("resume-without-tune-experiment", ["sweep", "resume", "norays", *SWEPT], "has no Tune experiment to resume",
          ["{tmp}/swept/norays/tune"], setup="swept"),
@@ -267,7 +268,8 @@ CASES = [
          files={"{tmp}/afile": "x\n"}, setup="swept"),
     Case("replicate-zero-seeds", ["sweep", "replicate", "norays", *SWEPT, "--seeds", "0"], "--seeds: got 0",
          ["{tmp}/swept/norays/replicates"], setup="swept"),
-    Case("analyze-unknown-sweep", ["analyze", "nosuch", *SWEPT], "no sweep here", ["{tmp}/swept/nosuch"], setup="swept"),
+    Case("analyze-unknown-sweep", ["analyze", "norays2", *SWEPT], "did you mean 'norays'?", ["{tmp}/swept/norays2"],
+         setup="swept"),
     Case("dashboard-port-busy", ["dashboard", "norays", *SWEPT, "--port", "{port}"], "is not free", setup="busy_port"),
     # ---- issue 19: numbers out of range or not numbers ------------------------------------------------
     Case("train-seed-1e20", train(*sets(seed="1e20")), "seed: got 1e+20, allowed: an integer of magnitude <= 2**53", ["{tmp}/out"]),

@@ -16,7 +16,7 @@ from sweeps.dashboard import instructions
 from sweeps.layout import SweepDir
 from sweeps.study import open_study
 
-RUN = "demo-s_both_0_9f2c1e07"  # a TensorBoard run as a sweep names it
+RUN = "search/demo-s_both_0_9f2c1e07"  # a TensorBoard run as a sweep names it (a search trial)
 
 
 def _free_port() -> int:
@@ -76,6 +76,7 @@ def test_dashboard_serves_optuna_and_tensorboard(tmp_path):
     assert f"http://127.0.0.1:{port}" in out and f"http://127.0.0.1:{tb_port}" in out and "auth_token" in out
     forward = f"ssh -N -L {port}:127.0.0.1:{port} -L {tb_port}:127.0.0.1:{tb_port} {getpass.getuser()}@10.1.2.3"
     assert forward in out, out
+    assert "GET /api/studies" not in out and "HTTP/1.1" not in out, out  # quiet: no access log without --verbose
 
 
 def test_instructions_without_tensorboard_or_a_recorded_cluster(tmp_path):
@@ -84,3 +85,4 @@ def test_instructions_without_tensorboard_or_a_recorded_cluster(tmp_path):
     assert f"tensorboard --logdir {sd.tensorboard} --host 127.0.0.1" in text
     [forward] = [line for line in text.splitlines() if "ssh -N" in line]
     assert "ssh -N -L 8080:127.0.0.1:8080 user@head" in forward and "6006" not in forward
+    assert "Ray dashboard" not in text and "auth_token" not in text  # a local sweep had no Ray dashboard

@@ -68,7 +68,7 @@ def test_smoke_sweep_prunes_exports_and_round_trips(tmp_path, ray_env, monkeypat
     t0 = time.time()
     p = run_kdsweep(["sweep", "run", str(SEARCH_SPACES_DIR / "demo.yaml"), "--smoke", "--storage", str(store)], ray_env)
     elapsed = time.time() - t0
-    assert "best val_ppl" in p.stdout and "kdsweep sweep export" in p.stdout  # status table + next steps
+    assert "best objective" in p.stdout and "kdsweep sweep export" in p.stdout  # status table + next steps
     sd = SweepDir(store / "demo-smoke")
     _check_console(p, sd, elapsed)
     _check_tensorboard(sd)
@@ -142,19 +142,36 @@ def _check_console(p: subprocess.CompletedProcess, sd: SweepDir, elapsed: float)
 
 
 def _check_tensorboard(sd: SweepDir) -> None:
-    """One TensorBoard run per trial, named <scale>_<arm>_<n>_<trial id>, with kdsweep's metrics at the
-    training steps the run logged (not Tune's iterations), and none of Tune's bookkeeping."""
+    """One TensorBoard run per trial, `search/<scale>_<arm>_<n>_<trial id>`, with kdsweep's metrics at the
+    training steps the run logged (not Tune's iterations), none of Tune's bookkeeping, and an HParams
+    session: scale, arm, state, sampled and fixed settings -> final val_ppl (objective when completed)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata as hp_metadata
 
-    expected = {f"demo-xs_{study.split('/')[1]}_{t.number}_{t.user_attrs['ray_trial_id']}": t.user_attrs["ray_trial_id"]
-                for study in SMOKE_STUDIES for t in _trials(sd, study)}
-    assert sorted(d.name for d in sd.tensorboard.iterdir()) == sorted(expected)
+    trials = {t.user_attrs["ray_trial_id"]: (study, t) for study in SMOKE_STUDIES for t in _trials(sd, study)}
+    expected = {f"demo-xs_{study.split('/')[1]}_{t.number}_{trial_id}": trial_id for trial_id, (study, t) in trials.items()}
+    assert [d.name for d in sd.tensorboard.iterdir()] == ["search"]  # replicates get their own folder
+    assert sorted(d.name for d in (sd.tensorboard / "search").iterdir()) == sorted(expected)
     for name, trial_id in expected.items():
-        events = EventAccumulator(str(sd.tensorboard / name))
+        study, t = trials[trial_id]
+        events = EventAccumulator(str(sd.tensorboard / "search" / name))
         events.Reload()
-        assert set(events.Tags()["scalars"]) == set(CURVES), name
+        finals = {"final/val_ppl", "final/min_val_ppl_seen", "final/step"} | (
+            {"final/objective"} if t.state == TrialState.COMPLETE else set())
+        assert set(events.Tags()["scalars"]) == set(CURVES) | finals, name
         logged = [(r["step"], r["val_ppl"]) for r in read_log(sd.runs / trial_id) if "val_ppl" in r and "event" not in r]
         assert [(e.step, pytest.approx(e.value)) for e in events.Scalars("val_ppl")] == logged, name
+        assert events.Scalars("final/val_ppl")[-1].value == pytest.approx(logged[-1][1])
+        if t.state == TrialState.COMPLETE:
+            assert events.Scalars("final/objective")[-1].value == pytest.approx(t.value)  # what Optuna holds
+        start = hp_metadata.parse_session_start_info_plugin_data(
+            events.PluginTagToContent("hparams")[hp_metadata.SESSION_START_INFO_TAG])
+        hp = {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind")) for k, v in start.hparams.items()}
+        assert {k: hp[k] for k in ("kind", "scale", "arm", "state", "optuna_number")} == {
+            "kind": "search", "scale": "demo-xs", "arm": study.split("/")[1], "state": t.user_attrs[ATTR_STATUS],
+            "optuna_number": t.number}
+        assert all(hp[k] == pytest.approx(v) for k, v in t.params.items())  # sampled
+        assert (hp["max_steps"], hp["block_size"], hp["teacher"]) == (16, 256, "demo") and hp["n_layer"] >= 1  # fixed
     assert not list(sd.tune.rglob("events.out.tfevents*"))  # Tune's own TensorBoard logger is off
 
 

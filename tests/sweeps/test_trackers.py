@@ -1,6 +1,8 @@
 """Experiment trackers for real: a sweep logged to MLflow (a local SQLite store, read back with MLflow's
-client) and its replicates to W&B in offline mode (the offline run files, parsed); and the errors a
-user gets, before Ray starts, when a tracker cannot run."""
+client: names, tags with the state, the whole resolved config, curves, final metrics, artifacts) and its
+replicates to W&B in offline mode (the offline run files, parsed) and TensorBoard (its own folder, one
+HParams session group per (scale, arm)); and the errors a user gets, before Ray starts, when a tracker
+cannot run."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from distill.rundir import eval_rows
 from sweeps.layout import SweepDir
@@ -86,14 +89,20 @@ def _wandb_records(path: Path):
 
 
 def _wandb_run(path: Path) -> dict:
-    run = {"history": []}
+    run = {"history": [], "summary": {}, "files": set()}
     for r in _wandb_records(path):
         kind = r.WhichOneof("record_type")
-        if kind == "run":
+        if kind == "run" and "name" not in run:
             run.update(name=r.run.display_name, project=r.run.project, group=r.run.run_group, tags=list(r.run.tags),
-                       config={i.key: json.loads(i.value_json) for i in r.run.config.update})
+                       job_type=r.run.job_type, config={i.key: json.loads(i.value_json) for i in r.run.config.update})
+        elif kind == "run":  # an update: the tags set when the trial ended
+            run["tags"] = list(r.run.tags)
         elif kind == "history":
             run["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item})
+        elif kind == "summary":
+            run["summary"].update({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.summary.update})
+        elif kind == "files":
+            run["files"] |= {f.path for f in r.files.files}
         elif kind == "exit":
             run["exit_code"] = r.exit.exit_code
     return run
@@ -105,13 +114,17 @@ def test_mlflow_sweep_and_wandb_replicates(tmp_path, small_fasta, char_teacher):
 
     store = tmp_path / "store"
     space = write_small_space(tmp_path, "tracked", small_fasta, char_teacher, train={"max_steps": 8},
-                              search={"trials_per_study": 2, "grace_period": 4})
+                              search={"trials_per_study": 2, "grace_period": 4}, tracking={"log_student": True})
     wandb_home = {k: str(tmp_path / k.lower()) for k in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR")}
     with ray_subprocess_env(WANDB_MODE="offline", **wandb_home) as env:
-        run_kdsweep(["sweep", "run", str(space), "--storage", str(store), "--tracker", "mlflow"], env)
-        run_kdsweep(["sweep", "replicate", "tracked", "--seeds", "1", "--no-ablations", "--storage", str(store),
-                     "--tracker", "wandb"], env)
+        swept = run_kdsweep(["sweep", "run", str(space), "--storage", str(store), "--tracker", "mlflow"], env)
+        replicated = run_kdsweep(["sweep", "replicate", "tracked", "--seeds", "1", "--no-ablations", "--storage",
+                                  str(store), "--tracker", "wandb"], env)
     sd = SweepDir(store / "tracked")
+    # the closing hints name each tracker's UI command
+    assert f"mlflow ui --backend-store-uri sqlite:///{sd.mlflow_db}" in swept.stdout
+    assert f"wandb sync {sd.wandb}/offline-run-*" in replicated.stdout
+    assert "performance bottleneck" not in swept.stdout + swept.stderr + replicated.stdout + replicated.stderr
 
     # MLflow: one run per trial in the sweep's experiment, named, tagged, with params and the val_ppl curve
     client = MlflowClient(f"sqlite:///{sd.mlflow_db}")
@@ -120,32 +133,73 @@ def test_mlflow_sweep_and_wandb_replicates(tmp_path, small_fasta, char_teacher):
     runs = {r.data.tags["trial_id"]: r for r in client.search_runs([experiment.experiment_id])}
     trials = [(study, t) for study in STUDIES for t in open_study(sd.storage_url(), "tracked", study).get_trials()]
     assert sorted(runs) == sorted(t.user_attrs["ray_trial_id"] for _, t in trials)
+    status = {"completed": "FINISHED", "stopped_early": "KILLED", "diverged": "FAILED", "failed": "FAILED"}
     for study, t in trials:
-        trial_id = t.user_attrs["ray_trial_id"]
+        trial_id, state = t.user_attrs["ray_trial_id"], t.user_attrs["status"]
         run, (scale, arm) = runs[trial_id], study.split("/")
-        assert run.info.run_name == f"{scale}_{arm}_{t.number}_{trial_id}" and run.info.status == "FINISHED"
+        run_dir = sd.runs / trial_id
+        assert run.info.run_name == f"{scale}_{arm}_{t.number}_{trial_id}" and run.info.status == status[state]
         assert {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")} == {
-            "sweep": "tracked", "study": study, "scale": scale, "arm": arm, "trial_id": trial_id}
-        assert run.data.params == {"optuna_number": str(t.number), **{k: str(v) for k, v in t.params.items()}}
-        assert set(run.data.metrics) == set(CURVES)
-        logged = [(r["step"], r["val_ppl"]) for r in eval_rows(sd.runs / trial_id)]
+            "sweep": "tracked", "kind": "search", "study": study, "scale": scale, "arm": arm, "trial_id": trial_id,
+            "state": state}
+        # the whole resolved config: sampled values, fixed settings, the scale's dimensions, the seed
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert run.data.params["optuna_number"] == str(t.number)
+        assert {k: run.data.params[k] for k in t.params} == {k: str(v) for k, v in t.params.items()}
+        for key in ("max_steps", "batch_size", "block_size", "teacher", "seed", "eval_interval", "scale"):
+            assert run.data.params[key] == str(config[key]), key
+        assert int(run.data.params["n_layer"]) >= 1 and int(run.data.params["n_embd"]) >= 1
+        finals = {"final/val_ppl", "final/min_val_ppl_seen", "final/step"} | (
+            {"final/objective"} if state == "completed" else set())
+        assert set(run.data.metrics) == set(CURVES) | finals
+        if state == "completed":
+            assert run.data.metrics["final/objective"] == pytest.approx(t.value)
+        logged = [(r["step"], r["val_ppl"]) for r in eval_rows(run_dir)]
         history = client.get_metric_history(run.info.run_id, "val_ppl")
         assert [(m.step, pytest.approx(m.value)) for m in history] == logged
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.yaml", "metrics.json", "metrics.jsonl"} <= artifacts
+        assert ("student" in artifacts) == (state == "completed")  # tracking.log_student: true
+        local = Path(client.download_artifacts(run.info.run_id, "metrics.json", str(tmp_path / "dl" / trial_id)))
+        assert json.loads(local.read_text())["status"] == state
 
-    # W&B offline: one run per replicate, grouped by sweep, tagged, with params and val_ppl against the step
+    # W&B offline: one run per replicate, grouped by sweep, tagged (state at the end), with the resolved
+    # config, val_ppl against the step, the final metrics in the summary and the run's files saved
     files = sorted(sd.wandb.glob("offline-run-*/run-*.wandb"))
     assert len(files) == len(STUDIES)
     for path in files:
         run = _wandb_run(path)
         config = run["config"]
-        assert (run["project"], run["group"], run["exit_code"]) == ("kdsweep", "tracked", 0)
+        assert (run["project"], run["group"], run["job_type"], run["exit_code"]) == ("kdsweep", "tracked", "replicates", 0)
         study, seed = config["study"], config["replicate_seed"]
         scale, arm = study.split("/")
         best = best_trial([t for s, t in trials if s == study])  # what a replicate retrains
         assert [seed] == load_space(sd.space).replicate_seeds(1)
         assert run["name"] == f"{scale}_{arm}_{best.number}_seed{seed}_{config['trial_id']}"
-        assert run["tags"] == [scale, arm, study]
+        assert run["tags"] == [scale, arm, study, "completed"]
         assert {k: config[k] for k in best.params} == best.params and config["sweep"] == "tracked"
-        logged = [(r["step"], r["val_ppl"]) for r in eval_rows(sd.replicate_dir(scale, arm, seed))]
+        assert config["seed"] == seed and config["max_steps"] == 8 and config["final_eval"] is True
+        run_dir = sd.replicate_dir(scale, arm, seed)
+        logged = [(r["step"], r["val_ppl"]) for r in eval_rows(run_dir)]
         assert [(h["step"], pytest.approx(h["val_ppl"])) for h in run["history"]] == logged
         assert all(set(h) - {"step", "_step", "_runtime", "_timestamp"} == set(CURVES) for h in run["history"])
+        assert run["summary"]["state"] == "completed"
+        assert run["summary"]["final/objective"] == pytest.approx(logged[-1][1])
+        assert {"config.yaml", "metrics.json", "metrics.jsonl", "student/model.safetensors"} <= run["files"]
+        saved = path.parent / "files" / "metrics.json"
+        assert json.loads(saved.read_text())["status"] == "completed"
+
+    # TensorBoard: replicates in their own folder, the seeds of a (scale, arm) one HParams session group
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata as hp_metadata
+
+    assert sorted(d.name for d in sd.tensorboard.iterdir()) == ["replicates", "search"]
+    groups = []
+    for run_dir in sorted((sd.tensorboard / "replicates").iterdir()):
+        events = EventAccumulator(str(run_dir))
+        events.Reload()
+        start = hp_metadata.parse_session_start_info_plugin_data(
+            events.PluginTagToContent("hparams")[hp_metadata.SESSION_START_INFO_TAG])
+        groups.append(start.group_name)
+        assert start.hparams["kind"].string_value == "replicates" and start.hparams["state"].string_value == "completed"
+    assert sorted(groups) == sorted(STUDIES)
