@@ -358,7 +358,7 @@ COMMANDS: dict[str, Command] = {
         arg("--column", default="sequence", help="sequence column of a table"),
         arg("--teacher-train", default=None, metavar="FILE|demo",
             help="the teacher's training data (sequence file, ID list .txt, or 'demo'): report how many val/test "
-                 "proteins it saw"),
+                 "proteins it saw (default: not reported)"),
         arg("--json", action="store_true", help="print JSON instead of a table")]),
     "demo-teacher": Command(_demo_teacher, "(re)build the bundled CPU demo teacher (about an hour on 2 cores)", [
         arg("--out", default=str(Path(__file__).resolve().parent.parent / "distill" / "assets" / "demo-teacher"),

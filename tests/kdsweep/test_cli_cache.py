@@ -10,7 +10,8 @@ from sweeps.space import SEARCH_SPACES_DIR
 
 def _space(tmp_path, data, teacher, **cache):
     raw = yaml.safe_load((SEARCH_SPACES_DIR / "demo.yaml").read_text())
-    raw.update(name="cli-cache", data=str(data), teacher=str(teacher), scales=["demo-xs"], cache=cache)
+    raw.update(name="cli-cache", data=str(data), teacher=str(teacher), scales=["demo-xs"], cache=cache,
+               teacher_train_data=None)
     raw["train"].update(max_steps=6, batch_size=4, micro_batch_size=4, block_size=64, split_method="hash")
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(raw))

@@ -138,7 +138,7 @@ def test_cli_estimate_json(capsys):
 def _unknown_teacher_space(tmp_path):
     raw = load_space(SEARCH_SPACES_DIR / "demo.yaml").raw
     path = tmp_path / "absent.yaml"
-    path.write_text(yaml.safe_dump({**raw, "teacher": "nobody/absent-teacher"}))
+    path.write_text(yaml.safe_dump({**raw, "teacher": "nobody/absent-teacher", "teacher_train_data": None}))
     return str(path)
 
 

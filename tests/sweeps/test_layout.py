@@ -33,7 +33,7 @@ def test_a_renamed_sweep_folder_reads_its_own_studies(tmp_path, capsys):
     sd.root.rename(renamed.root)
     assert (renamed.name, renamed.folder) == ("norays", "renamed")
     [row] = sweep_status(renamed)
-    assert (row["completed"], row["stopped_early"], row["pending"], row["best_val_ppl"]) == (1, 1, 1, 19.5)
+    assert (row["completed"], row["stopped_early"], row["pending"], row["best_objective"]) == (1, 1, 1, 19.5)
     assert main(["sweep", "status", "renamed", "--storage", str(tmp_path / "store")]) == 0
     assert "19.5000" in capsys.readouterr().out
     assert optuna.get_all_study_names(f"sqlite:///{renamed.default_db}") == ["norays:demo-xs/baseline"]

@@ -146,11 +146,13 @@ def test_cache_section_defaults_to_an_fp32_cache_beside_the_sweeps():
 
 def test_tracker_from_the_space_or_the_command_line(tmp_path):
     plain = load_space(SEARCH_SPACES_DIR / "demo.yaml")
-    assert plain.tracking == {"tracker": None, "mlflow_uri": None, "wandb_project": "kdsweep"}
+    assert plain.tracking == {"tracker": None, "mlflow_uri": None, "wandb_project": "kdsweep", "log_student": False}
     tracked = parse_space(_with(tracking={"tracker": "wandb", "wandb_project": "kd"}), "t.yaml")
-    assert tracked.tracking == {"tracker": "wandb", "mlflow_uri": None, "wandb_project": "kd"}
+    assert tracked.tracking == {"tracker": "wandb", "mlflow_uri": None, "wandb_project": "kd",
+                                "log_student": False}
     assert with_tracker(tracked, None) is tracked  # no --tracker: the space decides
-    assert with_tracker(tracked, "mlflow").tracking == {"tracker": "mlflow", "mlflow_uri": None, "wandb_project": "kd"}
+    assert with_tracker(tracked, "mlflow").tracking == {"tracker": "mlflow", "mlflow_uri": None, "wandb_project": "kd",
+                                "log_student": False}
     off = with_tracker(tracked, "none")
     assert off.tracking["tracker"] is None
     dump_space(off, tmp_path / "space.yaml")  # what a sweep keeps, and a resume reads
@@ -173,7 +175,7 @@ def test_relative_paths_are_made_absolute_against_the_callers_directory(tmp_path
     assert (s.data, s.teacher, s.tokenizer) == (str(work / "rel.fasta"), str(work / "teacher"), str(work / "teacher"))
     assert s.cache["dir"] == str(work / "caches")
     assert s.raw["data"] == str(work / "rel.fasta")  # what space.yaml in the sweep folder records
-    space.write_text(yaml.safe_dump({**DEMO, "teacher": "nferruz/ProtGPT2", "data": "bundled"}))
+    space.write_text(yaml.safe_dump({**DEMO, "teacher": "nferruz/ProtGPT2", "data": "bundled", "teacher_train_data": None}))
     hub = load_space(space)
     assert (hub.teacher, hub.data) == ("nferruz/ProtGPT2", "bundled")  # a hub id and the bundled data stay
 
