@@ -31,7 +31,6 @@ from sweeps.progress import (
     Progress,
     TrialRow,
     ended_line,
-    fmt_counts,
     fmt_duration,
     fmt_eta,
     fmt_number,

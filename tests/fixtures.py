@@ -121,6 +121,36 @@ def run_kdsweep(args, env, timeout=900) -> subprocess.CompletedProcess:
     return p
 
 
+# Health checks of 1 s x 2: a removed node is declared dead in ~2 s (12 s with Ray's defaults).
+FAST_HEALTH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000, "health_check_failure_threshold": 2}
+
+
+@contextmanager
+def local_cluster(workers: list[dict]):
+    """A real multi-node `ray.cluster_utils.Cluster` on this machine: a head with no CPUs (so every
+    trial lands on a worker) and one worker node per dict of `add_node` arguments. Yields
+    (cluster, nodes, env); `env` is what a `kdsweep` subprocess joining it needs. Every Ray process
+    is ended afterwards, found by the cluster's own RAY_TMPDIR."""
+    from ray.cluster_utils import Cluster
+
+    with ray_subprocess_env() as env:
+        saved = os.environ.get("RAY_TMPDIR")
+        os.environ["RAY_TMPDIR"] = env["RAY_TMPDIR"]  # the nodes' processes inherit it: found and ended by it
+        try:
+            c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
+                                                              "_system_config": FAST_HEALTH})
+            nodes = [c.add_node(**w) for w in workers]
+            c.wait_for_nodes()
+            yield c, nodes, env
+            c.shutdown()
+        finally:
+            if saved is None:
+                del os.environ["RAY_TMPDIR"]
+            else:
+                os.environ["RAY_TMPDIR"] = saved
+            kill_ray_processes(env["RAY_TMPDIR"])
+
+
 @contextmanager
 def ray_subprocess_env(**extra: str):
     """Environment for `kdsweep` subprocesses with their own embedded Ray: a fresh short RAY_TMPDIR

@@ -74,7 +74,7 @@ find $DISK -type f > {tmp_path}/files
 
 
 def test_reserve_turns_a_file_that_cannot_fit_into_an_oserror(tmp_path):
-    script = f"""
+    script = """
 import json, os
 from distill.diskfull import DiskFull, reserve
 path = os.path.join(os.environ["DISK"], "x.npy")

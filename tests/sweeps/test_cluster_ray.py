@@ -11,7 +11,6 @@ declares a removed node dead in about 2 s instead of 12 s.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -24,34 +23,17 @@ from distill.rundir import is_eval_row, read_log
 from sweeps.layout import SweepDir
 from sweeps.study import ATTR_STATUS, ATTR_TRIAL, ORPHANED, open_study
 from sweeps.trial import NODE_EVENT
-from tests.fixtures import eval_steps, kill_ray_processes, ray_subprocess_env, write_small_space
+from tests.fixtures import eval_steps, local_cluster, write_small_space
 
 pytestmark = pytest.mark.ray
 
-HEALTH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000, "health_check_failure_threshold": 2}
 STEPS = 24
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    from ray.cluster_utils import Cluster
-
-    with ray_subprocess_env() as env:
-        saved = os.environ.get("RAY_TMPDIR")
-        os.environ["RAY_TMPDIR"] = env["RAY_TMPDIR"]  # the nodes' processes inherit it: found and ended by it
-        try:
-            c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
-                                                              "_system_config": HEALTH})
-            nodes = [c.add_node(num_cpus=1, resources={f"node_{i}": 1}) for i in range(2)]
-            c.wait_for_nodes()
-            yield c, nodes, env
-            c.shutdown()
-        finally:
-            if saved is None:
-                del os.environ["RAY_TMPDIR"]
-            else:
-                os.environ["RAY_TMPDIR"] = saved
-            kill_ray_processes(env["RAY_TMPDIR"])
+    with local_cluster([{"num_cpus": 1, "resources": {f"node_{i}": 1}} for i in range(2)]) as made:
+        yield made
 
 
 def _node_ids(run_dir: Path) -> list[str]:

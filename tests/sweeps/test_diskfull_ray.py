@@ -43,7 +43,7 @@ echo $? > {tmp_path}/resume.rc
     err = (tmp_path / "run.err").read_text()
     assert (tmp_path / "run.rc").read_text().strip() == "1", err[-3000:] + p.stderr[-2000:]
     last = err.strip().splitlines()[-1]
-    assert last.startswith(f"kdsweep: error: no space left on the device "), last
+    assert last.startswith("kdsweep: error: no space left on the device "), last
     assert f"{tmp_path}/disk/store" in last, last  # the full path is named
     assert "Traceback" not in err.split("kdsweep: error:")[-1]
     resumed = (tmp_path / "resume.err").read_text()

@@ -22,36 +22,19 @@ import pytest
 from distill.rundir import read_log
 from sweeps.layout import SweepDir
 from sweeps.trial import NODE_EVENT
-from tests.fixtures import kill_ray_processes, ray_subprocess_env, write_small_space
+from tests.fixtures import local_cluster, write_small_space
 
 pytestmark = [
     pytest.mark.ray,
     pytest.mark.skipif(os.geteuid() != 0, reason="a node in its own mount namespace needs root (`unshare -m`)"),
 ]
-HEALTH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000, "health_check_failure_threshold": 2}
 
 
 @pytest.fixture(scope="module")
 def cluster():
     """A head with no CPUs and one worker node with 1 CPU, all seeing the same file system."""
-    from ray.cluster_utils import Cluster
-
-    with ray_subprocess_env() as env:
-        saved = os.environ.get("RAY_TMPDIR")
-        os.environ["RAY_TMPDIR"] = env["RAY_TMPDIR"]
-        try:
-            c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
-                                                              "_system_config": HEALTH})
-            c.add_node(num_cpus=1)
-            c.wait_for_nodes()
-            yield c, env
-            c.shutdown()
-        finally:
-            if saved is None:
-                del os.environ["RAY_TMPDIR"]
-            else:
-                os.environ["RAY_TMPDIR"] = saved
-            kill_ray_processes(env["RAY_TMPDIR"])
+    with local_cluster([{"num_cpus": 1}]) as (c, _, env):
+        yield c, env
 
 
 def _live(c) -> list[dict]:
