@@ -16,9 +16,10 @@ import pytest
 import yaml
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from distill.checkpoint import latest_checkpoint
 from distill.config import TrainConfig
 from distill.data import write_bundled_subset
-from distill.rundir import eval_rows, read_log
+from distill.rundir import CHECKPOINTS_DIR, eval_rows, read_log
 from distill.demo_teacher import build_aa_tokenizer
 from distill.homology import bundled_mmseqs
 from sweeps.layout import SweepDir
@@ -208,14 +209,16 @@ def eval_steps(run_dir: Path) -> list[int]:
 
 
 def resumable_runs(sd: SweepDir) -> list[Path]:
-    """Run folders of the trials Tune's saved snapshot holds as unfinished with a checkpoint."""
+    """Run folders of the trials Tune's saved snapshot holds as unfinished whose run folder has a
+    checkpoint: what a restored trial resumes from (trials hand Tune no checkpoints, sweeps/trial.py)."""
     from sweeps.runner import tune_unfinished  # imports Ray: only for the tests that run sweeps
 
     try:  # the snapshot is rewritten while the sweep runs: a half-written one is read next time
         trials = tune_unfinished(sd)
     except Exception:
         return []
-    return [sd.run_dir(t.trial_id) for t in trials if t.checkpoint]
+    runs = [sd.run_dir(t.trial_id) for t in trials]
+    return [run for run in runs if latest_checkpoint(run / CHECKPOINTS_DIR) is not None]
 
 
 def ray_processes(ray_tmp: str) -> list[int]:

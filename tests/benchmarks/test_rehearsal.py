@@ -4,6 +4,8 @@ its checkpoints once; a trial ASHA stopped keeps its weights only."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from benchmarks.rehearsal import Setup, format_report, rehearse
@@ -33,5 +35,7 @@ def test_small_rehearsal_hashes_nothing_per_trial(tmp_path, small_fasta):
     for t in stopped:  # its newest weights only, no optimizer state: well under one full checkpoint
         full = t["checkpoint_bytes_written"] / t["reports"]
         assert 0 < t["checkpoint_bytes_left"] < 0.5 * full
-    # The estimate sized the cache as the build wrote it (to the .npy headers, 128 bytes a file).
-    assert 0 <= build["bytes"] - report["estimate"]["cache_bytes"] <= 128 * build["files"]
+    # The estimate sized the cache as the build wrote it, to the .npy headers (128 bytes a file) and the
+    # held-out proteins' offsets (8 bytes a protein: not in the estimate, 0.3 ppm of a ProtGPT2 cache).
+    offsets = sum(f.stat().st_size for f in Path(build["folder"]).glob("*.offsets.npy"))
+    assert 0 <= build["bytes"] - report["estimate"]["cache_bytes"] <= 128 * build["files"] + offsets

@@ -129,9 +129,14 @@ def _check_console(p: subprocess.CompletedProcess, sd: SweepDir, elapsed: float)
     assert len(ended) == 12, p.stdout
     assert 1 <= len(summaries) <= 2 + elapsed // 300  # every 5 minutes, and at the end
     cache = [line for line in lines if line.startswith("teacher cache: ")]
-    assert len(cache) <= 3, p.stdout  # size before building, where it builds, built in
-    # + start line, status table, next steps
-    assert len(lines) <= len(ended) + len(summaries) + len(cache) + 12, p.stdout
+    assert len(cache) <= 4, p.stdout  # size before building, where it builds, built in, verified on the nodes
+    # the build's progress: about one line per 30 s of it
+    progress = [line for line in lines if re.match(r"\d\d:\d\d:\d\d  teacher cache: \d+% ", line)]
+    assert len(progress) <= 1 + elapsed // 30, p.stdout
+    warnings = [line for line in lines if line.startswith("warning: ")]
+    assert len(warnings) <= 2, p.stdout
+    # + the checking line, the sweep line, status table (5), next steps (4)
+    assert len(lines) <= len(ended) + len(summaries) + len(cache) + len(progress) + len(warnings) + 12, p.stdout
     told = {t.user_attrs["ray_trial_id"]: (study, t.user_attrs[ATTR_STATUS])
             for study in SMOKE_STUDIES for t in _trials(sd, study)}
     assert {trial: (study, state) for trial, study, state in ended} == told
