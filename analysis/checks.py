@@ -23,13 +23,13 @@ import math
 
 import pandas as pd
 
-from analysis.floors import floor_warnings
-from analysis.fmt import sig
-from analysis.load import per_seed, usable_replicates
-from analysis.select import search_best
-from analysis.stats import LEVEL, t_quantile
-from distill.exposure import UNKNOWN
-from sweeps.space import SearchSpace
+from kdsweep.analysis.floors import floor_warnings
+from kdsweep.analysis.fmt import sig
+from kdsweep.analysis.load import per_seed, usable_replicates
+from kdsweep.analysis.select import search_best
+from kdsweep.analysis.stats import LEVEL, t_quantile
+from kdsweep.distill.exposure import UNKNOWN
+from kdsweep.sweeps.space import SearchSpace
 
 MIN_SEEDS = 3
 EDGE = 0.05  # share of a range's width (log width for loguniform) that counts as its edge

@@ -21,8 +21,8 @@ import math
 
 import pandas as pd
 
-from analysis.fmt import sig
-from analysis.load import column, per_seed
+from kdsweep.analysis.fmt import sig
+from kdsweep.analysis.load import column, per_seed
 
 COMPOSITION_ONLY = "predicts composition only"
 FLOOR_FLAG, RECOVERED = "at_unigram_floor", "unigram_gain_recovered"

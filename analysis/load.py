@@ -24,11 +24,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from distill.numbers import number, parse_number
-from distill.rundir import COMPLETED, SUMMARY_NAME, eval_rows, read_log
-from sweeps.layout import SweepDir, parse_replicate_name
-from sweeps.space import SEARCHABLE
-from sweeps.study import ATTR_STEP, ATTR_TRIAL, ORPHANED, study_trials, trial_status
+from kdsweep.distill.numbers import number, parse_number
+from kdsweep.distill.rundir import COMPLETED, SUMMARY_NAME, eval_rows, read_log
+from kdsweep.sweeps.layout import SweepDir, parse_replicate_name
+from kdsweep.sweeps.space import SEARCHABLE
+from kdsweep.sweeps.study import ATTR_STEP, ATTR_TRIAL, ORPHANED, study_trials, trial_status
 
 # Held-out metric values that are lists/dicts but still belong in the frame (reliability diagrams).
 OBJECT_METRICS = ("ece_bins", "ece_bins_teacher")

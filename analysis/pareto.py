@@ -14,10 +14,10 @@ import math
 import numpy as np
 import pandas as pd
 
-from analysis.fmt import sig
-from analysis.tables import Table
-from distill.rundir import COMPLETED
-from sweeps.space import SEARCHABLE
+from kdsweep.analysis.fmt import sig
+from kdsweep.analysis.tables import Table
+from kdsweep.distill.rundir import COMPLETED
+from kdsweep.sweeps.space import SEARCHABLE
 
 AXES = ("val_ppl", "val_ece")
 

@@ -29,14 +29,14 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from analysis.fmt import sig
-from analysis.load import TEST, column, per_seed, usable_replicates
-from analysis.pareto import pareto_points
-from analysis.stats import LEVEL, paired_difference, t_quantile
-from analysis.tables import cell_of
-from distill.rundir import COMPLETED, DIVERGED, STOPPED_EARLY
-from sweeps.space import ARMS, BASELINE, ENHANCED_ARMS
-from sweeps.study import FAILED, RUNNING
+from kdsweep.analysis.fmt import sig
+from kdsweep.analysis.load import TEST, column, per_seed, usable_replicates
+from kdsweep.analysis.pareto import pareto_points
+from kdsweep.analysis.stats import LEVEL, paired_difference, t_quantile
+from kdsweep.analysis.tables import cell_of
+from kdsweep.distill.rundir import COMPLETED, DIVERGED, STOPPED_EARLY
+from kdsweep.sweeps.space import ARMS, BASELINE, ENHANCED_ARMS
+from kdsweep.sweeps.study import FAILED, RUNNING
 
 ARM_COLORS = {"baseline": "#555555", "uncertainty": "#1f77b4", "calibration": "#ff7f0e", "both": "#2ca02c"}
 # How a search trial ended -> its end marker on the curves and in the lr plot.

@@ -22,25 +22,25 @@ import time
 import warnings
 from pathlib import Path
 
-from analysis.checks import replicate_command, report_warnings
-from analysis.fmt import mean_pm, sig
-from analysis.load import history_frame, replicates_frame, split_notes, trials_frame, usable_replicates
-from analysis.pareto import pareto_table
-from analysis.plots import make_plots
-from analysis.select import choose_arm
-from analysis.tables import (Table, ablation_table, replicate_status_table, scale_table, search_counts,
+from kdsweep.analysis.checks import replicate_command, report_warnings
+from kdsweep.analysis.fmt import mean_pm, sig
+from kdsweep.analysis.load import history_frame, replicates_frame, split_notes, trials_frame, usable_replicates
+from kdsweep.analysis.pareto import pareto_table
+from kdsweep.analysis.plots import make_plots
+from kdsweep.analysis.select import choose_arm
+from kdsweep.analysis.tables import (Table, ablation_table, replicate_status_table, scale_table, search_counts,
                              trial_counts_table, write_table)
-from analysis.verdicts import mechanism_table, verdict_table
-from distill.config import TrainConfig
-from distill.data import resolve_data_path
-from distill.errors import KDSweepError
-from distill.exposure import exposure, format_exposure, load_teacher_data, split_of
-from distill.splits import SplitSpec
-from distill.rundir import COMPLETED
-from sweeps.export import export_best
-from sweeps.layout import SweepDir, config_file_name
-from sweeps.space import load_space, replicate_suffix
-from sweeps.study import TRIAL_STATES
+from kdsweep.analysis.verdicts import mechanism_table, verdict_table
+from kdsweep.distill.config import TrainConfig
+from kdsweep.distill.data import resolve_data_path
+from kdsweep.distill.errors import KDSweepError
+from kdsweep.distill.exposure import exposure, format_exposure, load_teacher_data, split_of
+from kdsweep.distill.splits import SplitSpec
+from kdsweep.distill.rundir import COMPLETED
+from kdsweep.sweeps.export import export_best
+from kdsweep.sweeps.layout import SweepDir, config_file_name
+from kdsweep.sweeps.space import load_space, replicate_suffix
+from kdsweep.sweeps.study import TRIAL_STATES
 
 NO_SPLIT_RECORD = "split: not recorded (the runs' logs predate the split record); leakage unknown"
 

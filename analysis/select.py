@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.load import TEST, VAL, per_seed, unit_of
-from distill.rundir import COMPLETED
+from kdsweep.analysis.load import TEST, VAL, per_seed, unit_of
+from kdsweep.distill.rundir import COMPLETED
 
 METRIC = "ppl_ratio"  # lower is better: the student's perplexity relative to its teacher's
 ON_REPLICATES = "lowest mean val ppl_ratio over the replicates"

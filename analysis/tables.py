@@ -25,13 +25,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.floors import aa_kl_floor_text, floor_text, interaction_noise_text
-from analysis.fmt import mean_pm, sig
-from analysis.load import INCOMPLETE, TEST, UNREADABLE, column, per_seed, tuned_replicates, usable_replicates
-from analysis.select import choose_arm, search_best, selection_free_of
-from distill.rundir import COMPLETED, DIVERGED, STOPPED_EARLY
-from sweeps.space import ARMS, BASELINE, ENHANCED_ARMS
-from sweeps.study import TRIAL_STATES
+from kdsweep.analysis.floors import aa_kl_floor_text, floor_text, interaction_noise_text
+from kdsweep.analysis.fmt import mean_pm, sig
+from kdsweep.analysis.load import INCOMPLETE, TEST, UNREADABLE, column, per_seed, tuned_replicates, usable_replicates
+from kdsweep.analysis.select import choose_arm, search_best, selection_free_of
+from kdsweep.distill.rundir import COMPLETED, DIVERGED, STOPPED_EARLY
+from kdsweep.sweeps.space import ARMS, BASELINE, ENHANCED_ARMS
+from kdsweep.sweeps.study import TRIAL_STATES
 
 ABLATION_METRICS = ("ppl_ratio", "kl_teacher", "ece", "accuracy", "aa_kl_natural")
 INTERACTION = "interaction: both - (uncertainty + calibration - baseline)"

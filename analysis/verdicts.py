@@ -23,12 +23,12 @@ import math
 
 import pandas as pd
 
-from analysis.fmt import sig, with_interval
-from analysis.load import per_seed, unit_of, usable_replicates
-from analysis.select import choose_arm, selection_free_of
-from analysis.stats import LEVEL, SEARCH_REPLICATES, Paired, holm, paired_difference, two_level, verdict_word
-from analysis.tables import Table, metric_cell, search_counts
-from sweeps.space import BASELINE, ENHANCED_ARMS, Study
+from kdsweep.analysis.fmt import sig, with_interval
+from kdsweep.analysis.load import per_seed, unit_of, usable_replicates
+from kdsweep.analysis.select import choose_arm, selection_free_of
+from kdsweep.analysis.stats import LEVEL, SEARCH_REPLICATES, Paired, holm, paired_difference, two_level, verdict_word
+from kdsweep.analysis.tables import Table, metric_cell, search_counts
+from kdsweep.sweeps.space import BASELINE, ENHANCED_ARMS, Study
 
 TUNED, MECHANISM = "tuned arm vs tuned baseline", "enhancement on vs off at the same config"
 CHOSEN_FREE = "chosen arm, selection-free"

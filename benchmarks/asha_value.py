@@ -28,10 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from sweeps.estimate import estimate, format_estimate
-from sweeps.runner import run_sweep
-from sweeps.space import load_space, parse_space
-from sweeps.study import ATTR_STEP, best_trial, study_trials
+from kdsweep.sweeps.estimate import estimate, format_estimate
+from kdsweep.sweeps.runner import run_sweep
+from kdsweep.sweeps.space import load_space, parse_space
+from kdsweep.sweeps.study import ATTR_STEP, best_trial, study_trials
 
 
 def variant(space, early_stopping: bool):

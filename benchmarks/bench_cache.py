@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from distill.config import TrainConfig
-from distill.data import write_bundled_subset
-from distill.teacher_cache import CachePlan, TeacherCache, build_teacher_cache, cache_size_bytes, plan_teacher_cache
-from distill.teacher_source import CachedTeacher
+from kdsweep.distill.config import TrainConfig
+from kdsweep.distill.data import write_bundled_subset
+from kdsweep.distill.teacher_cache import CachePlan, TeacherCache, build_teacher_cache, cache_size_bytes, plan_teacher_cache
+from kdsweep.distill.teacher_source import CachedTeacher
 
 
 @dataclass

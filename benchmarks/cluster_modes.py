@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from distill.data import BUNDLED_DATA
-from distill.homology import available_cores, run_mmseqs
-from distill.leakage import format_leakage, split_leakage
-from distill.sequences import read_sequences
-from distill.splits import SplitSpec, split_sequences
+from kdsweep.distill.data import BUNDLED_DATA
+from kdsweep.distill.homology import available_cores, run_mmseqs
+from kdsweep.distill.leakage import format_leakage, split_leakage
+from kdsweep.distill.sequences import read_sequences
+from kdsweep.distill.splits import SplitSpec, split_sequences
 
 
 def report(name: str, split: dict, seconds: float | None) -> None:

@@ -31,11 +31,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from distill.rundir import eval_rows  # noqa: E402
-from distill.teacher_cache import cache_size_bytes  # noqa: E402
-from sweeps.layout import SweepDir  # noqa: E402
-from sweeps.status import sweep_status  # noqa: E402
-from sweeps.study import ATTR_TRIAL, study_trials  # noqa: E402
+from kdsweep.distill.rundir import eval_rows  # noqa: E402
+from kdsweep.distill.teacher_cache import cache_size_bytes  # noqa: E402
+from kdsweep.sweeps.layout import SweepDir  # noqa: E402
+from kdsweep.sweeps.status import sweep_status  # noqa: E402
+from kdsweep.sweeps.study import ATTR_TRIAL, study_trials  # noqa: E402
 
 
 def run_sweep(space: dict, name: str, store: Path) -> tuple[float, str]:

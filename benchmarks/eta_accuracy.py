@@ -26,7 +26,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from sweeps.progress import Progress
+from kdsweep.sweeps.progress import Progress
 
 
 def load(path: Path) -> list[Progress]:
@@ -70,18 +70,18 @@ def table(snapshots: list[Progress]) -> str:
 
 
 def record_sweep(space_arg: str, storage: str, record: Path) -> None:
-    import sweeps.live
-    from sweeps.cache import ensure_teacher_cache
-    from sweeps.layout import storage_root
-    from sweeps.runner import run_sweep, start_ray
-    from sweeps.space import load_space
+    from kdsweep.sweeps import live as sweeps_live
+    from kdsweep.sweeps.cache import ensure_teacher_cache
+    from kdsweep.sweeps.layout import storage_root
+    from kdsweep.sweeps.runner import run_sweep, start_ray
+    from kdsweep.sweeps.space import load_space
 
     space = load_space(space_arg)
     # the teacher cache first, untimed: the ETA is about the trials
     start_ray(space, None, None, print)
     ensure_teacher_cache(space, storage_root(storage), print)
     record.write_text("")
-    drawn = sweeps.live.LiveView.progress
+    drawn = sweeps_live.LiveView.progress
 
     def progress(self, trials):
         p = drawn(self, trials)
@@ -89,7 +89,7 @@ def record_sweep(space_arg: str, storage: str, record: Path) -> None:
             fh.write(json.dumps(asdict(p)) + "\n")
         return p
 
-    sweeps.live.LiveView.progress = progress
+    sweeps_live.LiveView.progress = progress
     load = os.getloadavg()[0]
     run_sweep(space, name=f"{space.name}-eta", storage=storage)
     print(f"load average (1 min) at the start {load:.1f}, at the end {os.getloadavg()[0]:.1f}, on "

@@ -19,10 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from distill.config import TrainConfig
-from distill.train import run_training
-from sweeps.runner import run_sweep
-from sweeps.space import parse_space
+from kdsweep.distill.config import TrainConfig
+from kdsweep.distill.train import run_training
+from kdsweep.sweeps.runner import run_sweep
+from kdsweep.sweeps.space import parse_space
 
 PARAMS = {"lr": {"type": "choice", "values": [3e-3]}, "warmup_steps": {"type": "choice", "values": [0]},
           "temperature": {"type": "choice", "values": [2.0]}, "alpha": {"type": "choice", "values": [0.5]}}

@@ -39,8 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.memory import allocator_for  # noqa: E402
-from distill.fused_loss import fused_kd_loss  # noqa: E402
-from distill.loss_reference import ARMS  # noqa: E402
+from kdsweep.distill.fused_loss import fused_kd_loss  # noqa: E402
+from kdsweep.distill.loss_reference import ARMS  # noqa: E402
 
 PROTGPT2_VOCAB, PROTGPT2_WIDTH = 50_257, 1280
 

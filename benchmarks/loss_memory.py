@@ -50,9 +50,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from distill.fused_loss import fused_kd_loss, teacher_entropy_from_hidden  # noqa: E402
-from distill.loss import kd_loss  # noqa: E402
-from distill.loss_reference import ARMS, reference_kd_loss  # noqa: E402
+from kdsweep.distill.fused_loss import fused_kd_loss, teacher_entropy_from_hidden  # noqa: E402
+from kdsweep.distill.loss import kd_loss  # noqa: E402
+from kdsweep.distill.loss_reference import ARMS, reference_kd_loss  # noqa: E402
 from benchmarks.memory import MB, PeakRSS, fix_mmap_threshold  # noqa: E402
 
 

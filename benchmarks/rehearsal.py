@@ -44,11 +44,11 @@ from pathlib import Path
 
 import yaml
 
-from distill import digests
-from distill.models import save_protgpt2_shaped
-from distill.numbers import dumps
-from distill.rundir import SUMMARY_NAME, read_log
-from distill.teacher_cache import cache_size_bytes
+from kdsweep.distill import digests
+from kdsweep.distill.models import save_protgpt2_shaped
+from kdsweep.distill.numbers import dumps
+from kdsweep.distill.rundir import SUMMARY_NAME, read_log
+from kdsweep.distill.teacher_cache import cache_size_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = {"lr": {"type": "loguniform", "low": 3e-4, "high": 1e-2},
@@ -157,11 +157,11 @@ def projected_build(setup: Setup, cache_tokens: dict) -> dict:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from distill.models import PROTGPT2_TOKENIZER_DIR
-    from distill.probe import HeldTeacher, random_tokens
-    from distill.runtime import resolve_runtime
-    from distill.teacher_source import LiveTeacher
-    from sweeps.estimate import tokens_per_s
+    from kdsweep.distill.models import PROTGPT2_TOKENIZER_DIR
+    from kdsweep.distill.probe import HeldTeacher, random_tokens
+    from kdsweep.distill.runtime import resolve_runtime
+    from kdsweep.distill.teacher_source import LiveTeacher
+    from kdsweep.sweeps.estimate import tokens_per_s
 
     rt = resolve_runtime("fp32", "cpu")
     torch.set_num_threads(setup.cpus)

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from distill.phases import NO_TIMER
+from kdsweep.distill.phases import NO_TIMER
 
 
 def study_entropy(teacher_logits: torch.Tensor) -> torch.Tensor:

@@ -32,9 +32,9 @@ sys.path.insert(0, str(ROOT))
 
 
 from benchmarks.bench_cache import build_bench_cache  # noqa: E402
-from distill.models import build_student, load_teacher, save_protgpt2_shaped, student_sizes  # noqa: E402
-from distill.step import LossSettings, Stepper  # noqa: E402
-from distill.teacher_source import LiveTeacher  # noqa: E402
+from kdsweep.distill.models import build_student, load_teacher, save_protgpt2_shaped, student_sizes  # noqa: E402
+from kdsweep.distill.step import LossSettings, Stepper  # noqa: E402
+from kdsweep.distill.teacher_source import LiveTeacher  # noqa: E402
 
 ARMS = {"baseline": dict(uncertainty=False, smoothing=None), "both": dict(uncertainty=True, smoothing=0.1)}
 

@@ -40,11 +40,11 @@ from pathlib import Path
 import ray
 import torch
 
-import sweeps.runner
-from distill.config import TrainConfig
-from distill.train import run_training
-from sweeps.runner import run_sweep
-from sweeps.space import parse_space
+from kdsweep.sweeps import runner as sweeps_runner
+from kdsweep.distill.config import TrainConfig
+from kdsweep.distill.train import run_training
+from kdsweep.sweeps.runner import run_sweep
+from kdsweep.sweeps.space import parse_space
 
 PARAMS = {"lr": {"type": "choice", "values": [3e-3]}, "warmup_steps": {"type": "choice", "values": [0]},
           "temperature": {"type": "choice", "values": [2.0]}, "alpha": {"type": "choice", "values": [0.5]}}
@@ -55,11 +55,11 @@ HEALTH = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 def setting(config: str):
     """The executor of `config`, with its change to this version's settings undone afterwards."""
     executor = config.split("-")[0]
-    saved_env, saved_reuse = os.environ.get(HEALTH), getattr(sweeps.runner, "reuses_processes", None)
+    saved_env, saved_reuse = os.environ.get(HEALTH), getattr(sweeps_runner, "reuses_processes", None)
     if config == "ray_train-poll-2s":
         os.environ[HEALTH] = "2.0"
     if config == "local-no-reuse":
-        sweeps.runner.reuses_processes = lambda space: False
+        sweeps_runner.reuses_processes = lambda space: False
     try:
         yield executor
     finally:
@@ -68,7 +68,7 @@ def setting(config: str):
         else:
             os.environ[HEALTH] = saved_env
         if saved_reuse is not None:
-            sweeps.runner.reuses_processes = saved_reuse
+            sweeps_runner.reuses_processes = saved_reuse
 
 
 def main() -> None:
@@ -83,7 +83,7 @@ def main() -> None:
              "micro_batch_size": args.batch_size, "block_size": 256, "val_max_proteins": 8, "eval_batch_size": 8,
              "final_eval": False}
     work = Path(tempfile.mkdtemp(prefix="kdsweep-overhead-"))
-    print(f"kdsweep from {Path(sweeps.runner.__file__).parent.parent}; load average at start: "
+    print(f"kdsweep from {Path(sweeps_runner.__file__).parent.parent}; load average at start: "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
     def plain(i: int) -> tuple[float, dict]:

@@ -71,9 +71,9 @@ from benchmarks.memory import MB, PeakExtra, allocator_for  # noqa: E402
 from benchmarks.step_meter import StepMeter  # noqa: E402
 from benchmarks.study_trainer import FixedBatch, StepClock, StudyTrainer, study_arguments, study_loss  # noqa: E402
 from benchmarks.bench_cache import BenchCache, build_bench_cache  # noqa: E402
-from distill.fused_loss import fused_kd_loss  # noqa: E402
-from distill.loss_reference import ARMS  # noqa: E402
-from distill.models import (  # noqa: E402
+from kdsweep.distill.fused_loss import fused_kd_loss  # noqa: E402
+from kdsweep.distill.loss_reference import ARMS  # noqa: E402
+from kdsweep.distill.models import (  # noqa: E402
     PROTGPT2_TOKENIZER_DIR,
     build_student,
     load_teacher,
@@ -81,12 +81,12 @@ from distill.models import (  # noqa: E402
     save_protgpt2_shaped,
     student_sizes,
 )
-from distill.phases import PHASES, PhaseTimer  # noqa: E402
-from distill.probe import step_flops_per_token  # noqa: E402
-from distill.runtime import Runtime  # noqa: E402
-from distill.step import LossSettings, Stepper  # noqa: E402
-from distill.teacher_cache import STORAGE_DTYPES  # noqa: E402
-from distill.teacher_source import LiveTeacher  # noqa: E402
+from kdsweep.distill.phases import PHASES, PhaseTimer  # noqa: E402
+from kdsweep.distill.probe import step_flops_per_token  # noqa: E402
+from kdsweep.distill.runtime import Runtime  # noqa: E402
+from kdsweep.distill.step import LossSettings, Stepper  # noqa: E402
+from kdsweep.distill.teacher_cache import STORAGE_DTYPES  # noqa: E402
+from kdsweep.distill.teacher_source import LiveTeacher  # noqa: E402
 
 STUDY, LIVE, CACHED = "study trainer", "kdsweep, live teacher", "kdsweep, cached teacher"
 # Dense bf16 peak of the GPU, for the MFU estimate (vendor figures, TFLOP/s).

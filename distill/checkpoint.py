@@ -37,10 +37,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from distill.diskfull import disk_full_as_oserror
-from distill.errors import DataError
-from distill.numbers import dumps
-from distill.seeding import rng_state, set_rng_state
+from kdsweep.distill.diskfull import disk_full_as_oserror
+from kdsweep.distill.errors import DataError
+from kdsweep.distill.numbers import dumps
+from kdsweep.distill.seeding import rng_state, set_rng_state
 
 WEIGHTS = "model.safetensors"
 OPTIMIZER = "optimizer.safetensors"

@@ -21,12 +21,12 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
-from distill.atomic import write_atomic
-from distill.errors import ConfigError, shown
-from distill.models import load_scales
-from distill.numbers import parse_number
-from distill.reading import load_yaml, read_yaml
-from distill.splits import SplitMethod, SplitSpec
+from kdsweep.distill.atomic import write_atomic
+from kdsweep.distill.errors import ConfigError, shown
+from kdsweep.distill.models import load_scales
+from kdsweep.distill.numbers import parse_number
+from kdsweep.distill.reading import load_yaml, read_yaml
+from kdsweep.distill.splits import SplitMethod, SplitSpec
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 WeightNorm = Literal["mask", "weight"]

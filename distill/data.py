@@ -39,15 +39,15 @@ import numpy as np
 import torch
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 
-from distill.atomic import write_atomic
-from distill.digests import cache_dir, hashing_reader, remembered, stamp
-from distill.errors import DataError
-from distill.homology import cluster_representatives, find_mmseqs
-from distill.leakage import LEAKAGE_WORDS, REMOTE_WORDS, format_leakage, split_leakage
-from distill.metrics import unigram_log_probs
-from distill.numbers import dumps
-from distill.sequences import check_sequence, dedupe, read_sequences
-from distill.splits import SPLITS, SplitSpec, split_sequences
+from kdsweep.distill.atomic import write_atomic
+from kdsweep.distill.digests import cache_dir, hashing_reader, remembered, stamp
+from kdsweep.distill.errors import DataError
+from kdsweep.distill.homology import cluster_representatives, find_mmseqs
+from kdsweep.distill.leakage import LEAKAGE_WORDS, REMOTE_WORDS, format_leakage, split_leakage
+from kdsweep.distill.metrics import unigram_log_probs
+from kdsweep.distill.numbers import dumps
+from kdsweep.distill.sequences import check_sequence, dedupe, read_sequences
+from kdsweep.distill.splits import SPLITS, SplitSpec, split_sequences
 
 ASSETS = Path(__file__).parent / "assets"
 BUNDLED_DATA = ASSETS / "data" / "uniprot_sample_20k.fasta.gz"

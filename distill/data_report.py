@@ -14,11 +14,11 @@ the ones a run records in its provenance.
 
 from __future__ import annotations
 
-from distill.config import TrainConfig
-from distill.data import existing_data_path, is_pretokenized, read_proteins, split_proteins
-from distill.exposure import UNKNOWN, exposure, load_teacher_data
-from distill.leakage import LEAKAGE_WORDS, REMOTE_KEY, REMOTE_WORDS, shuffled_control
-from distill.splits import SPLITS, SplitSpec
+from kdsweep.distill.config import TrainConfig
+from kdsweep.distill.data import existing_data_path, is_pretokenized, read_proteins, split_proteins
+from kdsweep.distill.exposure import UNKNOWN, exposure, load_teacher_data
+from kdsweep.distill.leakage import LEAKAGE_WORDS, REMOTE_KEY, REMOTE_WORDS, shuffled_control
+from kdsweep.distill.splits import SPLITS, SplitSpec
 
 HELDOUT = ("val", "test")
 
@@ -34,7 +34,7 @@ def data_report(data: str = "bundled", *, identity: float = SplitSpec.identity, 
     cfg = TrainConfig().replace(data=data, cluster_identity=identity, cluster_coverage=coverage, sequence_column=column)
     path = existing_data_path(cfg.data)
     if tokenizer is None and is_pretokenized(path):
-        from distill.models import PROTGPT2_TOKENIZER_DIR, load_tokenizer  # only pre-tokenized input needs it
+        from kdsweep.distill.models import PROTGPT2_TOKENIZER_DIR, load_tokenizer  # only pre-tokenized input needs it
 
         tokenizer = load_tokenizer(str(PROTGPT2_TOKENIZER_DIR))
     teacher = load_teacher_data(teacher_train) if teacher_train else None  # a bad path fails before the work

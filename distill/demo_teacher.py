@@ -28,12 +28,12 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from distill.atomic import write_atomic
-from distill.data import prepare_data
-from distill.metrics import bootstrap_gap, student_ppl
-from distill.numbers import dumps
-from distill.optim import make_optimizer, make_scheduler
-from distill.seeding import seed_everything
+from kdsweep.distill.atomic import write_atomic
+from kdsweep.distill.data import prepare_data
+from kdsweep.distill.metrics import bootstrap_gap, student_ppl
+from kdsweep.distill.numbers import dumps
+from kdsweep.distill.optim import make_optimizer, make_scheduler
+from kdsweep.distill.seeding import seed_everything
 
 AA_LETTERS = "ACDEFGHIKLMNPQRSTVWYBXZUO"  # 20 standard first, then B X Z U O
 EOS = "<|endoftext|>"

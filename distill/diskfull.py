@@ -22,7 +22,7 @@ import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
 
-from distill.numbers import human_bytes
+from kdsweep.distill.numbers import human_bytes
 
 # Free space below which a failed write is taken to be a full disk.
 FULL_DISK_BYTES = 1 << 20

@@ -9,15 +9,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from distill.config import TrainConfig, load_config
-from distill.data import HeldOut, heldout_from_file, heldout_split, train_unigram
-from distill.inputs import check_teacher_tokenizer
-from distill.generation import aa_kl_natural, generation_throughput
-from distill.metrics import compression, count_params, score_heldout
-from distill.models import check_vocab, load_saved_student, load_teacher, load_tokenizer, resolve_teacher
-from distill.runtime import resolve_runtime
-from distill.splits import SplitSpec
-from distill.teacher_source import LiveTeacher, TeacherSource
+from kdsweep.distill.config import TrainConfig, load_config
+from kdsweep.distill.data import HeldOut, heldout_from_file, heldout_split, train_unigram
+from kdsweep.distill.inputs import check_teacher_tokenizer
+from kdsweep.distill.generation import aa_kl_natural, generation_throughput
+from kdsweep.distill.metrics import compression, count_params, score_heldout
+from kdsweep.distill.models import check_vocab, load_saved_student, load_teacher, load_tokenizer, resolve_teacher
+from kdsweep.distill.runtime import resolve_runtime
+from kdsweep.distill.splits import SplitSpec
+from kdsweep.distill.teacher_source import LiveTeacher, TeacherSource
 
 # Generation throughput is measured at one fixed setting so numbers compare across runs.
 THROUGHPUT_BATCH = 8

@@ -30,11 +30,11 @@ from typing import Mapping, Sequence
 
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 
-from distill.data import existing_data_path, read_proteins, split_proteins
-from distill.errors import DataError
-from distill.leakage import REMOTE_KEY, teacher_exposure
-from distill.sequences import is_fasta, read_sequences, read_text
-from distill.splits import SplitSpec
+from kdsweep.distill.data import existing_data_path, read_proteins, split_proteins
+from kdsweep.distill.errors import DataError
+from kdsweep.distill.leakage import REMOTE_KEY, teacher_exposure
+from kdsweep.distill.sequences import is_fasta, read_sequences, read_text
+from kdsweep.distill.splits import SplitSpec
 
 DEMO = "demo"
 ID_SUFFIXES = (".txt", ".ids", ".list")

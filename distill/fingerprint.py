@@ -14,8 +14,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from distill.digests import sha256_remembered
-from distill.errors import ModelError
+from kdsweep.distill.digests import sha256_remembered
+from kdsweep.distill.errors import ModelError
 
 # Files that decide a teacher's outputs: its config and its weights.
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack")

@@ -108,7 +108,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from distill.loss import (
+from kdsweep.distill.loss import (
     IGNORE_INDEX,
     KDTerms,
     chunk_gradient,

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, TopKLogitsWarper
 
-from distill.metrics import STANDARD_AA, UNIPROT_BACKGROUND, aa_composition, aa_counts, aa_kl
-from distill.runtime import autocast, eval_mode
+from kdsweep.distill.metrics import STANDARD_AA, UNIPROT_BACKGROUND, aa_composition, aa_counts, aa_kl
+from kdsweep.distill.runtime import autocast, eval_mode
 
 PROTGPT2_TOP_K = 950
 PROTGPT2_REPETITION_PENALTY = 1.2

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from distill.errors import DataError
+from kdsweep.distill.errors import DataError
 
 MODE = "linclust"
 BUNDLED_CLUSTERS = Path(__file__).parent / "assets" / "data" / "uniprot_sample_20k.clusters.tsv.gz"

@@ -25,10 +25,10 @@ import psutil
 import torch
 from transformers import GPT2LMHeadModel
 
-from distill.config import TrainConfig
-from distill.data import ProteinData, prepare_data, tokenizer_fingerprint
-from distill.errors import ConfigError, DataError, ModelError, shown
-from distill.models import (
+from kdsweep.distill.config import TrainConfig
+from kdsweep.distill.data import ProteinData, prepare_data, tokenizer_fingerprint
+from kdsweep.distill.errors import ConfigError, DataError, ModelError, shown
+from kdsweep.distill.models import (
     check_vocab,
     load_teacher_config,
     load_tokenizer,
@@ -37,8 +37,8 @@ from distill.models import (
     student_config,
     student_sizes,
 )
-from distill.numbers import human_bytes
-from distill.splits import SplitSpec
+from kdsweep.distill.numbers import human_bytes
+from kdsweep.distill.splits import SplitSpec
 
 # Files a model folder keeps its tokenizer in (any one of them means the folder has one).
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")

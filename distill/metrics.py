@@ -25,7 +25,7 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 import torch
 
-from distill.runtime import autocast, eval_mode
+from kdsweep.distill.runtime import autocast, eval_mode
 
 # (input_ids (B, L), attention_mask (B, L), protein indices (B,) or None) -> (B, L, V) logits
 TeacherLogitsFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]

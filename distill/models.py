@@ -17,7 +17,7 @@ import torch
 import yaml
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from distill.errors import ConfigError, ModelError
+from kdsweep.distill.errors import ConfigError, ModelError
 
 ASSETS = Path(__file__).parent / "assets"
 SCALES_FILE = ASSETS / "scales.yaml"

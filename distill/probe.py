@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from distill.fused_loss import teacher_entropy_from_hidden
-from distill.runtime import Runtime
-from distill.teacher_source import LiveTeacher, TeacherBatch
+from kdsweep.distill.fused_loss import teacher_entropy_from_hidden
+from kdsweep.distill.runtime import Runtime
+from kdsweep.distill.teacher_source import LiveTeacher, TeacherBatch
 
 
 class HeldTeacher:

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from distill.errors import ConfigError, shown
+from kdsweep.distill.errors import ConfigError, shown
 
 MAX_TEXT_BYTES = 256 << 10  # 256 KiB
 MAX_YAML_NODES = 100_000

@@ -13,9 +13,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from distill.config import TrainConfig, config_from_dict, read_yaml_mapping
-from distill.errors import ConfigError, shown
-from distill.rundir import CHECKPOINTS_DIR, CONFIG_NAME, LOG_NAME, STUDENT_DIR, SUMMARY_NAME
+from kdsweep.distill.config import TrainConfig, config_from_dict, read_yaml_mapping
+from kdsweep.distill.errors import ConfigError, shown
+from kdsweep.distill.rundir import CHECKPOINTS_DIR, CONFIG_NAME, LOG_NAME, STUDENT_DIR, SUMMARY_NAME
 
 # Where the run is and where it came from: not what it trains.
 IGNORED = ("output_dir", "provenance")

@@ -22,10 +22,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from distill.atomic import write_atomic
-from distill.config import TrainConfig, dump_config
-from distill.diskfull import disk_full_as_oserror
-from distill.numbers import dumps, number
+from kdsweep.distill.atomic import write_atomic
+from kdsweep.distill.config import TrainConfig, dump_config
+from kdsweep.distill.diskfull import disk_full_as_oserror
+from kdsweep.distill.numbers import dumps, number
 
 LOG_NAME = "metrics.jsonl"
 SUMMARY_NAME = "metrics.json"

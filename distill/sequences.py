@@ -24,8 +24,8 @@ from pathlib import Path
 
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 
-from distill.errors import ConfigError, DataError
-from distill.reading import decode_utf8
+from kdsweep.distill.errors import ConfigError, DataError
+from kdsweep.distill.reading import decode_utf8
 
 # 20 standard amino acids + B (D/N), Z (E/Q), X (any), U (selenocysteine), O (pyrrolysine).
 IUPAC_AA = frozenset("ACDEFGHIKLMNPQRSTVWYBZXUO")

@@ -25,12 +25,12 @@ from typing import NamedTuple
 
 import torch
 
-from distill.fused_loss import fused_kd_loss_terms
-from distill.heads import HeadInputs, head_inputs
-from distill.loss import KDTerms, kd_loss_terms
-from distill.optim import make_optimizer, make_scheduler
-from distill.phases import NO_TIMER
-from distill.runtime import Runtime
+from kdsweep.distill.fused_loss import fused_kd_loss_terms
+from kdsweep.distill.heads import HeadInputs, head_inputs
+from kdsweep.distill.loss import KDTerms, kd_loss_terms
+from kdsweep.distill.optim import make_optimizer, make_scheduler
+from kdsweep.distill.phases import NO_TIMER
+from kdsweep.distill.runtime import Runtime
 
 LOSS_IMPLS = ("fused", "logits")
 

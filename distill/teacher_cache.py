@@ -54,19 +54,19 @@ from typing import Callable
 import numpy as np
 import torch
 
-from distill import digests
-from distill.block_order import pool_size
-from distill.data import HeldOut, ProteinData
-from distill.diskfull import check_free_space, reserve
-from distill.errors import ConfigError, DataError, ModelError
-from distill.fingerprint import teacher_fingerprint
-from distill.fused_loss import teacher_entropy_from_hidden
-from distill.heads import head_inputs, is_linear_head
-from distill.inputs import load_run_inputs
-from distill.models import load_teacher, n_positions
-from distill.numbers import dumps
-from distill.runtime import Runtime, resolve_runtime
-from distill.splits import SplitSpec
+from kdsweep.distill import digests
+from kdsweep.distill.block_order import pool_size
+from kdsweep.distill.data import HeldOut, ProteinData
+from kdsweep.distill.diskfull import check_free_space, reserve
+from kdsweep.distill.errors import ConfigError, DataError, ModelError
+from kdsweep.distill.fingerprint import teacher_fingerprint
+from kdsweep.distill.fused_loss import teacher_entropy_from_hidden
+from kdsweep.distill.heads import head_inputs, is_linear_head
+from kdsweep.distill.inputs import load_run_inputs
+from kdsweep.distill.models import load_teacher, n_positions
+from kdsweep.distill.numbers import dumps
+from kdsweep.distill.runtime import Runtime, resolve_runtime
+from kdsweep.distill.splits import SplitSpec
 
 CACHE_FORMAT = 1
 MANIFEST = "manifest.json"

@@ -28,13 +28,13 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from distill.data import HeldOut
-from distill.errors import ModelError
-from distill.heads import head_inputs, is_linear_head
-from distill.metrics import TeacherLogitsFn, count_params
-from distill.models import load_teacher, teacher_logits
-from distill.runtime import Runtime
-from distill.teacher_cache import TeacherCache, run_key
+from kdsweep.distill.data import HeldOut
+from kdsweep.distill.errors import ModelError
+from kdsweep.distill.heads import head_inputs, is_linear_head
+from kdsweep.distill.metrics import TeacherLogitsFn, count_params
+from kdsweep.distill.models import load_teacher, teacher_logits
+from kdsweep.distill.runtime import Runtime
+from kdsweep.distill.teacher_cache import TeacherCache, run_key
 
 
 class TeacherBatch(NamedTuple):

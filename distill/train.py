@@ -30,18 +30,18 @@ from typing import Callable
 
 import torch
 
-from distill.block_order import BlockOrder, pool_size, total_steps
-from distill import digests
-from distill.checkpoint import folder_bytes, restore_latest, save_checkpoint
-from distill.config import TrainConfig, dump_config
-from distill.data import ProteinData
-from distill.errors import ConfigError
-from distill.evaluate import evaluate_student
-from distill.inputs import check_positions, load_run_inputs
-from distill.metrics import student_ppl, unigram_log_probs
-from distill.models import build_student, check_vocab, student_sizes
-from distill.optim import make_optimizer, make_scheduler
-from distill.rundir import (
+from kdsweep.distill.block_order import BlockOrder, pool_size, total_steps
+from kdsweep.distill import digests
+from kdsweep.distill.checkpoint import folder_bytes, restore_latest, save_checkpoint
+from kdsweep.distill.config import TrainConfig, dump_config
+from kdsweep.distill.data import ProteinData
+from kdsweep.distill.errors import ConfigError
+from kdsweep.distill.evaluate import evaluate_student
+from kdsweep.distill.inputs import check_positions, load_run_inputs
+from kdsweep.distill.metrics import student_ppl, unigram_log_probs
+from kdsweep.distill.models import build_student, check_vocab, student_sizes
+from kdsweep.distill.optim import make_optimizer, make_scheduler
+from kdsweep.distill.rundir import (
     CHECKPOINTS_DIR,
     COMPLETED,
     CONFIG_NAME,
@@ -55,11 +55,11 @@ from distill.rundir import (
     save_student,
     write_summary,
 )
-from distill.rerun import check_same_config
-from distill.runtime import Runtime, resolve_runtime
-from distill.seeding import seed_everything
-from distill.step import LossSettings, make_scaler, optimizer_step, training_module
-from distill.teacher_source import open_teacher
+from kdsweep.distill.rerun import check_same_config
+from kdsweep.distill.runtime import Runtime, resolve_runtime
+from kdsweep.distill.seeding import seed_everything
+from kdsweep.distill.step import LossSettings, make_scaler, optimizer_step, training_module
+from kdsweep.distill.teacher_source import open_teacher
 
 ReportFn = Callable[[dict], None]
 

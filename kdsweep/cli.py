@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from distill.diskfull import DiskFull, full_disk_in
-from distill.errors import ConfigError, KDSweepError
-from distill.splits import SplitSpec
+import kdsweep.distill as distill_package
+from kdsweep.distill.diskfull import DiskFull, full_disk_in
+from kdsweep.distill.errors import ConfigError, KDSweepError
+from kdsweep.distill.splits import SplitSpec
 from kdsweep import __version__
 
 DESCRIPTION = ("Systematic hyperparameter sweeps for knowledge distillation of protein language models "
@@ -64,12 +65,12 @@ class Command:
 
 
 def _train(args) -> int:
-    from distill.config import load_config
-    from distill.evaluate import headline
-    from distill.inputs import check_inputs, check_writable_dir
-    from distill.rerun import clear_run
-    from distill.rundir import COMPLETED, STUDENT_DIR, SUMMARY_NAME
-    from distill.train import run_training
+    from kdsweep.distill.config import load_config
+    from kdsweep.distill.evaluate import headline
+    from kdsweep.distill.inputs import check_inputs, check_writable_dir
+    from kdsweep.distill.rerun import clear_run
+    from kdsweep.distill.rundir import COMPLETED, STUDENT_DIR, SUMMARY_NAME
+    from kdsweep.distill.train import run_training
 
     overrides = list(args.set or [])
     if args.out:
@@ -92,10 +93,10 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from distill.atomic import write_atomic
-    from distill.evaluate import evaluate_dirs, headline
-    from distill.inputs import check_writable_file
-    from distill.numbers import dumps
+    from kdsweep.distill.atomic import write_atomic
+    from kdsweep.distill.evaluate import evaluate_dirs, headline
+    from kdsweep.distill.inputs import check_writable_file
+    from kdsweep.distill.numbers import dumps
 
     if args.out:
         check_writable_file(args.out, "--out")  # before the work, not after it
@@ -110,8 +111,8 @@ def _evaluate(args) -> int:
 
 
 def _demo_teacher(args) -> int:
-    from distill.demo_teacher import build_demo_teacher
-    from distill.inputs import check_writable_dir
+    from kdsweep.distill.demo_teacher import build_demo_teacher
+    from kdsweep.distill.inputs import check_writable_dir
 
     check_writable_dir(args.out, "--out")  # before an hour of training, not after it
     if args.steps is not None and args.steps < 1:
@@ -121,8 +122,8 @@ def _demo_teacher(args) -> int:
 
 
 def _sweep_run(args) -> int:
-    from sweeps.space import load_space, smoke_space, with_search_replicates, with_tracker
-    from sweeps.textfit import output_width
+    from kdsweep.sweeps.space import load_space, smoke_space, with_search_replicates, with_tracker
+    from kdsweep.sweeps.textfit import output_width
 
     # validated before Ray is even imported
     space = with_search_replicates(with_tracker(load_space(args.space), args.tracker), args.search_replicates)
@@ -131,8 +132,8 @@ def _sweep_run(args) -> int:
     if args.name is None:
         args.name = space.name  # what the Ctrl-C hint names
 
-    from sweeps.runner import next_steps, run_sweep
-    from sweeps.status import format_status, sweep_status
+    from kdsweep.sweeps.runner import next_steps, run_sweep
+    from kdsweep.sweeps.status import format_status, sweep_status
 
     sd = run_sweep(space, name=args.name, storage=args.storage, address=args.address)
     print(format_status(sweep_status(sd), output_width()))
@@ -141,9 +142,9 @@ def _sweep_run(args) -> int:
 
 
 def _sweep_resume(args) -> int:
-    from sweeps.runner import next_steps, resume_sweep
-    from sweeps.status import format_status, sweep_status
-    from sweeps.textfit import output_width
+    from kdsweep.sweeps.runner import next_steps, resume_sweep
+    from kdsweep.sweeps.status import format_status, sweep_status
+    from kdsweep.sweeps.textfit import output_width
 
     sd = resume_sweep(args.name, storage=args.storage, address=args.address)
     print(format_status(sweep_status(sd), output_width()))
@@ -152,10 +153,10 @@ def _sweep_resume(args) -> int:
 
 
 def _sweep_status(args) -> int:
-    from distill.numbers import dumps
-    from sweeps.layout import open_sweep
-    from sweeps.status import format_status, sweep_status
-    from sweeps.textfit import output_width
+    from kdsweep.distill.numbers import dumps
+    from kdsweep.sweeps.layout import open_sweep
+    from kdsweep.sweeps.status import format_status, sweep_status
+    from kdsweep.sweeps.textfit import output_width
 
     rows = sweep_status(open_sweep(args.name, args.storage))
     print(dumps(rows, indent=2) if args.json else format_status(rows, output_width()))
@@ -165,10 +166,10 @@ def _sweep_status(args) -> int:
 def _sweep_list(args) -> int:
     import dataclasses
 
-    from distill.numbers import dumps
-    from sweeps.layout import storage_root
-    from sweeps.status import format_sweep_list, list_sweeps
-    from sweeps.textfit import output_width
+    from kdsweep.distill.numbers import dumps
+    from kdsweep.sweeps.layout import storage_root
+    from kdsweep.sweeps.status import format_sweep_list, list_sweeps
+    from kdsweep.sweeps.textfit import output_width
 
     root = storage_root(args.storage)
     summaries = list_sweeps(root)
@@ -178,9 +179,9 @@ def _sweep_list(args) -> int:
 
 
 def _sweep_export(args) -> int:
-    from distill.inputs import check_writable_dir
-    from sweeps.export import export_best
-    from sweeps.layout import open_sweep
+    from kdsweep.distill.inputs import check_writable_dir
+    from kdsweep.sweeps.export import export_best
+    from kdsweep.sweeps.layout import open_sweep
 
     check_writable_dir(args.out, "--out")
     for path in export_best(open_sweep(args.name, args.storage), args.out):
@@ -189,11 +190,11 @@ def _sweep_export(args) -> int:
 
 
 def _sweep_replicate(args) -> int:
-    from sweeps.layout import open_sweep
-    from sweeps.replicate import run_replicates
-    from sweeps.space import load_space, with_tracker
-    from sweeps.textfit import command_lines, output_width
-    from sweeps.tracking import tracker_hint
+    from kdsweep.sweeps.layout import open_sweep
+    from kdsweep.sweeps.replicate import run_replicates
+    from kdsweep.sweeps.space import load_space, with_tracker
+    from kdsweep.sweeps.textfit import command_lines, output_width
+    from kdsweep.sweeps.tracking import tracker_hint
 
     sd = open_sweep(args.name, args.storage)
     run_replicates(sd, seeds=args.seeds, address=args.address, tracker=args.tracker, ablations=args.ablations)
@@ -205,9 +206,9 @@ def _sweep_replicate(args) -> int:
 
 
 def _analyze(args) -> int:
-    from analysis.report import analyze, summary_lines
-    from distill.inputs import check_writable_dir
-    from sweeps.layout import open_sweep
+    from kdsweep.analysis.report import analyze, summary_lines
+    from kdsweep.distill.inputs import check_writable_dir
+    from kdsweep.sweeps.layout import open_sweep
 
     sd = open_sweep(args.name, args.storage)
     check_writable_dir(args.out or sd.analysis, "--out")
@@ -216,8 +217,8 @@ def _analyze(args) -> int:
 
 
 def _dashboard(args) -> int:
-    from sweeps.dashboard import check_ports, serve_dashboard
-    from sweeps.layout import open_sweep
+    from kdsweep.sweeps.dashboard import check_ports, serve_dashboard
+    from kdsweep.sweeps.layout import open_sweep
 
     check_ports(args.port, args.tensorboard_port if args.tensorboard else None)
     return serve_dashboard(open_sweep(args.name, args.storage), port=args.port, print_only=args.print_only,
@@ -225,8 +226,8 @@ def _dashboard(args) -> int:
 
 
 def _data_report(args) -> int:
-    from distill.data_report import data_report, format_data_report
-    from distill.numbers import dumps
+    from kdsweep.distill.data_report import data_report, format_data_report
+    from kdsweep.distill.numbers import dumps
 
     report = data_report(args.data, identity=args.identity, coverage=args.coverage, column=args.column,
                          teacher_train=args.teacher_train)
@@ -235,11 +236,11 @@ def _data_report(args) -> int:
 
 
 def _cache_build(args) -> int:
-    from distill.teacher_cache import build_teacher_cache
-    from sweeps.cache import check_cache_dir, plan_space_cache
-    from sweeps.layout import storage_root
-    from sweeps.preflight import check_inputs_of_space
-    from sweeps.space import load_space, smoke_space
+    from kdsweep.distill.teacher_cache import build_teacher_cache
+    from kdsweep.sweeps.cache import check_cache_dir, plan_space_cache
+    from kdsweep.sweeps.layout import storage_root
+    from kdsweep.sweeps.preflight import check_inputs_of_space
+    from kdsweep.sweeps.space import load_space, smoke_space
 
     space = load_space(args.space)
     if args.smoke:
@@ -259,9 +260,9 @@ def _cache_build_hint(args) -> str:
 
 
 def _estimate(args) -> int:
-    from distill.numbers import dumps
-    from sweeps.estimate import estimate, format_estimate
-    from sweeps.space import load_space
+    from kdsweep.distill.numbers import dumps
+    from kdsweep.sweeps.estimate import estimate, format_estimate
+    from kdsweep.sweeps.space import load_space
 
     est = estimate(load_space(args.space), tokens_per_s=args.tokens_per_s, device=args.device, devices=args.devices,
                    storage=args.storage)
@@ -361,7 +362,7 @@ COMMANDS: dict[str, Command] = {
                  "proteins it saw (default: not reported)"),
         arg("--json", action="store_true", help="print JSON instead of a table")]),
     "demo-teacher": Command(_demo_teacher, "(re)build the bundled CPU demo teacher (about an hour on 2 cores)", [
-        arg("--out", default=str(Path(__file__).resolve().parent.parent / "distill" / "assets" / "demo-teacher"),
+        arg("--out", default=str(Path(distill_package.__file__).resolve().parent / "assets" / "demo-teacher"),
             help="output folder"),
         arg("--steps", type=int, default=None, help="training steps (default: the committed teacher's)")]),
 }

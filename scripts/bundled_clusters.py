@@ -6,10 +6,10 @@ Needs `mmseqs` on PATH. The output is byte-reproducible: tests/distill/test_homo
 re-runs MMseqs2 and checks the shipped file against it.
 """
 
-from distill.data import BUNDLED_DATA
-from distill.homology import BUNDLED_CLUSTERS, run_mmseqs, write_assignment
-from distill.sequences import read_sequences
-from distill.splits import SplitSpec
+from kdsweep.distill.data import BUNDLED_DATA
+from kdsweep.distill.homology import BUNDLED_CLUSTERS, run_mmseqs, write_assignment
+from kdsweep.distill.sequences import read_sequences
+from kdsweep.distill.splits import SplitSpec
 
 if __name__ == "__main__":
     spec = SplitSpec()

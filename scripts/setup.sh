@@ -29,6 +29,10 @@ PY=${PYTHON:-python3}
 echo "kdsweep installed in $(pwd)/.venv (run it as .venv/bin/kdsweep, or 'source .venv/bin/activate' first)"
 
 if [ -n "$EXTRA" ]; then
+  # PyPI's own `sweeps` and `analysis` (names kdsweep's folders also have), kept apart in one folder:
+  # the smoke-sweep test runs kdsweep with them first on PYTHONPATH to show nothing is shadowed.
+  [ -d .venv/namesakes/sweeps ] && [ -d .venv/namesakes/analysis ] ||
+    .venv/bin/python -m pip install -qq --no-deps --target .venv/namesakes "sweeps==0.3.0" "analysis==0.1.7"
   # Debian's package names; chromium-driver is the chromedriver Selenium drives it through; tmux
   # is the terminal the live view is tested in (tests/sweeps/test_live_tmux.py).
   SYSTEM=(chromium chromium-driver tmux)

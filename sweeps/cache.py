@@ -28,16 +28,16 @@ from typing import Callable
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from distill.config import TrainConfig
-from distill.diskfull import full_disk_in
-from distill.digests import bytes_hashed
-from distill.errors import KDSweepError
-from distill.inputs import check_writable_dir
-from distill.teacher_cache import (CachePlan, TeacherCache, build_teacher_cache, heldout_donor, is_complete,
+from kdsweep.distill.config import TrainConfig
+from kdsweep.distill.diskfull import full_disk_in
+from kdsweep.distill.digests import bytes_hashed
+from kdsweep.distill.errors import KDSweepError
+from kdsweep.distill.inputs import check_writable_dir
+from kdsweep.distill.teacher_cache import (CachePlan, TeacherCache, build_teacher_cache, heldout_donor, is_complete,
                                    plan_teacher_cache)
-from sweeps.console import BuildProgress
-from sweeps.layout import SweepDir
-from sweeps.space import SearchSpace, worker_resources
+from kdsweep.sweeps.console import BuildProgress
+from kdsweep.sweeps.layout import SweepDir
+from kdsweep.sweeps.space import SearchSpace, worker_resources
 
 PROGRESS_EVERY_S = 0.5  # between two progress updates the build task sends the driver
 CACHE_DIR = "teacher_cache"

@@ -15,11 +15,11 @@ import os
 
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-from sweeps.failfast import FailFast
-from sweeps.live import LiveView
-from sweeps.progress import EarlyStopping
-from sweeps.space import SearchSpace
-from sweeps.tensorboard import TensorBoardCallback
+from kdsweep.sweeps.failfast import FailFast
+from kdsweep.sweeps.live import LiveView
+from kdsweep.sweeps.progress import EarlyStopping
+from kdsweep.sweeps.space import SearchSpace
+from kdsweep.sweeps.tensorboard import TensorBoardCallback
 
 
 def tracker_callbacks(space: SearchSpace, sweep: str) -> list:
@@ -27,7 +27,7 @@ def tracker_callbacks(space: SearchSpace, sweep: str) -> list:
     starts, when its package or W&B's credentials are missing."""
     if space.tracking["tracker"] is None:
         return []
-    from sweeps.trackers import tracker_callback  # imports mlflow or wandb (seconds): only when asked for
+    from kdsweep.sweeps.trackers import tracker_callback  # imports mlflow or wandb (seconds): only when asked for
 
     return [tracker_callback(space.tracking, sweep)]
 

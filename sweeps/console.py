@@ -26,7 +26,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from sweeps.progress import (
+from kdsweep.sweeps.progress import (
     STARTING,
     Progress,
     TrialRow,
@@ -38,8 +38,8 @@ from sweeps.progress import (
     fmt_step,
     summary_line,
 )
-from sweeps.study import COMPLETED, DIVERGED, ENDED_STATES, FAILED, RUNNING, STOPPED_EARLY
-from sweeps.textfit import GAP, Column, fitted_rows, is_interactive, pack
+from kdsweep.sweeps.study import COMPLETED, DIVERGED, ENDED_STATES, FAILED, RUNNING, STOPPED_EARLY
+from kdsweep.sweeps.textfit import GAP, Column, fitted_rows, is_interactive, pack
 
 LAST_ENDED = 5  # ended trials the terminal view keeps on screen
 STATE_STYLE = {COMPLETED: "green", STOPPED_EARLY: "yellow", DIVERGED: "red", FAILED: "bold red", RUNNING: "cyan",

@@ -17,8 +17,8 @@ from __future__ import annotations
 import getpass
 import socket
 
-from distill.errors import ConfigError
-from sweeps.layout import SweepDir
+from kdsweep.distill.errors import ConfigError
+from kdsweep.sweeps.layout import SweepDir
 
 HOST = "127.0.0.1"
 OPTUNA_PORT, TENSORBOARD_PORT = 8080, 6006

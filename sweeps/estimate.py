@@ -52,11 +52,11 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from distill.block_order import pool_size
-from distill.config import TrainConfig
-from distill.data import prepare_data
-from distill.errors import ConfigError
-from distill.models import (
+from kdsweep.distill.block_order import pool_size
+from kdsweep.distill.config import TrainConfig
+from kdsweep.distill.data import prepare_data
+from kdsweep.distill.errors import ConfigError
+from kdsweep.distill.models import (
     PROTGPT2_TOKENIZER_DIR,
     build_student,
     load_tokenizer,
@@ -64,16 +64,16 @@ from distill.models import (
     resolve_teacher,
     student_sizes,
 )
-from distill.probe import HeldTeacher, forward_flops_per_token, random_tokens, train_flops_per_token
-from distill.runtime import resolve_runtime
-from distill.splits import SplitSpec
-from distill.step import LossSettings, Stepper
-from distill.teacher_cache import cache_sizes, heldout_tokens
-from distill.teacher_source import LiveTeacher
-from distill.train import total_steps
-from sweeps.asha_model import AshaExpectation, expected_asha_steps, report_steps, without_early_stopping
-from sweeps.layout import storage_root
-from sweeps.space import SearchSpace, reuses_processes
+from kdsweep.distill.probe import HeldTeacher, forward_flops_per_token, random_tokens, train_flops_per_token
+from kdsweep.distill.runtime import resolve_runtime
+from kdsweep.distill.splits import SplitSpec
+from kdsweep.distill.step import LossSettings, Stepper
+from kdsweep.distill.teacher_cache import cache_sizes, heldout_tokens
+from kdsweep.distill.teacher_source import LiveTeacher
+from kdsweep.distill.train import total_steps
+from kdsweep.sweeps.asha_model import AshaExpectation, expected_asha_steps, report_steps, without_early_stopping
+from kdsweep.sweeps.layout import storage_root
+from kdsweep.sweeps.space import SearchSpace, reuses_processes
 
 # Hub teachers whose config and tokenizer ship with kdsweep: estimated without a download.
 SHIPPED_TEACHERS = {"nferruz/ProtGPT2": PROTGPT2_TOKENIZER_DIR}

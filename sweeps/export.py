@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distill.config import dump_config
-from distill.data import file_sha256, resolve_data_path
-from distill.errors import ConfigError
-from distill.inputs import check_writable_file
-from sweeps.layout import SweepDir, config_file_name
-from sweeps.study import ATTR_STEP, ATTR_TRIAL, best_trial, study_trials
+from kdsweep.distill.config import dump_config
+from kdsweep.distill.data import file_sha256, resolve_data_path
+from kdsweep.distill.errors import ConfigError
+from kdsweep.distill.inputs import check_writable_file
+from kdsweep.sweeps.layout import SweepDir, config_file_name
+from kdsweep.sweeps.study import ATTR_STEP, ATTR_TRIAL, best_trial, study_trials
 
 
 def export_best(sd: SweepDir, out_dir: str | Path, *, train_root: str = "runs/final") -> list[Path]:

@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from distill.atomic import write_atomic
-from distill.errors import ConfigError, shown
-from distill.numbers import dumps
+from kdsweep.distill.atomic import write_atomic
+from kdsweep.distill.errors import ConfigError, shown
+from kdsweep.distill.numbers import dumps
 
 DEFAULT_STORAGE = "kdsweep_runs"
 SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")

@@ -26,10 +26,10 @@ from typing import TextIO
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from sweeps.console import LineRenderer, LiveRenderer, is_interactive
-from sweeps.progress import STARTING, EarlyStopping, Progress, TrialRow
-from sweeps.study import ENDED_STATES, FAILED, RUNNING, ended_status
-from sweeps.tracking import sampled, trial_config
+from kdsweep.sweeps.console import LineRenderer, LiveRenderer, is_interactive
+from kdsweep.sweeps.progress import STARTING, EarlyStopping, Progress, TrialRow
+from kdsweep.sweeps.study import ENDED_STATES, FAILED, RUNNING, ended_status
+from kdsweep.sweeps.tracking import sampled, trial_config
 
 REDRAW_S = 1.0  # between two redraws of the view (Tune's loop steps far more often)
 # Where Tune logs its "may be a performance bottleneck" warnings (ray.tune.utils.warn_if_slow).

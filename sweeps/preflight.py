@@ -23,13 +23,13 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from distill.errors import ConfigError
-from distill.exposure import check_teacher_train_data
-from distill.inputs import check_inputs, check_writable_dir
-from distill.train import accumulation_steps, total_steps
-from sweeps.cache import check_cache_dir
-from sweeps.space import Dist, SearchSpace, Study
-from sweeps.trial import trial_bundles
+from kdsweep.distill.errors import ConfigError
+from kdsweep.distill.exposure import check_teacher_train_data
+from kdsweep.distill.inputs import check_inputs, check_writable_dir
+from kdsweep.distill.train import accumulation_steps, total_steps
+from kdsweep.sweeps.cache import check_cache_dir
+from kdsweep.sweeps.space import Dist, SearchSpace, Study
+from kdsweep.sweeps.trial import trial_bundles
 
 # `ray up` leaves the cluster's node types here on the head node (Tune uses the same file to
 # tell an autoscaling cluster apart); Ray has no public API that says "this cluster can grow".

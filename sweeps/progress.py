@@ -24,7 +24,7 @@ import heapq
 import statistics
 from dataclasses import dataclass, field
 
-from sweeps.study import COMPLETED, ENDED_STATES, PENDING, RUNNING
+from kdsweep.sweeps.study import COMPLETED, ENDED_STATES, PENDING, RUNNING
 
 STARTING = "starting"
 # The view's states in the order it counts them.

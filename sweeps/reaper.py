@@ -22,7 +22,7 @@ import psutil
 
 def start_reaper() -> None:
     """Watch this process (call it right after starting an embedded Ray)."""
-    subprocess.Popen([sys.executable, "-m", "sweeps.reaper", str(os.getpid())], start_new_session=True,
+    subprocess.Popen([sys.executable, "-m", "kdsweep.sweeps.reaper", str(os.getpid())], start_new_session=True,
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

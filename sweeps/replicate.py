@@ -26,17 +26,17 @@ import time
 
 from ray import tune
 
-from distill.errors import ConfigError
-from distill.rundir import DIVERGED, finished_run
-from sweeps.cache import ensure_teacher_cache, record_teacher_cache
-from sweeps.callbacks import tune_callbacks
-from sweeps.layout import SweepDir
-from sweeps.preflight import check_inputs_of_space, check_resources
-from sweeps.runner import Log, check_shared_storage, init_ray, max_steps
-from sweeps.shared_storage import StorageGuard, raise_if_refused, remove
-from sweeps.space import with_tracker
-from sweeps.study import best_trial, study_trials
-from sweeps.trial import EXECUTORS, trial_resources
+from kdsweep.distill.errors import ConfigError
+from kdsweep.distill.rundir import DIVERGED, finished_run
+from kdsweep.sweeps.cache import ensure_teacher_cache, record_teacher_cache
+from kdsweep.sweeps.callbacks import tune_callbacks
+from kdsweep.sweeps.layout import SweepDir
+from kdsweep.sweeps.preflight import check_inputs_of_space, check_resources
+from kdsweep.sweeps.runner import Log, check_shared_storage, init_ray, max_steps
+from kdsweep.sweeps.shared_storage import StorageGuard, raise_if_refused, remove
+from kdsweep.sweeps.space import with_tracker
+from kdsweep.sweeps.study import best_trial, study_trials
+from kdsweep.sweeps.trial import EXECUTORS, trial_resources
 
 
 def replicate_specs(sd: SweepDir, seeds: int, ablations: bool = True) -> tuple[object, list[dict]]:

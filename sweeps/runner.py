@@ -21,32 +21,32 @@ import ray
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
-from distill.checkpoint import drop_resume_state
-from distill.config import config_from_dict
-from distill.data import precluster
-from distill.diskfull import full_disk_named
-from distill.errors import ConfigError
-from distill.rundir import CHECKPOINTS_DIR, STOPPED_EARLY, finished_run
-from distill.splits import SplitSpec
-from distill.train import total_steps
-from sweeps.cache import META_KEY as TEACHER_CACHE_KEY
-from sweeps.cache import cache_root, ensure_teacher_cache, record_teacher_cache
-from sweeps.callbacks import tracker_callbacks, tune_callbacks
-from sweeps.layout import SweepDir, check_sweep_name, git_commit, open_sweep, storage_root
-from sweeps.localray import init_loopback_ray
-from sweeps.preflight import asha_warnings, check_inputs_of_space, check_resources, check_tune_state
-from sweeps.progress import EarlyStopping
-from sweeps.reaper import start_reaper
-from sweeps.scheduler import PerStudyASHA
-from sweeps.searcher import StudySearcher, reconcile_with_tune
-from sweeps.shared_storage import StorageCheck, StorageGuard, check_every_node, plant, raise_if_refused, remove
-from sweeps.space import SearchSpace, dump_space, load_space, reuses_processes
-from sweeps.status import sweep_complete
-from sweeps.storage import display, is_sqlite
-from sweeps.study import existing_studies, study_trials
-from sweeps.textfit import command_lines
-from sweeps.tracking import tracker_hint
-from sweeps.trial import EXECUTORS, trial_resources
+from kdsweep.distill.checkpoint import drop_resume_state
+from kdsweep.distill.config import config_from_dict
+from kdsweep.distill.data import precluster
+from kdsweep.distill.diskfull import full_disk_named
+from kdsweep.distill.errors import ConfigError
+from kdsweep.distill.rundir import CHECKPOINTS_DIR, STOPPED_EARLY, finished_run
+from kdsweep.distill.splits import SplitSpec
+from kdsweep.distill.train import total_steps
+from kdsweep.sweeps.cache import META_KEY as TEACHER_CACHE_KEY
+from kdsweep.sweeps.cache import cache_root, ensure_teacher_cache, record_teacher_cache
+from kdsweep.sweeps.callbacks import tracker_callbacks, tune_callbacks
+from kdsweep.sweeps.layout import SweepDir, check_sweep_name, git_commit, open_sweep, storage_root
+from kdsweep.sweeps.localray import init_loopback_ray
+from kdsweep.sweeps.preflight import asha_warnings, check_inputs_of_space, check_resources, check_tune_state
+from kdsweep.sweeps.progress import EarlyStopping
+from kdsweep.sweeps.reaper import start_reaper
+from kdsweep.sweeps.scheduler import PerStudyASHA
+from kdsweep.sweeps.searcher import StudySearcher, reconcile_with_tune
+from kdsweep.sweeps.shared_storage import StorageCheck, StorageGuard, check_every_node, plant, raise_if_refused, remove
+from kdsweep.sweeps.space import SearchSpace, dump_space, load_space, reuses_processes
+from kdsweep.sweeps.status import sweep_complete
+from kdsweep.sweeps.storage import display, is_sqlite
+from kdsweep.sweeps.study import existing_studies, study_trials
+from kdsweep.sweeps.textfit import command_lines
+from kdsweep.sweeps.tracking import tracker_hint
+from kdsweep.sweeps.trial import EXECUTORS, trial_resources
 
 Log = Callable[[str], None]
 TRAIN_HEALTH_CHECK_S = "0.2"

@@ -40,9 +40,9 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from distill.checkpoint import drop_resume_state
-from distill.numbers import dumps, number
-from distill.rundir import (
+from kdsweep.distill.checkpoint import drop_resume_state
+from kdsweep.distill.numbers import dumps, number
+from kdsweep.distill.rundir import (
     CHECKPOINTS_DIR,
     COMPLETED,
     DIVERGED,
@@ -51,9 +51,9 @@ from distill.rundir import (
     finished_run,
     write_summary_if_absent,
 )
-from sweeps.layout import SweepDir
-from sweeps.space import SearchSpace
-from sweeps.study import (
+from kdsweep.sweeps.layout import SweepDir
+from kdsweep.sweeps.space import SearchSpace
+from kdsweep.sweeps.study import (
     ATTR_BEST_STEP,
     ATTR_STATUS,
     ATTR_STEP,

@@ -29,7 +29,7 @@ import ray
 from ray.tune import Callback, Stopper
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from distill.errors import ConfigError, KDSweepError
+from kdsweep.distill.errors import ConfigError, KDSweepError
 
 SENTINEL_PREFIX = ".kdsweep-node-check-"
 ANSWER_TIMEOUT_S = 120.0

@@ -21,15 +21,15 @@ from typing import Any
 
 import yaml
 
-from distill.atomic import write_atomic
-from distill.config import FIELDS as TRAIN_FIELDS
-from distill.config import SEED_LIMIT, TrainConfig, config_from_dict, did_you_mean, read_yaml_mapping, shown_key
-from distill.errors import ConfigError, shown
-from distill.models import load_scales, looks_like_path
-from distill.numbers import parse_number
-from distill.teacher_cache import STORAGE_DTYPES
-from sweeps.layout import check_sweep_name
-from sweeps.storage import storage_url_problem
+from kdsweep.distill.atomic import write_atomic
+from kdsweep.distill.config import FIELDS as TRAIN_FIELDS
+from kdsweep.distill.config import SEED_LIMIT, TrainConfig, config_from_dict, did_you_mean, read_yaml_mapping, shown_key
+from kdsweep.distill.errors import ConfigError, shown
+from kdsweep.distill.models import load_scales, looks_like_path
+from kdsweep.distill.numbers import parse_number
+from kdsweep.distill.teacher_cache import STORAGE_DTYPES
+from kdsweep.sweeps.layout import check_sweep_name
+from kdsweep.sweeps.storage import storage_url_problem
 
 SEARCH_SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distill.errors import KDSweepError
-from distill.rundir import RESTARTED, read_log
-from sweeps.layout import SweepDir, sweep_names
-from sweeps.study import (
+from kdsweep.distill.errors import KDSweepError
+from kdsweep.distill.rundir import RESTARTED, read_log
+from kdsweep.sweeps.layout import SweepDir, sweep_names
+from kdsweep.sweeps.study import (
     ATTR_STEP,
     ATTR_TRIAL,
     ORPHANED,
@@ -29,7 +29,7 @@ from sweeps.study import (
     study_trials,
     trial_status,
 )
-from sweeps.textfit import Column, essential_width, pack, table
+from kdsweep.sweeps.textfit import Column, essential_width, pack, table
 
 COUNTED = ("planned", PENDING, *TRIAL_STATES, RESTARTED)
 

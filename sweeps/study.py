@@ -27,11 +27,11 @@ from sqlalchemy.exc import DatabaseError
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from distill.errors import ConfigError
-from distill.rundir import COMPLETED, DIVERGED, STOPPED_EARLY
-from sweeps.layout import SweepDir
-from sweeps.space import Dist, SearchSpace, load_space
-from sweeps.storage import display, open_storage
+from kdsweep.distill.errors import ConfigError
+from kdsweep.distill.rundir import COMPLETED, DIVERGED, STOPPED_EARLY
+from kdsweep.sweeps.layout import SweepDir
+from kdsweep.sweeps.space import Dist, SearchSpace, load_space
+from kdsweep.sweeps.storage import display, open_storage
 
 METRIC, MODE = "val_ppl", "min"
 # Optuna user-attribute keys kdsweep writes on every trial.

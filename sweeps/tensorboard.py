@@ -23,8 +23,8 @@ import time
 
 from ray.tune.logger import LoggerCallback
 
-from sweeps.study import COMPLETED, STOPPED_EARLY
-from sweeps.tracking import (
+from kdsweep.sweeps.study import COMPLETED, STOPPED_EARLY
+from kdsweep.sweeps.tracking import (
     REPLICATES,
     end_state,
     final_metrics,

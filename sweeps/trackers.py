@@ -36,9 +36,9 @@ from pathlib import Path
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.air.integrations.wandb import WandbLoggerCallback, _QueueItem, _WandbLoggingActor
 
-from distill.errors import ConfigError
-from sweeps.study import COMPLETED, DIVERGED, FAILED, STOPPED_EARLY
-from sweeps.tracking import (
+from kdsweep.distill.errors import ConfigError
+from kdsweep.sweeps.study import COMPLETED, DIVERGED, FAILED, STOPPED_EARLY
+from kdsweep.sweeps.tracking import (
     STATE_TAG,
     end_state,
     final_metrics,

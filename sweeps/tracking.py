@@ -23,9 +23,9 @@ import math
 import os
 from pathlib import Path
 
-from distill.rundir import CONFIG_NAME, LOG_NAME, STUDENT_DIR, SUMMARY_NAME
-from sweeps.layout import SweepDir
-from sweeps.study import COMPLETED, DIVERGED, FAILED, ended_status
+from kdsweep.distill.rundir import CONFIG_NAME, LOG_NAME, STUDENT_DIR, SUMMARY_NAME
+from kdsweep.sweeps.layout import SweepDir
+from kdsweep.sweeps.study import COMPLETED, DIVERGED, FAILED, ended_status
 
 # The metrics of a training row (distill/train.py) drawn as curves.
 CURVES = ("val_ppl", "val_nll_per_residue", "val_ece", "val_accuracy", "train_loss", "train_hard", "train_soft",
@@ -99,9 +99,9 @@ def flat(d: dict, prefix: str = "") -> dict:
 
 def resolved_config(trial) -> dict:
     """The trial's whole TrainConfig, flat, as its run trains it (sweeps.trial builds it the same way)."""
-    from distill.models import student_sizes
-    from sweeps.space import load_space
-    from sweeps.trial import trial_train_config  # imports Ray Train: only where a tracker runs
+    from kdsweep.distill.models import student_sizes
+    from kdsweep.sweeps.space import load_space
+    from kdsweep.sweeps.trial import trial_train_config  # imports Ray Train: only where a tracker runs
 
     sd = sweep_dir(trial)
     cfg = trial_train_config(load_space(sd.space), trial_config(trial), str(sd.root), trial.trial_id)

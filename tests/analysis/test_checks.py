@@ -7,8 +7,8 @@ import math
 
 import pandas as pd
 
-from analysis.checks import degenerate, edge_of_range, few_seeds, range_position, report_warnings
-from sweeps.space import SEARCH_SPACES_DIR, load_space
+from kdsweep.analysis.checks import degenerate, edge_of_range, few_seeds, range_position, report_warnings
+from kdsweep.sweeps.space import SEARCH_SPACES_DIR, load_space
 
 SPACE = load_space(SEARCH_SPACES_DIR / "demo.yaml")  # lr loguniform [1e-3, 3e-2], alpha uniform [0.1, 0.9], ...
 

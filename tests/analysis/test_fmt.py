@@ -6,8 +6,8 @@ import math
 
 import pandas as pd
 
-from analysis.fmt import mean_pm, sig, with_interval
-from analysis.tables import cell_of
+from kdsweep.analysis.fmt import mean_pm, sig, with_interval
+from kdsweep.analysis.tables import cell_of
 
 
 def test_value_prints_to_the_precision_of_its_uncertainty():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.pareto import non_dominated, pareto_table
+from kdsweep.analysis.pareto import non_dominated, pareto_table
 
 
 def test_non_dominated_by_hand():

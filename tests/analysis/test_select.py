@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.select import ON_REPLICATES, ON_SEARCH, choose_arm, selection_free, selection_free_core
-from analysis.stats import BETTER, WORSE, t_interval
-from sweeps.space import BASELINE, ENHANCED_ARMS
+from kdsweep.analysis.select import ON_REPLICATES, ON_SEARCH, choose_arm, selection_free, selection_free_core
+from kdsweep.analysis.stats import BETTER, WORSE, t_interval
+from kdsweep.sweeps.space import BASELINE, ENHANCED_ARMS
 
 SEEDS = [1, 2, 3]
 REPS = 4000

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.stats import (BETTER, INCONCLUSIVE, SEARCH_REPLICATES, SEEDS, WORSE, holm, paired_difference,
+from kdsweep.analysis.stats import (BETTER, INCONCLUSIVE, SEARCH_REPLICATES, SEEDS, WORSE, holm, paired_difference,
                             t_interval, t_quantile, t_two_sided_p, two_level)
 
 # Student-t quantiles, as printed in standard tables (e.g. NIST/SEMATECH e-Handbook 1.3.6.7.2).

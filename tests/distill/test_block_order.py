@@ -2,8 +2,8 @@
 
 import torch
 
-from distill.block_order import BlockOrder, pool_size, total_steps
-from distill.config import TrainConfig
+from kdsweep.distill.block_order import BlockOrder, pool_size, total_steps
+from kdsweep.distill.config import TrainConfig
 
 
 def _read(order: BlockOrder, steps: range, batch: int, world: int = 1, micro_size: int | None = None) -> list[int]:

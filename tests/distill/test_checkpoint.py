@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from distill.checkpoint import CORRUPT_PREFIX, STATE, WEIGHTS, list_checkpoints
-from distill.rundir import CHECKPOINTS_DIR, eval_rows, read_log
-from distill.train import run_training
+from kdsweep.distill.checkpoint import CORRUPT_PREFIX, STATE, WEIGHTS, list_checkpoints
+from kdsweep.distill.rundir import CHECKPOINTS_DIR, eval_rows, read_log
+from kdsweep.distill.train import run_training
 from tests.fixtures import tiny_config
 
 
@@ -59,10 +59,10 @@ def _one_run(tmp_path, char_teacher, small_fasta, **overrides):
 
 def _fresh_state(cfg):
     """A student, optimizer, schedule and scaler as a run builds them, to load a checkpoint into."""
-    from distill.models import build_student, load_teacher_config, student_sizes
-    from distill.optim import make_optimizer, make_scheduler
-    from distill.runtime import resolve_runtime
-    from distill.step import make_scaler
+    from kdsweep.distill.models import build_student, load_teacher_config, student_sizes
+    from kdsweep.distill.optim import make_optimizer, make_scheduler
+    from kdsweep.distill.runtime import resolve_runtime
+    from kdsweep.distill.step import make_scaler
 
     student = build_student(load_teacher_config(cfg.teacher), student_sizes(None, cfg.n_layer, cfg.n_head, cfg.n_embd))
     optimizer = make_optimizer(student, cfg.lr)
@@ -77,7 +77,7 @@ def test_a_checkpoint_is_data_only_and_resumes_exactly(tmp_path, char_teacher, s
     import torch
     from safetensors.torch import load_file
 
-    from distill.checkpoint import OPTIMIZER, load_checkpoint, read_state
+    from kdsweep.distill.checkpoint import OPTIMIZER, load_checkpoint, read_state
 
     cfg, out = _one_run(tmp_path, char_teacher, small_fasta)
     ckpt = list_checkpoints(out / CHECKPOINTS_DIR)[-1]
@@ -113,7 +113,7 @@ class _Payload:
 def test_a_planted_pickle_is_refused_by_name_and_never_unpickled(planted, tmp_path, char_teacher, small_fasta):
     import pickle
 
-    from distill.checkpoint import CheckpointError, load_checkpoint
+    from kdsweep.distill.checkpoint import CheckpointError, load_checkpoint
 
     cfg, out = _one_run(tmp_path, char_teacher, small_fasta, keep_checkpoints=2)
     ckpt = list_checkpoints(out / CHECKPOINTS_DIR)[-1]
@@ -125,7 +125,7 @@ def test_a_planted_pickle_is_refused_by_name_and_never_unpickled(planted, tmp_pa
         load_checkpoint(ckpt, *_fresh_state(cfg))
     # Resuming names it, sets it aside, and continues from the checkpoint before it.
     lines = []
-    from distill.checkpoint import restore_latest
+    from kdsweep.distill.checkpoint import restore_latest
 
     found, step, _ = restore_latest(out / CHECKPOINTS_DIR, *_fresh_state(cfg), lines.append)
     assert found.name == "step_0000002" and step == 2
@@ -135,7 +135,7 @@ def test_a_planted_pickle_is_refused_by_name_and_never_unpickled(planted, tmp_pa
 
 
 def test_a_stopped_trial_keeps_only_its_newest_weights(tmp_path, char_teacher, small_fasta):
-    from distill.checkpoint import OPTIMIZER, CheckpointError, drop_resume_state, folder_bytes, load_checkpoint
+    from kdsweep.distill.checkpoint import OPTIMIZER, CheckpointError, drop_resume_state, folder_bytes, load_checkpoint
 
     cfg, out = _one_run(tmp_path, char_teacher, small_fasta, keep_checkpoints=2)
     root = out / CHECKPOINTS_DIR
@@ -153,8 +153,8 @@ def test_a_stopped_trial_keeps_only_its_newest_weights(tmp_path, char_teacher, s
 def test_the_final_student_can_be_saved_in_half_precision(dtype, tmp_path, char_teacher, small_fasta):
     import torch
 
-    from distill.models import load_saved_student
-    from distill.rundir import STUDENT_DIR
+    from kdsweep.distill.models import load_saved_student
+    from kdsweep.distill.rundir import STUDENT_DIR
 
     _, full = _one_run(tmp_path / "fp32", char_teacher, small_fasta)
     _, half = _one_run(tmp_path / dtype, char_teacher, small_fasta, save_dtype=dtype)

@@ -1,15 +1,15 @@
 import pytest
 
-from distill.config import TrainConfig, config_from_dict, load_config, parse_overrides
-from distill.errors import ConfigError
-from distill.splits import SplitSpec
+from kdsweep.distill.config import TrainConfig, config_from_dict, load_config, parse_overrides
+from kdsweep.distill.errors import ConfigError
+from kdsweep.distill.splits import SplitSpec
 
 
 def test_defaults_validate_and_round_trip(tmp_path):
     cfg = TrainConfig()
     assert config_from_dict(cfg.to_dict()) == cfg
     path = tmp_path / "c.yaml"
-    from distill.config import dump_config
+    from kdsweep.distill.config import dump_config
 
     dump_config(cfg.replace(lr=3e-4, smoothing=0.05), path, header="provenance here")
     back = load_config(path)

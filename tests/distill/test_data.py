@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from distill.data import cache_dir, heldout_from_file, load_splits, prepare_data, protgpt2_text, split_proteins
-from distill.demo_teacher import build_aa_tokenizer
-from distill.errors import DataError
-from distill.homology import cluster_representatives
-from distill.models import PROTGPT2_TOKENIZER_DIR, load_tokenizer
-from distill.splits import SPLITS, SplitSpec
+from kdsweep.distill.data import cache_dir, heldout_from_file, load_splits, prepare_data, protgpt2_text, split_proteins
+from kdsweep.distill.demo_teacher import build_aa_tokenizer
+from kdsweep.distill.errors import DataError
+from kdsweep.distill.homology import cluster_representatives
+from kdsweep.distill.models import PROTGPT2_TOKENIZER_DIR, load_tokenizer
+from kdsweep.distill.splits import SPLITS, SplitSpec
 from tests.fixtures import requires_mmseqs, write_real_fasta
 
 # 60 families of homologs: 0.6/0.2/0.2 puts ~12 whole families in each held-out split.

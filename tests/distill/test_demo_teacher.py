@@ -7,17 +7,17 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from distill.data import prepare_data
-from distill.demo_teacher import (
+from kdsweep.distill.data import prepare_data
+from kdsweep.distill.demo_teacher import (
     AA_LETTERS,
     build_aa_tokenizer,
     composition_nll,
     paired_residue_nll,
     unigram_entropy,
 )
-from distill.metrics import bootstrap_gap
-from distill.models import DEMO_TEACHER_DIR
-from distill.splits import SplitSpec
+from kdsweep.distill.metrics import bootstrap_gap
+from kdsweep.distill.models import DEMO_TEACHER_DIR
+from kdsweep.distill.splits import SplitSpec
 
 
 def _paired(model, tok, held_out):

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from distill import digests
-from distill.data import file_sha256
+from kdsweep.distill import digests
+from kdsweep.distill.data import file_sha256
 
 
 @pytest.fixture(autouse=True)

@@ -76,7 +76,7 @@ find $DISK -type f > {tmp_path}/files
 def test_reserve_turns_a_file_that_cannot_fit_into_an_oserror(tmp_path):
     script = """
 import json, os
-from distill.diskfull import DiskFull, reserve
+from kdsweep.distill.diskfull import DiskFull, reserve
 path = os.path.join(os.environ["DISK"], "x.npy")
 fd = os.open(path, os.O_CREAT | os.O_RDWR)
 try:

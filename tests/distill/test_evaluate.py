@@ -4,12 +4,12 @@ import math
 
 import torch
 
-from distill.data import heldout_from_file
-from distill.evaluate import evaluate_student
-from distill.metrics import score_heldout
-from distill.models import build_student, load_teacher, load_tokenizer
-from distill.runtime import Runtime
-from distill.teacher_source import LiveTeacher
+from kdsweep.distill.data import heldout_from_file
+from kdsweep.distill.evaluate import evaluate_student
+from kdsweep.distill.metrics import score_heldout
+from kdsweep.distill.models import build_student, load_teacher, load_tokenizer
+from kdsweep.distill.runtime import Runtime
+from kdsweep.distill.teacher_source import LiveTeacher
 from tests.fixtures import tiny_config
 
 

@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from distill.data import BUNDLED_DATA, file_sha256
-from distill.errors import DataError
-from distill.exposure import (DEMO_RECORD, UNKNOWN, check_teacher_train_data, demo_teacher_split, exposure,
+from kdsweep.distill.data import BUNDLED_DATA, file_sha256
+from kdsweep.distill.errors import DataError
+from kdsweep.distill.exposure import (DEMO_RECORD, UNKNOWN, check_teacher_train_data, demo_teacher_split, exposure,
                               fasta_ids, format_exposure, load_teacher_data)
-from distill.splits import SplitSpec
+from kdsweep.distill.splits import SplitSpec
 
 
 def test_fasta_ids_answer_to_the_first_word_and_uniprot_accessions():

@@ -9,7 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from distill.fused_loss import (
+from kdsweep.distill.fused_loss import (
     CUDA_MIN_CHUNK_ROWS,
     default_block_rows,
     default_chunk_rows,
@@ -17,9 +17,9 @@ from distill.fused_loss import (
     fused_kd_loss_terms,
     teacher_entropy_from_hidden,
 )
-from distill.heads import head_inputs
-from distill.loss import kd_loss, kd_loss_terms
-from distill.loss_reference import ARMS, reference_kd_loss
+from kdsweep.distill.heads import head_inputs
+from kdsweep.distill.loss import kd_loss, kd_loss_terms
+from kdsweep.distill.loss_reference import ARMS, reference_kd_loss
 
 PROTGPT2_VOCAB = 50_257
 WEIGHT_NORMS = ("mask", "weight")

@@ -13,9 +13,9 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
-from distill.generation import (RepetitionPenaltyExceptEnd, aa_kl_natural, draw_samples, expected_aa_kl_bias,
+from kdsweep.distill.generation import (RepetitionPenaltyExceptEnd, aa_kl_natural, draw_samples, expected_aa_kl_bias,
                                 generation_throughput, natural_resampling_floor, sample_proteins)
-from distill.metrics import STANDARD_AA, UNIPROT_BACKGROUND, aa_kl
+from kdsweep.distill.metrics import STANDARD_AA, UNIPROT_BACKGROUND, aa_kl
 
 LETTERS = "ACDEFGHIKLMNPQRSTVWYBXZUO"
 HELDOUT = ["MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQ",

@@ -13,7 +13,7 @@ from transformers import (
     GPT2Model,
 )
 
-from distill.heads import PROBE_LENGTH, head_inputs, is_linear_head
+from kdsweep.distill.heads import PROBE_LENGTH, head_inputs, is_linear_head
 
 
 def tiny_gpt2(dropout=0.0):

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from distill.errors import DataError
-from distill.homology import (
+from kdsweep.distill.errors import DataError
+from kdsweep.distill.homology import (
     BUNDLED_CLUSTERS,
     cluster_representatives,
     find_mmseqs,

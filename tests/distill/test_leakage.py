@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from distill.leakage import (K_REMOTE, REMOTE_KEY, covered_share, figure, kmer_hashes, shuffled_control,
+from kdsweep.distill.leakage import (K_REMOTE, REMOTE_KEY, covered_share, figure, kmer_hashes, shuffled_control,
                              split_leakage, teacher_exposure)
-from distill.splits import split_sequences
+from kdsweep.distill.splits import split_sequences
 
 
 def brute_share(train, heldout, k):

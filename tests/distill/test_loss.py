@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill.loss import (
+from kdsweep.distill.loss import (
     KDTerms,
     calibration_epsilon,
     kd_loss,
@@ -18,7 +18,7 @@ from distill.loss import (
     teacher_entropy,
     uncertainty_weights,
 )
-from distill.loss_reference import ARMS, reference_kd_loss
+from kdsweep.distill.loss_reference import ARMS, reference_kd_loss
 
 PROTGPT2_VOCAB = 50_257
 WEIGHT_NORMS = ("mask", "weight")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from distill.metrics import (
+from kdsweep.distill.metrics import (
     STANDARD_AA,
     UNIPROT_BACKGROUND,
     HeldOutScorer,

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from distill.numbers import dumps, number, parse_number
+from kdsweep.distill.numbers import dumps, number, parse_number
 
 
 @pytest.mark.parametrize("raw, expected", [(3, 3.0), (2.5, 2.5), ("1e-3", 1e-3), ("inf", math.inf), (" 7 ", 7.0)])

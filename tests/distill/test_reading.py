@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from distill.errors import ConfigError
-from distill.reading import MAX_YAML_NODES, UTF8_BOM, expanded_size, load_yaml, read_text
+from kdsweep.distill.errors import ConfigError
+from kdsweep.distill.reading import MAX_YAML_NODES, UTF8_BOM, expanded_size, load_yaml, read_text
 
 
 def test_a_byte_order_mark_is_accepted_and_dropped(tmp_path):

@@ -2,8 +2,8 @@ import gzip
 
 import pytest
 
-from distill.errors import DataError
-from distill.sequences import read_sequences
+from kdsweep.distill.errors import DataError
+from kdsweep.distill.sequences import read_sequences
 
 
 def test_reads_plain_and_gzip_and_deduplicates(tmp_path):
@@ -20,7 +20,7 @@ def test_reads_plain_and_gzip_and_deduplicates(tmp_path):
 
 
 def test_bundled_sample_dedups_to_18801():
-    from distill.data import BUNDLED_DATA
+    from kdsweep.distill.data import BUNDLED_DATA
 
     s = read_sequences(BUNDLED_DATA)
     assert s.n_records == 20000 and len(s.sequences) == 18801  # data/SOURCES.md

@@ -1,8 +1,8 @@
 import subprocess
 import sys
 
-from distill.homology import cluster_representatives
-from distill.splits import SPLITS, SplitSpec, split_sequences, stable_unit
+from kdsweep.distill.homology import cluster_representatives
+from kdsweep.distill.splits import SPLITS, SplitSpec, split_sequences, stable_unit
 
 
 def test_split_is_deterministic_fractional_and_order_free():

@@ -9,16 +9,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distill.checkpoint import latest_checkpoint
-from distill.config import TrainConfig
-from distill.errors import ModelError
-from distill.models import build_student, load_teacher
-from distill.phases import NO_TIMER, PHASES, PhaseTimer
-from distill.probe import HeldTeacher
-from distill.rundir import eval_rows
-from distill.runtime import Runtime
-from distill.step import LossSettings, Stepper
-from distill.teacher_source import LiveTeacher, open_teacher
+from kdsweep.distill.checkpoint import latest_checkpoint
+from kdsweep.distill.config import TrainConfig
+from kdsweep.distill.errors import ModelError
+from kdsweep.distill.models import build_student, load_teacher
+from kdsweep.distill.phases import NO_TIMER, PHASES, PhaseTimer
+from kdsweep.distill.probe import HeldTeacher
+from kdsweep.distill.rundir import eval_rows
+from kdsweep.distill.runtime import Runtime
+from kdsweep.distill.step import LossSettings, Stepper
+from kdsweep.distill.teacher_source import LiveTeacher, open_teacher
 from tests.fixtures import start_row, tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +48,7 @@ def test_fused_training_equals_logits_training(tmp_path, char_teacher, small_fas
     runs = {}
     for impl in ("fused", "logits"):
         cfg = tiny_config(char_teacher, small_fasta, tmp_path / impl, loss_impl=impl, final_eval=False, **BOTH_ARM)
-        from distill.train import run_training
+        from kdsweep.distill.train import run_training
 
         assert run_training(cfg).status == "completed"
         runs[impl] = tmp_path / impl
@@ -101,8 +101,8 @@ def test_a_held_teacher_batch_is_the_live_teacher(char_teacher):
 
 _DDP_WORKER = textwrap.dedent("""
     import sys, torch.distributed as dist
-    from distill.config import load_config
-    from distill.train import run_training
+    from kdsweep.distill.config import load_config
+    from kdsweep.distill.train import run_training
     rank, init = int(sys.argv[1]), sys.argv[2]
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     run_training(load_config(sys.argv[3]), log=lambda _: None)
@@ -114,8 +114,8 @@ def test_fused_path_under_ddp_matches_one_process(tmp_path, char_teacher, small_
     """Two gloo ranks (one micro-batch each) leave the weights one process leaves with both micro-batches
     accumulated: the gradients of the body and of the tied head (through the DDP-wrapped
     StudentHidden's forward) are all-reduced."""
-    from distill.config import dump_config
-    from distill.train import run_training
+    from kdsweep.distill.config import dump_config
+    from kdsweep.distill.train import run_training
 
     common = dict(batch_size=4, micro_batch_size=2, dropout=0.0, final_eval=False, max_steps=4, eval_interval=2,
                   **BOTH_ARM)
@@ -160,7 +160,7 @@ CUDA = pytest.param("cuda", marks=[pytest.mark.cuda,
 
 
 def _run(tmp_path, teacher, data, name, **overrides) -> Path:
-    from distill.train import run_training
+    from kdsweep.distill.train import run_training
 
     cfg = tiny_config(teacher, data, tmp_path / name, final_eval=False, dropout=0.0, max_steps=4, eval_interval=2,
                       **BOTH_ARM, **overrides)

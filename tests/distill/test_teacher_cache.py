@@ -10,16 +10,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distill import digests
-from distill.checkpoint import latest_checkpoint
-from distill.data import prepare_data
-from distill.errors import ConfigError, DataError
-from distill.fused_loss import teacher_entropy_from_hidden
-from distill.heads import head_inputs
-from distill.models import PROTGPT2_TOKENIZER_DIR, load_teacher, load_teacher_config, load_tokenizer
-from distill.rundir import eval_rows, read_log
-from distill.splits import SplitSpec
-from distill.teacher_cache import (
+from kdsweep.distill import digests
+from kdsweep.distill.checkpoint import latest_checkpoint
+from kdsweep.distill.data import prepare_data
+from kdsweep.distill.errors import ConfigError, DataError
+from kdsweep.distill.fused_loss import teacher_entropy_from_hidden
+from kdsweep.distill.heads import head_inputs
+from kdsweep.distill.models import PROTGPT2_TOKENIZER_DIR, load_teacher, load_teacher_config, load_tokenizer
+from kdsweep.distill.rundir import eval_rows, read_log
+from kdsweep.distill.splits import SplitSpec
+from kdsweep.distill.teacher_cache import (
     MANIFEST,
     BuildInterrupted,
     TeacherCache,
@@ -29,7 +29,7 @@ from distill.teacher_cache import (
     plan_teacher_cache,
     read_manifest,
 )
-from distill.train import run_training
+from kdsweep.distill.train import run_training
 from tests.fixtures import start_row, tiny_config
 
 # tiny_config: 6 steps x 4 blocks -> a pool of 24 blocks of 64 tokens; the char teacher is 32 wide.
@@ -110,7 +110,7 @@ def test_fp32_cache_trains_like_the_live_teacher(run_cfg, fp32_cache, live_run, 
     def no_teacher(*args, **kwargs):
         raise AssertionError("a run reading the teacher cache loaded the teacher's weights")
 
-    monkeypatch.setattr("distill.teacher_source.load_teacher", no_teacher)
+    monkeypatch.setattr("kdsweep.distill.teacher_source.load_teacher", no_teacher)
     out = tmp_path / "cached"
     assert run_training(run_cfg.replace(output_dir=str(out), teacher_cache=str(fp32_cache))).status == "completed"
     start = start_row(out)

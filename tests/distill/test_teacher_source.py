@@ -7,12 +7,12 @@ import threading
 import pytest
 import torch
 
-from distill.errors import DataError
-from distill.models import build_student
-from distill.runtime import Runtime
-from distill.step import LossSettings, Stepper
-from distill.teacher_cache import TeacherCache, plan_teacher_cache, read_manifest
-from distill.teacher_source import BlockPrefetcher, CachedTeacher
+from kdsweep.distill.errors import DataError
+from kdsweep.distill.models import build_student
+from kdsweep.distill.runtime import Runtime
+from kdsweep.distill.step import LossSettings, Stepper
+from kdsweep.distill.teacher_cache import TeacherCache, plan_teacher_cache, read_manifest
+from kdsweep.distill.teacher_source import BlockPrefetcher, CachedTeacher
 from tests.distill.test_teacher_cache import BOTH_ARM, build
 from tests.fixtures import tiny_config
 

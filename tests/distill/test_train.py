@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distill.checkpoint import latest_checkpoint, read_state
-from distill.rundir import CHECKPOINTS_DIR, RESTARTED, RunLog, read_log
-from distill.train import run_training
+from kdsweep.distill.checkpoint import latest_checkpoint, read_state
+from kdsweep.distill.rundir import CHECKPOINTS_DIR, RESTARTED, RunLog, read_log
+from kdsweep.distill.train import run_training
 from tests.fixtures import tiny_config
 
 

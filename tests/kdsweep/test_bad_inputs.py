@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distill.config import dump_config, load_config
-from distill.teacher_cache import BuildInterrupted, build_teacher_cache, plan_teacher_cache
+from kdsweep.distill.config import dump_config, load_config
+from kdsweep.distill.teacher_cache import BuildInterrupted, build_teacher_cache, plan_teacher_cache
 from kdsweep.cli import main
-from sweeps.cache import cache_train_config, plan_space_cache
-from sweeps.space import load_space
+from kdsweep.sweeps.cache import cache_train_config, plan_space_cache
+from kdsweep.sweeps.space import load_space
 from tests.fixtures import ray_subprocess_env, write_finished_sweep
 
 # hash split: these cases are about bad input, not homology, so they need no `mmseqs`
@@ -542,12 +542,12 @@ def test_the_ctrl_c_hint_names_the_sweep_when_name_was_not_given(tmp_path, monke
                                                                  small_fasta):
     """It used to say literally `kdsweep sweep resume NAME`. The Ctrl-C itself is real in
     tests/sweeps/test_faults_ray.py; here it arrives where the sweep would run."""
-    import sweeps.runner
+    from kdsweep.sweeps import runner as sweeps_runner
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sweeps.runner, "run_sweep", interrupted)
+    monkeypatch.setattr(sweeps_runner, "run_sweep", interrupted)
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(_fill(SPACE, {"teacher": str(char_teacher),
                                                                       "data": str(small_fasta)})))
     assert main(["sweep", "run", str(tmp_path / "space.yaml"), "--storage", str(tmp_path / "s")]) == 130

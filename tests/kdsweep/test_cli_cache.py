@@ -3,9 +3,9 @@ input: tests/kdsweep/test_bad_inputs.py)."""
 
 import yaml
 
-from distill.teacher_cache import MANIFEST, read_manifest
+from kdsweep.distill.teacher_cache import MANIFEST, read_manifest
 from kdsweep.cli import main
-from sweeps.space import SEARCH_SPACES_DIR
+from kdsweep.sweeps.space import SEARCH_SPACES_DIR
 
 
 def _space(tmp_path, data, teacher, **cache):

@@ -26,10 +26,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from distill.config import FIELDS, SEED_LIMIT, TrainConfig, config_from_dict, dump_config, load_config
-from distill.errors import ConfigError, KDSweepError
-from sweeps.layout import SWEEP_NAME
-from sweeps.space import (CACHE_DEFAULTS, DIST_TYPES, MAX_TRIALS_PER_STUDY, RESOURCE_DEFAULTS, SEARCH_DEFAULTS,
+from kdsweep.distill.config import FIELDS, SEED_LIMIT, TrainConfig, config_from_dict, dump_config, load_config
+from kdsweep.distill.errors import ConfigError, KDSweepError
+from kdsweep.sweeps.layout import SWEEP_NAME
+from kdsweep.sweeps.space import (CACHE_DEFAULTS, DIST_TYPES, MAX_TRIALS_PER_STUDY, RESOURCE_DEFAULTS, SEARCH_DEFAULTS,
                           SEARCHABLE, TOP_KEYS, TRACKING_DEFAULTS, dump_space, load_space)
 
 EXAMPLES = int(os.environ.get("KDSWEEP_FUZZ_EXAMPLES", "50"))

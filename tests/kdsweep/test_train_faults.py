@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from distill.checkpoint import list_checkpoints
-from distill.rundir import CHECKPOINTS_DIR, eval_rows, read_log
+from kdsweep.distill.checkpoint import list_checkpoints
+from kdsweep.distill.rundir import CHECKPOINTS_DIR, eval_rows, read_log
 from kdsweep.cli import main
 from tests.fixtures import on_small_disk
 

@@ -4,10 +4,10 @@ import dataclasses
 
 import pytest
 
-from distill.errors import ConfigError
-from distill.teacher_cache import plan_teacher_cache
-from sweeps.cache import build_resources, cache_root, check_cache_dir, plan_space_cache
-from sweeps.space import load_space
+from kdsweep.distill.errors import ConfigError
+from kdsweep.distill.teacher_cache import plan_teacher_cache
+from kdsweep.sweeps.cache import build_resources, cache_root, check_cache_dir, plan_space_cache
+from kdsweep.sweeps.space import load_space
 from tests.fixtures import write_small_space
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from distill.rundir import eval_rows
-from distill.teacher_cache import read_manifest
-from sweeps.layout import SweepDir
-from sweeps.study import ATTR_TRIAL, open_study
+from kdsweep.distill.rundir import eval_rows
+from kdsweep.distill.teacher_cache import read_manifest
+from kdsweep.sweeps.layout import SweepDir
+from kdsweep.sweeps.study import ATTR_TRIAL, open_study
 from tests.fixtures import ray_subprocess_env, run_kdsweep, start_row, write_small_space
 
 pytestmark = pytest.mark.ray

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from distill.rundir import is_eval_row, read_log
-from sweeps.layout import SweepDir
-from sweeps.study import ATTR_STATUS, ATTR_TRIAL, ORPHANED, open_study
-from sweeps.trial import NODE_EVENT
+from kdsweep.distill.rundir import is_eval_row, read_log
+from kdsweep.sweeps.layout import SweepDir
+from kdsweep.sweeps.study import ATTR_STATUS, ATTR_TRIAL, ORPHANED, open_study
+from kdsweep.sweeps.trial import NODE_EVENT
 from tests.fixtures import eval_steps, local_cluster, write_small_space
 
 pytestmark = pytest.mark.ray

@@ -12,9 +12,9 @@ import urllib.request
 
 import optuna
 
-from sweeps.dashboard import instructions
-from sweeps.layout import SweepDir
-from sweeps.study import open_study
+from kdsweep.sweeps.dashboard import instructions
+from kdsweep.sweeps.layout import SweepDir
+from kdsweep.sweeps.study import open_study
 
 RUN = "search/demo-s_both_0_9f2c1e07"  # a TensorBoard run as a sweep names it (a search trial)
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 import yaml
 
-from distill.errors import ConfigError
+from kdsweep.distill.errors import ConfigError
 from kdsweep.cli import main
-from sweeps.asha_model import expected_asha_steps, report_steps, rungs, simulate, without_early_stopping
-from sweeps.estimate import Throughput, estimate, flop_split, format_estimate, parse_tokens_per_s, probe_shape
-from sweeps.space import SEARCH_SPACES_DIR, load_space, parse_space
+from kdsweep.sweeps.asha_model import expected_asha_steps, report_steps, rungs, simulate, without_early_stopping
+from kdsweep.sweeps.estimate import Throughput, estimate, flop_split, format_estimate, parse_tokens_per_s, probe_shape
+from kdsweep.sweeps.space import SEARCH_SPACES_DIR, load_space, parse_space
 
 SHIPPED = sorted(SEARCH_SPACES_DIR.glob("*.yaml"))
 
@@ -163,7 +163,7 @@ def test_cli_estimate_cuda_without_a_gpu(capsys):
 
 
 def test_durations_and_sizes_read_plainly():
-    from sweeps.estimate import duration, size
+    from kdsweep.sweeps.estimate import duration, size
 
     assert [duration(s) for s in (12, 600, 3 * 3600, 44.8 * 3600, 71_300 * 3600)] == \
         ["12 s", "10.0 min", "3.00 h", "44.8 h", "71,300 h"]
@@ -176,7 +176,7 @@ def _demo_raw(**changes):
 
 
 def test_the_bill_prices_start_up_reports_and_verification_and_prints_aligned(monkeypatch):
-    from sweeps import estimate as est_mod
+    from kdsweep.sweeps import estimate as est_mod
 
     space = parse_space(_demo_raw(), "demo.yaml")
     est = estimate(space, tokens_per_s=["2000"], device="cpu")
@@ -211,7 +211,7 @@ def test_a_gpu_space_priced_on_a_cpu_says_so_and_how(tmp_path):
     assert "this space trains on GPUs" in text and "--device cuda" in text
     assert "--tokens-per-s demo-xs=N --tokens-per-s demo-s=N" in text
     # The probe's threads never exceed the machine's cores.
-    from sweeps.estimate import cores
+    from kdsweep.sweeps.estimate import cores
 
     assert all(f"probe on cpu ({cores()} threads" in row.throughput.source for row in est.scales)
     assert f"resources.cpus_per_worker is 64 but this machine has {cores()} cores" in text

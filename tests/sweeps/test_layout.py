@@ -5,11 +5,11 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from distill.errors import ConfigError
+from kdsweep.distill.errors import ConfigError
 from kdsweep.cli import main
-from sweeps.layout import SweepDir, check_sweep_name
-from sweeps.status import sweep_status
-from sweeps.study import open_study
+from kdsweep.sweeps.layout import SweepDir, check_sweep_name
+from kdsweep.sweeps.status import sweep_status
+from kdsweep.sweeps.study import open_study
 from tests.fixtures import write_finished_sweep
 
 

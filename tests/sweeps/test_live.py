@@ -19,11 +19,11 @@ import ray.cloudpickle as pickle
 from ray.tune.experiment import Trial
 from rich.console import Console
 
-from sweeps.console import LineRenderer, LiveRenderer, closing_lines, fit_height, frame_lines
-from sweeps.live import LiveView, SlowStepNote, trial_state
-from sweeps.progress import STARTING, EarlyStopping, Progress, TrialRow
-from sweeps.study import COMPLETED, DIVERGED, FAILED, PENDING, RUNNING, STOPPED_EARLY
-from sweeps.textfit import Column, command_lines, fit_columns
+from kdsweep.sweeps.console import LineRenderer, LiveRenderer, closing_lines, fit_height, frame_lines
+from kdsweep.sweeps.live import LiveView, SlowStepNote, trial_state
+from kdsweep.sweeps.progress import STARTING, EarlyStopping, Progress, TrialRow
+from kdsweep.sweeps.study import COMPLETED, DIVERGED, FAILED, PENDING, RUNNING, STOPPED_EARLY
+from kdsweep.sweeps.textfit import Column, command_lines, fit_columns
 
 STUDIES = ["demo-xs/baseline", "demo-xs/both", "demo-s/baseline", "demo-s/both"]
 COLOR = re.compile(r"\x1b\[(?:\d+;)*(?:3[0-8]|9[0-7])(?:;\d+)*m")  # an SGR sequence that sets a colour
@@ -119,7 +119,7 @@ def test_lines_add_a_summary_every_period(monkeypatch):
     out = io.StringIO()
     view = LiveView("sweep demo", {s: 3 for s in STUDIES}, max_steps=8, out=out, summary_every_s=0.0)
     view.setup()
-    monkeypatch.setattr("sweeps.live.REDRAW_S", 0.0)
+    monkeypatch.setattr("kdsweep.sweeps.live.REDRAW_S", 0.0)
     trials = [_trial(0, STUDIES[0])]
     _run(view, trials, COMPLETED, steps=(4, 8), step_events=1)
     lines = out.getvalue().splitlines()

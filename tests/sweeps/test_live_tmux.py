@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.progress import Progress
+from kdsweep.sweeps.progress import Progress
 from tests.fixtures import ray_subprocess_env, write_small_space
 
 pytestmark = [pytest.mark.ray,
@@ -43,10 +43,10 @@ DRIVER = textwrap.dedent('''
     import json, logging, sys
     from dataclasses import asdict
     import ray  # noqa: F401  (Ray's log handler, made before the view, as in a sweep)
-    import sweeps.console
+    from kdsweep.sweeps import console as sweeps_console
     from kdsweep.cli import main
 
-    drawn = sweeps.console.LiveRenderer.update
+    drawn = sweeps_console.LiveRenderer.update
     count = [0]
 
     def update(self, p, ended=None):
@@ -57,7 +57,7 @@ DRIVER = textwrap.dedent('''
             logging.getLogger("ray.tune.kdsweep_test").warning("%s")
         drawn(self, p, ended)
 
-    sweeps.console.LiveRenderer.update = update
+    sweeps_console.LiveRenderer.update = update
     sys.exit(main(sys.argv[2:]))
 ''' % RAY_LINE)
 
@@ -66,12 +66,12 @@ REPLAY = textwrap.dedent('''
     of the sweep argv[2] in storage argv[3], all at this terminal's width."""
     import json, logging, sys, time
     import ray  # noqa: F401
-    from sweeps.console import LiveRenderer
-    from sweeps.layout import open_sweep
-    from sweeps.progress import Progress
-    from sweeps.runner import next_steps
-    from sweeps.status import format_status, sweep_status
-    from sweeps.textfit import output_width
+    from kdsweep.sweeps.console import LiveRenderer
+    from kdsweep.sweeps.layout import open_sweep
+    from kdsweep.sweeps.progress import Progress
+    from kdsweep.sweeps.runner import next_steps
+    from kdsweep.sweeps.status import format_status, sweep_status
+    from kdsweep.sweeps.textfit import output_width
 
     states = [Progress.from_dict(json.loads(line)) for line in open(sys.argv[1])]
     renderer = LiveRenderer(sys.stdout, "sweep " + sys.argv[2])

@@ -17,9 +17,9 @@ import time
 import psutil
 import pytest
 
-from distill.rundir import eval_rows
-from sweeps.layout import SweepDir
-from sweeps.localray import is_loopback
+from kdsweep.distill.rundir import eval_rows
+from kdsweep.sweeps.layout import SweepDir
+from kdsweep.sweeps.localray import is_loopback
 from tests.fixtures import SMALL_SPACE, ray_subprocess_env, write_small_space
 
 pytestmark = pytest.mark.ray

@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from sweeps.layout import SweepDir
-from sweeps.study import ATTR_STATUS, ATTR_TRIAL, ORPHANED, existing_studies, open_study
+from kdsweep.sweeps.layout import SweepDir
+from kdsweep.sweeps.study import ATTR_STATUS, ATTR_TRIAL, ORPHANED, existing_studies, open_study
 from tests.fixtures import SMALL_SPACE, eval_steps, ray_processes, ray_subprocess_env, resumable_runs, write_small_space
 
 pytestmark = pytest.mark.ray

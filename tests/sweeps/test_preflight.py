@@ -7,8 +7,8 @@ so its branch is checked with the node types `ray up` writes.
 
 import pytest
 
-from distill.errors import ConfigError
-from sweeps.preflight import resource_plan
+from kdsweep.distill.errors import ConfigError
+from kdsweep.sweeps.preflight import resource_plan
 
 NODES = [{"CPU": 0.0}, {"CPU": 4.0, "memory": 8e9}, {"CPU": 4.0}]  # a CPU-only head and two workers
 TYPES = {"head": {"CPU": 4.0}, "gpu_worker": {"CPU": 8.0, "GPU": 1.0}}
@@ -43,7 +43,7 @@ def test_an_autoscaling_cluster_says_what_it_will_request():
 def _space(**search):
     import yaml
 
-    from sweeps.space import SEARCH_SPACES_DIR, parse_space
+    from kdsweep.sweeps.space import SEARCH_SPACES_DIR, parse_space
 
     raw = yaml.safe_load((SEARCH_SPACES_DIR / "demo.yaml").read_text())
     raw["train"] = {**raw.get("train", {}), "max_steps": 40, "eval_interval": 10, "max_tokens": None}
@@ -52,7 +52,7 @@ def _space(**search):
 
 
 def test_asha_settings_that_can_never_stop_a_trial_are_named():
-    from sweeps.preflight import asha_warnings
+    from kdsweep.sweeps.preflight import asha_warnings
 
     assert asha_warnings(_space(grace_period=10, trials_per_study=4)) == []
     assert asha_warnings(_space(grace_period=10, trials_per_study=4, early_stopping=False)) == []

@@ -7,11 +7,11 @@ import optuna
 import pytest
 import yaml
 
-from sweeps.layout import SweepDir, parse_replicate_name, replicate_name
-from sweeps.replicate import replicate_specs
-from sweeps.space import SEARCH_SPACES_DIR, load_space
-from sweeps.study import ATTR_STATUS, ATTR_TRIAL, open_study, optuna_distribution
-from sweeps.trial import trial_train_config
+from kdsweep.sweeps.layout import SweepDir, parse_replicate_name, replicate_name
+from kdsweep.sweeps.replicate import replicate_specs
+from kdsweep.sweeps.space import SEARCH_SPACES_DIR, load_space
+from kdsweep.sweeps.study import ATTR_STATUS, ATTR_TRIAL, open_study, optuna_distribution
+from kdsweep.sweeps.trial import trial_train_config
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ import pytest
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
-from sweeps.runner import scheduler_for
-from sweeps.scheduler import PerStudyASHA
-from sweeps.space import SEARCH_SPACES_DIR, load_space, parse_space
+from kdsweep.sweeps.runner import scheduler_for
+from kdsweep.sweeps.scheduler import PerStudyASHA
+from kdsweep.sweeps.space import SEARCH_SPACES_DIR, load_space, parse_space
 
 
 def _trials(study: str, n: int) -> list[Trial]:

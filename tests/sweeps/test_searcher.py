@@ -8,13 +8,13 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from distill.errors import ConfigError
-from distill.rundir import COMPLETED, RunResult, write_summary
-from sweeps.layout import SweepDir
-from sweeps.runner import run_sweep
-from sweeps.searcher import StudySearcher, reconcile_with_tune, startup_trials
-from sweeps.space import SEARCH_SPACES_DIR, parse_space
-from sweeps.study import ATTR_STATUS, ORPHANED, open_study, trial_status
+from kdsweep.distill.errors import ConfigError
+from kdsweep.distill.rundir import COMPLETED, RunResult, write_summary
+from kdsweep.sweeps.layout import SweepDir
+from kdsweep.sweeps.runner import run_sweep
+from kdsweep.sweeps.searcher import StudySearcher, reconcile_with_tune, startup_trials
+from kdsweep.sweeps.space import SEARCH_SPACES_DIR, parse_space
+from kdsweep.sweeps.study import ATTR_STATUS, ORPHANED, open_study, trial_status
 
 
 def _space(max_concurrent: int = 4):

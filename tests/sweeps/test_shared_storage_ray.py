@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from distill.rundir import read_log
-from sweeps.layout import SweepDir
-from sweeps.trial import NODE_EVENT
+from kdsweep.distill.rundir import read_log
+from kdsweep.sweeps.layout import SweepDir
+from kdsweep.sweeps.trial import NODE_EVENT
 from tests.fixtures import local_cluster, write_small_space
 
 pytestmark = [
@@ -145,7 +145,7 @@ def test_a_node_without_the_storage_is_named_before_any_trial_and_when_it_joins_
 def test_the_refusal_is_found_in_rays_wrapped_error():
     from ray.exceptions import RayTaskError
 
-    from sweeps.shared_storage import StorageNotShared, refusal_in
+    from kdsweep.sweeps.shared_storage import StorageNotShared, refusal_in
 
     message = "storage is not shared by node 10.0.1.7 (w1, node ab12): /efs/x has no .kdsweep-node-check-1f"
     try:

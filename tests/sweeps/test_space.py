@@ -6,10 +6,10 @@ import shutil
 import pytest
 import yaml
 
-from distill.errors import ConfigError
+from kdsweep.distill.errors import ConfigError
 from kdsweep.cli import main
-from sweeps.preflight import warmup_rung_warnings
-from sweeps.space import (SEARCH_SPACES_DIR, SEED_STRIDE, dump_space, load_space, parse_space, smoke_space,
+from kdsweep.sweeps.preflight import warmup_rung_warnings
+from kdsweep.sweeps.space import (SEARCH_SPACES_DIR, SEED_STRIDE, dump_space, load_space, parse_space, smoke_space,
                           with_search_replicates, with_tracker)
 from tests.fixtures import write_real_fasta
 

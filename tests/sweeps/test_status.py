@@ -8,12 +8,12 @@ import shutil
 import optuna
 import pytest
 
-from distill.errors import ConfigError
-from distill.rundir import RESTARTED, RunLog
+from kdsweep.distill.errors import ConfigError
+from kdsweep.distill.rundir import RESTARTED, RunLog
 from kdsweep.cli import main
-from sweeps.layout import SweepDir, open_sweep
-from sweeps.status import format_status, format_sweep_list, list_sweeps, sweep_status
-from sweeps.study import PENDING, TRIAL_STATES
+from kdsweep.sweeps.layout import SweepDir, open_sweep
+from kdsweep.sweeps.status import format_status, format_sweep_list, list_sweeps, sweep_status
+from kdsweep.sweeps.study import PENDING, TRIAL_STATES
 from tests.fixtures import write_finished_sweep
 
 

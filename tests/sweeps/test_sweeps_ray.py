@@ -19,13 +19,13 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from distill.rundir import read_log
-from distill.teacher_cache import read_manifest
+from kdsweep.distill.rundir import read_log
+from kdsweep.distill.teacher_cache import read_manifest
 from kdsweep.cli import main
-from sweeps.layout import SweepDir
-from sweeps.study import ATTR_STATUS, ORPHANED, open_study
-from sweeps.space import SEARCH_SPACES_DIR
-from sweeps.tracking import CURVES
+from kdsweep.sweeps.layout import SweepDir
+from kdsweep.sweeps.study import ATTR_STATUS, ORPHANED, open_study
+from kdsweep.sweeps.space import SEARCH_SPACES_DIR
+from kdsweep.sweeps.tracking import CURVES
 from tests.fixtures import (SMALL_SPACE, eval_steps, kill_ray_processes, ray_subprocess_env, resumable_runs,
                             run_kdsweep, start_row, write_small_space)
 
@@ -63,10 +63,29 @@ def _nonstandard_json(root: Path) -> list[str]:
     return bad
 
 
+NAMESAKES = Path(sys.prefix) / "namesakes"  # PyPI's `sweeps` and `analysis`, put there by `setup.sh --tests`
+
+
+def _with_namesakes_first(env: dict, cwd: Path) -> dict:
+    """`env` with PyPI's `sweeps` and `analysis` ahead of everything else on the path (workers inherit it)."""
+    assert (NAMESAKES / "sweeps").is_dir() and (NAMESAKES / "analysis").is_dir(), \
+        f"{NAMESAKES} lacks PyPI's sweeps/analysis: run `bash scripts/setup.sh --tests`"
+    env = dict(env, PYTHONPATH=str(NAMESAKES))
+    probe = "import importlib.util as u; print(u.find_spec('sweeps').origin, u.find_spec('analysis').origin)"
+    found = subprocess.run([sys.executable, "-c", probe], env=env, cwd=cwd, capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert all(f.startswith(str(NAMESAKES)) for f in found), found  # the namesakes really are what `import` finds
+    return env
+
+
 def test_smoke_sweep_prunes_exports_and_round_trips(tmp_path, ray_env, monkeypatch):
+    """Also the namespace test: PyPI's `sweeps` and `analysis` shadow those names in the driver and the
+    workers (PYTHONPATH), run outside the repository; kdsweep's sweep and analysis never import them."""
     store = tmp_path / "store"
+    shadowed = _with_namesakes_first(ray_env, tmp_path)
     t0 = time.time()
-    p = run_kdsweep(["sweep", "run", str(SEARCH_SPACES_DIR / "demo.yaml"), "--smoke", "--storage", str(store)], ray_env)
+    p = run_kdsweep(["sweep", "run", str(SEARCH_SPACES_DIR / "demo.yaml"), "--smoke", "--storage", str(store)],
+                    shadowed, cwd=tmp_path)
     elapsed = time.time() - t0
     assert "best objective" in p.stdout and "kdsweep sweep export" in p.stdout  # status table + next steps
     sd = SweepDir(store / "demo-smoke")
@@ -103,9 +122,13 @@ def test_smoke_sweep_prunes_exports_and_round_trips(tmp_path, ray_env, monkeypat
         assert (run / "student" / "model.safetensors").is_file()
 
     # status is served from the storage alone
-    out = run_kdsweep(["sweep", "status", "demo-smoke", "--storage", str(store), "--json"], ray_env).stdout
+    out = run_kdsweep(["sweep", "status", "demo-smoke", "--storage", str(store), "--json"], shadowed,
+                      cwd=tmp_path).stdout
     rows = json.loads(out)
     assert sum(r["stopped_early"] for r in rows) == len(pruned) and sum(r["completed"] for r in rows) == len(completed)
+
+    run_kdsweep(["analyze", "demo-smoke", "--storage", str(store)], shadowed, cwd=tmp_path)
+    assert (sd.analysis / "index.html").is_file()
 
     # export -> `kdsweep train --config` unchanged
     monkeypatch.chdir(tmp_path)

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distill.rundir import eval_rows
-from sweeps.layout import SweepDir
-from sweeps.space import load_space
-from sweeps.study import best_trial, open_study
-from sweeps.tracking import CURVES
+from kdsweep.distill.rundir import eval_rows
+from kdsweep.sweeps.layout import SweepDir
+from kdsweep.sweeps.space import load_space
+from kdsweep.sweeps.study import best_trial, open_study
+from kdsweep.sweeps.tracking import CURVES
 from tests.fixtures import ray_subprocess_env, run_kdsweep, write_small_space
 
 STUDIES = ("demo-xs/baseline", "demo-xs/both")

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import math
 
-from distill.train import run_training
-from distill.rundir import CONFIG_NAME, LOG_NAME, STUDENT_DIR, SUMMARY_NAME
-from sweeps.layout import SweepDir
-from sweeps.study import COMPLETED, DIVERGED, FAILED, STOPPED_EARLY
-from sweeps.tracking import (
+from kdsweep.distill.train import run_training
+from kdsweep.distill.rundir import CONFIG_NAME, LOG_NAME, STUDENT_DIR, SUMMARY_NAME
+from kdsweep.sweeps.layout import SweepDir
+from kdsweep.sweeps.study import COMPLETED, DIVERGED, FAILED, STOPPED_EARLY
+from kdsweep.sweeps.tracking import (
     CURVES,
     FINAL_MIN_SEEN,
     FINAL_OBJECTIVE,
