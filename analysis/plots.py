@@ -300,6 +300,14 @@ def plot_ablation(reps: pd.DataFrame, scale: str, path: Path) -> Plot:
         left.annotate(f"n={c.n}" + ("" if c.n >= 2 else ", no spread"), (i, 0), xycoords=("data", "axes fraction"),
                       xytext=(0, 3), textcoords="offset points", ha="center", fontsize=8)
         shown += [*s.values, c.mean - spread, c.mean + spread]
+    # The unigram floor (method §5): the ppl_ratio of a model that knows only the train split's residue
+    # composition, on the same test tokens, so one value per scale (mean over its replicates). A student
+    # on or above this line has learnt nothing but composition.
+    floor = pd.concat([per_seed(ok, scale, a, "unigram_ppl_ratio") for a in ARMS])
+    if not floor.empty:
+        left.axhline(floor.mean(), color="tab:red", lw=1.2, ls="--", label=f"unigram floor {floor.mean():.4g}")
+        left.legend(loc="best", fontsize=8, frameon=False)
+        shown.append(float(floor.mean()))
     _zoom(left, min(shown), max(shown))
     left.set_xticks(range(len(ARMS)), ARMS)
     _labels(left, f"test ppl_ratio at scale {scale}: mean, {round(100 * LEVEL)} % interval, seeds as dots", "arm",
@@ -330,7 +338,9 @@ def plot_ablation(reps: pd.DataFrame, scale: str, path: Path) -> Plot:
             "difference in test ppl_ratio (< 0: better)")
     return _save(fig, path, f"Ablation at scale {scale} on the test split. Left: ppl_ratio (student ppl / teacher "
                             f"ppl on the same tokens) of each arm, the mean over seeds with its {round(100 * LEVEL)} % "
-                            "t-interval (diamond and bar) and each seed as a dot. Right: each enhanced arm minus "
+                            "t-interval (diamond and bar) and each seed as a dot; the dashed red line is the "
+                            "unigram floor, the ppl_ratio of a model that knows only the train split's residue "
+                            "composition (where measured). Right: each enhanced arm minus "
                             f"the baseline of the same seed, with the mean and its {round(100 * LEVEL)} % "
                             "t-interval and the verdict word; below the dotted zero line is better. Both y-axes "
                             "are zoomed to the data, not started at 0.")

@@ -465,6 +465,12 @@ def test_plots_zoom_to_the_data_and_label_every_panel(sweep, monkeypatch, tmp_pa
         # zoomed: the axis spans about the data (with error bars), not 0 .. max
         assert min(values) - (hi - lo) < lo <= min(values) and max(values) <= hi
         assert hi - lo < 0.5 * max(values)
+        # the unigram floor is drawn, as one dashed line at the mean of the replicates' measured floors
+        floors = [v for a in ARMS for v in metric(ref, scale, a, "unigram_ppl_ratio").values()]
+        dashed = [ln for ln in ablation.axes[0].get_lines() if ln.get_linestyle() == "--"]
+        assert floors and len(dashed) == 1 and "unigram floor" in dashed[0].get_label()
+        assert min(floors) - 1e-12 <= dashed[0].get_ydata()[0] <= max(floors) + 1e-12
+        assert lo <= dashed[0].get_ydata()[0] <= hi  # inside the zoomed view
         top = max(max(b["hi"], b["accuracy"]) for a in ARMS for t in ref.get((scale, a), {}).values()
                   for b in t["ece_bins"] if b["count"])
         assert reliability.axes[0].get_xlim()[1] == pytest.approx(min(1.0, math.ceil(top * 10 - 1e-9) / 10))
