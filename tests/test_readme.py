@@ -77,3 +77,31 @@ def test_every_relative_link_resolves(page):
         elif anchor and file.suffix == ".md" and anchor not in anchors(file):
             broken.append(f"{target}: no heading #{anchor} in {file.name}")
     assert not broken, f"{page.name}: " + "; ".join(broken)
+
+
+def test_the_docs_tensorboard_command_opens_the_folder_with_the_event_files():
+    """`tensorboard --logdir` in the docs names the sweep's TensorBoard folder (where
+    `sweeps.tracking.tensorboard_run` writes), not Tune's own `tune/` folder."""
+    from kdsweep.sweeps.layout import SweepDir
+
+    folder = SweepDir(Path("NAME")).tensorboard.relative_to("NAME")
+    logdirs = [d for page in PAGES for d in re.findall(r"tensorboard --logdir (\S+)", page.read_text())]
+    assert logdirs and all(d.rstrip("/").endswith(f"NAME/{folder}") for d in logdirs), logdirs
+
+
+def test_the_module_map_names_modules_that_exist():
+    """docs/layout.md's module-by-module map: every `name.py` listed under a folder is a file there,
+    and every module of the four packages is listed (a moved or new module updates the map)."""
+    block = FENCE.search((ROOT / "docs" / "layout.md").read_text()).group(0)
+    listed, folder = set(), None
+    for line in block.splitlines()[1:-1]:
+        names = re.split(r"\s{2,}", line.strip())[0]
+        if not line.startswith(" "):
+            folder = names.split()[0].rstrip("/")
+            names = " ".join(names.split()[1:])
+        listed |= {f"{folder}/{n}" for n in re.findall(r"[\w.]+\.py", names)}
+    missing = sorted(p for p in listed if not (ROOT / p).is_file())
+    assert not missing, f"docs/layout.md lists modules that do not exist: {missing}"
+    modules = {p.relative_to(ROOT).as_posix() for f in ("distill", "sweeps", "analysis")
+               for p in (ROOT / f).rglob("*.py") if p.name != "__init__.py"}
+    assert not sorted(modules - listed), f"docs/layout.md does not list: {sorted(modules - listed)}"
