@@ -302,7 +302,7 @@ def next_steps(sd: SweepDir, storage: str | None, width: int | None = None) -> s
         (f"{kdsweep} sweep status {name}{flag}", "trials per (scale, arm), best objective and params"),
         (f"{kdsweep} dashboard {name}{flag} --tensorboard", "optuna-dashboard + TensorBoard on 127.0.0.1"),
         (f"{kdsweep} sweep replicate {name}{flag} --seeds 3", "retrain each best config with 3 seeds (val + test)"),
-        (f"{kdsweep} analyze {name}{flag}", "then: tables, plots and index.html"),
+        (f"{kdsweep} analyze {name}{flag}", "after replicate: tables, plots, index.html"),
         (f"{kdsweep} sweep export {name}{flag} --out best_configs/", "one train config per (scale, arm)"),
     ]
     hint = tracker_hint(load_space(sd.space).tracking, sd)
