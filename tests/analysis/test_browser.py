@@ -115,6 +115,13 @@ def test_report_reads_in_a_browser(sweep, browser, shots, tmp_path):
     assert text.count(result["split"]) == 1
     # the warning names this sweep and its storage, not a placeholder
     assert f"kdsweep sweep replicate {sweep.name} --seeds 3 --storage {sweep.root.parent}" in text
+    # the answer as a reader sees it (the README's picture, docs/img/report.png): its first figure, 1200 x 740
+    browser.set_window_size(1200, 740)
+    answer = browser.find_element(By.XPATH, "//h2[starts-with(., 'Answer:')]")
+    browser.execute_script("arguments[0].scrollIntoView(true)", answer)
+    browser.save_screenshot(str(shots / "report.png"))
+    assert (shots / "report.png").stat().st_size > 10_000
+    print(f"screenshot: {shots / 'report.png'}")
     for width in (1400, 800):  # no horizontal scroll of the page: wide tables scroll in their own box
         path = screenshot(browser, shots / f"report_index_{width}.png", width)
         scroll = browser.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")

@@ -158,8 +158,8 @@ def _check_console(p: subprocess.CompletedProcess, sd: SweepDir, elapsed: float)
     assert len(progress) <= 1 + elapsed // 30, p.stdout
     warnings = [line for line in lines if line.startswith("warning: ")]
     assert len(warnings) <= 2, p.stdout
-    # + the checking line, the sweep line, status table (5), next steps (4)
-    assert len(lines) <= len(ended) + len(summaries) + len(cache) + len(progress) + len(warnings) + 12, p.stdout
+    # + the checking line, the sweep line, status table (5), next steps (6: results + 5 commands)
+    assert len(lines) <= len(ended) + len(summaries) + len(cache) + len(progress) + len(warnings) + 14, p.stdout
     told = {t.user_attrs["ray_trial_id"]: (study, t.user_attrs[ATTR_STATUS])
             for study in SMOKE_STUDIES for t in _trials(sd, study)}
     assert {trial: (study, state) for trial, study, state in ended} == told
