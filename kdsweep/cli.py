@@ -324,7 +324,8 @@ COMMANDS: dict[str, Command] = {
                  "search.search_replicates, 1): R > 1 puts search noise in the tuned-vs-tuned verdicts"),
         arg("--warm-start-from", metavar="SWEEP",
             help="an earlier sweep (same --storage) whose best configs of each arm each study tries first, lr "
-                 "rescaled by width and unscaled (docs/method.md, warm start)"),
+                 "rescaled by width and unscaled (docs/method.md, warm start; default: none, or the space's "
+                 "search.warm_start)"),
     ], _sweep_resume_hint),
     "sweep resume": Command(_sweep_resume, "continue a sweep whose driver was killed or interrupted",
                             [NAME, STORAGE, ADDRESS], _sweep_resume_hint),
