@@ -13,8 +13,8 @@ from kdsweep.analysis.plots import plot_transfer
 from kdsweep.analysis.report import analyze, summary_lines
 from kdsweep.analysis.transfer import loglog_fit, transfer_sentence, transfer_table
 from kdsweep.sweeps.layout import SweepDir
-from kdsweep.sweeps.searcher import StudySearcher
-from kdsweep.sweeps.space import SEARCH_SPACES_DIR, dump_space, parse_space
+from kdsweep.sweeps.space import SEARCH_SPACES_DIR, parse_space
+from tests.fixtures import searched_sweep
 
 
 def test_loglog_fit_exact_and_without_interval():
@@ -43,12 +43,7 @@ def _warm_sweep(tmp_path, mup_wins: bool) -> SweepDir:
     raw.update(name="warm", scales=["demo-xs", "demo-s"], arms=["baseline"])
     del raw["params"]["smoothing"]
     raw["search"].update(trials_per_study=3, max_concurrent=3, warm_start="previous_scale", warm_start_top_k=1)
-    space = parse_space(raw, "warm.yaml")
-    sd = SweepDir(tmp_path / "warm")
-    sd.root.mkdir(parents=True)
-    dump_space(space, sd.space)
-    sd.write_meta({"name": "warm", "storage_url": None, "git_commit": "test"})
-    s = StudySearcher(space, sd, sd.storage_url(create=True))
+    sd, s = searched_sweep(tmp_path, parse_space(raw, "warm.yaml"))
     for i in range(3):
         s.suggest(f"x{i}")
     for i, value in enumerate((30.0, 20.0, 25.0)):

@@ -25,7 +25,8 @@ from kdsweep.sweeps.warmstart import (
     seeds,
     width,
 )
-from tests.fixtures import write_finished_sweep
+from kdsweep.sweeps.status import sweep_status
+from tests.fixtures import searched_sweep, write_finished_sweep
 
 
 def _raw(**search):
@@ -112,6 +113,15 @@ def test_resume_keeps_the_enqueued_state(tmp_path):
     assert [t.user_attrs[ATTR_WARM_LR] for t in trials] == [MUP, SAME, MUP]
     assert [t.user_attrs[ATTR_WARM] for t in trials] == ["sw:demo-xs/baseline#1"] * 2 + ["sw:demo-xs/baseline#2"]
     assert len({c["lr"] for c in [first, *rest]}) == 3
+
+
+def test_status_counts_seeds_not_handed_out_as_pending(tmp_path):
+    sd, s = searched_sweep(tmp_path, parse_space({**_raw(warm_start="previous_scale"), "name": "sw"}, "demo.yaml"))
+    _run_small_scale(s)
+    s.suggest("t3")  # 3 seeds enqueued, the first handed out
+    rows = {r["study"]: r for r in sweep_status(sd)}
+    assert (rows["demo-s/baseline"]["running"], rows["demo-s/baseline"]["pending"]) == (1, 2)
+    assert (rows["demo-xs/baseline"]["completed"], rows["demo-xs/baseline"]["pending"]) == (3, 0)
 
 
 def test_seeds_clip_dedupe_and_cap():
