@@ -23,12 +23,14 @@ from collections import Counter
 from pathlib import Path
 
 import pandas as pd
+from optuna.trial import TrialState
 
 from kdsweep.distill.numbers import number, parse_number
 from kdsweep.distill.rundir import COMPLETED, SUMMARY_NAME, eval_rows, read_log
 from kdsweep.sweeps.layout import SweepDir, parse_replicate_name
 from kdsweep.sweeps.space import SEARCHABLE
 from kdsweep.sweeps.study import ATTR_STEP, ATTR_TRIAL, ORPHANED, study_trials, trial_status
+from kdsweep.sweeps.warmstart import ATTR_WARM, ATTR_WARM_LR
 
 # Held-out metric values that are lists/dicts but still belong in the frame (reliability diagrams).
 OBJECT_METRICS = ("ece_bins", "ece_bins_teacher")
@@ -66,7 +68,7 @@ def trials_frame(sd: SweepDir) -> pd.DataFrame:
     for study in space.studies:
         for t in by_study[study.name]:
             status = trial_status(t)
-            if status == ORPHANED:
+            if status == ORPHANED or t.state == TrialState.WAITING:  # a warm-start seed not handed out yet
                 continue
             trial_id = t.user_attrs.get(ATTR_TRIAL)
             run_dir = sd.run_dir(trial_id) if trial_id else None
@@ -86,6 +88,8 @@ def trials_frame(sd: SweepDir) -> pd.DataFrame:
                 "scale": study.scale, "arm": study.arm, "search_replicate": study.search_replicate,
                 "study": study.name, "trial_id": trial_id,
                 "optuna_number": t.number, "status": status,
+                # an enqueued warm-start seed: where it came from and its lr rule (sweeps/warmstart.py); "" if sampled
+                "warm_start": t.user_attrs.get(ATTR_WARM, ""), "warm_start_lr": t.user_attrs.get(ATTR_WARM_LR, ""),
                 **{p: t.params.get(p, math.nan) for p in param_names},
                 "val_ppl": val_ppl,
                 "step": float(step) if step is not None else math.nan,
@@ -95,7 +99,8 @@ def trials_frame(sd: SweepDir) -> pd.DataFrame:
                 "run_status": summary.get("status") if summary else None,
                 "has_run_log": bool(evals),
             })
-    cols = ["scale", "arm", "search_replicate", "study", "trial_id", "optuna_number", "status", *param_names,
+    cols = ["scale", "arm", "search_replicate", "study", "trial_id", "optuna_number", "status", "warm_start",
+            "warm_start_lr", *param_names,
             "val_ppl", "step",
             "val_ece", "val_accuracy", "n_evals", "run_status", "has_run_log"]
     return pd.DataFrame(rows, columns=cols)

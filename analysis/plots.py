@@ -34,6 +34,7 @@ from kdsweep.analysis.load import TEST, column, per_seed, usable_replicates
 from kdsweep.analysis.pareto import pareto_points
 from kdsweep.analysis.stats import LEVEL, paired_difference, t_quantile
 from kdsweep.analysis.tables import cell_of
+from kdsweep.analysis.transfer import MUP_EXPONENT, PARAM_LABELS, TRANSFER_PARAMS, transfer_frame
 from kdsweep.distill.rundir import COMPLETED, DIVERGED, STOPPED_EARLY
 from kdsweep.sweeps.space import ARMS, BASELINE, ENHANCED_ARMS
 from kdsweep.sweeps.study import FAILED, RUNNING
@@ -346,12 +347,47 @@ def plot_ablation(reps: pd.DataFrame, scale: str, path: Path) -> Plot:
                             "are zoomed to the data, not started at 0.")
 
 
+def plot_transfer(trials: pd.DataFrame, scales: list[str], arms: list[str], path: Path, replicates: int = 1) -> Plot:
+    """The chosen lr, warmup, τ, α per scale against the scale's width, log-log, one line per arm."""
+    if len(scales) < 2:
+        raise PlotSkipped("one scale: nothing to transfer to")
+    frame = transfer_frame(trials, scales, arms, replicates)
+    if not np.isfinite(frame["lr"].astype(float)).any():
+        raise PlotSkipped("no study has a completed trial yet")
+    fig = _figure(3.0 * len(TRANSFER_PARAMS), 3.0)
+    axes = fig.subplots(1, len(TRANSFER_PARAMS), squeeze=False)[0]
+    for ax, param in zip(axes, TRANSFER_PARAMS):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        _labels(ax, PARAM_LABELS[param], "width d (n_embd)", f"chosen {PARAM_LABELS[param]}")
+        for arm in arms:
+            pts = frame[(frame["arm"] == arm) & (frame[param] > 0)]
+            if pts.empty:
+                continue
+            # one line through each width's mean over search replicates, every replicate a dot
+            line = pts.groupby("width")[param].apply(lambda v: float(np.exp(np.log(v).mean())))
+            ax.plot(line.index, line.values, marker="o", ms=5, color=_color(arm), label=arm)
+            ax.plot(pts["width"], pts[param], ls="", marker=".", color=_color(arm))
+        if param == "lr":
+            first = frame[(frame[param] > 0)].sort_values("width")
+            if not first.empty:  # μTransfer's d^-1 through the smallest width's first chosen lr
+                d0, v0 = float(first["width"].iloc[0]), float(first[param].iloc[0])
+                ds = np.array(sorted(frame["width"].unique()), dtype=float)
+                ax.plot(ds, v0 * (ds / d0) ** MUP_EXPONENT, ls="--", color="grey", label="d^-1 (μTransfer)")
+        ax.legend(fontsize=6, loc="best")
+    return _save(fig, path, "The config each search chose (its best completed trial) against the scale's width, "
+                            "log-log, one line per arm (geometric mean over search replicates; dots: each "
+                            "replicate). Dashed: the learning rate μTransfer's 1/width rule would carry over. The "
+                            "transfer table gives the fitted exponents and whether warm-start seeds won.")
+
+
 def make_plots(trials: pd.DataFrame, history: pd.DataFrame, reps: pd.DataFrame, scales: list[str],
-               arms: list[str], out_dir: Path) -> tuple[dict[str, Plot], dict[str, str]]:
+               arms: list[str], out_dir: Path, replicates: int = 1) -> tuple[dict[str, Plot], dict[str, str]]:
     """Every plot: ({name: Plot}, {name: why it was skipped})."""
     jobs = {"curves": lambda p: plot_curves(trials, history, scales, p),
             "lr_vs_val_ppl": lambda p: plot_lr(trials, scales, arms, p),
-            "pareto": lambda p: plot_pareto(trials, scales, p)}
+            "pareto": lambda p: plot_pareto(trials, scales, p),
+            "transfer": lambda p: plot_transfer(trials, scales, arms, p, replicates)}
     for scale in scales:
         jobs[f"reliability_{scale}"] = lambda p, s=scale: plot_reliability(reps, s, p)
         jobs[f"ablation_{scale}"] = lambda p, s=scale: plot_ablation(reps, s, p)

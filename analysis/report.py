@@ -28,6 +28,7 @@ from kdsweep.analysis.load import history_frame, replicates_frame, split_notes, 
 from kdsweep.analysis.pareto import pareto_table
 from kdsweep.analysis.plots import make_plots
 from kdsweep.analysis.select import choose_arm
+from kdsweep.analysis.transfer import transfer_sentence, transfer_table
 from kdsweep.analysis.tables import (Table, ablation_table, replicate_status_table, scale_table, search_counts,
                              trial_counts_table, write_table)
 from kdsweep.analysis.verdicts import mechanism_table, verdict_table
@@ -104,14 +105,15 @@ def analyze(sd: SweepDir, out_dir: str | Path | None = None) -> dict:
                            scale_table(reps, trials, scales), verdict_table(reps, trials, scales, r),
                            mechanism_table(reps, space.studies, scales, r),
                            *(ablation_table(reps, s) for s in scales), pareto_table(trials, scales),
-                           replicate_status_table(reps, scales, arms)]
+                           replicate_status_table(reps, scales, arms),
+                           transfer := transfer_table(trials, scales, arms, r)]
     for t in tables:
         t.notes += [split, exposed]
     table_paths = {t.name: write_table(t, out / "tables") for t in tables}
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. matplotlib's layout warnings: the caller prints, not us
-        plots, skipped = make_plots(trials, history, reps, scales, arms, out / "plots")
+        plots, skipped = make_plots(trials, history, reps, scales, arms, out / "plots", r)
 
     configs, why_not = _export(sd, trials, out / "configs")
     if why_not:
@@ -140,6 +142,7 @@ def analyze(sd: SweepDir, out_dir: str | Path | None = None) -> dict:
         "headline": {rec["scale"]: rec for rec in tables[1].data.to_dict("records")},
         "verdicts": tables[2].data.to_dict("records"),
         "mechanism": tables[3].data.to_dict("records"),
+        "transfer": [transfer_sentence(transfer.data, arm, r) for arm in arms],
         "replicates": {"total": len(reps), "in_tables": len(ok), "excluded": len(reps) - len(ok)},
     }
     result["html"] = write_html(sd, out, tables, result)
@@ -173,6 +176,7 @@ def summary_lines(result: dict) -> list[str]:
     for scale, rec in result["recommended"].items():
         lines.append(f"  {scale}: train {rec['config'] or '-'} ({rec['arm'] or 'none'}: {rec['basis']}; search "
                      f"{rec['search'] or '-'})")
+    lines += [f"  transfer: {sentence}" for sentence in result["transfer"]]
     lines += [f"  skipped {name}: {why}" for name, why in result["skipped"].items()]
     lines += [f"warning: {w}" for w in result["warnings"]]
     return lines

@@ -135,7 +135,8 @@ def _sweep_run(args) -> int:
     from kdsweep.sweeps.runner import next_steps, run_sweep
     from kdsweep.sweeps.status import format_status, sweep_status
 
-    sd = run_sweep(space, name=args.name, storage=args.storage, address=args.address)
+    sd = run_sweep(space, name=args.name, storage=args.storage, address=args.address,
+                   warm_start_from=args.warm_start_from)
     print(format_status(sweep_status(sd), output_width()))
     print(next_steps(sd, args.storage, output_width()))
     return 0
@@ -321,6 +322,10 @@ COMMANDS: dict[str, Command] = {
         arg("--search-replicates", type=int, default=None, metavar="R",
             help="independent searches per (scale, arm), each with its own seeds (default: the space's "
                  "search.search_replicates, 1): R > 1 puts search noise in the tuned-vs-tuned verdicts"),
+        arg("--warm-start-from", metavar="SWEEP",
+            help="an earlier sweep (same --storage) whose best configs of each arm each study tries first, lr "
+                 "rescaled by width and unscaled (docs/method.md, warm start; default: none, or the space's "
+                 "search.warm_start)"),
     ], _sweep_resume_hint),
     "sweep resume": Command(_sweep_resume, "continue a sweep whose driver was killed or interrupted",
                             [NAME, STORAGE, ADDRESS], _sweep_resume_hint),

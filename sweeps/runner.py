@@ -49,6 +49,7 @@ from kdsweep.sweeps.study import existing_studies, study_trials
 from kdsweep.sweeps.textfit import command_lines
 from kdsweep.sweeps.tracking import tracker_hint
 from kdsweep.sweeps.trial import EXECUTORS, trial_resources
+from kdsweep.sweeps.warmstart import WarmSource, external_sources
 
 Log = Callable[[str], None]
 TRAIN_HEALTH_CHECK_S = "0.2"
@@ -93,7 +94,7 @@ def scheduler_for(space: SearchSpace):
 
 
 def _tuner(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool, callbacks: list,
-           storage_check: StorageCheck):
+           storage_check: StorageCheck, warm_start_from: dict[str, WarmSource] | None = None):
     executor = EXECUTORS[space.search["executor"]]
     trainable = tune.with_resources(tune.with_parameters(executor, space=space, sweep_dir=str(sd.root),
                                                          storage_check=storage_check),
@@ -104,7 +105,8 @@ def _tuner(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool,
         trainable,
         # num_samples=-1: the searcher alone says when every study has its trials (a count here
         # would end the sweep early when trials lost to a driver kill are handed out again).
-        tune_config=tune.TuneConfig(search_alg=StudySearcher(space, sd, storage_url, sd.meta().get("git_commit", "unknown")),
+        tune_config=tune.TuneConfig(search_alg=StudySearcher(space, sd, storage_url, sd.meta().get("git_commit", "unknown"),
+                                                             warm_start_from),
                                     scheduler=scheduler_for(space),
                                     num_samples=-1, reuse_actors=reuses_processes(space),
                                     trial_dirname_creator=lambda t: t.trial_id, trial_name_creator=lambda t: t.trial_id),
@@ -121,8 +123,9 @@ def _tuner(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool,
 
 
 def run_sweep(space: SearchSpace, *, name: str | None = None, storage: str | None = None,
-              address: str | None = None, log: Log = print) -> SweepDir:
-    """Start a new sweep; refuses to overwrite an existing one (resume it instead).
+              address: str | None = None, log: Log = print, warm_start_from: str | None = None) -> SweepDir:
+    """Start a new sweep; refuses to overwrite an existing one (resume it instead). `warm_start_from`:
+    an earlier sweep (same storage) whose studies seed this one's (sweeps/warmstart.py).
 
     Every check (inputs, trackers, then the cluster's resources) comes before the sweep folder is written."""
     name = check_sweep_name(space.name if name is None else name, "--name")
@@ -130,6 +133,7 @@ def run_sweep(space: SearchSpace, *, name: str | None = None, storage: str | Non
     if sd.meta_path.exists():
         raise ConfigError(f"sweep {name!r} already exists in {sd.root.parent}; "
                           f"resume it with `kdsweep sweep resume {name}` or pick another --name")
+    warm = None if warm_start_from is None else external_sources(space, open_sweep(warm_start_from, storage))
     log(f"sweep {name}: checking its data, teacher and sizes, then starting Ray (seconds to a minute)")
     _precluster(space)
     check_inputs_of_space(space, sd.root.parent, check_memory=not _joins_cluster(address))
@@ -155,9 +159,9 @@ def run_sweep(space: SearchSpace, *, name: str | None = None, storage: str | Non
     sd.write_meta({"name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git_commit(),
                    "storage_url": space.search["storage_url"], "executor": space.search["executor"],
                    "source": space.source, "total_trials": space.total_trials, "state": "running",
-                   TEACHER_CACHE_KEY: teacher_cache})
+                   TEACHER_CACHE_KEY: teacher_cache, "warm_start_from": warm_start_from})
     return _fit(space, sd, sd.storage_url(create=True), restore=False, address=address, log=log, callbacks=callbacks,
-                storage_check=storage_check)
+                storage_check=storage_check, warm_start_from=warm)
 
 
 def resume_sweep(name: str, *, storage: str | None = None, address: str | None = None, log: Log = print) -> SweepDir:
@@ -246,13 +250,15 @@ def check_shared_storage(space: SearchSpace, storage_root: Path, log: Log) -> St
 
 
 def _fit(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool, address: str | None, log: Log,
-         callbacks: list, storage_check: StorageCheck) -> SweepDir:
+         callbacks: list, storage_check: StorageCheck, warm_start_from: dict[str, WarmSource] | None = None
+         ) -> SweepDir:
     joined = init_ray(address, log)  # already started by start_ray: returns the address it joined
     if joined:  # `kdsweep dashboard` prints the SSH port-forward line to this cluster's head
         sd.write_meta({**sd.meta(), "ray_address": joined})
     log(f"sweep {sd.name}: {len(space.studies)} studies x {space.search['trials_per_study']} trials "
         f"({space.search['executor']} executor) -> {sd.root}")
-    tuner = _tuner(space, sd, storage_url, restore=restore, callbacks=callbacks, storage_check=storage_check)
+    tuner = _tuner(space, sd, storage_url, restore=restore, callbacks=callbacks, storage_check=storage_check,
+                   warm_start_from=warm_start_from)
     try:
         with quiet_tune_interrupt(), full_disk_named(sd.root):
             tuner.fit()

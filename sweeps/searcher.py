@@ -65,6 +65,7 @@ from kdsweep.sweeps.study import (
     open_study,
     optuna_distribution,
 )
+from kdsweep.sweeps.warmstart import WarmSource, enqueue, seeds, waits_for, warm_sources
 
 
 def sampler_seed(base: int, study_index: int, n_existing: int) -> int:
@@ -86,7 +87,8 @@ def startup_trials(space: SearchSpace) -> int:
 
 
 class StudySearcher(Searcher):
-    def __init__(self, space: SearchSpace, sd: SweepDir, storage_url: str, git_commit: str = "unknown"):
+    def __init__(self, space: SearchSpace, sd: SweepDir, storage_url: str, git_commit: str = "unknown",
+                 warm_start_from: dict[str, WarmSource] | None = None):
         super().__init__(metric=METRIC, mode=MODE)
         self.space, self.sweep_dir, self.storage_url, self.git_commit = space, sd.root, storage_url, git_commit
         self.sweep = sd.name
@@ -95,6 +97,9 @@ class StudySearcher(Searcher):
         self._studies: dict[str, optuna.Study] = {}
         self._assigned: dict[str, int] | None = None  # study -> trials handed out (orphans excluded)
         self._live: dict[str, tuple[str, int]] = {}  # tune trial id -> (study, optuna trial number)
+        # Warm start (sweeps/warmstart.py): which study waits for which, and where each one's seeds come from.
+        self._waits_for = waits_for(space)
+        self._warm_sources = warm_sources(space, self.sweep, storage_url, warm_start_from)
 
     # ---- studies ----------------------------------------------------------
     def _study(self, name: str) -> optuna.Study:
@@ -138,7 +143,7 @@ class StudySearcher(Searcher):
         self._assigned, self._live = {}, {}
         for s in self.space.studies:
             kept = [t for t in self._study(s.name).get_trials(deepcopy=False)
-                    if t.user_attrs.get(ATTR_STATUS) != ORPHANED]
+                    if t.user_attrs.get(ATTR_STATUS) != ORPHANED and t.state != TrialState.WAITING]
             self._assigned[s.name] = len(kept)
             self._live |= {t.user_attrs[ATTR_TRIAL]: (s.name, t.number) for t in kept
                            if t.state == TrialState.RUNNING and ATTR_TRIAL in t.user_attrs}
@@ -150,12 +155,31 @@ class StudySearcher(Searcher):
             return Searcher.FINISHED
         if len(self.live) >= self.max_concurrent:
             return None  # Tune asks again when a trial ends
-        study = min(open_, key=lambda s: self.assigned[s.name])  # round-robin: equal budgets fill evenly
+        ready = [s for s in open_ if self._ready(s.name)]
+        if not ready:
+            return None  # warm start: the scales below are still running
+        study = min(ready, key=lambda s: self.assigned[s.name])  # round-robin: equal budgets fill evenly
+        self._warm_start(study)
         ot = self._study(study.name).ask({k: optuna_distribution(d) for k, d in study.params.items()})
         ot.set_user_attr(ATTR_TRIAL, trial_id)
         self.assigned[study.name] += 1
         self.live[trial_id] = (study.name, ot.number)
         return {"study": study.name, "scale": study.scale, "arm": study.arm, "optuna_number": ot.number, **ot.params}
+
+    def _ready(self, name: str) -> bool:
+        """Whether a study may start: under `previous_scale`, once the study it waits for has ended."""
+        before = self._waits_for.get(name)
+        return before is None or (self.assigned[before] >= self.budget
+                                  and all(study != before for study, _ in self.live.values()))
+
+    def _warm_start(self, study) -> None:
+        """Enqueue the study's seeds before its first trial is asked (idempotent: sweeps.warmstart.enqueue)."""
+        source = self._warm_sources.get(study.name)
+        if source is None or self.assigned[study.name] > 0:
+            return
+        source_trials = open_study(source.storage_url, source.sweep, source.study).get_trials(deepcopy=False)
+        enqueue(self._study(study.name), seeds(source, source_trials, study, self.space.search["warm_start_top_k"],
+                                               self.budget))
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self.live:

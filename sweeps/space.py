@@ -46,7 +46,10 @@ TOP_KEYS = ("name", "description", "teacher", "tokenizer", "data", "scales", "ar
             "arm_params", "train", "search", "resources", "tracking", "cache", "teacher_train_data")
 SEARCH_DEFAULTS = {"trials_per_study": 4, "max_concurrent": 2, "seed": 0, "grace_period": 20, "reduction_factor": 2,
                    "max_failures": 2, "executor": "auto", "storage_url": None, "startup_trials": None,
-                   "early_stopping": True, "search_replicates": 1}
+                   "early_stopping": True, "search_replicates": 1, "warm_start": "none", "warm_start_top_k": 2}
+# search.warm_start: `none` (every study starts cold) or `previous_scale` (a study starts when the same arm's
+# study at the next smaller width has ended, and first tries its top-k configs: sweeps/warmstart.py, method §6).
+WARM_STARTS = ("none", "previous_scale")
 # Search replicate r of a (scale, arm) (method §7, tuned arm vs tuned baseline): its own study, TPE seed and
 # training seeds, all in the block [seed + r * SEED_STRIDE, seed + (r + 1) * SEED_STRIDE): its search trials
 # train with the block's first seed, its replicates with the next ones. r = 0 is the sweep without replicates.
@@ -60,7 +63,8 @@ RESOURCE_DEFAULTS = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0.0}
 MAX_INT = 2**31 - 1
 MAX_TRIALS_PER_STUDY = 10_000
 SEARCH_COUNTS = {"trials_per_study": (1, MAX_TRIALS_PER_STUDY), "max_concurrent": (1, MAX_TRIALS_PER_STUDY),
-                 "grace_period": (1, MAX_INT), "max_failures": (0, 1000), "search_replicates": (1, 100)}
+                 "grace_period": (1, MAX_INT), "max_failures": (0, 1000), "search_replicates": (1, 100),
+                 "warm_start_top_k": (1, 100)}
 MAX_REDUCTION_FACTOR = 1000
 MAX_WORKERS, MAX_CPUS, MAX_GPUS = 1024, 1024, 64
 TRACKERS = ("mlflow", "wandb")
@@ -393,6 +397,8 @@ def _parse_search(raw: dict, p: _Problems) -> dict:
     if search["startup_trials"] is not None:
         _check_int("search.startup_trials", search["startup_trials"], 0, MAX_TRIALS_PER_STUDY, p,
                    "null (a third of trials_per_study, at most 10) or ")
+    if search["warm_start"] not in WARM_STARTS:
+        p.append(f"search.warm_start: got {shown(search['warm_start'])}, allowed: {', '.join(WARM_STARTS)}")
     if search["executor"] not in EXECUTORS:
         p.append(f"search.executor: got {shown(search['executor'])}, allowed: {', '.join(EXECUTORS)}")
     if search["storage_url"] is not None and (problem := storage_url_problem(search["storage_url"])):

@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from optuna.trial import TrialState
+
 from kdsweep.distill.errors import KDSweepError
 from kdsweep.distill.rundir import RESTARTED, read_log
 from kdsweep.sweeps.layout import SweepDir, sweep_names
@@ -38,7 +40,8 @@ def sweep_status(sd: SweepDir) -> list[dict]:
     space, by_study = study_trials(sd)
     rows = []
     for s in space.studies:
-        trials = [t for t in by_study[s.name] if trial_status(t) != ORPHANED]
+        # a warm-start seed not handed out yet (Optuna WAITING, sweeps/warmstart.py) is still pending
+        trials = [t for t in by_study[s.name] if trial_status(t) != ORPHANED and t.state != TrialState.WAITING]
         counts = {k: sum(trial_status(t) == k for t in trials) for k in TRIAL_STATES}
         best = best_trial(trials)
         rows.append({

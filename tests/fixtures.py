@@ -203,6 +203,19 @@ def write_finished_sweep(store: Path) -> SweepDir:
     return sd
 
 
+def searched_sweep(root: Path, space):
+    """A sweep folder (space, meta, SQLite studies) for `space`, and the real searcher over it, made without
+    Ray's runtime: a test drives it as Tune would (suggest, on_trial_complete)."""
+    from kdsweep.sweeps.searcher import StudySearcher  # imports Ray's searcher API: only where used
+    from kdsweep.sweeps.space import dump_space
+
+    sd = SweepDir(root / space.name)
+    sd.root.mkdir(parents=True)
+    dump_space(space, sd.space)
+    sd.write_meta({"name": space.name, "storage_url": None, "git_commit": "test"})
+    return sd, StudySearcher(space, sd, sd.storage_url(create=True))
+
+
 def eval_steps(run_dir: Path) -> list[int]:
     """The steps of a run's evaluation rows, in log order."""
     return [r["step"] for r in eval_rows(run_dir)]

@@ -415,7 +415,7 @@ def html_refs(path: Path) -> list[str]:
 
 def test_plots_html_and_configs(sweep, analysis):
     out = analysis["out_dir"]
-    names = {"curves", "lr_vs_val_ppl", "pareto", *(f"{k}_{s}" for k in ("reliability", "ablation") for s in SCALES)}
+    names = {"curves", "lr_vs_val_ppl", "pareto", "transfer", *(f"{k}_{s}" for k in ("reliability", "ablation") for s in SCALES)}
     assert set(analysis["plots"]) == names and not analysis["skipped"]
     page = analysis["html"].read_text()
     for plot in analysis["plots"].values():
@@ -453,13 +453,13 @@ def test_plots_zoom_to_the_data_and_label_every_panel(sweep, monkeypatch, tmp_pa
     reps, trials = replicates_frame(sweep), trials_frame(sweep)
     figs = _captured(monkeypatch)
     plots_module.make_plots(trials, history_frame(sweep, trials), reps, list(SCALES), list(ARMS), tmp_path)
-    assert len(figs) == 3 + 2 * len(SCALES)
+    assert len(figs) == 4 + 2 * len(SCALES)  # curves, lr, pareto, transfer, then two per scale
     for fig in figs:
         for ax in fig.axes:
             assert ax.get_ylabel() and (ax.get_title() or ax.get_xlabel()), fig.axes.index(ax)
     ref = reference(sweep)
     for scale in SCALES:
-        ablation, reliability = figs[3 + 2 * SCALES.index(scale) + 1], figs[3 + 2 * SCALES.index(scale)]
+        ablation, reliability = figs[4 + 2 * SCALES.index(scale) + 1], figs[4 + 2 * SCALES.index(scale)]
         values = [v for a in ARMS for v in metric(ref, scale, a, "ppl_ratio").values()]
         lo, hi = ablation.axes[0].get_ylim()
         # zoomed: the axis spans about the data (with error bars), not 0 .. max
@@ -603,7 +603,7 @@ def test_sweep_without_run_folders_or_replicates(sweep_copy):
     done = trials[trials["status"] == "completed"]
     assert done["val_ppl"].notna().all()  # from Optuna, not from the (missing) logs
     result = analyze(sd, sd.root.parent / "out")
-    assert set(result["plots"]) == {"lr_vs_val_ppl"}
+    assert set(result["plots"]) == {"lr_vs_val_ppl", "transfer"}  # both from Optuna alone
     assert {"curves", "pareto"} <= set(result["skipped"]) and all(f"ablation_{s}" in result["skipped"] for s in SCALES)
     assert result["replicates"]["total"] == 0
     # no replicate: the search objective chooses, and says so
