@@ -104,7 +104,8 @@ def resolved_config(trial) -> dict:
     from kdsweep.sweeps.trial import trial_train_config  # imports Ray Train: only where a tracker runs
 
     sd = sweep_dir(trial)
-    cfg = trial_train_config(load_space(sd.space), trial_config(trial), str(sd.root), trial.trial_id)
+    cfg = trial_train_config(load_space(sd.space), trial_config(trial), str(sd.root), trial.trial_id,
+                             teacher_cache=sd.meta().teacher_cache)
     # the scale's dimensions, not the name alone (explicit sizes win, as when the student is built)
     return flat(cfg.to_dict()) | student_sizes(cfg.scale, cfg.n_layer, cfg.n_head, cfg.n_embd)
 
