@@ -181,13 +181,15 @@ def state_key_reads(source: str) -> list[int]:
         elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("get", "pop")
               and node.args and key(node.args[0])):
             lines.append(node.lineno)
-        elif isinstance(node, ast.Compare) and key(node.left) and any(isinstance(o, (ast.In, ast.NotIn)) for o in node.ops):
+        elif isinstance(node, ast.Compare) and key(node.left) and any(isinstance(o, (ast.In, ast.NotIn))
+                                                                      for o in node.ops):
             lines.append(node.lineno)
     return lines
 
 
 def test_the_state_key_finder_finds_each_way_of_reading_a_key():
-    src = 'a = r["diverged"]\nb = r.get("done_training")\nc = "diverged" in r\nd = {"diverged": 1}\nr["done_training"] = 1\n'
+    src = ('a = r["diverged"]\nb = r.get("done_training")\nc = "diverged" in r\n'
+           'd = {"diverged": 1}\nr["done_training"] = 1\n')
     assert state_key_reads(src) == [1, 2, 3]
 
 
