@@ -26,7 +26,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from kdsweep.distill.numbers import number, parse_number
-from kdsweep.distill.rundir import COMPLETED, SUMMARY_NAME, eval_rows, read_log
+from kdsweep.distill.rundir import COMPLETED, SUMMARY_NAME, TrainReport, eval_rows, read_log
 from kdsweep.sweeps.layout import SweepDir, parse_replicate_name
 from kdsweep.sweeps.space import SEARCHABLE
 from kdsweep.sweeps.study import ATTR_STEP, ATTR_TRIAL, ORPHANED, study_trials, trial_status
@@ -114,13 +114,13 @@ def history_frame(sd: SweepDir, trials: pd.DataFrame | None = None) -> pd.DataFr
     for t in trials.itertuples(index=False):
         if not t.trial_id:
             continue
-        for r in eval_rows(sd.run_dir(t.trial_id)):
+        for r in map(TrainReport.from_row, eval_rows(sd.run_dir(t.trial_id))):
             rows.append({
                 "scale": t.scale, "arm": t.arm, "study": t.study, "trial_id": t.trial_id, "status": t.status,
-                "step": int(r["step"]), "val_ppl": number(r["val_ppl"]),
-                "best_seen_val_ppl": number(r.get("best_val_ppl")),
-                "train_loss": number(r.get("train_loss")), "lr": number(r.get("lr")),
-                "done_training": bool(r.get("done_training", False)),
+                "step": int(r.step), "val_ppl": number(r.val_ppl),
+                "best_seen_val_ppl": number(r.best_val_ppl),
+                "train_loss": number(r.extra.get("train_loss")), "lr": number(r.extra.get("lr")),
+                "done_training": r.done_training,
             })
     cols = ["scale", "arm", "study", "trial_id", "status", "step", "val_ppl", "best_seen_val_ppl", "train_loss", "lr",
             "done_training"]

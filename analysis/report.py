@@ -234,7 +234,7 @@ def write_html(sd: SweepDir, out: Path, tables: list[Table], result: dict) -> Pa
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>kdsweep analysis: {e(sd.name)}</title>"
              f"<style>{CSS}</style></head><body>",
              f"<h1>Sweep <code>{e(sd.name)}</code></h1>",
-             f"<p>created {e(str(meta.get('created', '?')))}, kdsweep commit <code>{e(str(meta.get('git_commit', '?')))}"
+             f"<p>created {e(str(meta.created or '?'))}, kdsweep commit <code>{e(str(meta.git_commit or '?'))}"
              f"</code>; analysed {e(time.strftime('%Y-%m-%d %H:%M:%S'))}. Replicates: {result['replicates']['in_tables']}"
              f" in tables, {result['replicates']['excluded']} excluded (diverged / failed / unfinished).</p>",
              f"<p>Data: {e(result['split'])}. Arms are chosen on the val split; the test split only reports.</p>",

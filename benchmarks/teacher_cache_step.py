@@ -35,8 +35,9 @@ from benchmarks.bench_cache import build_bench_cache  # noqa: E402
 from kdsweep.distill.models import build_student, load_teacher, save_protgpt2_shaped, student_sizes  # noqa: E402
 from kdsweep.distill.step import LossSettings, Stepper  # noqa: E402
 from kdsweep.distill.teacher_source import LiveTeacher  # noqa: E402
+from kdsweep.sweeps.space import ARMS as SPACE_ARMS  # noqa: E402
 
-ARMS = {"baseline": dict(uncertainty=False, smoothing=None), "both": dict(uncertainty=True, smoothing=0.1)}
+ARMS = {arm: SPACE_ARMS[arm].loss_flags(0.1) for arm in ("baseline", "both")}
 
 
 def main() -> None:

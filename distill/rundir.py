@@ -19,8 +19,9 @@ import copy
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
 from kdsweep.distill.atomic import write_atomic
 from kdsweep.distill.config import TrainConfig, dump_config
@@ -87,6 +88,46 @@ def is_eval_row(row: dict) -> bool:
 
 def eval_rows(run_dir: str | Path) -> list[dict]:
     return [r for r in read_log(run_dir) if is_eval_row(r)]
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    """One row a training run reports (to Tune, and to its run log): an eval row, or the row of its
+    `diverged` event. The one place that knows which keys of a row say how the run stands
+    (`ended_as`); Tune's results are these rows plus Tune's bookkeeping, which stays in `extra`."""
+
+    step: int | None = None  # optimizer steps taken (diverged: the step whose loss was non-finite)
+    val_ppl: float | None = None  # held-out ppl at `step` (inf in a diverged run's report)
+    best_val_ppl: float | None = None  # lowest val ppl seen so far (for reading curves; never used to choose)
+    best_step: int | None = None
+    done_training: bool = False  # the run's final row: it trained its full budget
+    diverged: bool = False  # a non-finite loss or val ppl ended the run (method §4)
+    extra: Mapping[str, Any] = field(default_factory=dict)  # every other key: metrics, costs, event, Tune's
+
+    @classmethod
+    def from_row(cls, row: Mapping | None) -> TrainReport:
+        """`row` as reported (a Tune result, a run-log row; None or {} when there is none yet)."""
+        rest = dict(row or {})
+        return cls(step=rest.pop("step", None), val_ppl=rest.pop("val_ppl", None),
+                   best_val_ppl=rest.pop("best_val_ppl", None), best_step=rest.pop("best_step", None),
+                   done_training=bool(rest.pop("done_training", False)), diverged=bool(rest.pop("diverged", False)),
+                   extra=rest)
+
+    def to_row(self) -> dict:
+        """The row as reported and logged: `diverged` only in a diverged run's row, None values left out."""
+        known = {"val_ppl": self.val_ppl, "best_val_ppl": self.best_val_ppl, "best_step": self.best_step}
+        return ({"step": self.step} if self.step is not None else {}) | dict(self.extra) \
+            | {k: v for k, v in known.items() if v is not None} | {"done_training": self.done_training} \
+            | ({"diverged": True} if self.diverged else {})
+
+    @property
+    def ended_as(self) -> str:
+        """How a run whose last report this is ended: DIVERGED, COMPLETED (its full budget), else
+        STOPPED_EARLY (a scheduler stopped it at this row). No row says a run crashed: FAILED is the
+        caller's to add (the sweep layer sees it as Tune's error)."""
+        if self.diverged:
+            return DIVERGED
+        return COMPLETED if self.done_training else STOPPED_EARLY
 
 
 @dataclass

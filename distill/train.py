@@ -50,6 +50,7 @@ from kdsweep.distill.rundir import (
     STUDENT_DIR,
     RunLog,
     RunResult,
+    TrainReport,
     finished_run,
     read_log,
     save_student,
@@ -250,23 +251,18 @@ def run_training(
                 best = {"val_ppl": val["ppl"], "step": done}
             elapsed = time.time() - t0
             train_loss, train_hard, train_soft = (window / max(window_steps, 1)).tolist()
-            row = {
-                "step": done,
+            row = TrainReport(done, val["ppl"], best["val_ppl"], best["step"], done_training=final, extra={
                 "tokens": done * cfg.batch_size * cfg.block_size,
                 "train_loss": train_loss,
                 "train_hard": train_hard,
                 "train_soft": train_soft,
                 "grad_norm": float(grad_norm),
                 "lr": scheduler.get_last_lr()[0],
-                "val_ppl": val["ppl"],
                 "val_nll_per_residue": val["nll_per_residue"],
                 "val_ece": val["ece"],
                 "val_accuracy": val["accuracy"],
-                "best_val_ppl": best["val_ppl"],
-                "best_step": best["step"],
                 "tokens_per_s": tokens_seen / max(elapsed, 1e-9),
-                "done_training": final,
-            }
+            }).to_row()
             window.zero_()
             window_steps = 0
             if is_main:
@@ -311,8 +307,8 @@ def _finish(student, teacher, tokenizer, data: ProteinData, cfg: TrainConfig, rt
 
 def _diverged(runlog: RunLog | None, report: ReportFn | None, run_dir: Path, step: int, best: dict, log) -> RunResult:
     """method §4: a non-finite loss (or held-out ppl) ends the run as `diverged` with its step; it never continues."""
-    row = {"event": DIVERGED, "step": step, "status": DIVERGED, "best_val_ppl": best["val_ppl"],
-           "best_step": best["step"], "done_training": False, "diverged": True}
+    row = TrainReport(step, best_val_ppl=best["val_ppl"], best_step=best["step"], diverged=True,
+                      extra={"event": DIVERGED, "status": DIVERGED}).to_row()
     log(f"diverged: non-finite loss or held-out perplexity at step {step}")
     result = RunResult(DIVERGED, step, best["val_ppl"], best["step"], run_dir, last_row=row)
     if runlog:

@@ -7,9 +7,10 @@ replicate` call `ensure_teacher_cache` once Ray is up and before any trial: it p
 cache in a Ray task (data and teacher config only), checks a complete one against its key,
 builds it if absent in a Ray task that reserves the teacher's resources (so on a cluster it
 runs on a GPU node), verifies it once on every node that can run a trial (`verify_on_nodes`:
-the build's own record makes that free on the node that built it), and its folder goes into
-`sweep.json` (`record_teacher_cache`), from which every trial's TrainConfig gets
-`teacher_cache` (sweeps/trial.py), whichever executor runs it.
+the build's own record makes that free on the node that built it), and its folder is handed
+to every trial as a parameter of the trainable, from which the trial's TrainConfig gets
+`teacher_cache` (sweeps/trial.py), whichever executor runs it; `sweep.json` records it
+(`record_teacher_cache`) for those who read the sweep later.
 
 Where: `cache.dir` of the space, else `<storage root>/teacher_cache/`, beside the
 sweeps: storage every node mounts whenever the sweep folders are, and shared by every
@@ -41,7 +42,6 @@ from kdsweep.sweeps.space import SearchSpace, worker_resources
 
 PROGRESS_EVERY_S = 0.5  # between two progress updates the build task sends the driver
 CACHE_DIR = "teacher_cache"
-META_KEY = "teacher_cache"
 
 
 def cache_root(space: SearchSpace, storage_root: Path) -> Path:
@@ -186,6 +186,5 @@ def verify_on_nodes(space: SearchSpace, path: str, log: Callable[[str], None] = 
 
 def record_teacher_cache(sd: SweepDir, path: str | None) -> None:
     """Record in sweep.json the cache the sweep's trials read (None: the live teacher)."""
-    meta = sd.meta()
-    if meta.get(META_KEY) != path:
-        sd.write_meta({**meta, META_KEY: path})
+    if sd.meta().teacher_cache != path:
+        sd.update_meta(teacher_cache=path)

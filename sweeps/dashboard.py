@@ -25,7 +25,7 @@ OPTUNA_PORT, TENSORBOARD_PORT = 8080, 6006
 
 
 def ssh_forward(sd: SweepDir, ports: list[int]) -> str:
-    address = sd.meta().get("ray_address")
+    address = sd.meta().ray_address
     forwards = " ".join(f"-L {p}:{HOST}:{p}" for p in ports)
     if not address:
         return f"from another machine: ssh -N {forwards} user@head   (user@head: this machine's login)"
@@ -48,7 +48,7 @@ def instructions(sd: SweepDir, port: int, tensorboard_port: int | None) -> str:
         f"TensorBoard:      {tensorboard}",
         ssh_forward(sd, [port] + ([tensorboard_port] if tensorboard_port else [])),
     ]
-    if sd.meta().get("ray_address"):  # only a cluster has a Ray dashboard to open
+    if sd.meta().ray_address:  # only a cluster has a Ray dashboard to open
         lines += ["Ray dashboard (cluster): `ray dashboard cluster.yaml` forwards it to http://127.0.0.1:8265;",
                   "                 API calls need: -H \"Authorization: Bearer $(cat ~/.ray/auth_token)\" "
                   "(token auth stays on)"]

@@ -38,7 +38,7 @@ def export_best(sd: SweepDir, out_dir: str | Path, *, train_root: str = "runs/fi
         provenance = {
             "sweep": sd.name, "study": study.name, "trial_id": best.user_attrs.get(ATTR_TRIAL),
             "optuna_number": best.number, "val_ppl": best.value, "step": best.user_attrs.get(ATTR_STEP),
-            "git_commit": meta.get("git_commit"), "teacher": space.teacher, "data": space.data,
+            "git_commit": meta.git_commit, "teacher": space.teacher, "data": space.data,
             "data_sha256": data_hash,
         }
         name = config_file_name(study.scale, study.arm, study.search_replicate)

@@ -1,8 +1,8 @@
 """A sweep's folder, `<storage>/<name>/`, and every file and folder name in it.
 
     space.yaml              the validated search space the sweep runs (copied at start)
-    sweep.json              name, created, git commit, executor; storage URL only when the user set one;
-                            the Ray cluster address when it joined one
+    sweep.json              `SweepMeta`: name, created, git commit, executor; storage URL only when the user
+                            set one; the teacher cache its trials read; the Ray cluster address when it joined one
     optuna.db               Optuna studies, one per (scale, arm) (unless search.storage_url is set)
     tune/                   Ray Tune experiment (restorable)
     tensorboard/<run>/      TensorBoard event files, one run per trial (see sweeps/tracking.py)
@@ -30,7 +30,7 @@ import json
 import os
 import re
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -97,6 +97,37 @@ def config_file_name(scale: str, arm: str, search_replicate: int = 0) -> str:
 
 
 @dataclass(frozen=True)
+class SweepMeta:
+    """`sweep.json`: what a sweep is and how it stands. Only `SweepDir.write_meta` writes it. A field an
+    older sweep.json lacks reads as its default; keys this version does not know are kept as they were."""
+
+    name: str | None = None  # the sweep's own name (its Optuna studies'), which a renamed folder keeps
+    created: str | None = None
+    git_commit: str | None = None
+    storage_url: str | None = None  # the user's search.storage_url; None: the optuna.db beside sweep.json
+    executor: str | None = None
+    source: str | None = None  # the search space file the sweep started from
+    total_trials: int | None = None
+    state: str | None = None  # "running" (or interrupted) / "finished"
+    teacher_cache: str | None = None  # the cache its trials read (sweeps/cache.py); None: the live teacher
+    ray_address: str | None = None  # the Ray cluster it joined (`kdsweep dashboard`'s SSH line)
+    finished: str | None = None
+    replicate_seeds: int = 0  # the most seeds `sweep replicate` was asked for: what the analysis should expect
+    ablations: bool = False  # whether `sweep replicate` ran the matched ablations
+    warm_start_from: str | None = None  # `sweep run --warm-start-from`: the earlier sweep its studies were seeded from
+    extra: dict = field(default_factory=dict, repr=False)  # keys of a newer kdsweep, written back unchanged
+
+    @classmethod
+    def from_json(cls, data: dict) -> SweepMeta:
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in data.items() if k in known},
+                   extra={k: v for k, v in data.items() if k not in known})
+
+    def to_json(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"} | self.extra
+
+
+@dataclass(frozen=True)
 class SweepDir:
     root: Path
 
@@ -104,7 +135,8 @@ class SweepDir:
     def name(self) -> str:
         """The sweep's own name (its Optuna studies are `<name>:<scale>/<arm>`): `sweep.json`'s,
         which a renamed folder keeps; the folder's name until `sweep.json` exists."""
-        return self.meta().get("name", self.root.name) if self.meta_path.exists() else self.root.name
+        name = self.meta().name if self.meta_path.exists() else None
+        return self.root.name if name is None else name
 
     @property
     def folder(self) -> str:
@@ -131,7 +163,7 @@ class SweepDir:
                       off: tuple[str, ...] = ()) -> Path:
         return self.replicates / replicate_name(scale, arm, seed, search_replicate, off)
 
-    def meta(self) -> dict:
+    def meta(self) -> SweepMeta:
         if not self.meta_path.is_file():
             raise ConfigError(f"{self.root}: no sweep here (no sweep.json); run `kdsweep sweep run` first "
                               "or pass --storage")
@@ -142,7 +174,7 @@ class SweepDir:
                               "restore it from a copy of the sweep folder") from None
         if not isinstance(meta, dict) or not isinstance(meta.get("name", ""), str):
             raise ConfigError(f"{self.meta_path}: damaged sweep record (expected a JSON object with a name)")
-        return meta
+        return SweepMeta.from_json(meta)
 
     def storage_url(self, *, create: bool = False) -> str:
         """The Optuna storage URL: the user's `search.storage_url`, else this folder's `optuna.db`.
@@ -151,7 +183,7 @@ class SweepDir:
         one is an error, because Optuna would silently create an empty one and a finished sweep
         would read as all pending.
         """
-        url = self.meta().get("storage_url")
+        url = self.meta().storage_url
         if url:
             return url
         if not create:
@@ -161,8 +193,14 @@ class SweepDir:
             check_sqlite_file(self.default_db)
         return f"sqlite:///{self.default_db}"
 
-    def write_meta(self, meta: dict) -> None:
-        write_atomic(self.meta_path, dumps(meta, indent=2) + "\n")
+    def write_meta(self, meta: SweepMeta) -> None:
+        write_atomic(self.meta_path, dumps(meta.to_json(), indent=2) + "\n")
+
+    def update_meta(self, **changes) -> SweepMeta:
+        """sweep.json with `changes` (SweepMeta fields) made; returns what it now holds."""
+        meta = replace(self.meta(), **changes)
+        self.write_meta(meta)
+        return meta
 
 
 def check_sqlite_file(path: Path) -> None:

@@ -3,7 +3,7 @@
 At every Tune event it turns Tune's trials into a `sweeps.progress.Progress` and hands
 it to a renderer (`sweeps.console`): an in-place view when stdout is a terminal, one
 line per ended trial plus periodic summaries otherwise. A trial's state is the
-`sweeps.study` vocabulary, derived from its last result (`done_training`, `diverged`)
+`sweeps.study` vocabulary, derived from its last result (`distill.rundir.TrainReport.ended_as`)
 and Tune's status, never Tune's raw TERMINATED (which covers completed and stopped
 early alike); a trial Tune created but has not started yet is `starting`.
 
@@ -26,9 +26,10 @@ from typing import TextIO
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
+from kdsweep.distill.rundir import TrainReport
 from kdsweep.sweeps.console import LineRenderer, LiveRenderer, is_interactive
 from kdsweep.sweeps.progress import STARTING, EarlyStopping, Progress, TrialRow
-from kdsweep.sweeps.study import ENDED_STATES, FAILED, RUNNING, ended_status
+from kdsweep.sweeps.study import ENDED_STATES, FAILED, RUNNING
 from kdsweep.sweeps.tracking import sampled, trial_config
 
 REDRAW_S = 1.0  # between two redraws of the view (Tune's loop steps far more often)
@@ -65,20 +66,20 @@ def trial_state(trial: Trial) -> str:
     if trial.status == Trial.ERROR:
         return FAILED
     if trial.status == Trial.TERMINATED:
-        return ended_status(trial.last_result)
+        return TrainReport.from_row(trial.last_result).ended_as
     return STARTING if trial.status == Trial.PENDING else RUNNING
 
 
 def trial_row(trial: Trial, state: str, started_s: float | None = None, ended_s: float | None = None,
               reports: tuple | None = None) -> TrialRow:
     """`reports`: (step, view time) of the trial's first and latest result, as the view saw them."""
-    r, config = trial.last_result or {}, trial_config(trial)
+    r, config = TrainReport.from_row(trial.last_result), trial_config(trial)
     params = sampled(config)
     if config.get("off"):  # a matched ablation (sweeps/replicate.py): which enhancements it switched off
         params = {"off": ",".join(config["off"]), **params}
     first, last = reports or (None, None)
-    return TrialRow(trial.trial_id, config.get("study", "?"), state, r.get("step"), r.get("val_ppl"),
-                    r.get("best_val_ppl"), started_s, ended_s, params, config.get("replicate_seed"), first, last)
+    return TrialRow(trial.trial_id, config.get("study", "?"), state, r.step, r.val_ppl,
+                    r.best_val_ppl, started_s, ended_s, params, config.get("replicate_seed"), first, last)
 
 
 class LiveView(Callback):
@@ -135,7 +136,7 @@ class LiveView(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         # Called while Tune still holds the trial as RUNNING: its state comes from its last result.
-        self._end(trials, trial, ended_status(trial.last_result))
+        self._end(trials, trial, TrainReport.from_row(trial.last_result).ended_as)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._end(trials, trial, FAILED)

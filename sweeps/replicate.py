@@ -67,8 +67,9 @@ def is_finished(sd: SweepDir, spec: dict, space) -> bool:
     return done is not None and (done.status == DIVERGED or bool(done.final_metrics))
 
 
-def _replicate_trial(config: dict, *, space, sweep_dir: str, storage_check) -> None:
-    EXECUTORS[space.search["executor"]](config["rep"], space=space, sweep_dir=sweep_dir, storage_check=storage_check)
+def _replicate_trial(config: dict, *, space, sweep_dir: str, teacher_cache: str | None, storage_check) -> None:
+    EXECUTORS[space.search["executor"]](config["rep"], space=space, sweep_dir=sweep_dir, teacher_cache=teacher_cache,
+                                        storage_check=storage_check)
 
 
 def run_replicates(sd: SweepDir, *, seeds: int, address: str | None = None, tracker: str | None = None,
@@ -86,9 +87,8 @@ def run_replicates(sd: SweepDir, *, seeds: int, address: str | None = None, trac
     callbacks = tune_callbacks(space, sd.name, title=f"replicates of {sd.name}", max_steps=max_steps(space),
                                budgets={study: studies.count(study) for study in dict.fromkeys(studies)})
     meta = sd.meta()
-    meta["replicate_seeds"] = max(seeds, meta.get("replicate_seeds", 0))  # what the analysis should expect
-    meta["ablations"] = ablations or meta.get("ablations", False)
-    sd.write_meta(meta)
+    sd.update_meta(replicate_seeds=max(seeds, meta.replicate_seeds),  # what the analysis should expect
+                   ablations=ablations or meta.ablations)
     n_ablation = sum(bool(s["off"]) for s in specs)
     log(f"replicates of {sd.name}: {len(specs)} planned ({len(specs) - n_ablation} of best configs, {n_ablation} "
         f"matched ablations; {len(specs) - len(todo)} already finished, {len(todo)} to run)")
@@ -97,9 +97,9 @@ def run_replicates(sd: SweepDir, *, seeds: int, address: str | None = None, trac
     init_ray(address, log)
     check_resources(space, log)
     storage_check = check_shared_storage(space, sd.root.parent, log)
-    record_teacher_cache(sd, ensure_teacher_cache(space, sd.root.parent, log))
+    record_teacher_cache(sd, teacher_cache := ensure_teacher_cache(space, sd.root.parent, log))
     trainable = tune.with_resources(tune.with_parameters(_replicate_trial, space=space, sweep_dir=str(sd.root),
-                                                         storage_check=storage_check),
+                                                         teacher_cache=teacher_cache, storage_check=storage_check),
                                     trial_resources(space))
     tuner = tune.Tuner(
         trainable,

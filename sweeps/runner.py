@@ -31,10 +31,9 @@ from kdsweep.distill.errors import ConfigError
 from kdsweep.distill.rundir import CHECKPOINTS_DIR, STOPPED_EARLY, finished_run
 from kdsweep.distill.splits import SplitSpec
 from kdsweep.distill.train import total_steps
-from kdsweep.sweeps.cache import META_KEY as TEACHER_CACHE_KEY
 from kdsweep.sweeps.cache import cache_root, ensure_teacher_cache, record_teacher_cache
 from kdsweep.sweeps.callbacks import tracker_callbacks, tune_callbacks
-from kdsweep.sweeps.layout import SweepDir, check_sweep_name, git_commit, open_sweep, storage_root
+from kdsweep.sweeps.layout import SweepDir, SweepMeta, check_sweep_name, git_commit, open_sweep, storage_root
 from kdsweep.sweeps.localray import init_loopback_ray
 from kdsweep.sweeps.preflight import asha_warnings, check_inputs_of_space, check_resources, check_tune_state
 from kdsweep.sweeps.progress import EarlyStopping
@@ -94,10 +93,13 @@ def scheduler_for(space: SearchSpace):
 
 
 def _tuner(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool, callbacks: list,
-           storage_check: StorageCheck, warm_start_from: dict[str, WarmSource] | None = None):
+           storage_check: StorageCheck, teacher_cache: str | None,
+           warm_start_from: dict[str, WarmSource] | None = None):
     executor = EXECUTORS[space.search["executor"]]
+    # The teacher cache goes to each trial as a parameter (a restore hands Tune this trainable again,
+    # with the cache `sweep resume` made ready).
     trainable = tune.with_resources(tune.with_parameters(executor, space=space, sweep_dir=str(sd.root),
-                                                         storage_check=storage_check),
+                                                         teacher_cache=teacher_cache, storage_check=storage_check),
                                     trial_resources(space))
     if restore:  # Tune runs the callbacks it pickled with the experiment
         return tune.Tuner.restore(str(sd.tune), trainable=trainable, resume_unfinished=True, resume_errored=False)
@@ -105,7 +107,7 @@ def _tuner(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool,
         trainable,
         # num_samples=-1: the searcher alone says when every study has its trials (a count here
         # would end the sweep early when trials lost to a driver kill are handed out again).
-        tune_config=tune.TuneConfig(search_alg=StudySearcher(space, sd, storage_url, sd.meta().get("git_commit", "unknown"),
+        tune_config=tune.TuneConfig(search_alg=StudySearcher(space, sd, storage_url, sd.meta().git_commit or "unknown",
                                                              warm_start_from),
                                     scheduler=scheduler_for(space),
                                     num_samples=-1, reuse_actors=reuses_processes(space),
@@ -156,12 +158,12 @@ def run_sweep(space: SearchSpace, *, name: str | None = None, storage: str | Non
     sd.root.mkdir(parents=True, exist_ok=True)
     dump_space(space, sd.space)
     # storage_url null = the optuna.db beside sweep.json, wherever the folder is later moved.
-    sd.write_meta({"name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git_commit(),
-                   "storage_url": space.search["storage_url"], "executor": space.search["executor"],
-                   "source": space.source, "total_trials": space.total_trials, "state": "running",
-                   TEACHER_CACHE_KEY: teacher_cache, "warm_start_from": warm_start_from})
+    sd.write_meta(SweepMeta(name=name, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), git_commit=git_commit(),
+                            storage_url=space.search["storage_url"], executor=space.search["executor"],
+                            source=space.source, total_trials=space.total_trials, state="running",
+                            teacher_cache=teacher_cache, warm_start_from=warm_start_from))
     return _fit(space, sd, sd.storage_url(create=True), restore=False, address=address, log=log, callbacks=callbacks,
-                storage_check=storage_check, warm_start_from=warm)
+                storage_check=storage_check, teacher_cache=teacher_cache, warm_start_from=warm)
 
 
 def resume_sweep(name: str, *, storage: str | None = None, address: str | None = None, log: Log = print) -> SweepDir:
@@ -176,15 +178,16 @@ def resume_sweep(name: str, *, storage: str | None = None, address: str | None =
     _precluster(space)
     storage_url = sd.storage_url()
     check_inputs_of_space(space, sd.root.parent, check_memory=not _joins_cluster(address))
-    start_ray(space, address, sd.meta().get("storage_url"), log)
+    start_ray(space, address, sd.meta().storage_url, log)
     storage_check = check_shared_storage(space, sd.root.parent, log)
-    record_teacher_cache(sd, ensure_teacher_cache(space, sd.root.parent, log))  # rebuilt if deleted meanwhile
+    teacher_cache = ensure_teacher_cache(space, sd.root.parent, log)  # rebuilt if deleted meanwhile
+    record_teacher_cache(sd, teacher_cache)
     orphaned = reconcile_with_tune(space, sd.name, storage_url, {t.trial_id for t in tune_unfinished(sd)})
     if orphaned:
         log(f"{len(orphaned)} trial(s) started after Tune's last snapshot were lost and will be run again: "
             + ", ".join(orphaned))
     return _fit(space, sd, storage_url, restore=True, address=address, log=log, callbacks=[],
-                storage_check=storage_check)
+                storage_check=storage_check, teacher_cache=teacher_cache)
 
 
 def _joins_cluster(address: str | None) -> bool:
@@ -250,15 +253,15 @@ def check_shared_storage(space: SearchSpace, storage_root: Path, log: Log) -> St
 
 
 def _fit(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool, address: str | None, log: Log,
-         callbacks: list, storage_check: StorageCheck, warm_start_from: dict[str, WarmSource] | None = None
-         ) -> SweepDir:
+         callbacks: list, storage_check: StorageCheck, teacher_cache: str | None,
+         warm_start_from: dict[str, WarmSource] | None = None) -> SweepDir:
     joined = init_ray(address, log)  # already started by start_ray: returns the address it joined
     if joined:  # `kdsweep dashboard` prints the SSH port-forward line to this cluster's head
-        sd.write_meta({**sd.meta(), "ray_address": joined})
+        sd.update_meta(ray_address=joined)
     log(f"sweep {sd.name}: {len(space.studies)} studies x {space.search['trials_per_study']} trials "
         f"({space.search['executor']} executor) -> {sd.root}")
     tuner = _tuner(space, sd, storage_url, restore=restore, callbacks=callbacks, storage_check=storage_check,
-                   warm_start_from=warm_start_from)
+                   teacher_cache=teacher_cache, warm_start_from=warm_start_from)
     try:
         with quiet_tune_interrupt(), full_disk_named(sd.root):
             tuner.fit()
@@ -269,10 +272,7 @@ def _fit(space: SearchSpace, sd: SweepDir, storage_url: str, *, restore: bool, a
     if not sweep_complete(sd):
         # Tune catches Ctrl-C itself: it saves its state and returns as if the sweep had ended.
         raise KeyboardInterrupt
-    meta = sd.meta()
-    meta["state"] = "finished"
-    meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    sd.write_meta(meta)
+    sd.update_meta(state="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     return sd
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
+from kdsweep.distill.rundir import COMPLETED, DIVERGED, TrainReport
 from kdsweep.sweeps.study import METRIC, MODE
 
 TIME_ATTR = "step"
@@ -41,11 +42,12 @@ class PerStudyASHA(FIFOScheduler):
         self._for(tc, trial)
 
     def on_trial_result(self, tc, trial, result) -> str:
-        if result.get("diverged"):
+        ended_as = TrainReport.from_row(result).ended_as  # were this its last report
+        if ended_as == DIVERGED:
             return TrialScheduler.STOP
         asha = self._for(tc, trial)
         decision = asha.on_trial_result(tc, trial, result)  # records the value in its rung either way
-        if decision == TrialScheduler.STOP and result.get("done_training"):
+        if decision == TrialScheduler.STOP and ended_as == COMPLETED:
             # A rung at max_t (max_t = grace * rf^k) would "stop" a trial on its final report:
             # its budget is spent, so stopping saves nothing, and the trial is completed, not
             # stopped early.

@@ -48,6 +48,7 @@ from kdsweep.distill.rundir import (
     DIVERGED,
     STOPPED_EARLY,
     RunResult,
+    TrainReport,
     finished_run,
     write_summary_if_absent,
 )
@@ -205,37 +206,38 @@ class StudySearcher(Searcher):
         result = result or {}
         # Tune hands the result that made ASHA stop a trial to on_trial_complete, not on_trial_result.
         self._report(name, number, result)
+        report = TrainReport.from_row(result)
         value = None
         if error:
             status, state = FAILED, TrialState.FAIL
-        elif result.get("diverged"):
+        elif report.ended_as == DIVERGED:
             # PRUNED with +inf at the divergence step and a violated constraint: TPE ranks it
             # behind every feasible trial, so it learns where training blows up (a FAIL trial
             # would be ignored by the sampler altogether).
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                trial.report(math.inf, step=int(result.get("step", 0)))
+                trial.report(math.inf, step=int(report.step or 0))
             trial.set_constraint("diverged", 1.0)
             status, state = DIVERGED, TrialState.PRUNED
-        elif result.get("done_training"):
+        elif report.ended_as == COMPLETED:
             # The objective is the FINAL model's val_ppl: the model the run saves, replicates and tests.
             status, state, value = COMPLETED, TrialState.COMPLETE, result[METRIC]
         else:
-            status, state, value = self._stopped_early(trial_id, result)
+            status, state, value = self._stopped_early(trial_id, report)
         trial.set_user_attr(ATTR_STATUS, status)
         for key, attr in (("step", ATTR_STEP), ("best_step", ATTR_BEST_STEP)):
             if key in result:
                 trial.set_user_attr(attr, int(result[key]))
         study.tell(number, value, state=state)
 
-    def _stopped_early(self, trial_id: str, result: dict) -> tuple[str, TrialState, float | None]:
+    def _stopped_early(self, trial_id: str, report: TrainReport) -> tuple[str, TrialState, float | None]:
         """ASHA stopped the trial: its process is ended without warning, so its summary is written
         here, BEFORE Optuna is told (a resume trusts "Optuna says it ended" to mean "its run folder
         says so too"). A run that reached its end first and wrote its own summary wins that race:
         it is told as what it is, completed with its final val_ppl."""
         run_dir = SweepDir(self.sweep_dir).run_dir(trial_id)
-        stopped = RunResult(STOPPED_EARLY, int(result.get("step", 0)), number(result.get("best_val_ppl")),
-                            int(result.get("best_step", -1)), run_dir, val_ppl=result.get(METRIC))
+        stopped = RunResult(STOPPED_EARLY, int(report.step or 0), number(report.best_val_ppl),
+                            int(-1 if report.best_step is None else report.best_step), run_dir, val_ppl=report.val_ppl)
         if not write_summary_if_absent(stopped):
             own = finished_run(run_dir)
             if own is not None and own.status == COMPLETED and own.val_ppl is not None:

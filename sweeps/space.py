@@ -34,8 +34,27 @@ from kdsweep.sweeps.storage import storage_url_problem
 SEARCH_SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
 BASELINE = "baseline"
-# arm -> (uncertainty weighting on, calibration smoothing on)   method §6
-ARMS = {BASELINE: (False, False), "uncertainty": (True, False), "calibration": (False, True), "both": (True, True)}
+
+
+@dataclass(frozen=True)
+class Arm:
+    """An arm of the comparison (method §6): which of the two enhancements its loss switches on."""
+
+    uncertainty: bool  # uncertainty-weighted KD
+    smooths: bool  # calibration smoothing (its factor, `smoothing`, is searched)
+
+    @property
+    def enhancements(self) -> tuple[str, ...]:
+        """The ENHANCEMENTS it switches on: what its matched ablation switches off."""
+        return tuple(e for e, on in (("uncertainty", self.uncertainty), ("smoothing", self.smooths)) if on)
+
+    def loss_flags(self, smoothing: float | None) -> dict:
+        """The TrainConfig values of its loss: `smoothing` the sampled factor, None where it does not smooth."""
+        return {"uncertainty": self.uncertainty, "smoothing": smoothing if self.smooths else None}
+
+
+ARMS = {BASELINE: Arm(uncertainty=False, smooths=False), "uncertainty": Arm(uncertainty=True, smooths=False),
+        "calibration": Arm(uncertainty=False, smooths=True), "both": Arm(uncertainty=True, smooths=True)}
 ENHANCED_ARMS = tuple(a for a in ARMS if a != BASELINE)
 SEARCHABLE = ("lr", "warmup_steps", "temperature", "alpha", "smoothing")
 DIST_TYPES = ("loguniform", "uniform", "int", "choice")
@@ -121,15 +140,15 @@ class Study:
     @property
     def enhancements(self) -> tuple[str, ...]:
         """The enhancements this arm switches on (ENHANCEMENTS keys): what its matched ablation switches off."""
-        return tuple(e for e, on in zip(ENHANCEMENTS, ARMS[self.arm]) if on)
+        return ARMS[self.arm].enhancements
 
     @property
     def uncertainty(self) -> bool:
-        return ARMS[self.arm][0]
+        return ARMS[self.arm].uncertainty
 
     @property
     def smooths(self) -> bool:
-        return ARMS[self.arm][1]
+        return ARMS[self.arm].smooths
 
 
 @dataclass(frozen=True)
@@ -158,15 +177,12 @@ class SearchSpace:
             "tokenizer": self.tokenizer,
             "data": self.data,
             "scale": study.scale,
-            "uncertainty": study.uncertainty,
-            "smoothing": None,
             "seed": self.search_seed_of(study.search_replicate),
             **params,
+            **ARMS[study.arm].loss_flags(params.get("smoothing")),
             "output_dir": output_dir,
             **extra,
         }
-        if not study.smooths:
-            values["smoothing"] = None
         return config_from_dict(values, source=f"trial config of {study.name}")
 
     def study(self, name: str) -> Study:
@@ -336,10 +352,10 @@ def _parse_searched(raw: dict, scales: list, arms: list, p: _Problems):
             p.append(f"arm_params.{shown_key(a)}: unknown arm; allowed: {', '.join(ARMS)}")
             continue
         per_arm[a] = _parse_params(f"arm_params.{a}", spec, p)
-        if "smoothing" in per_arm[a] and not ARMS[a][1]:
+        if "smoothing" in per_arm[a] and not ARMS[a].smooths:
             p.append(f"arm_params.{a}.smoothing: the {a} arm does not smooth; smoothing is searched only in "
                      "calibration and both")
-    smoothing_arms = [a for a in arms if a in ARMS and ARMS[a][1]]
+    smoothing_arms = [a for a in arms if a in ARMS and ARMS[a].smooths]
     if "smoothing" in base and not smoothing_arms:
         p.append("params.smoothing: no arm in `arms` smooths (calibration or both); remove the smoothing range")
     for a in smoothing_arms:
@@ -487,7 +503,7 @@ def parse_space(raw: Any, source: str = "search space") -> SearchSpace:
         for s in scales:
             for a in arms:
                 params = {**base, **per_scale.get(s, {}), **per_arm.get(a, {})}
-                if not ARMS[a][1]:
+                if not ARMS[a].smooths:
                     params.pop("smoothing", None)
                 studies.append(Study(s, a, params, r))
     return SearchSpace(

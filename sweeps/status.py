@@ -112,7 +112,7 @@ class SweepSummary:
 def summarize(sd: SweepDir) -> SweepSummary:
     try:
         meta = sd.meta()
-        created, state = str(meta.get("created", "?")), str(meta.get("state", "?"))
+        created, state = str(meta.created or "?"), str(meta.state or "?")
     except (KDSweepError, ValueError) as e:
         return SweepSummary(sd.name, "?", "?", error=str(e))
     try:

@@ -69,17 +69,6 @@ def existing_studies(storage_url: str, sweep: str) -> list[str]:
     return [n for n in optuna.get_all_study_names(open_storage(storage_url)) if n.startswith(prefix)]
 
 
-def ended_status(last_result: dict | None, *, error: bool = False) -> str:
-    """How a Tune trial ended, read from its last reported result (Tune's own "TERMINATED" covers
-    both a trial trained to its full budget and one ASHA stopped)."""
-    result = last_result or {}
-    if error:
-        return FAILED
-    if result.get("diverged"):
-        return DIVERGED
-    return COMPLETED if result.get("done_training") else STOPPED_EARLY
-
-
 def trial_status(t: FrozenTrial) -> str:
     """The kdsweep state of an Optuna trial (see the module docstring)."""
     if t.state == TrialState.COMPLETE:

@@ -23,9 +23,9 @@ import math
 import os
 from pathlib import Path
 
-from kdsweep.distill.rundir import CONFIG_NAME, LOG_NAME, STUDENT_DIR, SUMMARY_NAME
+from kdsweep.distill.rundir import CONFIG_NAME, LOG_NAME, STUDENT_DIR, SUMMARY_NAME, TrainReport
 from kdsweep.sweeps.layout import SweepDir
-from kdsweep.sweeps.study import COMPLETED, DIVERGED, FAILED, ended_status
+from kdsweep.sweeps.study import COMPLETED, DIVERGED, FAILED
 
 # The metrics of a training row (distill/train.py) drawn as curves.
 CURVES = ("val_ppl", "val_nll_per_residue", "val_ece", "val_accuracy", "train_loss", "train_hard", "train_soft",
@@ -104,7 +104,8 @@ def resolved_config(trial) -> dict:
     from kdsweep.sweeps.trial import trial_train_config  # imports Ray Train: only where a tracker runs
 
     sd = sweep_dir(trial)
-    cfg = trial_train_config(load_space(sd.space), trial_config(trial), str(sd.root), trial.trial_id)
+    cfg = trial_train_config(load_space(sd.space), trial_config(trial), str(sd.root), trial.trial_id,
+                             teacher_cache=sd.meta().teacher_cache)
     # the scale's dimensions, not the name alone (explicit sizes win, as when the student is built)
     return flat(cfg.to_dict()) | student_sizes(cfg.scale, cfg.n_layer, cfg.n_head, cfg.n_embd)
 
@@ -129,7 +130,7 @@ def _finite(v) -> bool:
 
 def end_state(trial, failed: bool) -> str:
     """How a trial ended, in the `sweeps.study` vocabulary."""
-    return FAILED if failed else ended_status(trial.last_result)
+    return FAILED if failed else TrainReport.from_row(trial.last_result).ended_as
 
 
 def final_metrics(last_result: dict | None, state: str) -> dict[str, float]:

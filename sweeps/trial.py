@@ -27,7 +27,6 @@ import ray.tune
 from kdsweep.distill.config import TrainConfig, config_from_dict
 from kdsweep.distill.rundir import RunLog, finished_run
 from kdsweep.distill.train import run_training
-from kdsweep.sweeps.cache import META_KEY as TEACHER_CACHE_KEY
 from kdsweep.sweeps.layout import SweepDir
 from kdsweep.sweeps.shared_storage import StorageCheck, check_this_node
 from kdsweep.sweeps.space import SearchSpace, switched_off, worker_resources
@@ -35,7 +34,8 @@ from kdsweep.sweeps.space import SearchSpace, switched_off, worker_resources
 NODE_EVENT = "node"
 
 
-def trial_train_config(space: SearchSpace, config: dict, sweep_dir: str, trial_id: str) -> TrainConfig:
+def trial_train_config(space: SearchSpace, config: dict, sweep_dir: str, trial_id: str, *,
+                       teacher_cache: str | None) -> TrainConfig:
     """The TrainConfig of a Tune trial.
 
     A search trial's config is the searcher's {study, optuna_number, params...}: it
@@ -45,15 +45,14 @@ def trial_train_config(space: SearchSpace, config: dict, sweep_dir: str, trial_i
     enhancements a matched ablation switches off, in `..__<arm>.no-<enhancement>__..`) and ends with the
     val-split (choosing) and test-split (reporting) metrics.
 
-    Either reads the sweep's teacher cache when it has one (`sweep.json`'s `teacher_cache`,
-    written by sweeps/cache.py before any trial starts).
+    Either reads the sweep's teacher cache when it has one (`teacher_cache`: the folder sweeps/cache.py
+    made ready before any trial started, handed to the trainable as a parameter; None: the live teacher).
     """
     sd = SweepDir(Path(sweep_dir))
     study = space.study(config["study"])
     params = {k: config[k] for k in study.params}
     provenance = {"sweep": sd.name, "trial_id": trial_id, "study": study.name,
                   "optuna_number": config.get("optuna_number")}
-    teacher_cache = sd.meta().get(TEACHER_CACHE_KEY)
     seed = config.get("replicate_seed")
     if seed is None:
         return space.trial_config(study, params, str(sd.run_dir(trial_id)), provenance=provenance,
@@ -90,12 +89,13 @@ def _limit_threads(cpus: float) -> None:
     torch.set_num_threads(max(1, int(cpus)))
 
 
-def local_trial(config: dict, *, space: SearchSpace, sweep_dir: str, storage_check: StorageCheck | None = None) -> None:
+def local_trial(config: dict, *, space: SearchSpace, sweep_dir: str, teacher_cache: str | None,
+                storage_check: StorageCheck | None = None) -> None:
     """Tune function: train in this process, report through `ray.tune.report`."""
     check_this_node(storage_check)  # first: a node without the shared storage must not write a thing
     _limit_threads(space.resources["cpus_per_worker"])
     trial_id = ray.tune.get_context().get_trial_id()
-    cfg = trial_train_config(space, config, sweep_dir, trial_id)
+    cfg = trial_train_config(space, config, sweep_dir, trial_id, teacher_cache=teacher_cache)
     if _already_ended(cfg):
         return
     record_node(cfg)
@@ -112,7 +112,7 @@ def _train_worker(loop_config: dict) -> None:
     run_training(cfg, report=ray.train.report, log=lambda _: None)
 
 
-def ray_train_trial(config: dict, *, space: SearchSpace, sweep_dir: str,
+def ray_train_trial(config: dict, *, space: SearchSpace, sweep_dir: str, teacher_cache: str | None,
                     storage_check: StorageCheck | None = None) -> None:
     """Tune function: build and fit a TorchTrainer (Train V2) for this trial."""
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -120,7 +120,7 @@ def ray_train_trial(config: dict, *, space: SearchSpace, sweep_dir: str,
 
     check_this_node(storage_check)
     trial_id = ray.tune.get_context().get_trial_id()
-    cfg = trial_train_config(space, config, sweep_dir, trial_id)
+    cfg = trial_train_config(space, config, sweep_dir, trial_id, teacher_cache=teacher_cache)
     if _already_ended(cfg):  # before Train's ~15 s start-up
         return
     res = space.resources

@@ -22,7 +22,7 @@ from kdsweep.distill.data import write_bundled_subset
 from kdsweep.distill.rundir import CHECKPOINTS_DIR, eval_rows, read_log
 from kdsweep.distill.demo_teacher import build_aa_tokenizer
 from kdsweep.distill.homology import bundled_mmseqs
-from kdsweep.sweeps.layout import SweepDir
+from kdsweep.sweeps.layout import SweepDir, SweepMeta
 from kdsweep.sweeps.space import SEARCH_SPACES_DIR
 from kdsweep.sweeps.study import ATTR_STATUS, ATTR_TRIAL, open_study
 
@@ -188,7 +188,7 @@ def write_finished_sweep(store: Path) -> SweepDir:
     raw.update(name="norays", scales=["demo-xs"], arms=["baseline"])
     del raw["params"]["smoothing"]  # no arm here smooths
     sd.space.write_text(yaml.safe_dump(raw))
-    sd.write_meta({"name": "norays", "storage_url": None, "git_commit": "test"})
+    sd.write_meta(SweepMeta(name="norays", git_commit="test"))
     study = open_study(sd.storage_url(create=True), "norays", "demo-xs/baseline")
     dists = {"lr": optuna.distributions.FloatDistribution(1e-3, 3e-2, log=True),
              "warmup_steps": optuna.distributions.IntDistribution(0, 5),

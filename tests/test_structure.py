@@ -161,3 +161,43 @@ def test_a_moved_sweep_folder_reads_its_own_database(tmp_path):
     assert moved.storage_url() == f"sqlite:///{moved.default_db}"
     trials = open_study(moved.storage_url(), "norays", "demo-xs/baseline").get_trials()
     assert [t.value for t in trials] == [19.5, None]
+
+
+# The keys of a training report row that say how its run stands: only `TrainReport` (distill/rundir.py) reads them.
+REPORT_STATE_KEYS = ("done_training", "diverged")
+REPORT_MODULE = ROOT / "distill" / "rundir.py"
+
+
+def state_key_reads(source: str) -> list[int]:
+    """Lines of `source` that read a report row's state by its key: `row["diverged"]`, `row.get("diverged")`,
+    `"diverged" in row` (a key written into a dict literal, or a column named so, is no read)."""
+    def key(node) -> bool:
+        return isinstance(node, ast.Constant) and node.value in REPORT_STATE_KEYS
+
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Subscript) and key(node.slice) and not isinstance(node.ctx, ast.Store):
+            lines.append(node.lineno)
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("get", "pop")
+              and node.args and key(node.args[0])):
+            lines.append(node.lineno)
+        elif isinstance(node, ast.Compare) and key(node.left) and any(isinstance(o, (ast.In, ast.NotIn))
+                                                                      for o in node.ops):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_the_state_key_finder_finds_each_way_of_reading_a_key():
+    src = ('a = r["diverged"]\nb = r.get("done_training")\nc = "diverged" in r\n'
+           'd = {"diverged": 1}\nr["done_training"] = 1\n')
+    assert state_key_reads(src) == [1, 2, 3]
+
+
+def test_only_train_report_reads_a_report_rows_state():
+    from kdsweep.distill.rundir import TrainReport
+
+    assert set(REPORT_STATE_KEYS) <= set(TrainReport.__dataclass_fields__)
+    assert state_key_reads(REPORT_MODULE.read_text()) != []  # it is the one that does
+    bad = [f"{f.relative_to(ROOT)}:{line}" for folder in FOLDERS for f in sorted((ROOT / folder).rglob("*.py"))
+           if f != REPORT_MODULE for line in state_key_reads(f.read_text())]
+    assert bad == []

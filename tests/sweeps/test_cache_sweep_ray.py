@@ -45,8 +45,8 @@ def test_sweep_with_the_cache_equals_the_live_teacher_sweep(tmp_path, small_fast
                   "--storage", str(store)], env)
 
     cached_sd, live_sd = SweepDir(store / "cached"), SweepDir(store / "live")
-    cache = cached_sd.meta()["teacher_cache"]
-    assert live_sd.meta().get("teacher_cache") is None
+    cache = cached_sd.meta().teacher_cache
+    assert live_sd.meta().teacher_cache is None
     assert cache.startswith(str(store / "teacher_cache")) and read_manifest(cache)["train"]["n_blocks"] == 32
     digest = read_manifest(cache)["key_digest"]
     cached, live = _trials(cached_sd), _trials(live_sd)

@@ -13,7 +13,7 @@ import urllib.request
 import optuna
 
 from kdsweep.sweeps.dashboard import instructions
-from kdsweep.sweeps.layout import SweepDir
+from kdsweep.sweeps.layout import SweepDir, SweepMeta
 from kdsweep.sweeps.study import open_study
 
 RUN = "search/demo-s_both_0_9f2c1e07"  # a TensorBoard run as a sweep names it (a search trial)
@@ -31,7 +31,7 @@ def _sweep(tmp_path, **meta) -> SweepDir:
 
     sd = SweepDir(tmp_path / "mysweep")
     sd.root.mkdir()
-    sd.write_meta({"name": "mysweep", "storage_url": None, **meta})
+    sd.write_meta(SweepMeta(name="mysweep", **meta))
     study = open_study(sd.storage_url(create=True), "mysweep", "demo-s/both")
     study.add_trial(optuna.trial.create_trial(value=19.5, params={"lr": 1e-3},
                                               distributions={"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import optuna
 import pytest
 
 from kdsweep.distill.errors import ConfigError
 from kdsweep.cli import main
-from kdsweep.sweeps.layout import SweepDir, check_sweep_name
+from kdsweep.sweeps.layout import SweepDir, SweepMeta, check_sweep_name
 from kdsweep.sweeps.status import sweep_status
 from kdsweep.sweeps.study import open_study
 from tests.fixtures import write_finished_sweep
@@ -48,3 +50,31 @@ def test_reading_a_sweep_never_creates_a_study(tmp_path):
     rows = sweep_status(sd)
     assert [(r["study"], r["pending"]) for r in rows] == [("demo-xs/baseline", 1), ("demo-xs/uncertainty", 3)]
     assert optuna.get_all_study_names(f"sqlite:///{sd.default_db}") == ["norays:demo-xs/baseline"]
+
+
+def test_sweep_json_of_an_older_version_reads_with_defaults_and_keeps_unknown_keys(tmp_path):
+    sd = SweepDir(tmp_path / "old")
+    sd.root.mkdir()
+    sd.meta_path.write_text(json.dumps({"name": "old", "storage_url": None, "git_commit": "abc", "later": [1, 2]}))
+    meta = sd.meta()
+    assert (meta.name, meta.git_commit, meta.teacher_cache, meta.ray_address, meta.replicate_seeds, meta.ablations) \
+        == ("old", "abc", None, None, 0, False)
+    sd.update_meta(state="finished", replicate_seeds=3)
+    on_disk = json.loads(sd.meta_path.read_text())
+    assert on_disk["later"] == [1, 2]  # a newer kdsweep's key survives a rewrite by this one
+    assert (on_disk["name"], on_disk["git_commit"], on_disk["state"], on_disk["replicate_seeds"]) == \
+        ("old", "abc", "finished", 3)
+    assert SweepMeta.from_json(on_disk) == sd.meta()
+
+
+def test_sweep_json_holds_every_field_under_its_own_name(tmp_path):
+    sd = SweepDir(tmp_path / "new")
+    sd.root.mkdir()
+    meta = SweepMeta(name="new", created="2026-12-02T11:00:00+0000", git_commit="abc", storage_url="sqlite:///x.db",
+                     executor="local", source="space.yaml", total_trials=8, state="running", teacher_cache="/c")
+    sd.write_meta(meta)
+    on_disk = json.loads(sd.meta_path.read_text())
+    assert list(on_disk)[:9] == ["name", "created", "git_commit", "storage_url", "executor", "source", "total_trials",
+                                 "state", "teacher_cache"]  # the keys and order of earlier versions' files
+    assert on_disk["teacher_cache"] == "/c" and on_disk["total_trials"] == 8 and "extra" not in on_disk
+    assert sd.meta() == meta and sd.storage_url() == "sqlite:///x.db"

@@ -7,7 +7,7 @@ import optuna
 import pytest
 import yaml
 
-from kdsweep.sweeps.layout import SweepDir, parse_replicate_name, replicate_name
+from kdsweep.sweeps.layout import SweepDir, SweepMeta, parse_replicate_name, replicate_name
 from kdsweep.sweeps.replicate import replicate_specs
 from kdsweep.sweeps.space import SEARCH_SPACES_DIR, load_space
 from kdsweep.sweeps.study import ATTR_STATUS, ATTR_TRIAL, open_study, optuna_distribution
@@ -24,7 +24,7 @@ def two_searches(tmp_path) -> SweepDir:
     raw.update(name="two", scales=["demo-xs"], arms=["baseline", "both"], cache={"enabled": False})
     raw["search"]["search_replicates"] = 2
     sd.space.write_text(yaml.safe_dump(raw))
-    sd.write_meta({"name": "two", "storage_url": None, "git_commit": "test"})
+    sd.write_meta(SweepMeta(name="two", git_commit="test"))
     space = load_space(sd.space)
     for i, study in enumerate(space.studies):
         params = {"lr": 1e-3 * (i + 1), "warmup_steps": i, "temperature": 1.5 + i / 4, "alpha": 0.2 + i / 10,
@@ -60,7 +60,7 @@ def test_an_ablation_trains_the_tuned_config_with_the_enhancement_off(two_search
     [on] = [s for s in specs if s["study"] == "demo-xs/both.r1" and not s["off"]]
     [no_smoothing] = [s for s in specs if s["study"] == "demo-xs/both.r1" and s["off"] == ["smoothing"]]
     [no_uncertainty] = [s for s in specs if s["study"] == "demo-xs/both.r1" and s["off"] == ["uncertainty"]]
-    cfg = {name: trial_train_config(space, spec, str(two_searches.root), "tid")
+    cfg = {name: trial_train_config(space, spec, str(two_searches.root), "tid", teacher_cache=None)
            for name, spec in (("on", on), ("no_smoothing", no_smoothing), ("no_uncertainty", no_uncertainty))}
     assert cfg["on"].uncertainty and cfg["on"].smoothing == on["smoothing"]
     assert cfg["no_smoothing"].uncertainty and cfg["no_smoothing"].smoothing is None

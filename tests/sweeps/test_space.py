@@ -9,8 +9,8 @@ import yaml
 from kdsweep.distill.errors import ConfigError
 from kdsweep.cli import main
 from kdsweep.sweeps.preflight import warmup_rung_warnings
-from kdsweep.sweeps.space import (SEARCH_SPACES_DIR, SEED_STRIDE, dump_space, load_space, parse_space, smoke_space,
-                          with_search_replicates, with_tracker)
+from kdsweep.sweeps.space import (ARMS, ENHANCEMENTS, SEARCH_SPACES_DIR, SEED_STRIDE, dump_space, load_space,
+                                  parse_space, smoke_space, with_search_replicates, with_tracker)
 from tests.fixtures import write_real_fasta
 
 SHIPPED = sorted(SEARCH_SPACES_DIR.glob("*.yaml"))
@@ -31,6 +31,15 @@ def test_every_shipped_space_validates(path):
         cfg = space.trial_config(study, {"lr": 1e-4, "warmup_steps": 0, "temperature": 2.0, "alpha": 0.5,
                                          **({"smoothing": 0.1} if study.smooths else {})}, "/tmp/x")
         assert cfg.uncertainty == study.uncertainty and (cfg.smoothing is not None) == study.smooths
+
+
+def test_each_arm_names_its_enhancements_and_builds_its_loss_flags():
+    assert {a: (arm.uncertainty, arm.smooths) for a, arm in ARMS.items()} == {
+        "baseline": (False, False), "uncertainty": (True, False), "calibration": (False, True), "both": (True, True)}
+    assert all(set(arm.enhancements) <= set(ENHANCEMENTS) for arm in ARMS.values())
+    assert ARMS["both"].enhancements == ("uncertainty", "smoothing") and ARMS["baseline"].enhancements == ()
+    assert ARMS["uncertainty"].loss_flags(0.1) == {"uncertainty": True, "smoothing": None}
+    assert ARMS["calibration"].loss_flags(0.1) == {"uncertainty": False, "smoothing": 0.1}
 
 
 def test_protgpt2_space_matches_spec_ranges():

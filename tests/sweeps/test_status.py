@@ -4,6 +4,7 @@ sweeps there with a did-you-mean."""
 
 import json
 import shutil
+from dataclasses import replace
 
 import optuna
 import pytest
@@ -54,7 +55,7 @@ def test_sweep_list_and_unknown_names(tmp_path, capsys):
     sd = write_finished_sweep(store)
     copy = SweepDir(store / "norays-copy")  # the same sweep under another name
     shutil.copytree(sd.root, copy.root)
-    copy.write_meta({**sd.meta(), "name": "norays-copy"})
+    copy.write_meta(replace(sd.meta(), name="norays-copy"))
     copy.default_db.unlink()
     optuna.copy_study(from_study_name="norays:demo-xs/baseline", from_storage=sd.storage_url(),
                       to_storage=copy.storage_url(create=True), to_study_name="norays-copy:demo-xs/baseline")

@@ -274,7 +274,7 @@ def test_ray_train_executor_and_diverged_trial(tmp_path, ray_env, small_fasta, c
     assert eval_steps(sd.runs / ok.user_attrs["ray_trial_id"]) == [4, 8]
     # the ray_train executor's worker read the sweep's teacher cache, like the local executor's trials
     assert start_row(sd.runs / ok.user_attrs["ray_trial_id"])["teacher"] == \
-        f"cache {read_manifest(sd.meta()['teacher_cache'])['key_digest']} {sd.meta()['teacher_cache']}"
+        f"cache {read_manifest(sd.meta().teacher_cache)['key_digest']} {sd.meta().teacher_cache}"
     assert bad.state == TrialState.PRUNED and bad.user_attrs[ATTR_STATUS] == "diverged"
     assert bad.constraints == {"diverged": 1.0}
     summary = json.loads((sd.runs / bad.user_attrs["ray_trial_id"] / "metrics.json").read_text())
