@@ -212,7 +212,7 @@ def searched_sweep(root: Path, space):
     sd = SweepDir(root / space.name)
     sd.root.mkdir(parents=True)
     dump_space(space, sd.space)
-    sd.write_meta({"name": space.name, "storage_url": None, "git_commit": "test"})
+    sd.write_meta(SweepMeta(name=space.name, git_commit="test"))
     return sd, StudySearcher(space, sd, sd.storage_url(create=True))
 
 
