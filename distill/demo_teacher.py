@@ -6,7 +6,7 @@ real `PreTrainedTokenizerFast`, 27 tokens: `<|endoftext|>` = 0 as bos/eos/unk
 like ProtGPT2, newline, and the 25 IUPAC letters), the same ProtGPT2 text
 format, and the bundled data's default split (the cluster split, method §2), so everything
 downstream runs unchanged. The committed weights predate the cluster split: they were trained
-on the train set of the earlier hash split (README, "Known limitation").
+on the train set of the earlier hash split (docs/demo.md, "Known limitation").
 
 Rebuild (reproducible from the seed; the committed weights came from this command while the
 bundled default was the hash split):
