@@ -182,15 +182,16 @@ def export(sd: SweepDir, out_dir: str | Path, *, students: bool = False) -> list
     (`choose_students`), all checked before anything is written; returns what was written."""
     out = check_export_out(sd, Path(out_dir))
     space, by_study = study_trials(sd)
-    config_picks = _config_picks(sd, space, by_study)
-    picks = choose_students(sd, space, by_study) if students else []
-    targets = [out / student_folder_name(p.scale, p.arm) for p in picks]
+    targets = [out / student_folder_name(scale, arm) for scale in space.scales for arm in space.arms] if students \
+        else []
     for target in targets:
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
             raise ConfigError(f"--out: {target} already exists and is not empty; a student is exported into a "
                               "new or empty folder: give another --out or remove it")
+    config_picks = _config_picks(sd, space, by_study)
     for study, _ in config_picks:
         check_writable_file(out / config_file_name(study.scale, study.arm, study.search_replicate), "--out")
+    picks = choose_students(sd, space, by_study) if students else []  # in targets' order
     verdicts = _read_verdicts(sd)
     staged: list[Path] = []
     written: list[Path] = []
@@ -246,7 +247,8 @@ def verdict_text(sd: SweepDir, pick: StudentPick, verdicts: list[dict] | None) -
         return f"none yet: `kdsweep analyze {sd.folder}` has not been run (no {sd.analysis / VERDICTS_CSV})"
     rows = [r for r in verdicts if (r.get("scale"), r.get("arm"), r.get("comparison")) == (pick.scale, pick.arm, TUNED)]
     if not rows:
-        return f"none: the verdicts compare each enhanced arm with the baseline; {pick.arm} has no row at {pick.scale}"
+        return (f"none: {pick.arm} has no row at {pick.scale} in `kdsweep analyze`'s verdicts (they compare each "
+                "enhanced arm with the tuned baseline)")
     r = rows[0]
     return (f"{r['verdict_holm']} (Holm-adjusted; raw: {r['verdict']}) than the tuned baseline on test {CHOICE_METRIC}: "
             f"{pick.arm} - baseline = {_num(r['diff_mean'])} [{_num(r['ci_low'])}, {_num(r['ci_high'])}] "
@@ -329,7 +331,7 @@ def model_card(sd: SweepDir, pick: StudentPick, verdicts: list[dict] | None) -> 
         "|---|---|---|---|---|---|---|",
         *_metric_rows(pick),
         "",
-        f"Verdict ({pick.arm} vs baseline at {pick.scale}): {verdict_text(sd, pick, verdicts)}",
+        f"Verdict ({pick.arm} at {pick.scale}): {verdict_text(sd, pick, verdicts)}",
         "",
         "## Config",
         "",
