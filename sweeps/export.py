@@ -250,10 +250,10 @@ def verdict_text(sd: SweepDir, pick: StudentPick, verdicts: list[dict] | None) -
         return (f"none: {pick.arm} has no row at {pick.scale} in `kdsweep analyze`'s verdicts (they compare each "
                 "enhanced arm with the tuned baseline)")
     r = rows[0]
-    return (f"{r['verdict_holm']} (Holm-adjusted; raw: {r['verdict']}) than the tuned baseline on test {CHOICE_METRIC}: "
-            f"{pick.arm} - baseline = {_num(r['diff_mean'])} [{_num(r['ci_low'])}, {_num(r['ci_high'])}] "
-            f"(n={r['n']} {r['unit']}, p={_num(r['p'])}, Holm p={_num(r['p_holm'])}; from `kdsweep analyze`'s "
-            "tables/verdicts.csv: a comparison of tuned methods, read its notes)")
+    return (f"vs the tuned baseline on test {CHOICE_METRIC}: {r['verdict_holm']} after Holm's correction (raw: "
+            f"{r['verdict']}); {pick.arm} - baseline = {_num(r['diff_mean'])} [{_num(r['ci_low'])}, "
+            f"{_num(r['ci_high'])}] (n={r['n']} {r['unit']}, p={_num(r['p'])}, Holm p={_num(r['p_holm'])}). From "
+            "`kdsweep analyze`'s tables/verdicts.csv: a comparison of tuned methods (read the notes there)")
 
 
 def _num(text) -> str:

@@ -46,7 +46,7 @@ def test_students_carry_the_seed_chosen_on_val_and_the_analysis_verdict(sweep, t
                 assert row.empty and f"none: {BASELINE} has no row at {scale}" in card
             else:
                 [r] = row.to_dict("records")
-                assert f"{r['verdict_holm']} (Holm-adjusted; raw: {r['verdict']})" in card
+                assert f"{r['verdict_holm']} after Holm's correction (raw: {r['verdict']})" in card
                 assert f"(n={r['n']} {r['unit']}," in card
     model = AutoModelForCausalLM.from_pretrained(out / "demo-s_both")
     tok = AutoTokenizer.from_pretrained(out / "demo-s_both")
