@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,8 +121,8 @@ def _from_replicates(sd: SweepDir, scale: str, arm: str) -> StudentPick | None:
         name = parse_replicate_name(folder.name)
         if name and (name.scale, name.arm, name.off) == (scale, arm, ()) and (folder / STUDENT_DIR).is_dir():
             run = finished_run(folder)
-            if math.isfinite(_val_ratio(run)):
-                runs.append((_val_ratio(run), name.search_replicate, name.seed, run))
+            if math.isfinite(ratio := _val_ratio(run)):
+                runs.append((ratio, name.search_replicate, name.seed, run))
     if not runs:
         return None
     ratio, r, seed, run = min(runs, key=lambda x: x[:3])
@@ -198,7 +199,7 @@ def export(sd: SweepDir, out_dir: str | Path, *, students: bool = False) -> list
     try:
         out.mkdir(parents=True, exist_ok=True)
         for pick, target in zip(picks, targets):
-            staged.append(target.with_name(f".{target.name}.export.tmp"))
+            staged.append(target.with_name(f".{target.name}.{os.getpid()}.tmp"))
             _stage_student(sd, pick, staged[-1], verdicts)
         common = _provenance(sd, space)
         written += [_write_config(space, study, best, out, common) for study, best in config_picks]
@@ -263,6 +264,12 @@ def _num(text) -> str:
         return str(text)
 
 
+def _data_record(run_dir: Path) -> dict:
+    """The data its run's first "start" event recorded (file hash, split sizes, leakage); {} if none."""
+    start = next((r for r in read_log(run_dir) if r.get("event") == "start"), {})
+    return start.get("data") or {}
+
+
 def _metric_rows(pick: StudentPick) -> list[str]:
     """Markdown table rows: split, proteins (n), ppl, teacher ppl, ppl_ratio, accuracy, ECE."""
     rows = []
@@ -272,8 +279,7 @@ def _metric_rows(pick: StudentPick) -> list[str]:
                         f"{_num(m.get('ppl_teacher'))} | {_num(m.get('ppl_ratio'))} | {_num(m.get('accuracy'))} | "
                         f"{_num(m.get('ece'))} |")
     if not pick.run.val_metrics:  # a search trial: the early-stopping val subset only
-        start = next((r for r in read_log(pick.run.run_dir) if r.get("event") == "start"), {})
-        n_val = (start.get("data") or {}).get("n_val")
+        n_val = _data_record(pick.run.run_dir).get("n_val")
         cap = pick.config.val_max_proteins
         n = min(n_val, cap) if n_val is not None and cap is not None else (n_val if cap is None else f"<= {cap}")
         rows.append(f"| val (early-stopping subset) | {n} | {_num(pick.run.val_ppl)} | - | - | - | - |")
@@ -286,8 +292,7 @@ def _metric_rows(pick: StudentPick) -> list[str]:
 def model_card(sd: SweepDir, pick: StudentPick, verdicts: list[dict] | None) -> str:
     cfg = pick.config
     meta = sd.meta()
-    start = next((r for r in read_log(pick.run.run_dir) if r.get("event") == "start"), {})
-    data = start.get("data") or {}
+    data = _data_record(pick.run.run_dir)
     split = (f"{cfg.split_method} split, fractions train/val/test {list(cfg.split)}"
              + (f", MMseqs2 clusters at {cfg.cluster_identity} identity / {cfg.cluster_coverage} coverage"
                 if cfg.split_method == "cluster" else ""))
