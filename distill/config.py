@@ -341,8 +341,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return config_from_dict(raw, source=str(path) if path else "config")
 
 
-def dump_config(cfg: TrainConfig, path: str | Path, header: str | None = None) -> None:
-    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+def dump_config(cfg: TrainConfig, path: str | Path, header: str | None = None, omit: tuple[str, ...] = ()) -> None:
+    """`cfg` as YAML at `path`, less the keys in `omit` (left at their defaults: `sweep export` omits the test-only ones)."""
+    text = yaml.safe_dump({k: v for k, v in cfg.to_dict().items() if k not in omit}, sort_keys=False)
     if header:
         text = "".join(f"# {line}\n" for line in header.splitlines()) + text
     write_atomic(path, text)  # a full disk leaves the old file (or none), never a 0-byte config.yaml

@@ -198,6 +198,15 @@ def finished_run(run_dir: Path) -> RunResult | None:
 
 # save_dtype -> the torch dtype's name (torch is imported only to save: reading a run folder needs none)
 SAVE_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+# A saved student is for others to load (shared storage, `sweep export --students`): readable by group and
+# others. safetensors (0.8) writes model.safetensors 0600 through a temp file, whatever the umask.
+FILE_MODE, DIR_MODE = 0o644, 0o755
+
+
+def make_readable(folder: Path) -> None:
+    """`folder` and everything in it: files FILE_MODE, folders DIR_MODE."""
+    for path in [folder, *folder.rglob("*")]:
+        os.chmod(path, DIR_MODE if path.is_dir() else FILE_MODE)
 
 
 def save_student(student, tokenizer, out: Path, cfg: TrainConfig) -> None:
@@ -216,6 +225,7 @@ def save_student(student, tokenizer, out: Path, cfg: TrainConfig) -> None:
             saved.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
             dump_config(cfg, tmp / "kdsweep_config.yaml")
+        make_readable(tmp)
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
     finally:

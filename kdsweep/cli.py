@@ -31,7 +31,7 @@ WORKFLOW = """typical workflow:
   kdsweep dashboard demo                         # watch it: optuna-dashboard (+ --tensorboard)
   kdsweep sweep replicate demo --seeds 3         # retrain each study's best config with new seeds
   kdsweep analyze demo                           # tables, plots, index.html
-  kdsweep sweep export demo --out best/          # one `kdsweep train` config per (scale, arm)
+  kdsweep sweep export demo --out best/ --students  # a train config + a from_pretrained student per (scale, arm)
 a sweep builds its teacher cache before its trials; `kdsweep cache build SPACE.yaml` builds it ahead
 """
 STORAGE_HELP = "folder that holds sweeps (default: $KDSWEEP_STORAGE, else ./kdsweep_runs)"
@@ -181,12 +181,13 @@ def _sweep_list(args) -> int:
 
 def _sweep_export(args) -> int:
     from kdsweep.distill.inputs import check_writable_dir
-    from kdsweep.sweeps.export import export_best
+    from kdsweep.sweeps.export import export
     from kdsweep.sweeps.layout import open_sweep
 
     check_writable_dir(args.out, "--out")
-    for path in export_best(open_sweep(args.name, args.storage), args.out):
-        print(f"written: {path}   (kdsweep train --config {path})")
+    for path in export(open_sweep(args.name, args.storage), args.out, students=args.students):
+        print(f"written: {path}   " + (f"(from_pretrained; model card {path / 'README.md'})" if path.is_dir()
+                                      else f"(kdsweep train --config {path})"))
     return 0
 
 
@@ -334,8 +335,13 @@ COMMANDS: dict[str, Command] = {
     "sweep list": Command(_sweep_list, "every sweep under --storage: created, studies, trials by state, the best "
                           "objective per scale", [
         STORAGE, arg("--json", action="store_true", help="print JSON instead of a table")]),
-    "sweep export": Command(_sweep_export, "write the best config of each (scale, arm) for `kdsweep train`", [
-        NAME, STORAGE, arg("--out", required=True, help="folder to write <scale>__<arm>.yaml into")]),
+    "sweep export": Command(_sweep_export, "write the best config of each (scale, arm) for `kdsweep train` "
+                            "(and, with --students, each chosen student with a model card)", [
+        NAME, STORAGE, arg("--out", required=True, help="folder (outside the sweep) to write <scale>__<arm>.yaml "
+                                                       "into; each config's run writes <out>/<scale>_<arm>/final"),
+        arg("--students", action="store_true",
+            help="also copy each (scale, arm)'s student into <out>/<scale>_<arm>/ (from_pretrained loads it) with "
+                 "a model card: the replicate seed with the lowest val ppl_ratio, else the best search trial")]),
     "sweep replicate": Command(_sweep_replicate, "retrain each (scale, arm)'s best config with N new seeds, and "
                                "each enhanced one with each enhancement switched off (matched ablation)", [
         NAME, STORAGE, ADDRESS, TRACKER, arg("--seeds", type=int, default=3, help="replicates per (scale, arm)"),

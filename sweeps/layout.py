@@ -96,6 +96,12 @@ def config_file_name(scale: str, arm: str, search_replicate: int = 0) -> str:
     return f"{scale}__{arm}{f'.r{search_replicate}' if search_replicate else ''}.yaml"
 
 
+def student_folder_name(scale: str, arm: str, search_replicate: int = 0) -> str:
+    """The folder `sweep export --out DIR` gives one (scale, arm): its student (`--students`), and the
+    exported config's final run (`final/`) for each search replicate."""
+    return f"{scale}_{arm}{f'.r{search_replicate}' if search_replicate else ''}"
+
+
 @dataclass(frozen=True)
 class SweepMeta:
     """`sweep.json`: what a sweep is and how it stands. Only `SweepDir.write_meta` writes it. A field an

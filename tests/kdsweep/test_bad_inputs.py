@@ -356,6 +356,11 @@ CASES = [
          files={"{tmp}/afile": "x\n"}, setup="swept"),
     Case("export-over-a-folder-named-like-a-config", ["sweep", "export", "norays", *SWEPT, "--out", "{tmp}/best"],
          "demo-xs__baseline.yaml is a folder; give a file name", ["{tmp}/best/other.yaml"], setup="export_blocked"),
+    Case("export-out-inside-the-sweep", ["sweep", "export", "norays", *SWEPT, "--out", "{tmp}/swept/norays/best"],
+         "--out: {tmp}/swept/norays/best is inside the sweep folder", ["{tmp}/swept/norays/best"], setup="swept"),
+    Case("export-students-never-saved", ["sweep", "export", "norays", *SWEPT, "--out", "{tmp}/best", "--students"],
+         "demo-xs/baseline: the best search trial t1 (study demo-xs/baseline) has no saved student", ["{tmp}/best"],
+         setup="swept"),
     # ---- issue 19: damaged sweep folders --------------------------------------------------------------
     Case("status-empty-optuna-db", ["sweep", "status", "norays", *SWEPT], "optuna.db: the sweep's Optuna database is empty",
          setup="swept_empty_db"),
