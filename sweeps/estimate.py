@@ -56,6 +56,7 @@ from kdsweep.distill.block_order import pool_size
 from kdsweep.distill.config import TrainConfig
 from kdsweep.distill.data import prepare_data
 from kdsweep.distill.errors import ConfigError
+from kdsweep.distill.loss import KDOptions
 from kdsweep.distill.models import (
     PROTGPT2_TOKENIZER_DIR,
     build_student,
@@ -312,9 +313,9 @@ def probe_threads(space: SearchSpace) -> int:
 def _loss_settings(space: SearchSpace) -> LossSettings:
     """The costliest loss options among the space's arms (the cost differs little between arms)."""
     uncertainty = any(s.uncertainty for s in space.studies)
-    return LossSettings(temperature=2.0, alpha=0.5, uncertainty=uncertainty,
-                        smoothing=0.1 if any(s.smooths for s in space.studies) else None, weight_norm="mask",
-                        impl="fused")
+    return LossSettings(KDOptions(temperature=2.0, alpha=0.5, uncertainty=uncertainty,
+                                  smoothing=0.1 if any(s.smooths for s in space.studies) else None,
+                                  weight_norm="mask"), impl="fused")
 
 
 def probe_throughput(space: SearchSpace, cfg: TrainConfig, teacher_config, rt) -> dict[str, Throughput]:
