@@ -21,6 +21,7 @@ import kdsweep.distill as distill_package
 from kdsweep.distill.diskfull import DiskFull, full_disk_in
 from kdsweep.distill.errors import ConfigError, KDSweepError
 from kdsweep.distill.splits import SplitSpec
+from kdsweep.sweeps.environment import configure
 from kdsweep import __version__
 
 DESCRIPTION = ("Systematic hyperparameter sweeps for knowledge distillation of protein language models "
@@ -409,6 +410,7 @@ def _thread_excepthook(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     threading.excepthook = _thread_excepthook
+    configure()  # Ray's console settings, before any handler imports Ray
     try:
         try:
             return _dispatch(argv)
