@@ -167,9 +167,10 @@ def run_study(args, teacher, student, blocks, loss: LossSettings, work: Path) ->
     device = torch.device(args.device)
     timer = PhaseTimer(device)
     meter = StepMeter(device, timer)
+    o = loss.options
     trainer = StudyTrainer(
-        loss.temperature, loss.alpha, teacher, use_uncertainty_weighting=loss.uncertainty,
-        use_calibration_smoothing=loss.smoothing is not None, smoothing_factor=loss.smoothing or 0.1,
+        o.temperature, o.alpha, teacher, use_uncertainty_weighting=o.uncertainty,
+        use_calibration_smoothing=o.smoothing is not None, smoothing_factor=o.smoothing or 0.1,
         model=student, args=study_arguments(str(work / "study"), batch=len(blocks), steps=n_steps(args),
                                             lr=1e-3, device=device),
         train_dataset=FixedBatch(blocks), processing_class=study_tokenizer(),

@@ -331,7 +331,7 @@ def probe_throughput(space: SearchSpace, cfg: TrainConfig, teacher_config, rt) -
     # build's train blocks; a live step's teacher part when an arm weights by uncertainty).
     forward, entropy = (tokens_per_s(lambda: HeldTeacher(teacher, x, rt, entropy=e), x.numel(), rt.device)
                         for e in (False, True))
-    teacher_tps = {"live": entropy if loss.uncertainty else forward, "forward": forward, "entropy": entropy}
+    teacher_tps = {"live": entropy if loss.options.uncertainty else forward, "forward": forward, "entropy": entropy}
     source = (f"probe on {rt.device.type} ({torch.get_num_threads()} threads, {rt.precision}; "
               f"teacher {t_batch} x {t_len} tokens")
     return {scale: _probe_student(scale, teacher, cfg, rt, loss, teacher_tps, source) for scale in space.scales}
@@ -346,7 +346,7 @@ def _probe_student(scale: str, teacher: LiveTeacher, cfg: TrainConfig, rt, loss:
                                  cfg.block_size, rt.device)
     xs = random_tokens(s_batch, s_len, teacher.config.vocab_size, rt.device)
     blocks = torch.arange(s_batch, device=rt.device)
-    step = Stepper(student, HeldTeacher(teacher, xs, rt, entropy=loss.uncertainty), rt, loss, lr=cfg.lr)
+    step = Stepper(student, HeldTeacher(teacher, xs, rt, entropy=loss.options.uncertainty), rt, loss, lr=cfg.lr)
     student_tps = tokens_per_s(lambda: step.step(blocks, xs), xs.numel(), rt.device)
 
     def score():
