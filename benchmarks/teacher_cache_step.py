@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 
 from benchmarks.bench_cache import build_bench_cache  # noqa: E402
+from kdsweep.distill.loss import KDOptions  # noqa: E402
 from kdsweep.distill.models import build_student, load_teacher, save_protgpt2_shaped, student_sizes  # noqa: E402
 from kdsweep.distill.step import LossSettings, Stepper  # noqa: E402
 from kdsweep.distill.teacher_source import LiveTeacher  # noqa: E402
@@ -65,7 +66,7 @@ def main() -> None:
     print(cache.describe())
 
     for arm, loss_options in ARMS.items():
-        loss = LossSettings(temperature=2.0, alpha=0.5, weight_norm="mask", impl="fused", **loss_options)
+        loss = LossSettings(KDOptions(temperature=2.0, alpha=0.5, weight_norm="mask", **loss_options), impl="fused")
         times = {"live": [], "cache": []}
         steppers = {}
         for name, teacher in (("live", live), ("cache", cache.teacher)):

@@ -72,6 +72,7 @@ from benchmarks.step_meter import StepMeter  # noqa: E402
 from benchmarks.study_trainer import FixedBatch, StepClock, StudyTrainer, study_arguments, study_loss  # noqa: E402
 from benchmarks.bench_cache import BenchCache, build_bench_cache  # noqa: E402
 from kdsweep.distill.fused_loss import fused_kd_loss  # noqa: E402
+from kdsweep.distill.loss import KDOptions  # noqa: E402
 from kdsweep.distill.loss_reference import ARMS  # noqa: E402
 from kdsweep.distill.models import (  # noqa: E402
     PROTGPT2_TOKENIZER_DIR,
@@ -140,8 +141,8 @@ def load_average() -> str:
 
 def loss_settings(arm: str) -> LossSettings:
     uncertainty, smoothing = ARMS[arm]
-    return LossSettings(temperature=2.0, alpha=0.5, uncertainty=uncertainty, smoothing=smoothing,
-                        weight_norm="mask", impl="fused")
+    return LossSettings(KDOptions(temperature=2.0, alpha=0.5, uncertainty=uncertainty, smoothing=smoothing,
+                                  weight_norm="mask"), impl="fused")
 
 
 def n_steps(args) -> int:
@@ -166,9 +167,10 @@ def run_study(args, teacher, student, blocks, loss: LossSettings, work: Path) ->
     device = torch.device(args.device)
     timer = PhaseTimer(device)
     meter = StepMeter(device, timer)
+    o = loss.options
     trainer = StudyTrainer(
-        loss.temperature, loss.alpha, teacher, use_uncertainty_weighting=loss.uncertainty,
-        use_calibration_smoothing=loss.smoothing is not None, smoothing_factor=loss.smoothing or 0.1,
+        o.temperature, o.alpha, teacher, use_uncertainty_weighting=o.uncertainty,
+        use_calibration_smoothing=o.smoothing is not None, smoothing_factor=o.smoothing or 0.1,
         model=student, args=study_arguments(str(work / "study"), batch=len(blocks), steps=n_steps(args),
                                             lr=1e-3, device=device),
         train_dataset=FixedBatch(blocks), processing_class=study_tokenizer(),
@@ -206,11 +208,12 @@ def loss_and_heads_memory(args, teacher: LiveTeacher, student, blocks, loss: Los
     def study(h, w):
         with torch.no_grad():
             t_logits = teacher_hidden @ teacher_head.T  # the teacher's LM head: (B, L, V)
-        return study_loss(h @ w.T, t_logits, x, mask, temperature=loss.temperature, alpha=loss.alpha,
-                          uncertainty=loss.uncertainty, smoothing=loss.smoothing)
+        o = loss.options
+        return study_loss(h @ w.T, t_logits, x, mask, temperature=o.temperature, alpha=o.alpha,
+                          uncertainty=o.uncertainty, smoothing=o.smoothing)
 
     def fused(h, w):
-        return fused_kd_loss(h, w, teacher_hidden, teacher_head, x, **loss.options())
+        return fused_kd_loss(h, w, teacher_hidden, teacher_head, x, loss.options)
 
     peaks = {}
     for name, fn in ((STUDY, study), (LIVE, fused)):

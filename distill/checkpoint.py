@@ -29,7 +29,6 @@ A trial that will never resume (ASHA stopped it) keeps only its newest weights:
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -37,6 +36,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from kdsweep.distill.atomic import put_in_place, temp_path, write_atomic
 from kdsweep.distill.diskfull import disk_full_as_oserror
 from kdsweep.distill.errors import DataError
 from kdsweep.distill.numbers import dumps
@@ -57,7 +57,7 @@ class CheckpointError(DataError):
 def save_checkpoint(root: str | Path, step: int, model, optimizer, scheduler, scaler, extra: dict, keep: int) -> Path:
     root = Path(root)
     final = root / f"step_{step:07d}"
-    tmp = root / f".tmp_step_{step:07d}_{os.getpid()}"
+    tmp = temp_path(final)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
@@ -70,8 +70,7 @@ def save_checkpoint(root: str | Path, step: int, model, optimizer, scheduler, sc
                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
                      "extra": extra}
             _write_json(tmp / STATE, state)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        put_in_place(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # a failed write (disk full) leaves no half checkpoint
     for old in list_checkpoints(root)[:-keep]:
@@ -209,9 +208,4 @@ def _optimizer_state_dict(tensors: dict[str, torch.Tensor], saved: dict, optimiz
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(dumps(obj))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, dumps(obj))

@@ -9,15 +9,19 @@ The same dataclass is what a sweep trial fills in with sampled values and what
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import functools
+import inspect
 import math
 import re
+import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import yaml
 
@@ -40,95 +44,126 @@ SEED_LIMIT = 2**32
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """One distillation run (method §2-§5). Each field's docstring is its documentation:
+    `kdsweep train --help` lists them (`config_reference`), with the default and what is allowed."""
+
     # ---- models ---------------------------------------------------------
-    # "demo" = the bundled CPU demo teacher; otherwise a local directory or a
-    # Hugging Face hub id such as "nferruz/ProtGPT2".
     teacher: str = "demo"
-    # Tokenizer directory/id; None = the teacher's own tokenizer.
+    """The teacher: "demo" (the bundled CPU demo teacher), a local folder, or a Hugging Face hub id
+    such as "nferruz/ProtGPT2"."""
     tokenizer: str | None = None
-    # A teacher cache folder (`kdsweep cache build`, or a sweep whose space enables `cache:`)
-    # read instead of running the teacher: its stored last hidden states times the teacher's
-    # head (method §4). None = the live teacher. Its key must match this run's.
+    """Tokenizer folder or hub id; null = the teacher's own tokenizer."""
     teacher_cache: str | None = None
-    # Student: a preset name from distill/assets/scales.yaml, or explicit sizes
-    # (explicit n_layer/n_head/n_embd override the preset's values).
+    """A teacher cache folder (`kdsweep cache build`, or a sweep whose space enables `cache:`) read
+    instead of running the teacher: its stored last hidden states times the teacher's head
+    (method §4). null = the live teacher. Its key must match this run's."""
     scale: str | None = "demo-s"
+    """Student size: a preset name from distill/assets/scales.yaml, or null with n_layer, n_head and
+    n_embd all set (explicit sizes override the preset's values)."""
     n_layer: int | None = None
+    """Student transformer blocks; null = the scale's."""
     n_head: int | None = None
+    """Student attention heads; null = the scale's."""
     n_embd: int | None = None
+    """Student width (a multiple of n_head); null = the scale's."""
     dropout: float = 0.1
+    """The student's dropout (embeddings, attention, residual)."""
     # ---- data -----------------------------------------------------------
-    # "bundled" = the UniProt sample shipped in distill/assets/data.
     data: str = "bundled"
+    """Protein sequences (FASTA, parquet, a datasets folder); "bundled" = the UniProt sample shipped in
+    distill/assets/data."""
     sequence_column: str = "sequence"
-    # train / val / test fractions of the split (method §2).
+    """The column holding the sequences in a table (parquet, datasets)."""
     split: tuple[float, float, float] = _SPLIT.fractions
-    # "cluster": whole MMseqs2 clusters go to one split (needs `mmseqs`, except for the bundled
-    # data at the default thresholds, whose clusters are shipped); "hash": per protein, so close
-    # homologs land on both sides (distill/splits.py).
+    """train / val / test fractions of the split (method §2)."""
     split_method: SplitMethod = _SPLIT.method
-    # MMseqs2 --min-seq-id and -c of the cluster split (0.5 / 0.8).
+    """"cluster": whole MMseqs2 clusters go to one split (needs `mmseqs`, except for the bundled data
+    at the default thresholds, whose clusters are shipped); "hash": per protein, so close homologs
+    land on both sides (distill/splits.py)."""
     cluster_identity: float = _SPLIT.identity
+    """MMseqs2 --min-seq-id of the cluster split."""
     cluster_coverage: float = _SPLIT.coverage
+    """MMseqs2 -c of the cluster split."""
     block_size: int = 512
-    # Held-out proteins longer than this many tokens are truncated for scoring
-    # (None = the student's n_positions). Recorded in every metrics file.
+    """Tokens per training sequence (proteins are packed into blocks of this length)."""
     max_eval_tokens: int | None = None
-    # Early-stopping validation uses the first N val proteins in hash order
-    # (a fixed, deterministic subset); None = the whole val split.
+    """Held-out proteins longer than this many tokens are truncated for scoring (null = the student's
+    n_positions). Recorded in every metrics file."""
     val_max_proteins: int | None = 256
+    """Early-stopping validation uses the first N val proteins in hash order (a fixed, deterministic
+    subset); null = the whole val split."""
     # ---- loss (method §3) -------------------------------------------------
     temperature: float = 2.0
+    """Softmax temperature tau of the soft (KL) term (method §3.1)."""
     alpha: float = 0.5
+    """Weight of the hard (cross-entropy) term; the soft term gets 1 - alpha (method §3.7)."""
     uncertainty: bool = False
+    """Weight each position's KL by the teacher's entropy (method §3.4)."""
     smoothing: float | None = None
+    """Calibration smoothing factor lambda of the teacher's distribution (method §3.2); null = off."""
     weight_norm: WeightNorm = "mask"
-    # "fused": the loss from hidden states and LM heads, no (B, L, V) logits (method §3,
-    # distill/fused_loss.py); "logits": from both models' logits (distill/loss.py), the reference,
-    # and the one for a teacher whose logits are not a linear head of its last hidden state.
+    """Denominator of the soft term (method §3.5): "mask" = the number of scored positions (the
+    study's), "weight" = the sum of the uncertainty weights."""
     loss_impl: LossImpl = "fused"
+    """"fused": the loss from hidden states and LM heads, no (B, L, V) logits (method §3,
+    distill/fused_loss.py); "logits": from both models' logits (distill/loss.py), the reference, and
+    the one for a teacher whose logits are not a linear head of its last hidden state."""
     # ---- optimisation (method §4) -----------------------------------------
     lr: float = 1e-3
+    """Peak learning rate of AdamW (linear warmup, then linear decay to 0; method §4)."""
     weight_decay: float = 0.01
+    """AdamW weight decay (matrices only)."""
     warmup_steps: int = 0
+    """Steps of linear learning-rate warmup."""
     max_steps: int = 200
-    # Token budget; when set it overrides max_steps:
-    # steps = ceil(max_tokens / (batch_size * block_size)).
+    """Optimizer steps of the run (unless max_tokens is set)."""
     max_tokens: int | None = None
+    """Token budget; when set it overrides max_steps: steps = ceil(max_tokens / (batch_size *
+    block_size))."""
     grad_clip: float = 1.0
-    # Effective batch in sequences (blocks) per optimizer step, across all
-    # workers; micro_batch_size is per worker per forward pass. Accumulation
-    # = batch_size / (micro_batch_size * world_size), which must be whole.
+    """Gradient norm clipping threshold."""
     batch_size: int = 32
+    """Effective batch in sequences (blocks) per optimizer step, across all workers. Accumulation =
+    batch_size / (micro_batch_size * world_size), which must be whole."""
     micro_batch_size: int = 8
+    """Sequences per worker per forward pass."""
     # ---- evaluation, checkpoints, runtime -------------------------------
     eval_interval: int = 50
+    """Steps between held-out validations (and checkpoints; early stopping judges these)."""
     eval_batch_size: int = 16
+    """Sequences per forward pass when scoring held-out proteins."""
     keep_checkpoints: int = 2
-    # The dtype the final student is saved in (`<run>/student/`): fp32, or half the bytes in bf16 /
-    # fp16 (a copy is converted; training and the final evaluation keep the run's own precision).
+    """Checkpoints kept in the run folder (the newest)."""
     save_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """The dtype the final student is saved in (`<run>/student/`): fp32, or half the bytes in bf16 /
+    fp16 (a copy is converted; training and the final evaluation keep the run's own precision)."""
     precision: Precision = "auto"
+    """Training precision: "auto" = bf16 (else fp16) autocast on CUDA, fp32 on the CPU."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to train: "auto" = CUDA when visible, else the CPU."""
     seed: int = 0
+    """Seed of the student's initialisation, data order and dropout."""
     output_dir: str = "runs/train"
-    # Score the test split with every method §5 metric when training ends.
+    """The run folder: log, checkpoints, metrics.json, student/."""
     final_eval: bool = True
-    # aa_kl_natural at final eval (method §5): full-length samples (stopping at <|endoftext|>,
-    # at most gen_max_new_tokens tokens; null = the student's n_positions - 1), drawn in
-    # batches of gen_batch_size until they hold gen_min_residues standard residues.
+    """Score the test split with every method §5 metric when training ends."""
     gen_min_residues: int = 10_000
+    """aa_kl_natural at final eval (method §5): full-length samples (stopping at <|endoftext|>, at most
+    gen_max_new_tokens tokens), drawn in batches of gen_batch_size until they hold this many standard
+    residues."""
     gen_max_new_tokens: int | None = None
+    """Most tokens per sample of aa_kl_natural; null = the student's n_positions - 1."""
     gen_batch_size: int = 32
-    # Fault injection: make the loss non-finite at this step. Exists so the
-    # divergence path (status "diverged") is tested end to end, also in Ray.
+    """Samples drawn at a time for aa_kl_natural."""
     inject_nan_at_step: int | None = None
-    # Fault injection: make the held-out val ppl non-finite at the evaluation of this step (a model
-    # whose loss is finite but whose predictions on held-out proteins are not).
+    """Fault injection (tests): make the loss non-finite at this step, so that the divergence path
+    (status "diverged") is tested end to end, also in Ray."""
     inject_inf_val_at_step: int | None = None
-    # Free-form provenance (written by `kdsweep sweep export`); never read by
-    # training, copied into the run's outputs.
+    """Fault injection (tests): make the held-out val ppl non-finite at the evaluation of this step (a
+    model whose loss is finite but whose predictions on held-out proteins are not)."""
     provenance: dict[str, Any] = field(default_factory=dict)
+    """Free-form provenance (written by `kdsweep sweep export`); never read by training, copied into
+    the run's outputs."""
 
     # ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -230,59 +265,58 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
     raise TypeError(f"unsupported config type for {name}: {tp}")  # programming error
 
 
+# What each key allows beyond its type: key -> (test of its value, what is allowed). One place for
+# both the check (`_range_problems`) and the documentation (`config_reference`, `kdsweep train --help`).
+_BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "lr": (lambda v: v > 0 and math.isfinite(v), "a finite number > 0"),
+    "alpha": (lambda v: 0.0 <= v <= 1.0, "0 <= alpha <= 1"),
+    "temperature": (lambda v: 0 < v < math.inf, "a finite number > 0"),
+    "smoothing": (lambda v: v is None or 0.0 <= v <= 1.0, "null (off) or 0 <= smoothing <= 1"),
+    "dropout": (lambda v: 0.0 <= v < 1.0, "0 <= dropout < 1"),
+    "weight_decay": (lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+    "warmup_steps": (lambda v: v >= 0, ">= 0"),
+    "max_steps": (lambda v: v >= 1, ">= 1"),
+    "max_tokens": (lambda v: v is None or v >= 1, "null or >= 1"),
+    "grad_clip": (lambda v: 0 < v < math.inf, "a finite number > 0"),
+    "seed": (lambda v: 0 <= v < SEED_LIMIT, "0 <= seed < 2**32 (numpy's and torch's seeds)"),
+    "block_size": (lambda v: v >= 2, ">= 2"),
+    "batch_size": (lambda v: v >= 1, ">= 1"),
+    "micro_batch_size": (lambda v: v >= 1, ">= 1"),
+    "eval_interval": (lambda v: v >= 1, ">= 1"),
+    "eval_batch_size": (lambda v: v >= 1, ">= 1"),
+    "keep_checkpoints": (lambda v: v >= 1, ">= 1"),
+    "val_max_proteins": (lambda v: v is None or v >= 1, "null or >= 1"),
+    "max_eval_tokens": (lambda v: v is None or v >= 2, "null or >= 2"),
+    "gen_min_residues": (lambda v: v >= 1, ">= 1"),
+    "gen_max_new_tokens": (lambda v: v is None or v >= 1, "null (full length) or >= 1"),
+    "gen_batch_size": (lambda v: v >= 1, ">= 1"),
+    "split": (lambda fr: all(0 <= x <= 1 for x in fr) and abs(sum(fr) - 1.0) < 1e-6 and fr[0] > 0 and fr[1] > 0,
+              "three fractions train/val/test in [0, 1] summing to 1, with train > 0 and val > 0"),
+    "cluster_identity": (lambda v: 0.0 < v <= 1.0, "0 < cluster_identity <= 1 (MMseqs2 --min-seq-id)"),
+    "cluster_coverage": (lambda v: 0.0 <= v <= 1.0, "0 <= cluster_coverage <= 1 (MMseqs2 -c)"),
+    **{k: (lambda v: v is None or v >= 1, "null or >= 1") for k in ("n_layer", "n_head", "n_embd")},
+}
+
+
 def _range_problems(c: TrainConfig) -> list[str]:
-    """Checks across values; each message names the key and the allowed range."""
+    """Checks of each value (`_BOUNDS`), then across values; each message names the key and what is allowed."""
     p: list[str] = []
 
     def need(ok: bool, msg: str) -> None:
         if not ok:
             p.append(msg)
 
-    need(c.lr > 0 and math.isfinite(c.lr), f"lr: got {c.lr}, allowed: a finite number > 0")
-    need(0.0 <= c.alpha <= 1.0, f"alpha: got {c.alpha}, allowed: 0 <= alpha <= 1")
-    need(0 < c.temperature < math.inf, f"temperature: got {c.temperature}, allowed: a finite number > 0")
-    need(c.smoothing is None or 0.0 <= c.smoothing <= 1.0,
-         f"smoothing: got {c.smoothing}, allowed: null (off) or 0 <= smoothing <= 1")
-    need(0.0 <= c.dropout < 1.0, f"dropout: got {c.dropout}, allowed: 0 <= dropout < 1")
-    need(0 <= c.weight_decay < math.inf, f"weight_decay: got {c.weight_decay}, allowed: a finite number >= 0")
-    need(c.warmup_steps >= 0, f"warmup_steps: got {c.warmup_steps}, allowed: >= 0")
-    need(c.max_steps >= 1, f"max_steps: got {c.max_steps}, allowed: >= 1")
-    need(c.max_tokens is None or c.max_tokens >= 1, f"max_tokens: got {c.max_tokens}, allowed: null or >= 1")
-    need(0 < c.grad_clip < math.inf, f"grad_clip: got {c.grad_clip}, allowed: a finite number > 0")
-    need(0 <= c.seed < SEED_LIMIT, f"seed: got {c.seed}, allowed: 0 <= seed < 2**32 (numpy's and torch's seeds)")
-    need(c.block_size >= 2, f"block_size: got {c.block_size}, allowed: >= 2")
-    need(c.batch_size >= 1, f"batch_size: got {c.batch_size}, allowed: >= 1")
-    need(c.micro_batch_size >= 1, f"micro_batch_size: got {c.micro_batch_size}, allowed: >= 1")
+    for key, (ok, allowed) in _BOUNDS.items():
+        value = getattr(c, key)
+        need(ok(value), f"{key}: got {list(value) if isinstance(value, tuple) else value}, allowed: {allowed}")
     need(c.micro_batch_size <= c.batch_size and c.batch_size % max(c.micro_batch_size, 1) == 0,
          f"batch_size: {c.batch_size} is not a whole multiple of micro_batch_size {c.micro_batch_size}")
-    need(c.eval_interval >= 1, f"eval_interval: got {c.eval_interval}, allowed: >= 1")
-    need(c.eval_batch_size >= 1, f"eval_batch_size: got {c.eval_batch_size}, allowed: >= 1")
-    need(c.keep_checkpoints >= 1, f"keep_checkpoints: got {c.keep_checkpoints}, allowed: >= 1")
-    need(c.val_max_proteins is None or c.val_max_proteins >= 1,
-         f"val_max_proteins: got {c.val_max_proteins}, allowed: null or >= 1")
-    need(c.max_eval_tokens is None or c.max_eval_tokens >= 2,
-         f"max_eval_tokens: got {c.max_eval_tokens}, allowed: null or >= 2")
-    need(c.gen_min_residues >= 1, f"gen_min_residues: got {c.gen_min_residues}, allowed: >= 1")
-    need(c.gen_max_new_tokens is None or c.gen_max_new_tokens >= 1,
-         f"gen_max_new_tokens: got {c.gen_max_new_tokens}, allowed: null (full length) or >= 1")
-    need(c.gen_batch_size >= 1, f"gen_batch_size: got {c.gen_batch_size}, allowed: >= 1")
-    fr = c.split
-    need(all(0 <= x <= 1 for x in fr) and abs(sum(fr) - 1.0) < 1e-6 and fr[0] > 0 and fr[1] > 0,
-         f"split: got {list(fr)}, allowed: three fractions train/val/test in [0, 1] summing to 1, "
-         "with train > 0 and val > 0")
-    need(not (c.final_eval and fr[2] == 0),
+    need(not (c.final_eval and c.split[2] == 0),
          "split: the test fraction is 0 but final_eval is true (it scores the test split); "
          "give the test split a fraction > 0 or set final_eval: false")
-    need(0.0 < c.cluster_identity <= 1.0,
-         f"cluster_identity: got {c.cluster_identity}, allowed: 0 < cluster_identity <= 1 (MMseqs2 --min-seq-id)")
-    need(0.0 <= c.cluster_coverage <= 1.0,
-         f"cluster_coverage: got {c.cluster_coverage}, allowed: 0 <= cluster_coverage <= 1 (MMseqs2 -c)")
     explicit = [c.n_layer, c.n_head, c.n_embd]
     need(c.scale is not None or all(v is not None for v in explicit),
          "scale: null requires n_layer, n_head and n_embd to be set")
-    for k in ("n_layer", "n_head", "n_embd"):
-        v = getattr(c, k)
-        need(v is None or v >= 1, f"{k}: got {v}, allowed: null or >= 1")
     if c.n_head and c.n_embd and c.n_embd % c.n_head:
         p.append(f"n_embd: {c.n_embd} is not divisible by n_head {c.n_head}")
     return p
@@ -347,3 +381,32 @@ def dump_config(cfg: TrainConfig, path: str | Path, header: str | None = None, o
     if header:
         text = "".join(f"# {line}\n" for line in header.splitlines()) + text
     write_atomic(path, text)  # a full disk leaves the old file (or none), never a 0-byte config.yaml
+
+
+@functools.cache
+def field_docs() -> dict[str, str]:
+    """{key: its documentation}: the string literal after each TrainConfig field (an attribute
+    docstring), read from the class's source."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(TrainConfig))).body[0].body
+    return {node.target.id: " ".join(doc.value.value.split()) for node, doc in zip(body, body[1:])
+            if isinstance(node, ast.AnnAssign) and isinstance(doc, ast.Expr)
+            and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)}
+
+
+def config_reference(width: int = 100) -> str:
+    """Every key of a run's config with its default, what it allows and its documentation: the
+    epilog of `kdsweep train --help`."""
+    defaults, docs = TrainConfig(), field_docs()
+    lines = ["config keys (in a --config YAML file, or --set KEY=VALUE; null is YAML's None):"]
+    for key in FIELDS:
+        allowed = _BOUNDS[key][1] if key in _BOUNDS else _allowed(_HINTS[key])
+        lines.append(f"  {key} (default: {_shown_default(getattr(defaults, key))}; allowed: {allowed})")
+        lines += textwrap.wrap(docs[key], width, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    return "\n".join(lines) + "\n"
+
+
+def _shown_default(value: Any) -> str:
+    """A default as it is written in YAML: null, true, [0.8, 0.1, 0.1], {}."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return str(list(value) if isinstance(value, tuple) else value)

@@ -31,6 +31,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+from kdsweep.distill.atomic import write_atomic
+
 MEMO_NAME = "file-sha256.json"
 _HASHED = [0]  # bytes hashed by this process (a list: mutable module state without `global`)
 
@@ -95,9 +97,7 @@ def record(path: str | Path, kind: str, digest: str, version: list | None = None
         digests = entry.get("digests", {}) if entry.get("stamp") == version else {}
         memo[real] = {"stamp": version, "digests": {**digests, kind: digest}}
         path_ = _memo_path()
-        tmp = path_.with_name(f".{MEMO_NAME}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(memo))
-        os.replace(tmp, path_)
+        write_atomic(path_, json.dumps(memo))
 
 
 def unverified(files: dict[str, str]) -> list[str]:

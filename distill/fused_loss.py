@@ -102,6 +102,7 @@ Precision contract
 
 from __future__ import annotations
 
+import dataclasses
 from functools import reduce
 from typing import NamedTuple
 
@@ -110,6 +111,7 @@ import torch.nn.functional as F
 
 from kdsweep.distill.loss import (
     IGNORE_INDEX,
+    KDOptions,
     KDTerms,
     chunk_gradient,
     chunks,
@@ -117,10 +119,11 @@ from kdsweep.distill.loss import (
     compute_dtype,
     count_valid,
     logits_entropy,
+    loss_options,
     row_terms,
     soft_normalization,
     uncertainty_weights,
-    validate_options,
+    validate_labels,
 )
 
 # On the CPU, elements (rows * V) per chunk and per block of its elementwise math when
@@ -160,34 +163,12 @@ def default_chunk_rows(vocab: int, device: torch.device, length: int) -> int:
     return max(CPU_CHUNK_ELEMENTS // vocab, length)
 
 
-def fused_kd_loss(
-    student_hidden: torch.Tensor,
-    student_head: torch.Tensor,
-    teacher_hidden: torch.Tensor,
-    teacher_head: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    temperature: float,
-    alpha: float,
-    uncertainty: bool,
-    smoothing: float | None,
-    weight_norm: str = "mask",
-    chunk_rows: int | None = None,
-    block_rows: int | None = None,
-    teacher_entropy: torch.Tensor | None = None,
-    student_head_bias: torch.Tensor | None = None,
-    teacher_head_bias: torch.Tensor | None = None,
-) -> torch.Tensor:
+def fused_kd_loss(*args, **kwargs) -> torch.Tensor:
     """The method §3 loss from hidden states and LM heads: a 0-dim tensor.
 
-    See ``fused_kd_loss_terms`` for the arguments.
+    ``fused_kd_loss_terms(...).loss``; see it for the arguments.
     """
-    return fused_kd_loss_terms(
-        student_hidden, student_head, teacher_hidden, teacher_head, labels,
-        temperature=temperature, alpha=alpha, uncertainty=uncertainty, smoothing=smoothing,
-        weight_norm=weight_norm, chunk_rows=chunk_rows, block_rows=block_rows, teacher_entropy=teacher_entropy,
-        student_head_bias=student_head_bias, teacher_head_bias=teacher_head_bias,
-    ).loss
+    return fused_kd_loss_terms(*args, **kwargs).loss
 
 
 def fused_kd_loss_terms(
@@ -196,17 +177,12 @@ def fused_kd_loss_terms(
     teacher_hidden: torch.Tensor,
     teacher_head: torch.Tensor,
     labels: torch.Tensor,
+    options: KDOptions | None = None,
     *,
-    temperature: float,
-    alpha: float,
-    uncertainty: bool,
-    smoothing: float | None,
-    weight_norm: str = "mask",
-    chunk_rows: int | None = None,
-    block_rows: int | None = None,
     teacher_entropy: torch.Tensor | None = None,
     student_head_bias: torch.Tensor | None = None,
     teacher_head_bias: torch.Tensor | None = None,
+    **changes,
 ) -> KDTerms:
     """The method §3 loss and its parts, equal to ``kd_loss_terms`` on the materialized logits.
 
@@ -219,15 +195,14 @@ def fused_kd_loss_terms(
         teacher_hidden: (B, L, d_t) the teacher's last hidden states; no gradient.
         teacher_head: (V, d_t) the teacher's LM-head weight; no gradient.
         labels: (B, L) integer token ids, -100 where ignored.
-        temperature, alpha, uncertainty, smoothing, weight_norm: as in ``kd_loss_terms``.
-        chunk_rows: positions per chunk (the logits' matmuls); default
-            ``default_chunk_rows(V, device, L - 1)``.
-        block_rows: positions at a time of a chunk's elementwise math; default
-            ``default_block_rows(V, device, chunk_rows)``.
+        options, changes: the loss's ``KDOptions``, as in ``kd_loss_terms``. Its
+            ``chunk_rows`` (positions per chunk: the logits' matmuls) defaults to
+            ``default_chunk_rows(V, device, L - 1)``, its ``block_rows`` (positions at a
+            time of a chunk's elementwise math) to ``default_block_rows(V, device, chunk_rows)``.
         teacher_entropy: (B, L - 1) entropy of softmax(t) at tau = 1 per SHIFTED
             position (``teacher_entropy_from_hidden``), e.g. precomputed by a teacher
             cache; without it the walk computes it from its own teacher logits.
-            Ignored when ``uncertainty`` is False.
+            Ignored when ``options.uncertainty`` is False.
         student_head_bias, teacher_head_bias: (V,) LM-head biases, or None (GPT-2).
 
     See the module docstring for the precision contract.
@@ -235,15 +210,15 @@ def fused_kd_loss_terms(
     Raises:
         ValueError: on bad shapes or arguments, or if no position has a label.
     """
+    options = loss_options(CALLER, options, changes)
     _validate(student_hidden, student_head, student_head_bias, teacher_hidden, teacher_head,
               teacher_head_bias, labels, teacher_entropy)
     vocab = student_head.shape[0]
-    validate_options(labels, vocab, temperature, alpha, smoothing, weight_norm, chunk_rows,
-                     caller=CALLER)
-    if block_rows is not None and block_rows < 1:
-        raise ValueError(f"{CALLER}: block_rows must be >= 1 or None, got {block_rows}")
-    if chunk_rows is None:
-        chunk_rows = default_chunk_rows(vocab, student_hidden.device, labels.shape[1] - 1)
+    validate_labels(labels, vocab, caller=CALLER)
+    chunk_rows = options.chunk_rows or default_chunk_rows(vocab, student_hidden.device, labels.shape[1] - 1)
+    options = dataclasses.replace(options, chunk_rows=chunk_rows, block_rows=options.block_rows
+                                  or default_block_rows(vocab, student_hidden.device, chunk_rows))
+    weight_norm = options.weight_norm
     targets = labels[:, 1:]  # (B, L'): position i predicts token i + 1
     mask = targets != IGNORE_INDEX  # (B, L')
     n_valid = count_valid(mask, labels, caller=CALLER)
@@ -255,14 +230,14 @@ def fused_kd_loss_terms(
     student_inputs = (student_hidden, student_head, student_head_bias)
     needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in student_inputs)
     entropy_in_walk = False
-    if uncertainty and teacher_entropy is None:
+    if options.uncertainty and teacher_entropy is None:
         entropy_in_walk = _entropy_plan(chunk_rows >= labels.shape[1] - 1, weight_norm, needs_grad,
                                         student_head.shape[1], teacher_head.shape[1])
         if not entropy_in_walk:
             teacher_entropy = teacher_entropy_from_hidden(
                 teacher_hidden, teacher_head, teacher_head_bias, chunk_rows=chunk_rows)
     weights, soft_norm = None, float(n_valid)
-    if uncertainty and not entropy_in_walk:
+    if options.uncertainty and not entropy_in_walk:
         weights = uncertainty_weights(teacher_entropy.to(dtype), mask)  # (B, L')
         _, soft_norm = soft_normalization(weights, n_valid, weight_norm, dtype=dtype,
                                           device=student_hidden.device)
@@ -274,16 +249,14 @@ def fused_kd_loss_terms(
     student_mm = matmul_dtype(student_hidden, student_head, student_head_bias)
     teacher_mm = matmul_dtype(teacher_hidden, teacher_head, teacher_head_bias)
     walk = _Walk(teacher_hidden, teacher_head, teacher_head_bias, targets, mask, weights,
-                 entropy_in_walk, weight_norm, n_valid, n_valid == mask.numel(), soft_norm,
-                 temperature, alpha, smoothing,
-                 chunk_rows, block_rows or default_block_rows(vocab, student_hidden.device, chunk_rows),
+                 entropy_in_walk, n_valid, n_valid == mask.numel(), soft_norm, options,
                  student_mm, teacher_mm, dtype)
     if needs_grad:
         loss, hard, soft, mean_weight = _FusedKD.apply(*student_inputs, walk)
     else:  # evaluation: no gradient buffers
         with _autocast_off(student_hidden):
             hard, soft, mean_weight = _fused_pass(*student_inputs, walk, grads=None)
-        loss = combine(hard, soft, temperature, alpha)
+        loss = combine(hard, soft, options)
     return KDTerms(loss, hard.detach(), soft.detach(), mean_weight.detach())
 
 
@@ -373,15 +346,10 @@ class _Walk(NamedTuple):
     mask: torch.Tensor  # (B, L') bool, targets != -100
     weights: torch.Tensor | None  # (B, L') uncertainty weights known before the walk, or None
     entropy_in_walk: bool  # uncertainty weights from entropies the walk computes
-    weight_norm: str
     n_valid: int  # mask.sum()
     all_valid: bool  # n_valid == B * L': no row to mask
     soft_norm: torch.Tensor | float | None  # denominator of the soft term; None: after the walk
-    temperature: float
-    alpha: float
-    smoothing: float | None
-    chunk_rows: int
-    block_rows: int  # rows of the elementwise math at a time, within a chunk
+    options: KDOptions  # chunk_rows and block_rows (rows of the elementwise math at a time) set
     student_mm: torch.dtype  # matmul dtypes (precision contract)
     teacher_mm: torch.dtype
     dtype: torch.dtype  # compute dtype: fp32, or fp64
@@ -443,7 +411,7 @@ class _FusedKD(torch.autograd.Function):
         ctx.save_for_backward(*grads)
         ctx.input_dtypes = [None if x is None else x.dtype for x in inputs]
         ctx.mark_non_differentiable(hard, soft, mean_weight)
-        return combine(hard, soft, walk.temperature, walk.alpha), hard, soft, mean_weight
+        return combine(hard, soft, walk.options), hard, soft, mean_weight
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -490,11 +458,11 @@ def _fused_pass(
     soft_grads = None
     if grads is not None and walk.soft_norm is None:
         soft_grads = _Grads(*(None if x is None else torch.zeros_like(x) for x in grads))
-    for rows in chunks(batch, length, walk.chunk_rows):
+    for rows in chunks(batch, length, walk.options.chunk_rows):
         _chunk(shifted_student[rows].to(walk.student_mm), shifted_teacher[rows], student, teacher,
                walk, rows, out, grads, soft_grads)
     weights = uncertainty_weights(out.entropy, walk.mask) if walk.entropy_in_walk else walk.weights
-    weight_sum, soft_norm = soft_normalization(weights, walk.n_valid, walk.weight_norm, **kw)
+    weight_sum, soft_norm = soft_normalization(weights, walk.n_valid, walk.options.weight_norm, **kw)
     if soft_grads is not None:
         for total, soft in zip(grads, soft_grads):
             if total is not None:
@@ -516,7 +484,7 @@ def _chunk(
 ) -> None:
     """One chunk, its positions flattened to n = b * l rows: both logits (n, V) from the
     hidden states (large matmuls), then the elementwise math in blocks of
-    ``walk.block_rows`` rows (small temporaries), each block's gradient written over its
+    ``walk.options.block_rows`` rows (small temporaries), each block's gradient written over its
     own rows of the logits, then the gradient matmuls over the whole chunk. A function of
     its own so that the chunk's (n, V) tensors are freed on return."""
     h = h.reshape(-1, h.shape[-1])  # (n, d_s)
@@ -525,7 +493,8 @@ def _chunk(
     n = s.shape[0]
     valid, targets = walk.mask[rows].reshape(n), walk.targets[rows].reshape(n)
     ce, kl = out.ce[rows].view(n), out.kl[rows].view(n)  # views: a chunk's rows are contiguous
-    blocks = [slice(i, i + walk.block_rows) for i in range(0, n, walk.block_rows)]
+    block_rows = walk.options.block_rows
+    blocks = [slice(i, i + block_rows) for i in range(0, n, block_rows)]
     weights = None if walk.weights is None else walk.weights[rows].reshape(n)
     if walk.entropy_in_walk:
         # From the teacher logits the chunk holds, before any row's gradient: a row's weight
@@ -536,19 +505,20 @@ def _chunk(
         if grads is not None:
             weights = uncertainty_weights(out.entropy[rows], walk.mask[rows]).reshape(n)
     for blk in blocks:
-        terms = row_terms(s[blk], t[blk], targets[blk], valid[blk], walk.temperature,
-                          walk.smoothing, entropy=False, grads=grads is not None)
+        terms = row_terms(s[blk], t[blk], targets[blk], valid[blk], walk.options, entropy=False,
+                          grads=grads is not None)
         ce[blk], kl[blk] = terms.ce, terms.kl
         if grads is None:
             continue
         w = None if weights is None else weights[blk]
         if soft_grads is None:  # every coefficient known in the chunk: written over s's rows
-            chunk_gradient(terms, valid[blk], w, walk.n_valid, walk.soft_norm, walk.temperature,
-                           walk.alpha, out=s[blk], all_valid=walk.all_valid)
+            chunk_gradient(terms, valid[blk], w, walk.n_valid, walk.soft_norm, walk.options,
+                           out=s[blk], all_valid=walk.all_valid)
         else:  # norm unknown: the hard part in s, the soft part (times w, not yet / norm) in t
             invalid = ~valid[blk].unsqueeze(-1)
-            torch.mul(terms.hard, walk.alpha / walk.n_valid, out=s[blk]).masked_fill_(invalid, 0.0)
-            torch.mul(terms.soft, ((1.0 - walk.alpha) * walk.temperature * w).unsqueeze(-1),
+            alpha = walk.options.alpha
+            torch.mul(terms.hard, alpha / walk.n_valid, out=s[blk]).masked_fill_(invalid, 0.0)
+            torch.mul(terms.soft, ((1.0 - alpha) * walk.options.temperature * w).unsqueeze(-1),
                       out=t[blk]).masked_fill_(invalid, 0.0)
         del terms
     if grads is not None:

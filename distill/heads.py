@@ -15,6 +15,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from kdsweep.distill.runtime import eval_mode
+
 # Length of the default probe input of is_linear_head: a few positions suffice.
 PROBE_LENGTH = 8
 
@@ -68,15 +70,10 @@ def is_linear_head(model, input_ids: torch.Tensor | None = None, *,
     if input_ids is None:
         input_ids = torch.arange(PROBE_LENGTH, device=weight.device).remainder(
             weight.shape[0]).unsqueeze(0)  # (1, PROBE_LENGTH)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            logits = model(input_ids=input_ids).logits  # (B, L, V)
-            hidden, weight, bias = head_inputs(model, input_ids)
-            linear = F.linear(hidden, weight, bias)  # (B, L, V)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        logits = model(input_ids=input_ids).logits  # (B, L, V)
+        hidden, weight, bias = head_inputs(model, input_ids)
+        linear = F.linear(hidden, weight, bias)  # (B, L, V)
     return linear.shape == logits.shape and torch.allclose(
         linear.float(), logits.float(), rtol=rtol, atol=atol)
 

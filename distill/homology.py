@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from kdsweep.distill.atomic import write_atomic
 from kdsweep.distill.errors import DataError
 
 MODE = "linclust"
@@ -172,9 +173,7 @@ def write_assignment(path: Path, clustering: Clustering) -> None:
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz:
         gz.write(("\n".join(lines) + "\n").encode())
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)  # concurrent trials never read a half-written file
+    write_atomic(path, buf.getvalue())  # concurrent trials never read a half-written file
 
 
 def cluster_representatives(seqs: Sequence[str], identity: float, coverage: float, *, cache: Path,

@@ -62,9 +62,11 @@ class RunInputs:
     data: ProteinData
 
 
-def load_run_inputs(cfg: TrainConfig) -> RunInputs:
+def load_run_inputs(cfg: TrainConfig, *, check_memory: bool = True) -> RunInputs:
+    """The teacher's name and config, the tokenizer and the data of a run, each checked
+    (`_check_models`; `check_memory=False` leaves the memory check out)."""
     teacher_name = resolve_teacher(cfg.teacher)
-    teacher_config, tokenizer = _check_models(cfg, teacher_name)
+    teacher_config, tokenizer = _check_models(cfg, teacher_name, check_memory=check_memory)
     data = prepare_data(cfg.data, tokenizer, column=cfg.sequence_column, split=SplitSpec.from_config(cfg),
                         block_size=cfg.block_size)
     return RunInputs(teacher_name, teacher_config, tokenizer, data)
@@ -215,11 +217,9 @@ def check_inputs(cfg: TrainConfig, *, check_memory: bool = True) -> dict:
     """Raise a one-line error for anything of `cfg` that would fail the run; returns the data's provenance.
     `check_memory=False` leaves the memory check out (a sweep joining a cluster: its nodes, not this
     machine, hold the trials)."""
-    teacher = resolve_teacher(cfg.teacher)
-    t_config, tokenizer = _check_models(cfg, teacher, check_memory=check_memory)
-    check_positions(cfg, n_positions(t_config), "teacher")
-    data = prepare_data(cfg.data, tokenizer, column=cfg.sequence_column, split=SplitSpec.from_config(cfg),
-                        block_size=cfg.block_size)
+    inputs = load_run_inputs(cfg, check_memory=check_memory)
+    check_positions(cfg, n_positions(inputs.teacher_config), "teacher")
+    data = inputs.data
     if cfg.final_eval and not len(data.test):
         raise DataError(f"{data.info['data']}: the test split is empty but final_eval is true; "
                         "use more data, a larger test fraction, or final_eval: false")

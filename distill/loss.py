@@ -57,6 +57,8 @@ chunked pass computes the entropies (B, L') and the weights before the main walk
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
 import torch
@@ -68,6 +70,56 @@ WEIGHT_NORMS = ("mask", "weight")
 CHUNK_ELEMENTS = 2**24
 # Below this spread of entropies in a sequence, all its weights are 0.5 (method §3.4).
 MIN_ENTROPY_RANGE = 1e-8
+
+
+@dataclass(frozen=True)
+class KDOptions:
+    """The options of the method §3 loss, checked once, when made: plain values, so the loss
+    stays a pure function of its tensors and this.
+
+    ``temperature`` tau > 0; ``alpha`` the weight of the hard (CE) loss, in [0, 1];
+    ``uncertainty``: weight each position's KL by the teacher's entropy; ``smoothing``: the
+    calibration smoothing factor lambda in [0, 1], or None (off); ``weight_norm``: "mask"
+    (divide the soft sum by the number of valid positions, the study's choice) or "weight"
+    (by the sum of weights). ``chunk_rows``: positions per chunk, None for the
+    implementation's default (``kd_loss``: ``max(1, 2**24 // V)``; ``fused_kd_loss``:
+    ``default_chunk_rows``); ``block_rows``: positions at a time of a chunk's elementwise
+    math in ``fused_kd_loss`` (None: ``default_block_rows``; ``kd_loss`` ignores it).
+    """
+
+    temperature: float
+    alpha: float
+    uncertainty: bool
+    smoothing: float | None
+    weight_norm: str = "mask"
+    chunk_rows: int | None = None
+    block_rows: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.smoothing is not None and not 0.0 <= self.smoothing <= 1.0:
+            raise ValueError(f"smoothing must be None or in [0, 1], got {self.smoothing}")
+        if self.weight_norm not in WEIGHT_NORMS:
+            raise ValueError(f"weight_norm must be one of {WEIGHT_NORMS}, got {self.weight_norm!r}")
+        for name in ("chunk_rows", "block_rows"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {value}")
+
+
+def loss_options(caller: str, options: KDOptions | None, changes: dict) -> KDOptions:
+    """What a loss entry point was called with: ``options`` with the keyword ``changes``
+    (fields of KDOptions) applied, or KDOptions(**changes) alone. A bad value's message
+    starts with ``caller``."""
+    try:
+        if options is None:
+            return KDOptions(**changes)
+        return dataclasses.replace(options, **changes) if changes else options
+    except ValueError as e:
+        raise ValueError(f"{caller}: {e}") from None
 
 
 class KDTerms(NamedTuple):
@@ -85,40 +137,20 @@ class KDTerms(NamedTuple):
     mean_weight: torch.Tensor
 
 
-def kd_loss(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    temperature: float,
-    alpha: float,
-    uncertainty: bool,
-    smoothing: float | None,
-    weight_norm: str = "mask",
-    chunk_rows: int | None = None,
-) -> torch.Tensor:
+def kd_loss(*args, **kwargs) -> torch.Tensor:
     """The method §3 distillation loss: a 0-dim tensor, differentiable wrt ``student_logits``.
 
-    See ``kd_loss_terms`` for the arguments.
+    ``kd_loss_terms(...).loss``; see it for the arguments.
     """
-    return kd_loss_terms(
-        student_logits, teacher_logits, labels, temperature=temperature, alpha=alpha,
-        uncertainty=uncertainty, smoothing=smoothing, weight_norm=weight_norm,
-        chunk_rows=chunk_rows,
-    ).loss
+    return kd_loss_terms(*args, **kwargs).loss
 
 
 def kd_loss_terms(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
     labels: torch.Tensor,
-    *,
-    temperature: float,
-    alpha: float,
-    uncertainty: bool,
-    smoothing: float | None,
-    weight_norm: str = "mask",
-    chunk_rows: int | None = None,
+    options: KDOptions | None = None,
+    **changes,
 ) -> KDTerms:
     """The method §3 loss and its parts.
 
@@ -127,43 +159,40 @@ def kd_loss_terms(
             upcast per chunk). The gradient comes back in this dtype.
         teacher_logits: (B, L, V), unshifted; never receives a gradient.
         labels: (B, L) integer token ids, -100 where ignored.
-        temperature: tau > 0.
-        alpha: weight of the hard (CE) loss, in [0, 1].
-        uncertainty: weight each position's KL by the teacher's entropy.
-        smoothing: calibration smoothing factor lambda in [0, 1], or None (off).
-        weight_norm: "mask" (divide the soft sum by the number of valid
-            positions, the study's choice) or "weight" (by the sum of weights).
-        chunk_rows: positions per chunk; default ``max(1, 2**24 // V)``.
+        options: the loss's ``KDOptions``; or None, and its fields as keywords
+            (``temperature=2.0, alpha=0.5, uncertainty=False, smoothing=None``).
+        changes: KDOptions fields that replace those of ``options``.
 
     The result is fp32 (fp64 when the logits are fp64).
 
     Raises:
         ValueError: on bad shapes or arguments, or if no position has a label.
     """
-    _validate(student_logits, teacher_logits, labels, temperature, alpha, smoothing,
-              weight_norm, chunk_rows)
+    options = loss_options("kd_loss", options, changes)
+    _validate(student_logits, teacher_logits, labels)
     vocab = student_logits.shape[-1]
+    chunk_rows = options.chunk_rows
     if chunk_rows is None:
         chunk_rows = max(1, CHUNK_ELEMENTS // vocab)
+        options = dataclasses.replace(options, chunk_rows=chunk_rows)
     shifted_student, targets = shift_for_next_token(student_logits, labels)  # (B, L', V), (B, L')
     shifted_teacher, _ = shift_for_next_token(teacher_logits.detach(), labels)  # (B, L', V)
     mask = targets != IGNORE_INDEX  # (B, L')
     n_valid = count_valid(mask, labels)
     weights = None
-    if uncertainty:
+    if options.uncertainty:
         weights = uncertainty_weights(
             teacher_entropy(shifted_teacher, chunk_rows=chunk_rows), mask)  # (B, L')
     weight_sum, soft_norm = soft_normalization(
-        weights, n_valid, weight_norm, dtype=compute_dtype(student_logits, teacher_logits),
+        weights, n_valid, options.weight_norm, dtype=compute_dtype(student_logits, teacher_logits),
         device=student_logits.device)
 
-    args = (shifted_teacher, targets, mask, weights, n_valid, soft_norm,
-            temperature, alpha, smoothing, chunk_rows)
+    args = (shifted_teacher, targets, mask, weights, n_valid, soft_norm, options)
     if torch.is_grad_enabled() and student_logits.requires_grad:
         loss, hard, soft = _ChunkedKD.apply(student_logits, *args)
     else:  # evaluation: no gradient buffer needed
         hard, soft = _chunked_kd_pass(shifted_student, *args, grad_out=None)
-        loss = combine(hard, soft, temperature, alpha)
+        loss = combine(hard, soft, options)
     return KDTerms(loss, hard.detach(), soft.detach(), (weight_sum / n_valid).detach())
 
 
@@ -268,17 +297,17 @@ class _ChunkedKD(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, student_logits, shifted_teacher, targets, mask, weights, n_valid,
-                soft_norm, temperature, alpha, smoothing, chunk_rows):
+                soft_norm, options):
         # (B, L, V) in the student dtype. The last position predicts nothing and
         # stays 0; the chunk walk writes positions 0..L-2 (0 where masked).
         grad = torch.zeros_like(student_logits)
         # The same shift as shift_for_next_token, applied to logits and buffer.
         hard, soft = _chunked_kd_pass(
             student_logits[:, :-1], shifted_teacher, targets, mask, weights, n_valid,
-            soft_norm, temperature, alpha, smoothing, chunk_rows, grad_out=grad[:, :-1])
+            soft_norm, options, grad_out=grad[:, :-1])
         ctx.save_for_backward(grad)
         ctx.mark_non_differentiable(hard, soft)
-        return combine(hard, soft, temperature, alpha), hard, soft
+        return combine(hard, soft, options), hard, soft
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -291,7 +320,7 @@ class _ChunkedKD(torch.autograd.Function):
         # The comparison costs one scalar device sync on GPU.
         if not bool(grad_loss == 1):
             grad = grad * grad_loss
-        return grad, *([None] * 10)
+        return grad, *([None] * 7)
 
 
 def _chunked_kd_pass(
@@ -302,10 +331,7 @@ def _chunked_kd_pass(
     weights: torch.Tensor | None,  # (B, L') uncertainty weights, or None (all 1)
     n_valid: int,  # mask.sum()
     soft_norm: torch.Tensor | float,  # denominator of the soft term
-    temperature: float,
-    alpha: float,
-    smoothing: float | None,
-    chunk_rows: int,
+    options: KDOptions,  # chunk_rows set
     *,
     grad_out: torch.Tensor | None,  # (B, L', V) view of the gradient buffer, or None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -314,11 +340,11 @@ def _chunked_kd_pass(
     dtype = compute_dtype(student, teacher)
     hard_sum = torch.zeros((), dtype=dtype, device=student.device)
     soft_sum = torch.zeros((), dtype=dtype, device=student.device)
-    for rows in chunks(batch, length, chunk_rows):
+    for rows in chunks(batch, length, options.chunk_rows):
         chunk_hard, chunk_soft = chunk_terms(
             student[rows].to(dtype), teacher[rows].to(dtype), targets[rows], mask[rows],
-            None if weights is None else weights[rows], n_valid, soft_norm, temperature,
-            alpha, smoothing, None if grad_out is None else grad_out[rows])
+            None if weights is None else weights[rows], n_valid, soft_norm, options,
+            None if grad_out is None else grad_out[rows])
         hard_sum += chunk_hard
         soft_sum += chunk_soft
     return hard_sum / n_valid, soft_sum / soft_norm
@@ -339,8 +365,7 @@ def row_terms(
     t: torch.Tensor,  # (b, l, V) teacher logits, compute dtype
     targets: torch.Tensor,  # (b, l)
     valid: torch.Tensor,  # (b, l) bool
-    tau: float,
-    smoothing: float | None,
+    options: KDOptions,
     *,
     entropy: bool,
     grads: bool,
@@ -350,6 +375,7 @@ def row_terms(
     logits), and if ``grads`` the two (b, l, V) parts of the gradient wrt ``s``. Rows that
     are not valid hold any value in ``hard``, ``soft`` and ``entropy`` (masked logits may
     even be inf); ``ce`` and ``kl`` are 0 there."""
+    tau, smoothing = options.temperature, options.smoothing
     # Teacher first, so that its temporaries are gone before the student's exist.
     ent = None
     if entropy and not (tau == 1 and smoothing is None):
@@ -380,8 +406,7 @@ def chunk_gradient(
     weights: torch.Tensor | None,  # (b, l) or None (all 1)
     n_valid: int,
     soft_norm: torch.Tensor | float,
-    tau: float,
-    alpha: float,
+    options: KDOptions,
     *,
     out: torch.Tensor | None = None,  # (b, l, V) in the compute dtype, or None: terms.hard
     all_valid: bool = False,
@@ -392,6 +417,7 @@ def chunk_gradient(
 
     built in ``out`` (default: in place in ``terms.hard``). ``all_valid``: the caller
     knows every row is valid (no masking pass)."""
+    tau, alpha = options.temperature, options.alpha
     grad = torch.mul(terms.hard, alpha / n_valid, out=terms.hard if out is None else out)
     soft_coef = (1.0 - alpha) * tau / soft_norm  # scalar
     if weights is None and not isinstance(soft_coef, torch.Tensor):
@@ -411,17 +437,15 @@ def chunk_terms(
     weights: torch.Tensor | None,  # (b, l) or None
     n_valid: int,
     soft_norm: torch.Tensor | float,
-    tau: float,
-    alpha: float,
-    smoothing: float | None,
+    options: KDOptions,
     grad_out: torch.Tensor | None,  # (b, l, V) view of the gradient buffer, or None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One chunk: (sum of CE, sum of weighted KL) over its valid positions; writes
     its gradient into ``grad_out``. A function of its own so that the chunk's
     (b, l, V) temporaries are freed on return, before the next chunk allocates."""
-    terms = row_terms(s, t, targets, valid, tau, smoothing, entropy=False, grads=grad_out is not None)
+    terms = row_terms(s, t, targets, valid, options, entropy=False, grads=grad_out is not None)
     if grad_out is not None:
-        grad_out.copy_(chunk_gradient(terms, valid, weights, n_valid, soft_norm, tau, alpha))  # cast
+        grad_out.copy_(chunk_gradient(terms, valid, weights, n_valid, soft_norm, options))  # cast
     kl = terms.kl if weights is None else terms.kl * weights
     return terms.ce.sum(), kl.sum()
 
@@ -454,10 +478,10 @@ def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.unsqueeze(-2) @ b.unsqueeze(-1)).squeeze(-1).squeeze(-1)
 
 
-def combine(hard: torch.Tensor, soft: torch.Tensor, temperature: float,
-            alpha: float) -> torch.Tensor:
+def combine(hard: torch.Tensor, soft: torch.Tensor, options: KDOptions) -> torch.Tensor:
     """method §3.7: alpha * hard + (1 - alpha) * tau**2 * soft."""
-    return alpha * hard + (1.0 - alpha) * temperature**2 * soft
+    alpha = options.alpha
+    return alpha * hard + (1.0 - alpha) * options.temperature**2 * soft
 
 
 def chunks(batch: int, length: int, chunk_rows: int) -> Iterator[tuple[slice, slice]]:
@@ -484,8 +508,7 @@ def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return dtype
 
 
-def _validate(student_logits, teacher_logits, labels, temperature, alpha, smoothing,
-              weight_norm, chunk_rows) -> None:
+def _validate(student_logits, teacher_logits, labels) -> None:
     student_shape, teacher_shape = tuple(student_logits.shape), tuple(teacher_logits.shape)
     if student_logits.dim() != 3:
         raise ValueError(f"kd_loss: student_logits must be (B, L, V), got shape {student_shape}")
@@ -501,28 +524,15 @@ def _validate(student_logits, teacher_logits, labels, temperature, alpha, smooth
     if not (student_logits.is_floating_point() and teacher_logits.is_floating_point()):
         raise ValueError(f"kd_loss: logits must be floating point, got "
                          f"{student_logits.dtype} and {teacher_logits.dtype}")
-    validate_options(labels, student_shape[2], temperature, alpha, smoothing, weight_norm,
-                     chunk_rows)
+    validate_labels(labels, student_shape[2])
 
 
-def validate_options(labels, vocab, temperature, alpha, smoothing, weight_norm, chunk_rows,
-                     *, caller: str = "kd_loss") -> None:
-    """The checks every KD loss entry point shares, after its own shape checks:
-    integer labels in [0, vocab) or -100, and the scalar arguments' ranges.
+def validate_labels(labels, vocab, *, caller: str = "kd_loss") -> None:
+    """The check every KD loss entry point shares, after its own shape checks: integer
+    labels in [0, vocab) or -100 (the options were checked when made: ``KDOptions``).
     Messages start with ``caller``."""
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise ValueError(f"{caller}: labels must be integer token ids, got {labels.dtype}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"{caller}: alpha must be in [0, 1], got {alpha}")
-    if not temperature > 0:
-        raise ValueError(f"{caller}: temperature must be > 0, got {temperature}")
-    if smoothing is not None and not 0.0 <= smoothing <= 1.0:
-        raise ValueError(f"{caller}: smoothing must be None or in [0, 1], got {smoothing}")
-    if weight_norm not in WEIGHT_NORMS:
-        raise ValueError(f"{caller}: weight_norm must be one of {WEIGHT_NORMS}, "
-                         f"got {weight_norm!r}")
-    if chunk_rows is not None and chunk_rows < 1:
-        raise ValueError(f"{caller}: chunk_rows must be >= 1 or None, got {chunk_rows}")
     out_of_range = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= vocab))
     if bool(out_of_range.any()):
         raise ValueError(f"{caller}: labels must be in [0, {vocab}) or "

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from kdsweep.distill.atomic import write_atomic
+from kdsweep.distill.atomic import put_in_place, temp_path, write_atomic, write_new
 from kdsweep.distill.config import TrainConfig, dump_config
 from kdsweep.distill.diskfull import disk_full_as_oserror
 from kdsweep.distill.numbers import dumps, number
@@ -157,15 +157,7 @@ def write_summary_if_absent(result: RunResult) -> bool:
     path = result.run_dir / SUMMARY_NAME
     if path.exists() or not result.run_dir.is_dir():
         return False
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
-    tmp.write_text(_summary_text(result))
-    try:
-        os.link(tmp, path)  # fails if the run's own summary appeared meanwhile
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        tmp.unlink(missing_ok=True)
+    return write_new(path, _summary_text(result))  # fails if the run's own summary appeared meanwhile
 
 
 def _summary_text(result: RunResult) -> str:
@@ -217,7 +209,7 @@ def save_student(student, tokenizer, out: Path, cfg: TrainConfig) -> None:
 
     dtype = getattr(torch, SAVE_DTYPES[cfg.save_dtype])
     saved = student if dtype == torch.float32 else copy.deepcopy(student).to(dtype)  # deepcopy keeps the tied head tied
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp = temp_path(out)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
@@ -225,8 +217,7 @@ def save_student(student, tokenizer, out: Path, cfg: TrainConfig) -> None:
             saved.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
             dump_config(cfg, tmp / "kdsweep_config.yaml")
-        make_readable(tmp)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
+        make_readable(tmp)  # safetensors writes 0600 whatever the umask
+        put_in_place(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

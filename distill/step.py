@@ -27,7 +27,7 @@ import torch
 
 from kdsweep.distill.fused_loss import fused_kd_loss_terms
 from kdsweep.distill.heads import HeadInputs, head_inputs
-from kdsweep.distill.loss import KDTerms, kd_loss_terms
+from kdsweep.distill.loss import KDOptions, KDTerms, kd_loss_terms
 from kdsweep.distill.optim import make_optimizer, make_scheduler
 from kdsweep.distill.phases import NO_TIMER
 from kdsweep.distill.runtime import Runtime
@@ -38,20 +38,13 @@ LOSS_IMPLS = ("fused", "logits")
 class LossSettings(NamedTuple):
     """The method §3 loss of a run, and which implementation computes it."""
 
-    temperature: float
-    alpha: float
-    uncertainty: bool
-    smoothing: float | None
-    weight_norm: str
+    options: KDOptions
     impl: str  # "fused" | "logits"
 
     @classmethod
     def from_config(cls, cfg) -> LossSettings:
-        return cls(cfg.temperature, cfg.alpha, cfg.uncertainty, cfg.smoothing, cfg.weight_norm, cfg.loss_impl)
-
-    def options(self) -> dict:
-        return {"temperature": self.temperature, "alpha": self.alpha, "uncertainty": self.uncertainty,
-                "smoothing": self.smoothing, "weight_norm": self.weight_norm}
+        return cls(KDOptions(cfg.temperature, cfg.alpha, cfg.uncertainty, cfg.smoothing, cfg.weight_norm),
+                   cfg.loss_impl)
 
 
 class StudentHidden(torch.nn.Module):
@@ -90,7 +83,7 @@ def micro_batch_terms(model: torch.nn.Module, teacher, blocks: torch.Tensor, x: 
             with timer.phase("student forward"):
                 student = model(x)
             with timer.phase("loss"):
-                return fused_kd_loss_terms(student.hidden, student.weight, t.hidden, t.weight, x, **loss.options(),
+                return fused_kd_loss_terms(student.hidden, student.weight, t.hidden, t.weight, x, loss.options,
                                            teacher_entropy=t.entropy, student_head_bias=student.bias,
                                            teacher_head_bias=t.bias)
     with rt.autocast():
@@ -100,7 +93,7 @@ def micro_batch_terms(model: torch.nn.Module, teacher, blocks: torch.Tensor, x: 
             s_logits = model(input_ids=x).logits  # (b, T, V)
     with timer.phase("loss"):
         # kd_loss upcasts per chunk itself; under CPU autocast its row dot products would run in bf16.
-        return kd_loss_terms(s_logits, t_logits, x, **loss.options())
+        return kd_loss_terms(s_logits, t_logits, x, loss.options)
 
 
 def optimizer_step(model: torch.nn.Module, student: torch.nn.Module, teacher,

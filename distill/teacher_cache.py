@@ -55,6 +55,7 @@ import numpy as np
 import torch
 
 from kdsweep.distill import digests
+from kdsweep.distill.atomic import put_in_place, write_atomic
 from kdsweep.distill.block_order import pool_size
 from kdsweep.distill.data import HeldOut, ProteinData
 from kdsweep.distill.diskfull import check_free_space, reserve
@@ -534,9 +535,7 @@ def _finish_tmp(array: np.memmap, final: Path) -> dict:
     tmp = Path(array.filename)
     shape, dtype = list(array.shape), str(array.dtype)
     del array
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
+    put_in_place(tmp, final)
     return _file_record(final, shape, dtype)
 
 
@@ -558,12 +557,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(dumps(obj, indent=1) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, dumps(obj, indent=1) + "\n")
 
 
 def _kdsweep_version() -> str:

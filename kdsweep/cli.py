@@ -21,6 +21,7 @@ import kdsweep.distill as distill_package
 from kdsweep.distill.diskfull import DiskFull, full_disk_in
 from kdsweep.distill.errors import ConfigError, KDSweepError
 from kdsweep.distill.splits import SplitSpec
+from kdsweep.sweeps.environment import configure
 from kdsweep import __version__
 
 DESCRIPTION = ("Systematic hyperparameter sweeps for knowledge distillation of protein language models "
@@ -57,6 +58,8 @@ class Command:
     args: list = field(default_factory=list)
     # What Ctrl-C should tell the user (None: nothing to resume).
     resume_hint: Callable[[argparse.Namespace], str] | None = None
+    # Text after the options in the command's --help, made only when the help is shown.
+    epilog: Callable[[], str] | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,6 +275,12 @@ def _estimate(args) -> int:
     return 0
 
 
+def _config_reference() -> str:
+    from kdsweep.distill.config import config_reference  # imports torch: only for `train --help`
+
+    return config_reference()
+
+
 def _train_resume_hint(args) -> str:
     out = args.out or "the same --out"
     return f"interrupted; run the same command again to resume {out} from its last checkpoint"
@@ -289,13 +298,13 @@ def _sweep_resume_hint(args) -> str:
 
 COMMANDS: dict[str, Command] = {
     "train": Command(_train, "run one distillation (demo teacher, bundled data and demo-s student by default)", [
-        arg("--config", help="YAML config (every key: distill/config.py; a `sweep export` file works unchanged; "
+        arg("--config", help="YAML config (every key: listed below; a `sweep export` file works unchanged; "
                              "default: every key at its default)"),
         arg("--set", action="append", metavar="KEY=VALUE", help="override one config key (repeatable; default: none)"),
         arg("--out", help="output directory (same as --set output_dir=...; default: runs/train)"),
         arg("--restart", action="store_true",
             help="delete the run already in the output directory (checkpoints, log, summary, student) and start over"),
-    ], _train_resume_hint),
+    ], _train_resume_hint, _config_reference),
     "evaluate": Command(_evaluate, "every held-out metric of a saved student against a teacher", [
         arg("--student", required=True, help="student directory (`student/` of a `kdsweep train` run)"),
         arg("--teacher", required=True, help="teacher directory or hub id ('demo' = the bundled demo teacher)"),
@@ -379,6 +388,16 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose epilog may be a function, called when the help is shown (the train
+    command's, every config key, comes from distill.config, which takes seconds to import)."""
+
+    def format_help(self) -> str:
+        if callable(self.epilog):
+            self.epilog = self.epilog()
+        return super().format_help()
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows every option's default and keeps the workflow epilog's line breaks. A help text that
     says its default itself (what an unset option means) is left as written, and so is a flag's."""
@@ -390,8 +409,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kdsweep", description=DESCRIPTION, epilog=WORKFLOW,
-                                     formatter_class=_HelpFormatter)
+    parser = _Parser(prog="kdsweep", description=DESCRIPTION, epilog=WORKFLOW, formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"kdsweep {__version__}")
     groups: dict[str, argparse._SubParsersAction] = {"": parser.add_subparsers(dest="command", required=True,
                                                                                metavar="COMMAND")}
@@ -404,7 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
                 group = groups[prefix].add_parser(part, help=f"{part} commands", formatter_class=_HelpFormatter)
                 groups[key] = group.add_subparsers(dest=f"{key}_command", required=True, metavar="COMMAND")
             prefix = key
-        sub = groups[prefix].add_parser(leaf, help=cmd.help, description=cmd.help, formatter_class=_HelpFormatter)
+        sub = groups[prefix].add_parser(leaf, help=cmd.help, description=cmd.help, epilog=cmd.epilog,
+                                        formatter_class=_HelpFormatter)
         for flags, kwargs in cmd.args:
             sub.add_argument(*flags, **kwargs)
         sub.set_defaults(command_=cmd)
@@ -420,6 +439,7 @@ def _thread_excepthook(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     threading.excepthook = _thread_excepthook
+    configure()  # Ray's console settings, before any handler imports Ray
     try:
         try:
             return _dispatch(argv)

@@ -56,6 +56,7 @@ from kdsweep.distill.block_order import pool_size
 from kdsweep.distill.config import TrainConfig
 from kdsweep.distill.data import prepare_data
 from kdsweep.distill.errors import ConfigError
+from kdsweep.distill.loss import KDOptions
 from kdsweep.distill.models import (
     PROTGPT2_TOKENIZER_DIR,
     build_student,
@@ -312,9 +313,9 @@ def probe_threads(space: SearchSpace) -> int:
 def _loss_settings(space: SearchSpace) -> LossSettings:
     """The costliest loss options among the space's arms (the cost differs little between arms)."""
     uncertainty = any(s.uncertainty for s in space.studies)
-    return LossSettings(temperature=2.0, alpha=0.5, uncertainty=uncertainty,
-                        smoothing=0.1 if any(s.smooths for s in space.studies) else None, weight_norm="mask",
-                        impl="fused")
+    return LossSettings(KDOptions(temperature=2.0, alpha=0.5, uncertainty=uncertainty,
+                                  smoothing=0.1 if any(s.smooths for s in space.studies) else None,
+                                  weight_norm="mask"), impl="fused")
 
 
 def probe_throughput(space: SearchSpace, cfg: TrainConfig, teacher_config, rt) -> dict[str, Throughput]:
@@ -330,7 +331,7 @@ def probe_throughput(space: SearchSpace, cfg: TrainConfig, teacher_config, rt) -
     # build's train blocks; a live step's teacher part when an arm weights by uncertainty).
     forward, entropy = (tokens_per_s(lambda: HeldTeacher(teacher, x, rt, entropy=e), x.numel(), rt.device)
                         for e in (False, True))
-    teacher_tps = {"live": entropy if loss.uncertainty else forward, "forward": forward, "entropy": entropy}
+    teacher_tps = {"live": entropy if loss.options.uncertainty else forward, "forward": forward, "entropy": entropy}
     source = (f"probe on {rt.device.type} ({torch.get_num_threads()} threads, {rt.precision}; "
               f"teacher {t_batch} x {t_len} tokens")
     return {scale: _probe_student(scale, teacher, cfg, rt, loss, teacher_tps, source) for scale in space.scales}
@@ -345,7 +346,7 @@ def _probe_student(scale: str, teacher: LiveTeacher, cfg: TrainConfig, rt, loss:
                                  cfg.block_size, rt.device)
     xs = random_tokens(s_batch, s_len, teacher.config.vocab_size, rt.device)
     blocks = torch.arange(s_batch, device=rt.device)
-    step = Stepper(student, HeldTeacher(teacher, xs, rt, entropy=loss.uncertainty), rt, loss, lr=cfg.lr)
+    step = Stepper(student, HeldTeacher(teacher, xs, rt, entropy=loss.options.uncertainty), rt, loss, lr=cfg.lr)
     student_tps = tokens_per_s(lambda: step.step(blocks, xs), xs.numel(), rt.device)
 
     def score():

@@ -33,6 +33,7 @@ from kdsweep.distill.splits import SplitSpec
 from kdsweep.distill.train import total_steps
 from kdsweep.sweeps.cache import cache_root, ensure_teacher_cache, record_teacher_cache
 from kdsweep.sweeps.callbacks import tracker_callbacks, tune_callbacks
+from kdsweep.sweeps.environment import configure
 from kdsweep.sweeps.layout import SweepDir, SweepMeta, check_sweep_name, git_commit, open_sweep, storage_root
 from kdsweep.sweeps.localray import init_loopback_ray
 from kdsweep.sweeps.preflight import asha_warnings, check_inputs_of_space, check_resources, check_tune_state
@@ -57,6 +58,7 @@ TRAIN_HEALTH_CHECK_S = "0.2"
 def init_ray(address: str | None, log: Log) -> str | None:
     """Join the cluster at `address` (or $RAY_ADDRESS), else start an embedded local Ray.
     Returns the address of the cluster joined, None for an embedded Ray."""
+    configure()  # a sweep started from Python, not by `kdsweep`, gets the same console
     # Reporting every eval trips Tune's "snapshotting too often" warning on short trials; it is
     # expected here, so keep the console readable.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")

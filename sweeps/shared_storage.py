@@ -29,6 +29,7 @@ import ray
 from ray.tune import Callback, Stopper
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from kdsweep.distill.atomic import write_atomic
 from kdsweep.distill.errors import ConfigError, KDSweepError
 
 SENTINEL_PREFIX = ".kdsweep-node-check-"
@@ -57,10 +58,7 @@ def plant(folders: list[Path]) -> StorageCheck:
     check = StorageCheck(secrets.token_hex(8), tuple(str(Path(f).resolve()) for f in dict.fromkeys(folders)))
     for folder in check.folders:
         Path(folder).mkdir(parents=True, exist_ok=True)
-        path = check.sentinel(folder)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(check.token)
-        os.replace(tmp, path)
+        write_atomic(check.sentinel(folder), check.token)
     return check
 
 

@@ -73,7 +73,9 @@ def open_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
     Two drivers that open a new, empty database at the same moment both create Optuna's
     tables; PostgreSQL lets one win and gives the other a unique violation (measured: two
     sweeps started together on a fresh database). The loser retries once the tables exist.
+    Optuna's own log is kept to warnings (kdsweep's live view says what each trial did).
     """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     for attempt in range(attempts - 1):
         try:
             return optuna.storages.RDBStorage(url)

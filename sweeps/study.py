@@ -41,7 +41,6 @@ PENDING, RUNNING, FAILED, ORPHANED = "pending", "running", "failed", "orphaned"
 TRIAL_STATES = (RUNNING, STOPPED_EARLY, COMPLETED, DIVERGED, FAILED)
 ENDED_STATES = (STOPPED_EARLY, COMPLETED, DIVERGED, FAILED)
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def optuna_distribution(d: Dist):

@@ -27,6 +27,7 @@ import ray.tune
 from kdsweep.distill.config import TrainConfig, config_from_dict
 from kdsweep.distill.rundir import RunLog, finished_run
 from kdsweep.distill.train import run_training
+from kdsweep.sweeps.environment import configure
 from kdsweep.sweeps.layout import SweepDir
 from kdsweep.sweeps.shared_storage import StorageCheck, check_this_node
 from kdsweep.sweeps.space import SearchSpace, switched_off, worker_resources
@@ -92,6 +93,7 @@ def _limit_threads(cpus: float) -> None:
 def local_trial(config: dict, *, space: SearchSpace, sweep_dir: str, teacher_cache: str | None,
                 storage_check: StorageCheck | None = None) -> None:
     """Tune function: train in this process, report through `ray.tune.report`."""
+    configure()  # the entry point of a trial's process
     check_this_node(storage_check)  # first: a node without the shared storage must not write a thing
     _limit_threads(space.resources["cpus_per_worker"])
     trial_id = ray.tune.get_context().get_trial_id()
@@ -118,6 +120,7 @@ def ray_train_trial(config: dict, *, space: SearchSpace, sweep_dir: str, teacher
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    configure()  # the entry point of a trial's process (its Train run's console)
     check_this_node(storage_check)
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = trial_train_config(space, config, sweep_dir, trial_id, teacher_cache=teacher_cache)

@@ -17,6 +17,7 @@ from kdsweep.distill.phases import NO_TIMER, PHASES, PhaseTimer
 from kdsweep.distill.probe import HeldTeacher
 from kdsweep.distill.rundir import eval_rows
 from kdsweep.distill.runtime import Runtime
+from kdsweep.distill.loss import KDOptions
 from kdsweep.distill.step import LossSettings, Stepper
 from kdsweep.distill.teacher_source import LiveTeacher, open_teacher
 from tests.fixtures import start_row, tiny_config
@@ -62,7 +63,7 @@ def test_fused_is_the_default():
 
 def _stepper(teacher, impl: str = "fused") -> Stepper:
     student = build_student(teacher.config, {"n_layer": 1, "n_head": 2, "n_embd": 16}, dropout=0.1, seed=0)
-    loss = LossSettings(2.0, 0.3, True, 0.1, "mask", impl)
+    loss = LossSettings(KDOptions(2.0, 0.3, True, 0.1, "mask"), impl)
     return Stepper(student, teacher, Runtime(torch.device("cpu"), "fp32"), loss, lr=1e-2, total_steps=10)
 
 

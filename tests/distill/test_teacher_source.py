@@ -10,6 +10,7 @@ import torch
 from kdsweep.distill.errors import DataError
 from kdsweep.distill.models import build_student
 from kdsweep.distill.runtime import Runtime
+from kdsweep.distill.loss import KDOptions
 from kdsweep.distill.step import LossSettings, Stepper
 from kdsweep.distill.teacher_cache import TeacherCache, plan_teacher_cache, read_manifest
 from kdsweep.distill.teacher_source import BlockPrefetcher, CachedTeacher
@@ -98,7 +99,7 @@ def test_steps_read_ahead_from_a_real_cache(cache_cfg):
     for ahead in (False, True):
         teacher = _cached_teacher(cfg, path)
         student = build_student(teacher.config, {"n_layer": 1, "n_head": 2, "n_embd": 16}, dropout=0.0, seed=0)
-        stepper = Stepper(student, teacher, rt, LossSettings(2.0, 0.3, True, 0.1, "mask", "fused"), lr=1e-2)
+        stepper = Stepper(student, teacher, rt, LossSettings(KDOptions(2.0, 0.3, True, 0.1, "mask"), "fused"), lr=1e-2)
         ids = torch.randint(0, teacher.config.vocab_size, (4, 64), generator=torch.Generator().manual_seed(0))
         losses = []
         for i, blocks in enumerate(order):

@@ -4,6 +4,7 @@ and output piped into `head` ends quietly."""
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 from importlib.metadata import version
@@ -75,3 +76,29 @@ def test_output_into_a_closed_pipe_ends_without_a_traceback(tmp_path, args):
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == 0, err
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_train_help_lists_every_config_key_with_its_default_and_documentation(capsys):
+    """`kdsweep train --help` ends with every TrainConfig key: its default as YAML writes it, what it
+    allows, and its attribute docstring (distill.config.config_reference: one source)."""
+    import dataclasses
+
+    import yaml
+
+    from kdsweep.distill.config import TrainConfig, field_docs
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    entries = dict(re.findall(r"^  (\w+) \(default: (.*?); allowed: .+\)$", out, flags=re.M))
+    fields = dataclasses.fields(TrainConfig)
+    assert list(entries) == [f.name for f in fields]
+    defaults = TrainConfig().to_dict()
+    for name, shown in entries.items():
+        assert yaml.safe_load(shown) == defaults[name], name  # the printed default reads back as the default
+    docs = field_docs()
+    assert sorted(docs) == sorted(entries)  # every field documented, by a string right after it
+    for name, doc in docs.items():
+        assert len(doc) > 15, name
+        assert doc.split()[0] in out.split(f"  {name} (default: ")[1], name  # its text follows its entry
