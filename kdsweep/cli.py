@@ -198,14 +198,14 @@ def _sweep_replicate(args) -> int:
     from kdsweep.sweeps.layout import open_sweep
     from kdsweep.sweeps.replicate import run_replicates
     from kdsweep.sweeps.space import load_space, with_tracker
-    from kdsweep.sweeps.textfit import command_lines, output_width
+    from kdsweep.sweeps.textfit import command_lines, kdsweep_command, output_width
     from kdsweep.sweeps.tracking import tracker_hint
 
     sd = open_sweep(args.name, args.storage)
     run_replicates(sd, seeds=args.seeds, address=args.address, tracker=args.tracker, ablations=args.ablations)
     flag = f" --storage {args.storage}" if args.storage else ""
     hint = tracker_hint(with_tracker(load_space(sd.space), args.tracker).tracking, sd)
-    commands = [(f"kdsweep analyze {args.name}{flag}", "tables, plots and index.html")] + ([hint] if hint else [])
+    commands = [(f"{kdsweep_command()} analyze {args.name}{flag}", "tables, plots and index.html")] + ([hint] if hint else [])
     print("\n".join([f"replicates: {sd.replicates}", "next:", *command_lines(commands, output_width())]))
     return 0
 
@@ -289,7 +289,9 @@ def _train_resume_hint(args) -> str:
 def _sweep_resume_hint(args) -> str:
     flag = f" --storage {args.storage}" if args.storage else ""
     name = getattr(args, "name", None) or "NAME"
-    return f"interrupted; continue with: kdsweep sweep resume {name}{flag}"
+    from kdsweep.sweeps.textfit import kdsweep_command
+
+    return f"interrupted; continue with: {kdsweep_command()} sweep resume {name}{flag}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,8 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -46,7 +44,7 @@ from kdsweep.sweeps.space import SearchSpace, dump_space, load_space, reuses_pro
 from kdsweep.sweeps.status import sweep_complete
 from kdsweep.sweeps.storage import display, is_sqlite
 from kdsweep.sweeps.study import existing_studies, study_trials
-from kdsweep.sweeps.textfit import command_lines
+from kdsweep.sweeps.textfit import command_lines, kdsweep_command
 from kdsweep.sweeps.tracking import tracker_hint
 from kdsweep.sweeps.trial import EXECUTORS, trial_resources
 from kdsweep.sweeps.warmstart import WarmSource, external_sources
@@ -287,20 +285,6 @@ def drop_stopped_resume_state(sd: SweepDir) -> int:
                if (done := finished_run(run)) is not None and done.status == STOPPED_EARLY)
 
 
-def kdsweep_command() -> str:
-    """`kdsweep` as the user can run it from here: the bare name where PATH finds this interpreter's
-    script, else that script's path (relative to the working folder when under it, e.g. `.venv/bin/kdsweep`
-    after `scripts/setup.sh`), else `python -m kdsweep` with this interpreter."""
-    script = Path(sys.executable).parent / "kdsweep"  # not resolved: a venv's python is a symlink
-    if not script.is_file():
-        return f"{sys.executable} -m kdsweep"
-    found = shutil.which("kdsweep")
-    if found and os.path.samefile(found, script):
-        return "kdsweep"
-    relative = os.path.relpath(script)
-    return str(script) if relative.startswith("..") else relative
-
-
 def next_steps(sd: SweepDir, storage: str | None, width: int | None = None) -> str:
     """What to run next, as printed runnable here (`kdsweep_command`), fitted to `width`
     (`sweeps.textfit.command_lines`), the tracker's UI included."""
@@ -311,7 +295,8 @@ def next_steps(sd: SweepDir, storage: str | None, width: int | None = None) -> s
         (f"{kdsweep} dashboard {name}{flag} --tensorboard", "optuna-dashboard + TensorBoard on 127.0.0.1"),
         (f"{kdsweep} sweep replicate {name}{flag} --seeds 3", "retrain each best config with 3 seeds (val + test)"),
         (f"{kdsweep} analyze {name}{flag}", "after replicate: tables, plots, index.html"),
-        (f"{kdsweep} sweep export {name}{flag} --out best_configs/", "one train config per (scale, arm)"),
+        (f"{kdsweep} sweep export {name}{flag} --out best/ --students",
+         "a train config and the chosen student per (scale, arm)"),
     ]
     hint = tracker_hint(load_space(sd.space).tracking, sd)
     return "\n".join([f"results: {sd.root}", *command_lines(commands + ([hint] if hint else []), width)])

@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
 GAP = 2  # spaces between two table columns
@@ -98,3 +99,17 @@ def command_lines(commands: list[tuple[str, str]], width: int | None, indent: st
     if width is None or max(map(len, lines)) <= width:
         return lines
     return [line for command, what in commands for line in (f"{indent}# {what}", f"{indent}{command}")]
+
+
+def kdsweep_command() -> str:
+    """`kdsweep` as the user can run it from here: the bare name where PATH finds this interpreter's
+    script, else that script's path (relative to the working folder when under it, e.g. `.venv/bin/kdsweep`
+    after `scripts/setup.sh`), else `python -m kdsweep` with this interpreter."""
+    script = Path(sys.executable).parent / "kdsweep"  # not resolved: a venv's python is a symlink
+    if not script.is_file():
+        return f"{sys.executable} -m kdsweep"
+    found = shutil.which("kdsweep")
+    if found and os.path.samefile(found, script):
+        return "kdsweep"
+    relative = os.path.relpath(script)
+    return str(script) if relative.startswith("..") else relative

@@ -548,6 +548,7 @@ def test_the_ctrl_c_hint_names_the_sweep_when_name_was_not_given(tmp_path, monke
     """It used to say literally `kdsweep sweep resume NAME`. The Ctrl-C itself is real in
     tests/sweeps/test_faults_ray.py; here it arrives where the sweep would run."""
     from kdsweep.sweeps import runner as sweeps_runner
+    from kdsweep.sweeps.textfit import kdsweep_command
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -556,5 +557,6 @@ def test_the_ctrl_c_hint_names_the_sweep_when_name_was_not_given(tmp_path, monke
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(_fill(SPACE, {"teacher": str(char_teacher),
                                                                       "data": str(small_fasta)})))
     assert main(["sweep", "run", str(tmp_path / "space.yaml"), "--storage", str(tmp_path / "s")]) == 130
-    assert capsys.readouterr().err.strip() == f"kdsweep: interrupted; continue with: kdsweep sweep resume bad " \
+    kdsweep = kdsweep_command()  # runnable as printed: `kdsweep` on PATH, else the venv's script
+    assert capsys.readouterr().err.strip() == f"kdsweep: interrupted; continue with: {kdsweep} sweep resume bad " \
                                               f"--storage {tmp_path / 's'}"

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from kdsweep.sweeps.layout import SweepDir
-from kdsweep.sweeps.runner import kdsweep_command, next_steps
+from kdsweep.sweeps.runner import next_steps
+from kdsweep.sweeps.textfit import kdsweep_command
 from kdsweep.sweeps.space import SEARCH_SPACES_DIR
 
 SCRIPT = Path(sys.executable).parent / "kdsweep"
