@@ -259,7 +259,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="kdsweep-vs-seed-"))
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     print(f"torch {torch.__version__}, device {gpu or 'cpu'}, threads {torch.get_num_threads()}, "
-          f"{rt.precision}, arms {', '.join(args.arms)} (tau {probe.temperature}, alpha {probe.alpha}, lambda 0.1 "
+          f"{rt.precision}, arms {', '.join(args.arms)} (tau {probe.options.temperature}, alpha {probe.options.alpha}, lambda 0.1 "
           "where smoothing is on)"
           + (", glibc mmap threshold 32 MiB for timed steps" if mmap_fixed else "")
           + (", 1 MiB (heap trimmed) for memory" if mmap_fixed and not args.no_memory else ""))
