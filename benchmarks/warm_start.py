@@ -32,11 +32,17 @@ from kdsweep.sweeps.study import ATTR_STEP, best_trial, study_trials
 WITHIN = 0.01  # "reached": a completed trial within 1 % of the cold study's best
 
 
-def variant(space: SearchSpace, warm: bool, scales: list[str] | None = None) -> SearchSpace:
+def variant(space: SearchSpace, warm: bool, scales: list[str] | None = None, trials: int | None = None,
+            top_k: int | None = None) -> SearchSpace:
     raw = copy.deepcopy(space.raw)
     if scales:  # warm start needs two scales; the micro ablation space ships one
         raw["scales"] = scales
-    raw.setdefault("search", {})["warm_start"] = "previous_scale" if warm else "none"
+    search = raw.setdefault("search", {})
+    search["warm_start"] = "previous_scale" if warm else "none"
+    if trials:  # a budget above 2 x top_k leaves the sampler trials of its own after the seeds
+        search["trials_per_study"] = trials
+    if top_k:
+        search["warm_start_top_k"] = top_k
     raw["name"] = f"{space.name}-{'warm' if warm else 'cold'}"
     return parse_space(raw, space.source)
 
@@ -70,12 +76,14 @@ def main() -> None:
     ap.add_argument("--space", default="demo")
     ap.add_argument("--scales", help="comma-separated scales instead of the space's (at least two)")
     ap.add_argument("--storage", help="where the two sweeps go (default: a new temporary folder)")
+    ap.add_argument("--trials", type=int, help="search.trials_per_study instead of the space's")
+    ap.add_argument("--top-k", type=int, help="search.warm_start_top_k instead of the space's")
     args = ap.parse_args()
     storage = args.storage or tempfile.mkdtemp(prefix="kdsweep-warm-start-")
     space = load_space(args.space)
     trials, wall = {}, {}
     for warm in (False, True):
-        v = variant(space, warm, args.scales.split(",") if args.scales else None)
+        v = variant(space, warm, args.scales.split(",") if args.scales else None, args.trials, args.top_k)
         start = time.perf_counter()
         sd = run_sweep(v, storage=storage, log=lambda _: None)
         wall[warm] = time.perf_counter() - start
