@@ -24,7 +24,8 @@ from pathlib import Path
 
 from kdsweep.analysis.checks import replicate_command, report_warnings
 from kdsweep.analysis.fmt import mean_pm, sig
-from kdsweep.analysis.load import history_frame, replicates_frame, split_notes, trials_frame, usable_replicates
+from kdsweep.analysis.load import (history_frame, replicates_frame, split_notes, trials_frame, tuned_replicates,
+                                   usable_replicates)
 from kdsweep.analysis.pareto import pareto_table
 from kdsweep.analysis.plots import make_plots
 from kdsweep.analysis.select import choose_arm
@@ -125,7 +126,7 @@ def analyze(sd: SweepDir, out_dir: str | Path | None = None) -> dict:
                               "config": configs.get(f"{scale}/{choice.arm}") if choice.arm else None,
                               "search": search_counts(trials, scale, choice.arm, 0) if choice.arm else ""}
 
-    ok = usable_replicates(reps)
+    ok, tuned = usable_replicates(reps), tuned_replicates(reps)
     result = {
         "out_dir": out,
         "tables": table_paths,
@@ -143,7 +144,9 @@ def analyze(sd: SweepDir, out_dir: str | Path | None = None) -> dict:
         "verdicts": tables[2].data.to_dict("records"),
         "mechanism": tables[3].data.to_dict("records"),
         "transfer": [transfer_sentence(transfer.data, arm, r) for arm in arms],
-        "replicates": {"total": len(reps), "in_tables": len(ok), "excluded": len(reps) - len(ok)},
+        # tuned configs' replicates, and the matched ablations apart (they are not "excluded": they have their table)
+        "replicates": {"total": len(tuned), "in_tables": len(ok), "excluded": len(tuned) - len(ok),
+                       "ablations": len(reps) - len(tuned), "ablations_in_tables": len(usable_replicates(reps, None))},
     }
     result["html"] = write_html(sd, out, tables, result)
     return result
@@ -162,7 +165,8 @@ def summary_lines(result: dict) -> list[str]:
         lines.append(f"  {r['scale']}/{r['arm']}{replicate_suffix(r['search_replicate'])}: " + ", ".join(
             f"{r[k]} {k}" for k in TRIAL_STATES if r[k]))
     reps = result["replicates"]
-    lines.append(f"replicates: {reps['in_tables']} in tables, {reps['excluded']} excluded")
+    lines.append(f"replicates: {reps['in_tables']} in tables, {reps['excluded']} excluded; matched ablations: "
+                 f"{reps['ablations_in_tables']} of {reps['ablations']} in the mechanism table")
     lines.append(result["split"])
     lines.append(result["exposure"])
     for scale, rec in result["headline"].items():
@@ -236,7 +240,9 @@ def write_html(sd: SweepDir, out: Path, tables: list[Table], result: dict) -> Pa
              f"<h1>Sweep <code>{e(sd.name)}</code></h1>",
              f"<p>created {e(str(meta.created or '?'))}, kdsweep commit <code>{e(str(meta.git_commit or '?'))}"
              f"</code>; analysed {e(time.strftime('%Y-%m-%d %H:%M:%S'))}. Replicates: {result['replicates']['in_tables']}"
-             f" in tables, {result['replicates']['excluded']} excluded (diverged / failed / unfinished).</p>",
+             f" in tables, {result['replicates']['excluded']} excluded (diverged / failed / unfinished); matched "
+             f"ablations: {result['replicates']['ablations_in_tables']} of {result['replicates']['ablations']} in the "
+             "mechanism table.</p>",
              f"<p>Data: {e(result['split'])}. Arms are chosen on the val split; the test split only reports.</p>",
              f"<p>{e(result['exposure'])}.</p>",
              "<p>Two comparisons, named apart: <b>tuned arm vs tuned baseline</b> (methods, each tuned by its own "

@@ -418,6 +418,12 @@ def test_plots_html_and_configs(sweep, analysis):
     names = {"curves", "lr_vs_val_ppl", "pareto", "transfer", *(f"{k}_{s}" for k in ("reliability", "ablation") for s in SCALES)}
     assert set(analysis["plots"]) == names and not analysis["skipped"]
     page = analysis["html"].read_text()
+    # the matched ablations are counted apart, never as "excluded" tuned replicates
+    reps = replicates_frame(sweep)
+    counts = analysis["replicates"]
+    assert counts["ablations"] == (reps["off"] != "").sum() > 0 and counts["total"] == (reps["off"] == "").sum()
+    assert counts["in_tables"] + counts["excluded"] == counts["total"]
+    assert f"matched ablations: {counts['ablations_in_tables']} of {counts['ablations']}" in page
     for plot in analysis["plots"].values():
         data = Path(plot.path).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000, plot.path
