@@ -17,20 +17,6 @@ from tests.fixtures import homolog_families, make_char_teacher, write_real_fasta
 
 hf_logging.disable_progress_bar()
 
-# Tests that must not run beside each other: every real Ray cluster (one at a time on a 2-core
-# machine; their fault windows assume it), the browser, and the analysis tests (they share one
-# session sweep, which another worker would build a second time). pytest runs them in order on one
-# xdist worker (`--dist loadgroup`, pyproject's addopts) while the other worker takes the rest.
-SERIAL = "serial"
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        analysis = Path(str(item.path)).parent.name == "analysis"
-        if analysis or item.get_closest_marker("ray") or item.get_closest_marker("browser"):
-            item.add_marker(pytest.mark.xdist_group(SERIAL))
-
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
