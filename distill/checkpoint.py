@@ -69,7 +69,7 @@ def save_checkpoint(root: str | Path, step: int, model, optimizer, scheduler, sc
                      "optimizer": {"param_groups": groups, "values": values},
                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
                      "extra": extra}
-            _write_json(tmp / STATE, state)
+            (tmp / STATE).write_text(dumps(state))  # inside the temp folder: put_in_place fsyncs it
         put_in_place(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # a failed write (disk full) leaves no half checkpoint

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from kdsweep.distill.atomic import put_in_place, temp_path
 from kdsweep.distill.config import FIELDS, TrainConfig, dump_config, load_config
 from kdsweep.distill.data import file_sha256, resolve_data_path
 from kdsweep.distill.errors import ConfigError
@@ -53,11 +53,9 @@ def export_best(sd: SweepDir, out_dir: str | Path) -> list[Path]:
     space, by_study = study_trials(sd)
     picks = _config_picks(sd, space, by_study)
     out = Path(out_dir).expanduser().absolute()
-    for study, _ in picks:  # every target, before the first is written: all files or none
-        check_writable_file(out / config_file_name(study.scale, study.arm, study.search_replicate), "--out")
+    _check_config_targets(out, picks)
     out.mkdir(parents=True, exist_ok=True)
-    common = _provenance(sd, space)
-    return [_write_config(space, study, best, out, common) for study, best in picks]
+    return _write_configs(sd, space, picks, out)
 
 
 def _config_picks(sd: SweepDir, space, by_study) -> list:
@@ -66,6 +64,17 @@ def _config_picks(sd: SweepDir, space, by_study) -> list:
     if not any(best for _, best in picks):
         raise ConfigError(f"sweep {sd.name!r} has no completed trial yet; nothing to export")
     return [(s, best) for s, best in picks if best is not None]
+
+
+def _check_config_targets(out: Path, picks: list) -> None:
+    """Every config file `picks` will write, checked before the first is written: all files or none."""
+    for study, _ in picks:
+        check_writable_file(out / config_file_name(study.scale, study.arm, study.search_replicate), "--out")
+
+
+def _write_configs(sd: SweepDir, space, picks: list, out: Path) -> list[Path]:
+    common = _provenance(sd, space)
+    return [_write_config(space, study, best, out, common) for study, best in picks]
 
 
 def _provenance(sd: SweepDir, space) -> dict:
@@ -85,8 +94,7 @@ def _write_config(space, study, best, out: Path, common: dict) -> Path:
     path = out / config_file_name(study.scale, study.arm, study.search_replicate)
     dump_config(cfg, path, omit=TEST_ONLY_KEYS, header=f"kdsweep sweep export {common['sweep']}: best {study.name} "
                                   f"(val_ppl {best.value:.4f}); train with: kdsweep train --config {path.name}")
-    path.chmod(0o644)
-    return path
+    return path  # 0644: write_atomic's mode
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -190,8 +198,7 @@ def export(sd: SweepDir, out_dir: str | Path, *, students: bool = False) -> list
             raise ConfigError(f"--out: {target} already exists and is not empty; a student is exported into a "
                               "new or empty folder: give another --out or remove it")
     config_picks = _config_picks(sd, space, by_study)
-    for study, _ in config_picks:
-        check_writable_file(out / config_file_name(study.scale, study.arm, study.search_replicate), "--out")
+    _check_config_targets(out, config_picks)
     picks = choose_students(sd, space, by_study) if students else []  # in targets' order
     verdicts = _read_verdicts(sd)
     staged: list[Path] = []
@@ -199,15 +206,13 @@ def export(sd: SweepDir, out_dir: str | Path, *, students: bool = False) -> list
     try:
         out.mkdir(parents=True, exist_ok=True)
         for pick, target in zip(picks, targets):
-            staged.append(target.with_name(f".{target.name}.{os.getpid()}.tmp"))
+            staged.append(temp_path(target))
             _stage_student(sd, pick, staged[-1], verdicts)
-        common = _provenance(sd, space)
-        written += [_write_config(space, study, best, out, common) for study, best in config_picks]
+        written += _write_configs(sd, space, config_picks, out)
         for tmp, target in zip(staged, targets):
             if target.is_dir():
-                target.rmdir()  # empty (checked above)
-            tmp.rename(target)
-            written.append(target)
+                target.rmdir()  # empty (checked above); rmdir, not put_in_place's rmtree, if it filled meanwhile
+            written.append(put_in_place(tmp, target))
     except BaseException:
         for path in written:
             if path.is_dir():
