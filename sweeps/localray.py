@@ -17,6 +17,7 @@ running sweep's processes.
 from __future__ import annotations
 
 import ipaddress
+import logging
 
 import ray
 
@@ -29,10 +30,16 @@ def init_loopback_ray(**kwargs) -> None:
 
     saved = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False
+    # With RAY_AUTH_MODE unset a new Ray turns token auth on and logs advice on how to turn it off
+    # (sweeps/environment.py: kdsweep leaves the mode to Ray); auth stays on, the advice stays off.
+    auth_notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    saved_level = auth_notice.level
+    auth_notice.setLevel(logging.ERROR)
     try:
         ray.init(dashboard_host=LOOPBACK, **kwargs)
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = saved
+        auth_notice.setLevel(saved_level)
     node_ip = ray.util.get_node_ip_address()
     if not is_loopback(node_ip):  # a Ray that changed how it picks the node IP: refuse to run exposed
         ray.shutdown()

@@ -30,18 +30,21 @@ def test_is_loopback_reads_every_form_of_loopback():
     assert not any(map(is_loopback, ["0.0.0.0", "::", "192.0.2.2", "::ffff:10.0.0.1", "fe80::1%eth0"]))
 
 
-def _listening(ray_tmp: str) -> list[tuple[str, str, int]]:
-    """(process name, ip, port) of every listening inet socket of the processes under this RAY_TMPDIR."""
-    found = []
+def _listening(ray_tmp: str) -> tuple[list[tuple[str, str, int]], dict[str, str | None]]:
+    """(process name, ip, port) of every listening inet socket of the processes under this RAY_TMPDIR,
+    and each such process's RAY_AUTH_MODE by name."""
+    found, auth = [], {}
     for p in psutil.process_iter(["pid", "name"]):
         try:
-            if p.environ().get("RAY_TMPDIR") != ray_tmp:
+            environ = p.environ()
+            if environ.get("RAY_TMPDIR") != ray_tmp:
                 continue
+            auth[p.info["name"]] = environ.get("RAY_AUTH_MODE")
             found += [(p.info["name"], c.laddr.ip, c.laddr.port) for c in p.net_connections(kind="inet")
                       if c.status == psutil.CONN_LISTEN]
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             pass
-    return found
+    return found, auth
 
 
 def test_a_local_sweep_listens_on_loopback_only(tmp_path, char_teacher, small_fasta):
@@ -51,6 +54,7 @@ def test_a_local_sweep_listens_on_loopback_only(tmp_path, char_teacher, small_fa
                               search={"trials_per_study": 1, "max_concurrent": 1, "early_stopping": False})
     store = tmp_path / "store"
     with ray_subprocess_env() as env:
+        env.pop("RAY_AUTH_MODE", None)  # as a user's shell has it (an in-process Ray of this pytest may set it)
         driver = subprocess.Popen([sys.executable, "-m", "kdsweep", "sweep", "run", str(space), "--storage",
                                    str(store)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True, start_new_session=True)
@@ -61,7 +65,7 @@ def test_a_local_sweep_listens_on_loopback_only(tmp_path, char_teacher, small_fa
                 assert driver.poll() is None, driver.stdout.read()[-3000:]
                 assert time.time() < deadline, "no trial reported within 300 s"
                 time.sleep(0.2)
-            sockets = _listening(env["RAY_TMPDIR"])
+            sockets, auth = _listening(env["RAY_TMPDIR"])
         finally:
             os.killpg(driver.pid, signal.SIGINT)
             driver.communicate(timeout=120)
@@ -70,3 +74,5 @@ def test_a_local_sweep_listens_on_loopback_only(tmp_path, char_teacher, small_fa
     assert any(name.startswith("ray::") for name in names), sockets  # and its agents / the trial's worker
     exposed = [s for s in sockets if not is_loopback(s[1])]
     assert exposed == [], exposed
+    # Token auth on, though kdsweep leaves RAY_AUTH_MODE to Ray (sweeps/environment.py): a new Ray's default.
+    assert auth["gcs_server"] == auth["raylet"] == "token", auth
