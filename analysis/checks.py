@@ -28,7 +28,7 @@ from kdsweep.analysis.fmt import sig
 from kdsweep.analysis.load import per_seed, usable_replicates
 from kdsweep.analysis.select import search_best
 from kdsweep.analysis.stats import LEVEL, t_quantile
-from kdsweep.distill.exposure import UNKNOWN
+from kdsweep.distill.data.exposure import UNKNOWN
 from kdsweep.sweeps.space import SearchSpace
 
 MIN_SEEDS = 3

@@ -8,7 +8,7 @@ aa_kl (method §5), read per arm over its replicates.
   An arm is flagged "predicts composition only" when any of its replicates is; the cell says how many.
   `unigram_gain_recovered` is the share of the teacher's gain over composition the student recovers.
 * **aa_kl natural floor.** Each replicate's `aa_kl_floor_mean` / `aa_kl_floor_p95` is what natural
-  held-out proteins resampled to its own residue count score (`distill.generation`); a value above the
+  held-out proteins resampled to its own residue count score (`distill.eval.generation`); a value above the
   95th percentile is outside what sampling alone gives. `aa_kl_floor_diff_p95` and
   `aa_kl_floor_interaction_p95` are the 95th percentiles of |a - b| and |a - b - c + d| between
   independent natural resamples: how large a difference between arms (or an interaction term) sampling

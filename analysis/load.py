@@ -25,8 +25,8 @@ from pathlib import Path
 import pandas as pd
 from optuna.trial import TrialState
 
-from kdsweep.distill.numbers import number, parse_number
-from kdsweep.distill.rundir import COMPLETED, SUMMARY_NAME, TrainReport, eval_rows, read_log
+from kdsweep.distill.files.numbers import number, parse_number
+from kdsweep.distill.run.rundir import COMPLETED, SUMMARY_NAME, TrainReport, eval_rows, read_log
 from kdsweep.sweeps.layout import SweepDir, parse_replicate_name
 from kdsweep.sweeps.space import SEARCHABLE
 from kdsweep.sweeps.study import ATTR_STEP, ATTR_TRIAL, ORPHANED, study_trials, trial_status
@@ -185,7 +185,7 @@ def column(split: str, metric: str) -> str:
 
 
 def split_notes(sd: SweepDir) -> list[str]:
-    """The distinct `split_note` lines (split method, thresholds, leakage: `distill.data.split_note`)
+    """The distinct `split_note` lines (split method, thresholds, leakage: `distill.data.batches.split_note`)
     of the sweep's runs, replicates first, most common first. One line when every run split its
     data alike, as a sweep's runs do; an empty list when the logs predate the record."""
     dirs = sorted(sd.replicates.iterdir()) if sd.replicates.is_dir() else []

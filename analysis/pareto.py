@@ -16,7 +16,7 @@ import pandas as pd
 
 from kdsweep.analysis.fmt import sig
 from kdsweep.analysis.tables import Table
-from kdsweep.distill.rundir import COMPLETED
+from kdsweep.distill.run.rundir import COMPLETED
 from kdsweep.sweeps.space import SEARCHABLE
 
 AXES = ("val_ppl", "val_ece")

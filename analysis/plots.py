@@ -35,7 +35,7 @@ from kdsweep.analysis.pareto import pareto_points
 from kdsweep.analysis.stats import LEVEL, paired_difference, t_quantile
 from kdsweep.analysis.tables import cell_of
 from kdsweep.analysis.transfer import MUP_EXPONENT, PARAM_LABELS, TRANSFER_PARAMS, transfer_frame
-from kdsweep.distill.rundir import COMPLETED, DIVERGED, STOPPED_EARLY
+from kdsweep.distill.run.rundir import COMPLETED, DIVERGED, STOPPED_EARLY
 from kdsweep.sweeps.space import ARMS, BASELINE, ENHANCED_ARMS
 from kdsweep.sweeps.study import FAILED, RUNNING
 

@@ -29,16 +29,16 @@ from kdsweep.analysis.load import (history_frame, replicates_frame, split_notes,
 from kdsweep.analysis.pareto import pareto_table
 from kdsweep.analysis.plots import make_plots
 from kdsweep.analysis.select import choose_arm
-from kdsweep.analysis.transfer import transfer_sentence, transfer_table
 from kdsweep.analysis.tables import (Table, ablation_table, replicate_status_table, scale_table, search_counts,
                              trial_counts_table, write_table)
+from kdsweep.analysis.transfer import transfer_sentence, transfer_table
 from kdsweep.analysis.verdicts import mechanism_table, verdict_table
 from kdsweep.distill.config import TrainConfig
-from kdsweep.distill.data import resolve_data_path
+from kdsweep.distill.data.batches import resolve_data_path
+from kdsweep.distill.data.exposure import exposure, format_exposure, load_teacher_data, split_of
+from kdsweep.distill.data.splits import SplitSpec
 from kdsweep.distill.errors import KDSweepError
-from kdsweep.distill.exposure import exposure, format_exposure, load_teacher_data, split_of
-from kdsweep.distill.splits import SplitSpec
-from kdsweep.distill.rundir import COMPLETED
+from kdsweep.distill.run.rundir import COMPLETED
 from kdsweep.sweeps.export import export_best
 from kdsweep.sweeps.layout import SweepDir, config_file_name
 from kdsweep.sweeps.space import load_space, replicate_suffix
@@ -72,7 +72,7 @@ def _export(sd: SweepDir, trials, out: Path) -> tuple[dict[str, Path], str | Non
 
 def exposure_line(space) -> tuple[str, dict | None]:
     """(the teacher-exposure line every table's notes end with, the figures or None). Measured on the
-    space's data under its split against `teacher_train_data` (`distill.exposure`)."""
+    space's data under its split against `teacher_train_data` (`distill.data.exposure`)."""
     if not space.teacher_train_data:
         return format_exposure(None), None
     cfg: TrainConfig = space.trial_config(space.studies[0], {}, "unused")

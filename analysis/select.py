@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from kdsweep.analysis.load import TEST, VAL, per_seed, unit_of
-from kdsweep.distill.rundir import COMPLETED
+from kdsweep.distill.run.rundir import COMPLETED
 
 METRIC = "ppl_ratio"  # lower is better: the student's perplexity relative to its teacher's
 ON_REPLICATES = "lowest mean val ppl_ratio over the replicates"

@@ -29,7 +29,7 @@ from kdsweep.analysis.floors import aa_kl_floor_text, floor_text, interaction_no
 from kdsweep.analysis.fmt import mean_pm, sig
 from kdsweep.analysis.load import INCOMPLETE, TEST, UNREADABLE, column, per_seed, tuned_replicates, usable_replicates
 from kdsweep.analysis.select import choose_arm, search_best, selection_free_of
-from kdsweep.distill.rundir import COMPLETED, DIVERGED, STOPPED_EARLY
+from kdsweep.distill.run.rundir import COMPLETED, DIVERGED, STOPPED_EARLY
 from kdsweep.sweeps.space import ARMS, BASELINE, ENHANCED_ARMS
 from kdsweep.sweeps.study import TRIAL_STATES
 

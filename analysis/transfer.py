@@ -19,7 +19,7 @@ from kdsweep.analysis.fmt import sig
 from kdsweep.analysis.select import search_best
 from kdsweep.analysis.stats import LEVEL, t_quantile
 from kdsweep.analysis.tables import Table
-from kdsweep.distill.rundir import COMPLETED
+from kdsweep.distill.run.rundir import COMPLETED
 from kdsweep.sweeps.warmstart import width
 
 TRANSFER_PARAMS = ("lr", "warmup_steps", "temperature", "alpha")

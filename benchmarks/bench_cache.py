@@ -2,7 +2,7 @@
 
 Shared by benchmarks/vs_seed.py and benchmarks/teacher_cache_step.py, so that their
 "cached teacher" steps read the same memory-mapped shards a sweep's trials read
-(`distill.teacher_cache`), through `distill.teacher_source.CachedTeacher`. The subset keeps
+(`distill.teacher.cache`), through `distill.teacher.source.CachedTeacher`. The subset keeps
 the held-out splits (which every cache also stores) small; the pool is the first
 `blocks` train blocks, the ones the benchmark steps on.
 """
@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from kdsweep.distill.config import TrainConfig
-from kdsweep.distill.data import write_bundled_subset
-from kdsweep.distill.teacher_cache import CachePlan, TeacherCache, build_teacher_cache, cache_size_bytes, plan_teacher_cache
-from kdsweep.distill.teacher_source import CachedTeacher
+from kdsweep.distill.data.batches import write_bundled_subset
+from kdsweep.distill.teacher.cache import CachePlan, TeacherCache, build_teacher_cache, cache_size_bytes, plan_teacher_cache
+from kdsweep.distill.teacher.source import CachedTeacher
 
 
 @dataclass

@@ -23,10 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kdsweep.distill.config import TrainConfig  # noqa: E402
-from kdsweep.distill.data import write_bundled_subset  # noqa: E402
-from kdsweep.distill.rundir import eval_rows, read_log  # noqa: E402
-from kdsweep.distill.teacher_cache import build_teacher_cache, cache_size_bytes, plan_teacher_cache  # noqa: E402
-from kdsweep.distill.train import run_training  # noqa: E402
+from kdsweep.distill.data.batches import write_bundled_subset  # noqa: E402
+from kdsweep.distill.run.rundir import eval_rows, read_log  # noqa: E402
+from kdsweep.distill.run.train import run_training  # noqa: E402
+from kdsweep.distill.teacher.cache import build_teacher_cache, cache_size_bytes, plan_teacher_cache  # noqa: E402
 
 FINAL = ("ppl", "ppl_teacher", "ppl_ratio", "kl_teacher")
 

@@ -3,8 +3,8 @@
     python benchmarks/cluster_modes.py [--threads N]
 
 Both modes cluster the 18,801 unique bundled proteins at the default thresholds
-(identity 0.5, coverage 0.8) exactly as `distill.homology.run_mmseqs` does; each
-clustering then splits the data by `distill.splits` and `distill.leakage` measures
+(identity 0.5, coverage 0.8) exactly as `distill.data.homology.run_mmseqs` does; each
+clustering then splits the data by `distill.data.splits` and `distill.data.leakage` measures
 the share of val / test proteins with >= 50 % / >= 90 % / all of their 20-mers in
 train. The hash split is the reference row. Prints wall seconds (mmseqs, leakage)
 and the time ratio cluster / linclust. Needs `mmseqs` on PATH.
@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from kdsweep.distill.data import BUNDLED_DATA
-from kdsweep.distill.homology import available_cores, run_mmseqs
-from kdsweep.distill.leakage import format_leakage, split_leakage
-from kdsweep.distill.sequences import read_sequences
-from kdsweep.distill.splits import SplitSpec, split_sequences
+from kdsweep.distill.data.batches import BUNDLED_DATA
+from kdsweep.distill.data.homology import available_cores, run_mmseqs
+from kdsweep.distill.data.leakage import format_leakage, split_leakage
+from kdsweep.distill.data.sequences import read_sequences
+from kdsweep.distill.data.splits import SplitSpec, split_sequences
 
 
 def report(name: str, split: dict, seconds: float | None) -> None:

@@ -31,8 +31,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kdsweep.distill.rundir import eval_rows  # noqa: E402
-from kdsweep.distill.teacher_cache import cache_size_bytes  # noqa: E402
+from kdsweep.distill.run.rundir import eval_rows  # noqa: E402
+from kdsweep.distill.teacher.cache import cache_size_bytes  # noqa: E402
 from kdsweep.sweeps.layout import SweepDir  # noqa: E402
 from kdsweep.sweeps.status import sweep_status  # noqa: E402
 from kdsweep.sweeps.study import ATTR_TRIAL, study_trials  # noqa: E402

@@ -2,7 +2,7 @@
 
     python benchmarks/executor_overhead.py [--steps 40] [--eval-interval 5] [--repeats 2]
 
-1. reference: `distill.train.run_training` called directly (no Ray);
+1. reference: `distill.run.train.run_training` called directly (no Ray);
 2. `local` executor: a 1-trial sweep whose Tune function runs the same loop;
 3. `ray_train` executor: a 1-trial sweep whose Tune function fits a TorchTrainer (Train V2).
 
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from kdsweep.distill.config import TrainConfig
-from kdsweep.distill.train import run_training
+from kdsweep.distill.run.train import run_training
 from kdsweep.sweeps.runner import run_sweep
 from kdsweep.sweeps.space import parse_space
 

@@ -19,7 +19,7 @@ where each is one). glibc's mmap threshold is fixed at 32 MiB first, as a
 long-running training process ends up with it (benchmarks/memory.py): chunk temporaries
 above it are page-faulted in afresh at every allocation, which is what small chunks avoid.
 
-The measured best is what ``distill.fused_loss.CPU_CHUNK_ELEMENTS`` records; see
+The measured best is what ``distill.loss.fused.CPU_CHUNK_ELEMENTS`` records; see
 docs/benchmarks.md, "fused loss chunk size".
 """
 
@@ -39,8 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.memory import allocator_for  # noqa: E402
-from kdsweep.distill.fused_loss import fused_kd_loss  # noqa: E402
-from kdsweep.distill.loss_reference import ARMS  # noqa: E402
+from kdsweep.distill.loss.fused import fused_kd_loss  # noqa: E402
+from kdsweep.distill.loss.reference import ARMS  # noqa: E402
 
 PROTGPT2_VOCAB, PROTGPT2_WIDTH = 50_257, 1280
 

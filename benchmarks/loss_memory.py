@@ -10,14 +10,14 @@ reported number is the peak memory ABOVE what existed just before the call (the
 inputs), so it includes the gradients the call leaves behind in ``.grad``.
 
 From logits (default): the inputs are student and teacher logits of (B, L, V) fp32
-(0.82 GB each at the default size); ``kd_loss`` (distill/loss.py) against the naive
-reference (distill/loss_reference.py), gradient wrt the student logits.
+(0.82 GB each at the default size); ``kd_loss`` (distill/loss/kd.py) against the naive
+reference (distill/loss/reference.py), gradient wrt the student logits.
 
 From hidden states (``--from-hidden``): the inputs are what the models hand over
 before their LM heads: student hidden states (B, L, d_s) and head (V, d_s), teacher
 hidden states (B, L, d_t) and head (V, d_t), fp32; gradients wrt the student's hidden
 states and head. The naive and chunked paths build both (B, L, V) logits from them
-(teacher under no_grad) and count them; the fused path (distill/fused_loss.py) never
+(teacher under no_grad) and count them; the fused path (distill/loss/fused.py) never
 does. The fused path also runs with the teacher entropies precomputed outside the
 call, as a teacher cache would hand them over (it then skips its teacher-only pass).
 After one memory run of each, chunked and fused are timed: the median of ``--repeats``
@@ -50,9 +50,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kdsweep.distill.fused_loss import fused_kd_loss, teacher_entropy_from_hidden  # noqa: E402
-from kdsweep.distill.loss import kd_loss  # noqa: E402
-from kdsweep.distill.loss_reference import ARMS, reference_kd_loss  # noqa: E402
+from kdsweep.distill.loss.fused import fused_kd_loss, teacher_entropy_from_hidden  # noqa: E402
+from kdsweep.distill.loss.kd import kd_loss  # noqa: E402
+from kdsweep.distill.loss.reference import ARMS, reference_kd_loss  # noqa: E402
 from benchmarks.memory import MB, PeakRSS, fix_mmap_threshold  # noqa: E402
 
 

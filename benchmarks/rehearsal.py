@@ -15,7 +15,7 @@ What runs, each through kdsweep's real command line in a subprocess, in order:
 5. `kdsweep sweep run SPACE`: `--trials-per-study` trials of each arm of the `micro` student, ASHA,
    the default executor, one trial at a time (`cpus_per_worker` = this machine's cores), timed.
 
-Then per trial, from its run folder (distill/train.py writes these): the time to its first step
+Then per trial, from its run folder (distill/run/train.py writes these): the time to its first step
 (in its process, and since the previous trial ended), bytes hashed, bytes read from the cache,
 checkpoint bytes written (and left on disk: a trial ASHA stopped keeps its weights only), steady
 tokens/s; per sweep: build time, total wall, and the estimate beside each. `--json` writes it all.
@@ -44,11 +44,11 @@ from pathlib import Path
 
 import yaml
 
-from kdsweep.distill import digests
+from kdsweep.distill.files import digests
+from kdsweep.distill.files.numbers import dumps
 from kdsweep.distill.models import save_protgpt2_shaped
-from kdsweep.distill.numbers import dumps
-from kdsweep.distill.rundir import SUMMARY_NAME, read_log
-from kdsweep.distill.teacher_cache import cache_size_bytes
+from kdsweep.distill.run.rundir import SUMMARY_NAME, read_log
+from kdsweep.distill.teacher.cache import cache_size_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = {"lr": {"type": "loguniform", "low": 3e-4, "high": 1e-2},
@@ -118,7 +118,7 @@ def kdsweep(args: list[str], env: dict) -> tuple[float, str]:
 
 
 def forget_verification(folder: Path, env: dict) -> int:
-    """Remove the digest records of the files under `folder` from the node's memo (distill/digests.py),
+    """Remove the digest records of the files under `folder` from the node's memo (distill/files/digests.py),
     as on a node that did not build them. Returns how many were removed."""
     memo_path = Path(env["KDSWEEP_CACHE"]) / digests.MEMO_NAME
     memo = json.loads(memo_path.read_text())
@@ -129,7 +129,7 @@ def forget_verification(folder: Path, env: dict) -> int:
 
 
 def trial_figures(run: Path) -> dict:
-    """What one trial paid, from its run log (distill/train.py's rows and events)."""
+    """What one trial paid, from its run log (distill/run/train.py's rows and events)."""
     log = read_log(run)
     events = {}
     for row in log:
@@ -158,9 +158,9 @@ def projected_build(setup: Setup, cache_tokens: dict) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from kdsweep.distill.models import PROTGPT2_TOKENIZER_DIR
-    from kdsweep.distill.probe import HeldTeacher, random_tokens
+    from kdsweep.distill.run.probe import HeldTeacher, random_tokens
     from kdsweep.distill.runtime import resolve_runtime
-    from kdsweep.distill.teacher_source import LiveTeacher
+    from kdsweep.distill.teacher.source import LiveTeacher
     from kdsweep.sweeps.estimate import tokens_per_s
 
     rt = resolve_runtime("fp32", "cpu")

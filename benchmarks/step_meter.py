@@ -5,7 +5,7 @@ step are measured by the same code: ``begin()`` right before the step (after the
 step's ``zero_grad``: the steady state), ``end()`` right after its optimizer step. A step is either timed or, with
 ``begin(memory=True)``, measured for peak memory (the sampler thread would skew its time);
 on CPU glibc's allocator is set for the one or the other (``benchmarks.memory.allocator_for``). Phases
-come from a ``distill.phases.PhaseTimer`` the step charges; ``end(rest=NAME)`` charges
+come from a ``distill.run.phases.PhaseTimer`` the step charges; ``end(rest=NAME)`` charges
 whatever the step spent outside the timed phases to ``NAME``.
 """
 

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from kdsweep.distill.phases import NO_TIMER
+from kdsweep.distill.run.phases import NO_TIMER
 
 
 def study_entropy(teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -100,7 +100,7 @@ def study_loss(student_logits, teacher_logits, labels, attention_mask, *, temper
 class StudyTrainer(Trainer):
     """The study's ``DistillationTrainer``: teacher forward every step, ``study_loss``.
 
-    ``timer`` (a ``distill.phases.PhaseTimer``) is charged with the phases of every step:
+    ``timer`` (a ``distill.run.phases.PhaseTimer``) is charged with the phases of every step:
     student forward, teacher forward, loss, backward (``accelerator.backward``); the
     rest of the step is charged by ``StepClock``.
     """

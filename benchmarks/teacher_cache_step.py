@@ -8,7 +8,7 @@ tokenizer) resized to `--layers` × `--width` (36 × 1280 is ProtGPT2's own shap
 init, saved with `save_pretrained`; student: a scale of distill/assets/scales.yaml
 (`--student`, default `micro`: 4 layers × 256). Data: the first `--proteins` bundled
 proteins, hash split, ProtGPT2's BPE. One fp32 cache of the pool is built first
-(benchmarks/bench_cache.py; its time and size are printed). Then `distill.step.Stepper` (the
+(benchmarks/bench_cache.py; its time and size are printed). Then `distill.run.step.Stepper` (the
 training loop's own step: fused loss, AdamW, clipping) runs on the same blocks with a
 `LiveTeacher` and a `CachedTeacher`, alternating live / cache each repeat so both see the same machine
 load, for the `baseline` arm and the `both` arm (uncertainty weighting: the live
@@ -32,10 +32,10 @@ sys.path.insert(0, str(ROOT))
 
 
 from benchmarks.bench_cache import build_bench_cache  # noqa: E402
-from kdsweep.distill.loss import KDOptions  # noqa: E402
+from kdsweep.distill.loss.kd import KDOptions  # noqa: E402
 from kdsweep.distill.models import build_student, load_teacher, save_protgpt2_shaped, student_sizes  # noqa: E402
-from kdsweep.distill.step import LossSettings, Stepper  # noqa: E402
-from kdsweep.distill.teacher_source import LiveTeacher  # noqa: E402
+from kdsweep.distill.run.step import LossSettings, Stepper  # noqa: E402
+from kdsweep.distill.teacher.source import LiveTeacher  # noqa: E402
 from kdsweep.sweeps.space import ARMS as SPACE_ARMS  # noqa: E402
 
 ARMS = {arm: SPACE_ARMS[arm].loss_flags(0.1) for arm in ("baseline", "both")}

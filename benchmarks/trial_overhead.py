@@ -40,9 +40,9 @@ from pathlib import Path
 import ray
 import torch
 
-from kdsweep.sweeps import runner as sweeps_runner
 from kdsweep.distill.config import TrainConfig
-from kdsweep.distill.train import run_training
+from kdsweep.distill.run.train import run_training
+from kdsweep.sweeps import runner as sweeps_runner
 from kdsweep.sweeps.runner import run_sweep
 from kdsweep.sweeps.space import parse_space
 
@@ -114,7 +114,7 @@ def main() -> None:
     sweep("local", 1)  # and the driver's own first-sweep imports (Tune, Optuna), which no config should pay
     plain_wall, row = plain(0)
     setup = None
-    if "first_step_s" in row:  # this version reports them (distill.train.RunCosts)
+    if "first_step_s" in row:  # this version reports them (distill.run.train.RunCosts)
         step_s = train["batch_size"] * train["block_size"] / row["steady_tokens_per_s"]
         setup = row["first_step_s"] - step_s
     print(f"plain run_training: {plain_wall:.1f} s" + (f" (set-up {setup:.1f} s before its first step)" if setup else ""))

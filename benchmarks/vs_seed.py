@@ -15,7 +15,7 @@ on CUDA):
 1. study:  the study's ``DistillationTrainer`` re-implemented (benchmarks/study_trainer.py:
            HF Trainer subclass, teacher forward every step, full-vocabulary fp32 softmaxes,
            the uniform (B, L, V) smoothing tensor), driven by ``Trainer.train()``;
-2. kdsweep, live teacher: ``distill.step.Stepper`` (the training loop's own step: the fused
+2. kdsweep, live teacher: ``distill.run.step.Stepper`` (the training loop's own step: the fused
            LM head + KD loss from hidden states, no (B, L, V) tensor, AdamW, clipping) with a
            ``LiveTeacher``: the teacher's base forward every step;
 3. kdsweep, cached teacher: the same step with a ``CachedTeacher``: a real teacher cache of
@@ -26,7 +26,7 @@ on CUDA):
 Every ``--arms`` (default ``both``; ``all``: baseline, uncertainty, calibration, both) runs
 the three variants in this process. Per variant: tokens/s (B * L / median step wall time),
 its ratio to the study's beside the FLOP bound (the study's matmul FLOPs per token over
-the variant's, distill.probe.step_flops_per_token: 1.0 for the live teacher, which does
+the variant's, distill.run.probe.step_flops_per_token: 1.0 for the live teacher, which does
 the same matmuls; student training + teacher head only for the cache) and the goals
 (live >= 1.0, cached >= 0.8 of the bound), median CPU seconds per step, peak
 extra memory of a step (above the steady state just before it: RSS with glibc's mmap
@@ -42,7 +42,7 @@ drift on a shared machine hits them alike); medians over all measured steps.
 ``--no-memory`` skips the memory step and that comparison (shorter runs); ``--ops`` adds
 one profiled step per variant and prints its ATen op count, the CPU's proxy for kernel
 launches per step. The cached variant names each step's successor's blocks, so its
-reads come from the background read-ahead (distill.teacher_source.BlockPrefetcher), as
+reads come from the background read-ahead (distill.teacher.source.BlockPrefetcher), as
 in training. A summary table across arms closes the output.
 
 Ratios are printed against the study; the load average is printed at start and end,
@@ -71,9 +71,9 @@ from benchmarks.memory import MB, PeakExtra, allocator_for  # noqa: E402
 from benchmarks.step_meter import StepMeter  # noqa: E402
 from benchmarks.study_trainer import FixedBatch, StepClock, StudyTrainer, study_arguments, study_loss  # noqa: E402
 from benchmarks.bench_cache import BenchCache, build_bench_cache  # noqa: E402
-from kdsweep.distill.fused_loss import fused_kd_loss  # noqa: E402
-from kdsweep.distill.loss import KDOptions  # noqa: E402
-from kdsweep.distill.loss_reference import ARMS  # noqa: E402
+from kdsweep.distill.loss.fused import fused_kd_loss  # noqa: E402
+from kdsweep.distill.loss.kd import KDOptions  # noqa: E402
+from kdsweep.distill.loss.reference import ARMS  # noqa: E402
 from kdsweep.distill.models import (  # noqa: E402
     PROTGPT2_TOKENIZER_DIR,
     build_student,
@@ -82,12 +82,12 @@ from kdsweep.distill.models import (  # noqa: E402
     save_protgpt2_shaped,
     student_sizes,
 )
-from kdsweep.distill.phases import PHASES, PhaseTimer  # noqa: E402
-from kdsweep.distill.probe import step_flops_per_token  # noqa: E402
+from kdsweep.distill.run.phases import PHASES, PhaseTimer  # noqa: E402
+from kdsweep.distill.run.probe import step_flops_per_token  # noqa: E402
+from kdsweep.distill.run.step import LossSettings, Stepper  # noqa: E402
 from kdsweep.distill.runtime import Runtime  # noqa: E402
-from kdsweep.distill.step import LossSettings, Stepper  # noqa: E402
-from kdsweep.distill.teacher_cache import STORAGE_DTYPES  # noqa: E402
-from kdsweep.distill.teacher_source import LiveTeacher  # noqa: E402
+from kdsweep.distill.teacher.cache import STORAGE_DTYPES  # noqa: E402
+from kdsweep.distill.teacher.source import LiveTeacher  # noqa: E402
 
 STUDY, LIVE, CACHED = "study trainer", "kdsweep, live teacher", "kdsweep, cached teacher"
 # Dense bf16 peak of the GPU, for the MFU estimate (vendor figures, TFLOP/s).

@@ -1,4 +1,13 @@
 """kdsweep.distill: data, models, KD loss, training loop and metrics (no Ray here).
 
-Comments cite the method, `docs/method.md`, as `method §N` (section N, step N.k).
+Sub-packages, lowest first: `files` (atomic writes, digests, numbers, checked reading), `data` (proteins,
+splits, homology, leakage, exposure, training blocks), `loss` (the KD loss: reference, chunked, fused),
+`eval` (held-out metrics, generation), `teacher` (the teacher cache and source, the demo teacher),
+`run` (config checks, the training loop, checkpoints, run folders). Beside them: `errors`, `config`,
+`models`, `runtime`, `seeding`. Comments cite the method, `docs/method.md`, as `method §N` (section N,
+step N.k).
 """
+
+from pathlib import Path
+
+ASSETS = Path(__file__).parent / "assets"  # the scale presets, bundled proteins, demo teacher, ProtGPT2's tokenizer

@@ -25,12 +25,12 @@ from typing import Any, Callable, Literal, Mapping
 
 import yaml
 
-from kdsweep.distill.atomic import write_atomic
+from kdsweep.distill.data.splits import SplitMethod, SplitSpec
 from kdsweep.distill.errors import ConfigError, shown
+from kdsweep.distill.files.atomic import write_atomic
+from kdsweep.distill.files.numbers import parse_number
+from kdsweep.distill.files.reading import load_yaml, read_yaml
 from kdsweep.distill.models import load_scales
-from kdsweep.distill.numbers import parse_number
-from kdsweep.distill.reading import load_yaml, read_yaml
-from kdsweep.distill.splits import SplitMethod, SplitSpec
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 WeightNorm = Literal["mask", "weight"]
@@ -79,7 +79,7 @@ class TrainConfig:
     split_method: SplitMethod = _SPLIT.method
     """"cluster": whole MMseqs2 clusters go to one split (needs `mmseqs`, except for the bundled data
     at the default thresholds, whose clusters are shipped); "hash": per protein, so close homologs
-    land on both sides (distill/splits.py)."""
+    land on both sides (distill/data/splits.py)."""
     cluster_identity: float = _SPLIT.identity
     """MMseqs2 --min-seq-id of the cluster split."""
     cluster_coverage: float = _SPLIT.coverage
@@ -106,7 +106,7 @@ class TrainConfig:
     study's), "weight" = the sum of the uncertainty weights."""
     loss_impl: LossImpl = "fused"
     """"fused": the loss from hidden states and LM heads, no (B, L, V) logits (method §3,
-    distill/fused_loss.py); "logits": from both models' logits (distill/loss.py), the reference, and
+    distill/loss/fused.py); "logits": from both models' logits (distill/loss/kd.py), the reference, and
     the one for a teacher whose logits are not a linear head of its last hidden state."""
     # ---- optimisation (method §4) -----------------------------------------
     lr: float = 1e-3
@@ -359,7 +359,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
-    """Read a YAML file that must hold a mapping (distill.reading: size, UTF-8, each key once,
+    """Read a YAML file that must hold a mapping (distill.files.reading: size, UTF-8, each key once,
     aliases capped); errors name the file."""
     raw = read_yaml(path, what)
     if raw is None:

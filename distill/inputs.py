@@ -26,8 +26,10 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from kdsweep.distill.config import TrainConfig
-from kdsweep.distill.data import ProteinData, prepare_data, tokenizer_fingerprint
+from kdsweep.distill.data.batches import ProteinData, prepare_data, tokenizer_fingerprint
+from kdsweep.distill.data.splits import SplitSpec
 from kdsweep.distill.errors import ConfigError, DataError, ModelError, shown
+from kdsweep.distill.files.numbers import human_bytes
 from kdsweep.distill.models import (
     check_vocab,
     load_teacher_config,
@@ -37,8 +39,6 @@ from kdsweep.distill.models import (
     student_config,
     student_sizes,
 )
-from kdsweep.distill.numbers import human_bytes
-from kdsweep.distill.splits import SplitSpec
 
 # Files a model folder keeps its tokenizer in (any one of them means the folder has one).
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")

@@ -17,9 +17,9 @@ import torch
 import yaml
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
+from kdsweep.distill import ASSETS
 from kdsweep.distill.errors import ConfigError, ModelError
 
-ASSETS = Path(__file__).parent / "assets"
 SCALES_FILE = ASSETS / "scales.yaml"
 DEMO_TEACHER_DIR = ASSETS / "demo-teacher"
 PROTGPT2_TOKENIZER_DIR = ASSETS / "protgpt2-tokenizer"
@@ -179,7 +179,7 @@ def check_vocab(tokenizer, teacher_config, student_config=None, *, tokenizer_nam
 def teacher_logits(teacher, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """The live teacher's (B, L) ids -> (B, L, V) logits, no grad.
 
-    Training and metrics reach the teacher through `distill.teacher_source` (this model,
+    Training and metrics reach the teacher through `distill.teacher.source` (this model,
     or a teacher cache); its live implementation comes here for logits.
     """
     with torch.no_grad():

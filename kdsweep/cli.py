@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Callable
 
 import kdsweep.distill as distill_package
-from kdsweep.distill.diskfull import DiskFull, full_disk_in
+from kdsweep.distill.data.splits import SplitSpec
 from kdsweep.distill.errors import ConfigError, KDSweepError
-from kdsweep.distill.splits import SplitSpec
+from kdsweep.distill.files.diskfull import DiskFull, full_disk_in
 from kdsweep.sweeps.environment import configure
 from kdsweep import __version__
 
@@ -69,11 +69,11 @@ class Command:
 
 def _train(args) -> int:
     from kdsweep.distill.config import load_config
-    from kdsweep.distill.evaluate import headline
     from kdsweep.distill.inputs import check_inputs, check_writable_dir
-    from kdsweep.distill.rerun import clear_run
-    from kdsweep.distill.rundir import COMPLETED, STUDENT_DIR, SUMMARY_NAME
-    from kdsweep.distill.train import run_training
+    from kdsweep.distill.run.evaluate import headline
+    from kdsweep.distill.run.rerun import clear_run
+    from kdsweep.distill.run.rundir import COMPLETED, STUDENT_DIR, SUMMARY_NAME
+    from kdsweep.distill.run.train import run_training
 
     overrides = list(args.set or [])
     if args.out:
@@ -96,10 +96,10 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from kdsweep.distill.atomic import write_atomic
-    from kdsweep.distill.evaluate import evaluate_dirs, headline
+    from kdsweep.distill.files.atomic import write_atomic
+    from kdsweep.distill.files.numbers import dumps
     from kdsweep.distill.inputs import check_writable_file
-    from kdsweep.distill.numbers import dumps
+    from kdsweep.distill.run.evaluate import evaluate_dirs, headline
 
     if args.out:
         check_writable_file(args.out, "--out")  # before the work, not after it
@@ -114,8 +114,8 @@ def _evaluate(args) -> int:
 
 
 def _demo_teacher(args) -> int:
-    from kdsweep.distill.demo_teacher import build_demo_teacher
     from kdsweep.distill.inputs import check_writable_dir
+    from kdsweep.distill.teacher.demo import build_demo_teacher
 
     check_writable_dir(args.out, "--out")  # before an hour of training, not after it
     if args.steps is not None and args.steps < 1:
@@ -157,7 +157,7 @@ def _sweep_resume(args) -> int:
 
 
 def _sweep_status(args) -> int:
-    from kdsweep.distill.numbers import dumps
+    from kdsweep.distill.files.numbers import dumps
     from kdsweep.sweeps.layout import open_sweep
     from kdsweep.sweeps.status import format_status, sweep_status
     from kdsweep.sweeps.textfit import output_width
@@ -170,7 +170,7 @@ def _sweep_status(args) -> int:
 def _sweep_list(args) -> int:
     import dataclasses
 
-    from kdsweep.distill.numbers import dumps
+    from kdsweep.distill.files.numbers import dumps
     from kdsweep.sweeps.layout import storage_root
     from kdsweep.sweeps.status import format_sweep_list, list_sweeps
     from kdsweep.sweeps.textfit import output_width
@@ -231,8 +231,8 @@ def _dashboard(args) -> int:
 
 
 def _data_report(args) -> int:
-    from kdsweep.distill.data_report import data_report, format_data_report
-    from kdsweep.distill.numbers import dumps
+    from kdsweep.distill.files.numbers import dumps
+    from kdsweep.distill.run.data_report import data_report, format_data_report
 
     report = data_report(args.data, identity=args.identity, coverage=args.coverage, column=args.column,
                          teacher_train=args.teacher_train)
@@ -241,7 +241,7 @@ def _data_report(args) -> int:
 
 
 def _cache_build(args) -> int:
-    from kdsweep.distill.teacher_cache import build_teacher_cache
+    from kdsweep.distill.teacher.cache import build_teacher_cache
     from kdsweep.sweeps.cache import check_cache_dir, plan_space_cache
     from kdsweep.sweeps.layout import storage_root
     from kdsweep.sweeps.preflight import check_inputs_of_space
@@ -265,7 +265,7 @@ def _cache_build_hint(args) -> str:
 
 
 def _estimate(args) -> int:
-    from kdsweep.distill.numbers import dumps
+    from kdsweep.distill.files.numbers import dumps
     from kdsweep.sweeps.estimate import estimate, format_estimate
     from kdsweep.sweeps.space import load_space
 

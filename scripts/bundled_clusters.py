@@ -2,14 +2,14 @@
 
     .venv/bin/python scripts/bundled_clusters.py
 
-Needs `mmseqs` on PATH. The output is byte-reproducible: tests/distill/test_homology.py
+Needs `mmseqs` on PATH. The output is byte-reproducible: tests/distill/data/test_homology.py
 re-runs MMseqs2 and checks the shipped file against it.
 """
 
-from kdsweep.distill.data import BUNDLED_DATA
-from kdsweep.distill.homology import BUNDLED_CLUSTERS, run_mmseqs, write_assignment
-from kdsweep.distill.sequences import read_sequences
-from kdsweep.distill.splits import SplitSpec
+from kdsweep.distill.data.batches import BUNDLED_DATA
+from kdsweep.distill.data.homology import BUNDLED_CLUSTERS, run_mmseqs, write_assignment
+from kdsweep.distill.data.sequences import read_sequences
+from kdsweep.distill.data.splits import SplitSpec
 
 if __name__ == "__main__":
     spec = SplitSpec()

@@ -2,7 +2,7 @@
 
 Every trial of a space reads the same pool of train blocks (its `train:` budget is not
 searched) and scores the same held-out proteins, so one cache serves every scale, arm,
-trial and replicate (distill/teacher_cache.py). `sweep run`, `sweep resume` and `sweep
+trial and replicate (distill/teacher/cache.py). `sweep run`, `sweep resume` and `sweep
 replicate` call `ensure_teacher_cache` once Ray is up and before any trial: it plans the
 cache in a Ray task (data and teacher config only), checks a complete one against its key,
 builds it if absent in a Ray task that reserves the teacher's resources (so on a cluster it
@@ -30,11 +30,11 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from kdsweep.distill.config import TrainConfig
-from kdsweep.distill.diskfull import full_disk_in
-from kdsweep.distill.digests import bytes_hashed
 from kdsweep.distill.errors import KDSweepError
+from kdsweep.distill.files.digests import bytes_hashed
+from kdsweep.distill.files.diskfull import full_disk_in
 from kdsweep.distill.inputs import check_writable_dir
-from kdsweep.distill.teacher_cache import (CachePlan, TeacherCache, build_teacher_cache, heldout_donor, is_complete,
+from kdsweep.distill.teacher.cache import (CachePlan, TeacherCache, build_teacher_cache, heldout_donor, is_complete,
                                    plan_teacher_cache)
 from kdsweep.sweeps.console import BuildProgress
 from kdsweep.sweeps.layout import SweepDir
@@ -170,7 +170,7 @@ def trial_nodes(space: SearchSpace) -> list[str]:
 
 def verify_on_nodes(space: SearchSpace, path: str, log: Callable[[str], None] = print) -> None:
     """Verify the cache once on every node that can run a trial, one Ray task per node, before any
-    trial starts: a trial then hashes nothing (distill/digests.py). The tasks reserve no CPU (they
+    trial starts: a trial then hashes nothing (distill/files/digests.py). The tasks reserve no CPU (they
     must run even beside another sweep's trials). A node that joins later (an autoscaled GPU node)
     verifies each file at its first trial's first read of it, once for the node."""
     nodes = trial_nodes(space)

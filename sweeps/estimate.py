@@ -2,7 +2,7 @@
 
 Per scale (every arm of a scale costs the same to within its loss options):
 
-* trials = arms x `search.trials_per_study`; steps per trial T = `distill.train.total_steps`
+* trials = arms x `search.trials_per_study`; steps per trial T = `distill.run.train.total_steps`
   (from `max_tokens` or `max_steps`); tokens per trial = T x batch_size x block_size;
 * trial-steps after ASHA: `sweeps.asha_model` (the expected steps of a study's trials under
   Ray's ASHA rule; its assumptions are stated there), or every trial's full T with
@@ -10,7 +10,7 @@ Per scale (every arm of a scale costs the same to within its loss options):
 * tokens/s of a training step, split in two because a teacher cache removes one part:
   the student's step with the teacher's hidden states given (``s``) and the teacher's
   forward (``t``); a live-teacher step runs at ``1 / (1/s + 1/t)``. Both come from a short
-  probe on this device (`distill.probe`: the models built from their configs with random
+  probe on this device (`distill.run.probe`: the models built from their configs with random
   weights, no download, random tokens, a trial's CPU threads), or from a figure the user
   passes (`--tokens-per-s`, the live step's tokens/s), split by FLOPs: the teacher's share
   of a live step is 2 N_t / (2 N_t + 6 N_s) (N = parameters that multiply every token);
@@ -25,12 +25,12 @@ Per scale (every arm of a scale costs the same to within its loss options):
   workers (constants measured by benchmarks/trial_overhead.py); per report, the validation
   and one checkpoint (weights + AdamW moments, 12 bytes a parameter) at the write speed of
   the sweep storage, timed now. Verifying the teacher cache is once per sweep and node at
-  this machine's SHA-256 speed, timed now (trials then hash nothing: distill/digests.py);
+  this machine's SHA-256 speed, timed now (trials then hash nothing: distill/files/digests.py);
   once per sweep also Ray's start and the driver's imports;
 * teacher cache: the blocks a trial reads (every trial of a sweep reads the same blocks in the
   same order: they share the data seed), so min(T x batch_size, train blocks) x block_size
   tokens, and every val/test protein's tokens, each d_t values in `cache.dtype` (+ fp32
-  entropies and head: `distill.teacher_cache.cache_sizes`, what a build writes); built once
+  entropies and head: `distill.teacher.cache.cache_sizes`, what a build writes); built once
   at the teacher's forward tokens/s.
 
 Device-hours are hours of the probed device as one trial uses it: one whole GPU, or on a CPU
@@ -52,11 +52,12 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from kdsweep.distill.block_order import pool_size
 from kdsweep.distill.config import TrainConfig
-from kdsweep.distill.data import prepare_data
+from kdsweep.distill.data.batches import prepare_data
+from kdsweep.distill.data.block_order import pool_size
+from kdsweep.distill.data.splits import SplitSpec
 from kdsweep.distill.errors import ConfigError
-from kdsweep.distill.loss import KDOptions
+from kdsweep.distill.loss.kd import KDOptions
 from kdsweep.distill.models import (
     PROTGPT2_TOKENIZER_DIR,
     build_student,
@@ -65,13 +66,12 @@ from kdsweep.distill.models import (
     resolve_teacher,
     student_sizes,
 )
-from kdsweep.distill.probe import HeldTeacher, forward_flops_per_token, random_tokens, train_flops_per_token
+from kdsweep.distill.run.probe import HeldTeacher, forward_flops_per_token, random_tokens, train_flops_per_token
+from kdsweep.distill.run.step import LossSettings, Stepper
+from kdsweep.distill.run.train import total_steps
 from kdsweep.distill.runtime import resolve_runtime
-from kdsweep.distill.splits import SplitSpec
-from kdsweep.distill.step import LossSettings, Stepper
-from kdsweep.distill.teacher_cache import cache_sizes, heldout_tokens
-from kdsweep.distill.teacher_source import LiveTeacher
-from kdsweep.distill.train import total_steps
+from kdsweep.distill.teacher.cache import cache_sizes, heldout_tokens
+from kdsweep.distill.teacher.source import LiveTeacher
 from kdsweep.sweeps.asha_model import AshaExpectation, expected_asha_steps, report_steps, without_early_stopping
 from kdsweep.sweeps.layout import storage_root
 from kdsweep.sweeps.space import SearchSpace, reuses_processes
@@ -88,7 +88,7 @@ EXECUTOR_EXTRA_S = {"local": 0.0, "ray_train": 10.0}
 # Once per sweep: an embedded Ray's start and Tune's set-up (the same benchmark).
 RAY_START_S = 10.0
 # The import a trial's fresh worker process pays before it trains (timed in a subprocess).
-TRIAL_IMPORTS = "import sweeps.trial, distill.train"
+TRIAL_IMPORTS = "import kdsweep.sweeps.trial, kdsweep.distill.run.train"
 # Bytes of a checkpoint per student parameter: fp32 weights and AdamW's two fp32 moments.
 CHECKPOINT_BYTES_PER_PARAM = 12
 # Bytes hashed and written to time SHA-256 and the storage's write speed.

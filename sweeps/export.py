@@ -27,12 +27,12 @@ from pathlib import Path
 
 import yaml
 
-from kdsweep.distill.atomic import put_in_place, temp_path
 from kdsweep.distill.config import FIELDS, TrainConfig, dump_config, load_config
-from kdsweep.distill.data import file_sha256, resolve_data_path
+from kdsweep.distill.data.batches import file_sha256, resolve_data_path
 from kdsweep.distill.errors import ConfigError
+from kdsweep.distill.files.atomic import put_in_place, temp_path
 from kdsweep.distill.inputs import check_writable_file
-from kdsweep.distill.rundir import (COMPLETED, CONFIG_NAME, STUDENT_DIR, RunResult, finished_run, make_readable,
+from kdsweep.distill.run.rundir import (COMPLETED, CONFIG_NAME, STUDENT_DIR, RunResult, finished_run, make_readable,
                                     read_log)
 from kdsweep.sweeps.layout import SweepDir, config_file_name, git_commit, parse_replicate_name, student_folder_name
 from kdsweep.sweeps.study import ATTR_STEP, ATTR_TRIAL, best_trial, study_trials

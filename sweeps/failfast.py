@@ -27,8 +27,8 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from kdsweep.distill.diskfull import DiskFull
 from kdsweep.distill.errors import KDSweepError
+from kdsweep.distill.files.diskfull import DiskFull
 
 FIRST_ATTEMPTS = 3
 # "[Errno 28] No space left on device: '/path'" (ENOSPC; 122 is EDQUOT), kdsweep's own wording, SQLite's.

@@ -9,7 +9,7 @@
     mlflow.db               MLflow runs (`tracking.tracker: mlflow` without a tracking URI), and
     mlflow-artifacts/       the artifact folder MLflow records for them
     wandb/                  W&B run files (`tracking.tracker: wandb`; offline runs stay here)
-    runs/<trial>/           kdsweep's own run folder per search trial (see distill/rundir.py)
+    runs/<trial>/           kdsweep's own run folder per search trial (see distill/run/rundir.py)
     replicates/<scale>__<arm>[.r<r>][.no-<enhancement>...]__seed<k>/   the replicate runs of `sweep
                             replicate`: search replicate r > 0, and the matched ablations
     train/                  Ray Train run storage (ray_train executor only)
@@ -34,9 +34,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import NamedTuple
 
-from kdsweep.distill.atomic import write_atomic
 from kdsweep.distill.errors import ConfigError, shown
-from kdsweep.distill.numbers import dumps
+from kdsweep.distill.files.atomic import write_atomic
+from kdsweep.distill.files.numbers import dumps
 
 DEFAULT_STORAGE = "kdsweep_runs"
 SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")

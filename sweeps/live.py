@@ -3,7 +3,7 @@
 At every Tune event it turns Tune's trials into a `sweeps.progress.Progress` and hands
 it to a renderer (`sweeps.console`): an in-place view when stdout is a terminal, one
 line per ended trial plus periodic summaries otherwise. A trial's state is the
-`sweeps.study` vocabulary, derived from its last result (`distill.rundir.TrainReport.ended_as`)
+`sweeps.study` vocabulary, derived from its last result (`distill.run.rundir.TrainReport.ended_as`)
 and Tune's status, never Tune's raw TERMINATED (which covers completed and stopped
 early alike); a trial Tune created but has not started yet is `starting`.
 
@@ -26,7 +26,7 @@ from typing import TextIO
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from kdsweep.distill.rundir import TrainReport
+from kdsweep.distill.run.rundir import TrainReport
 from kdsweep.sweeps.console import LineRenderer, LiveRenderer, is_interactive
 from kdsweep.sweeps.progress import STARTING, EarlyStopping, Progress, TrialRow
 from kdsweep.sweeps.study import ENDED_STATES, FAILED, RUNNING

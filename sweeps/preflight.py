@@ -23,10 +23,10 @@ import json
 from pathlib import Path
 from typing import Callable
 
+from kdsweep.distill.data.exposure import check_teacher_train_data
 from kdsweep.distill.errors import ConfigError
-from kdsweep.distill.exposure import check_teacher_train_data
 from kdsweep.distill.inputs import check_inputs, check_writable_dir
-from kdsweep.distill.train import accumulation_steps, total_steps
+from kdsweep.distill.run.train import accumulation_steps, total_steps
 from kdsweep.sweeps.cache import check_cache_dir
 from kdsweep.sweeps.space import Dist, SearchSpace, Study
 from kdsweep.sweeps.trial import trial_bundles

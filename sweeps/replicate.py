@@ -27,7 +27,7 @@ import time
 from ray import tune
 
 from kdsweep.distill.errors import ConfigError
-from kdsweep.distill.rundir import DIVERGED, finished_run
+from kdsweep.distill.run.rundir import DIVERGED, finished_run
 from kdsweep.sweeps.cache import ensure_teacher_cache, record_teacher_cache
 from kdsweep.sweeps.callbacks import tune_callbacks
 from kdsweep.sweeps.layout import SweepDir
@@ -60,7 +60,7 @@ def replicate_specs(sd: SweepDir, seeds: int, ablations: bool = True) -> tuple[o
 
 
 def is_finished(sd: SweepDir, spec: dict, space) -> bool:
-    """Ended for good: diverged, or completed with its test metrics (`distill.rundir.finished_run`)."""
+    """Ended for good: diverged, or completed with its test metrics (`distill.run.rundir.finished_run`)."""
     study = space.study(spec["study"])
     done = finished_run(sd.replicate_dir(study.scale, study.arm, spec["replicate_seed"], study.search_replicate,
                                          tuple(spec["off"])))

@@ -21,14 +21,14 @@ import ray
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
-from kdsweep.distill.checkpoint import drop_resume_state
 from kdsweep.distill.config import config_from_dict
-from kdsweep.distill.data import precluster
-from kdsweep.distill.diskfull import full_disk_named
+from kdsweep.distill.data.batches import precluster
+from kdsweep.distill.data.splits import SplitSpec
 from kdsweep.distill.errors import ConfigError
-from kdsweep.distill.rundir import CHECKPOINTS_DIR, STOPPED_EARLY, finished_run
-from kdsweep.distill.splits import SplitSpec
-from kdsweep.distill.train import total_steps
+from kdsweep.distill.files.diskfull import full_disk_named
+from kdsweep.distill.run.checkpoint import drop_resume_state
+from kdsweep.distill.run.rundir import CHECKPOINTS_DIR, STOPPED_EARLY, finished_run
+from kdsweep.distill.run.train import total_steps
 from kdsweep.sweeps.cache import cache_root, ensure_teacher_cache, record_teacher_cache
 from kdsweep.sweeps.callbacks import tracker_callbacks, tune_callbacks
 from kdsweep.sweeps.environment import configure
@@ -196,7 +196,7 @@ def _joins_cluster(address: str | None) -> bool:
 
 def _precluster(space: SearchSpace) -> None:
     """Cluster the sweep's data before Ray starts: a missing mmseqs stops the sweep here, not in
-    every trial, and the trials read the clusters from the cache (distill.data.precluster)."""
+    every trial, and the trials read the clusters from the cache (distill.data.batches.precluster)."""
     cfg = config_from_dict({**space.train, "data": space.data}, source=space.source or "search space")
     precluster(space.data, column=cfg.sequence_column, split=SplitSpec.from_config(cfg))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
-from kdsweep.distill.rundir import COMPLETED, DIVERGED, TrainReport
+from kdsweep.distill.run.rundir import COMPLETED, DIVERGED, TrainReport
 from kdsweep.sweeps.study import METRIC, MODE
 
 TIME_ATTR = "step"

@@ -40,9 +40,9 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from kdsweep.distill.checkpoint import drop_resume_state
-from kdsweep.distill.numbers import dumps, number
-from kdsweep.distill.rundir import (
+from kdsweep.distill.files.numbers import dumps, number
+from kdsweep.distill.run.checkpoint import drop_resume_state
+from kdsweep.distill.run.rundir import (
     CHECKPOINTS_DIR,
     COMPLETED,
     DIVERGED,

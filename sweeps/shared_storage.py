@@ -29,8 +29,8 @@ import ray
 from ray.tune import Callback, Stopper
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from kdsweep.distill.atomic import write_atomic
 from kdsweep.distill.errors import ConfigError, KDSweepError
+from kdsweep.distill.files.atomic import write_atomic
 
 SENTINEL_PREFIX = ".kdsweep-node-check-"
 ANSWER_TIMEOUT_S = 120.0

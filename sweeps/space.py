@@ -21,13 +21,13 @@ from typing import Any
 
 import yaml
 
-from kdsweep.distill.atomic import write_atomic
 from kdsweep.distill.config import FIELDS as TRAIN_FIELDS
 from kdsweep.distill.config import SEED_LIMIT, TrainConfig, config_from_dict, did_you_mean, read_yaml_mapping, shown_key
 from kdsweep.distill.errors import ConfigError, shown
+from kdsweep.distill.files.atomic import write_atomic
+from kdsweep.distill.files.numbers import parse_number
 from kdsweep.distill.models import load_scales, looks_like_path
-from kdsweep.distill.numbers import parse_number
-from kdsweep.distill.teacher_cache import STORAGE_DTYPES
+from kdsweep.distill.teacher.cache import STORAGE_DTYPES
 from kdsweep.sweeps.layout import check_sweep_name
 from kdsweep.sweeps.storage import storage_url_problem
 
@@ -91,7 +91,7 @@ NO_TRACKER = "none"  # `--tracker none`: off, whatever the space says
 # mlflow_uri null: $MLFLOW_TRACKING_URI, else the sweep's own mlflow.db (sweeps/trackers.py).
 # log_student: also store each completed trial's student (its weights) with the tracker's run.
 TRACKING_DEFAULTS = {"tracker": None, "mlflow_uri": None, "wandb_project": "kdsweep", "log_student": False}
-# The teacher cache (distill/teacher_cache.py, sweeps/cache.py): on by default. dir null = a
+# The teacher cache (distill/teacher/cache.py, sweeps/cache.py): on by default. dir null = a
 # `teacher_cache/` folder beside the sweeps in the storage root; gpus null = one GPU if trials use GPUs.
 CACHE_DEFAULTS = {"enabled": True, "dtype": "fp32", "dir": None, "gpus": None}
 # Keys the sweep itself sets per trial: not allowed under `train:`.
@@ -165,7 +165,7 @@ class SearchSpace:
     resources: dict[str, Any]
     cache: dict[str, Any] = field(default_factory=lambda: dict(CACHE_DEFAULTS))
     tracking: dict[str, Any] = field(default_factory=lambda: dict(TRACKING_DEFAULTS))
-    teacher_train_data: str | None = None  # distill/exposure.py: what the teacher trained on, if known
+    teacher_train_data: str | None = None  # distill/data/exposure.py: what the teacher trained on, if known
     source: str = ""
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 

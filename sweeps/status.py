@@ -19,7 +19,7 @@ from pathlib import Path
 from optuna.trial import TrialState
 
 from kdsweep.distill.errors import KDSweepError
-from kdsweep.distill.rundir import RESTARTED, read_log
+from kdsweep.distill.run.rundir import RESTARTED, read_log
 from kdsweep.sweeps.layout import SweepDir, sweep_names
 from kdsweep.sweeps.study import (
     ATTR_STEP,

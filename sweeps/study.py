@@ -28,7 +28,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import FrozenTrial, TrialState
 
 from kdsweep.distill.errors import ConfigError
-from kdsweep.distill.rundir import COMPLETED, DIVERGED, STOPPED_EARLY
+from kdsweep.distill.run.rundir import COMPLETED, DIVERGED, STOPPED_EARLY
 from kdsweep.sweeps.layout import SweepDir
 from kdsweep.sweeps.space import Dist, SearchSpace, load_space
 from kdsweep.sweeps.storage import display, open_storage

@@ -23,14 +23,14 @@ import math
 import os
 from pathlib import Path
 
-from kdsweep.distill.rundir import CONFIG_NAME, LOG_NAME, STUDENT_DIR, SUMMARY_NAME, TrainReport
+from kdsweep.distill.run.rundir import CONFIG_NAME, LOG_NAME, STUDENT_DIR, SUMMARY_NAME, TrainReport
 from kdsweep.sweeps.layout import SweepDir
 from kdsweep.sweeps.study import COMPLETED, DIVERGED, FAILED
 
-# The metrics of a training row (distill/train.py) drawn as curves.
+# The metrics of a training row (distill/run/train.py) drawn as curves.
 CURVES = ("val_ppl", "val_nll_per_residue", "val_ece", "val_accuracy", "train_loss", "train_hard", "train_soft",
           "grad_norm", "lr", "tokens_per_s", "tokens",
-          # what the run paid besides its steps (distill.train.RunCosts)
+          # what the run paid besides its steps (distill.run.train.RunCosts)
           "first_step_s", "steady_tokens_per_s", "bytes_hashed", "cache_bytes_read")
 # The rest of a training row: the x-axis, the running minimum of val_ppl, end-of-run markers.
 NOT_CURVES = ("step", "best_val_ppl", "best_step", "done_training")

@@ -11,7 +11,7 @@
 Either way the trial's run folder is `<sweep>/runs/<trial id>` (config,
 complete JSONL history, metrics.json, checkpoints), stable across retries and
 restores. Trials report metrics only: the run's own checkpoint (written once,
-distill/checkpoint.py) is what a restarted trial resumes from, so Ray never
+distill/run/checkpoint.py) is what a restarted trial resumes from, so Ray never
 copies one (a second copy of model + AdamW state per report, and its upload time).
 """
 
@@ -25,8 +25,8 @@ import ray.train
 import ray.tune
 
 from kdsweep.distill.config import TrainConfig, config_from_dict
-from kdsweep.distill.rundir import RunLog, finished_run
-from kdsweep.distill.train import run_training
+from kdsweep.distill.run.rundir import RunLog, finished_run
+from kdsweep.distill.run.train import run_training
 from kdsweep.sweeps.environment import configure
 from kdsweep.sweeps.layout import SweepDir
 from kdsweep.sweeps.shared_storage import StorageCheck, check_this_node

@@ -35,8 +35,8 @@ def small_fasta(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def bundled_proteins() -> list[str]:
     """The 18,801 unique proteins of the bundled UniProt sample."""
-    from kdsweep.distill.data import BUNDLED_DATA
-    from kdsweep.distill.sequences import read_sequences
+    from kdsweep.distill.data.batches import BUNDLED_DATA
+    from kdsweep.distill.data.sequences import read_sequences
 
     return read_sequences(BUNDLED_DATA).sequences
 
@@ -53,7 +53,7 @@ def no_mmseqs(monkeypatch, tmp_path):
     empty = tmp_path / "empty-path"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
-    monkeypatch.setattr("kdsweep.distill.homology.bundled_mmseqs", lambda: None)
+    monkeypatch.setattr("kdsweep.distill.data.homology.bundled_mmseqs", lambda: None)
 
 
 @pytest.fixture(scope="session")

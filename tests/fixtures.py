@@ -16,12 +16,12 @@ import pytest
 import yaml
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from kdsweep.distill.checkpoint import latest_checkpoint
 from kdsweep.distill.config import TrainConfig
-from kdsweep.distill.data import write_bundled_subset
-from kdsweep.distill.rundir import CHECKPOINTS_DIR, eval_rows, read_log
-from kdsweep.distill.demo_teacher import build_aa_tokenizer
-from kdsweep.distill.homology import bundled_mmseqs
+from kdsweep.distill.data.batches import write_bundled_subset
+from kdsweep.distill.data.homology import bundled_mmseqs
+from kdsweep.distill.run.checkpoint import latest_checkpoint
+from kdsweep.distill.run.rundir import CHECKPOINTS_DIR, eval_rows, read_log
+from kdsweep.distill.teacher.demo import build_aa_tokenizer
 from kdsweep.sweeps.layout import SweepDir, SweepMeta
 from kdsweep.sweeps.space import SEARCH_SPACES_DIR
 from kdsweep.sweeps.study import ATTR_STATUS, ATTR_TRIAL, open_study
@@ -42,7 +42,7 @@ def homolog_families(bundled: list[str], n_families: int, min_size: int = 3, max
     `min_size` members of at most `max_len` residues: a small real set full of homologs. Families are
     taken in the order of their representative's sequence, which is unrelated to the split hash (the
     order of representative ids is not: an id is the same SHA-256 that decides the split)."""
-    from kdsweep.distill.homology import BUNDLED_CLUSTERS, read_assignment, sequence_id
+    from kdsweep.distill.data.homology import BUNDLED_CLUSTERS, read_assignment, sequence_id
 
     by_id = {sequence_id(s): s for s in bundled if len(s) <= max_len}
     members: dict[str, list[str]] = {}

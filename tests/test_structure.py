@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -122,6 +123,26 @@ def test_no_module_imports_the_old_top_level_names():
     assert bad == []
 
 
+OLD_NAME_IN_CODE = re.compile(r"(?:^|[;\n]\s*)(?:import|from)\s+(?:distill|sweeps|analysis)\b")
+
+
+def test_no_code_string_imports_the_old_top_level_names():
+    """Code run from a string (`python -c`, a timed import) must import `kdsweep.*` too: a bare `distill`
+    resolves only with the repository as the working directory, a bare `sweeps` to PyPI's package."""
+    assert OLD_NAME_IN_CODE.search("import sweeps.trial, distill.train") and \
+        OLD_NAME_IN_CODE.search("x = 1; from distill.splits import f") and \
+        not OLD_NAME_IN_CODE.search("import kdsweep.sweeps.trial") and not OLD_NAME_IN_CODE.search("the sweeps")
+    bad = []
+    for folder in FOLDERS + ("tests", "benchmarks"):
+        for f in (ROOT / folder).rglob("*.py"):
+            if f == Path(__file__).resolve():  # its own examples above
+                continue
+            for node in ast.walk(ast.parse(f.read_text())):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) and OLD_NAME_IN_CODE.search(node.value):
+                    bad.append(f"{f.relative_to(ROOT)}:{node.lineno}: {node.value[:80]!r}")
+    assert bad == []
+
+
 def test_layers_import_downwards_only():
     bad = []
     for mod, names in module_imports().items():
@@ -129,6 +150,39 @@ def test_layers_import_downwards_only():
         for n in names:
             if layer(n) in FORBIDDEN.get(top, ()):
                 bad.append(f"{mod} imports {n}")
+    assert bad == []
+
+
+# distill's parts, lowest first (docs/layout.md): each imports only itself and the parts before it.
+DISTILL_PARTS = ("errors", "files", "runtime", "seeding", "optim", "models", "data", "config", "inputs",
+                 "loss", "eval", "teacher", "run")
+
+
+def distill_part(module: str) -> str | None:
+    """kdsweep.distill.data.splits -> 'data'; kdsweep.distill.config -> 'config'; the package itself and
+    anything outside distill -> None."""
+    parts = module.split(".")
+    return parts[2] if parts[:2] == ["kdsweep", "distill"] and len(parts) > 2 else None
+
+
+def test_distill_part_names():
+    assert [distill_part(m) for m in ("kdsweep.distill.data.splits", "kdsweep.distill.config", "kdsweep.distill",
+                                      "kdsweep.sweeps.cache", "torch")] == ["data", "config", None, None, None]
+
+
+def test_distill_parts_import_downwards_only():
+    graph = internal_graph(module_imports())
+    found = {distill_part(m) for m in graph} - {None}
+    assert found == set(DISTILL_PARTS), \
+        f"distill's parts changed: add {sorted(found - set(DISTILL_PARTS))} to DISTILL_PARTS and docs/layout.md"
+    bad = []
+    for mod, edges in graph.items():
+        if (mine := distill_part(mod)) is None:
+            continue
+        for other in edges:
+            theirs = distill_part(other)
+            if theirs is not None and DISTILL_PARTS.index(theirs) > DISTILL_PARTS.index(mine):
+                bad.append(f"{mod} ({mine}) imports {other} ({theirs})")
     assert bad == []
 
 
@@ -163,9 +217,9 @@ def test_a_moved_sweep_folder_reads_its_own_database(tmp_path):
     assert [t.value for t in trials] == [19.5, None]
 
 
-# The keys of a training report row that say how its run stands: only `TrainReport` (distill/rundir.py) reads them.
+# The keys of a training report row that say how its run stands: only `TrainReport` (distill/run/rundir.py) reads them.
 REPORT_STATE_KEYS = ("done_training", "diverged")
-REPORT_MODULE = ROOT / "distill" / "rundir.py"
+REPORT_MODULE = ROOT / "distill" / "run" / "rundir.py"
 
 
 def state_key_reads(source: str) -> list[int]:
@@ -194,7 +248,7 @@ def test_the_state_key_finder_finds_each_way_of_reading_a_key():
 
 
 def test_only_train_report_reads_a_report_rows_state():
-    from kdsweep.distill.rundir import TrainReport
+    from kdsweep.distill.run.rundir import TrainReport
 
     assert set(REPORT_STATE_KEYS) <= set(TrainReport.__dataclass_fields__)
     assert state_key_reads(REPORT_MODULE.read_text()) != []  # it is the one that does

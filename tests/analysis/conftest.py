@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdsweep.distill.exposure import split_of
-from kdsweep.distill.splits import SplitSpec
+from kdsweep.distill.data.exposure import split_of
+from kdsweep.distill.data.splits import SplitSpec
 from kdsweep.sweeps.layout import SweepDir
 from tests.fixtures import ray_subprocess_env, write_real_fasta
 

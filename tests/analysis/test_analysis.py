@@ -28,8 +28,8 @@ from kdsweep.analysis.plots import aggregate_bins
 from kdsweep.analysis.report import analyze
 from kdsweep.analysis.select import ON_REPLICATES, ON_SEARCH
 from kdsweep.analysis.stats import holm
-from kdsweep.distill.rundir import read_log
 from kdsweep.cli import main
+from kdsweep.distill.run.rundir import read_log
 from kdsweep.sweeps.layout import config_file_name, parse_replicate_name, replicate_name
 from kdsweep.sweeps.space import load_space
 from kdsweep.sweeps.study import open_study

@@ -15,9 +15,9 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from benchmarks.memory import MB, PeakExtra
 from benchmarks.step_meter import StepMeter
 from benchmarks.study_trainer import FixedBatch, StepClock, StudyTrainer, study_arguments, study_loss
-from kdsweep.distill.loss_reference import ARMS, reference_kd_loss
+from kdsweep.distill.loss.reference import ARMS, reference_kd_loss
 from kdsweep.distill.models import PROTGPT2_TOKENIZER_DIR, load_tokenizer
-from kdsweep.distill.phases import PHASES, PhaseTimer
+from kdsweep.distill.run.phases import PHASES, PhaseTimer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -91,7 +91,7 @@ def test_flop_bound_of_the_cache_at_protgpt2s_shape():
     """The issue's figures (NOTES-perf.md): study / cached at ProtGPT2's 36 x 1280 teacher, L = 512, micro 7.5x,
     tiny 5.1x; the live teacher does the study's matmuls (bound 1.0). Models on the meta device: counts only."""
     from kdsweep.distill.models import student_config, student_sizes
-    from kdsweep.distill.probe import step_flops_per_token
+    from kdsweep.distill.run.probe import step_flops_per_token
 
     config = GPT2Config.from_pretrained(PROTGPT2_TOKENIZER_DIR)
     with torch.device("meta"):

@@ -1,8 +1,8 @@
 import pytest
 
 from kdsweep.distill.config import TrainConfig, config_from_dict, load_config, parse_overrides
+from kdsweep.distill.data.splits import SplitSpec
 from kdsweep.distill.errors import ConfigError
-from kdsweep.distill.splits import SplitSpec
 
 
 def test_defaults_validate_and_round_trip(tmp_path):

@@ -2,11 +2,11 @@ import pytest
 from transformers import GPT2Config
 
 from kdsweep.distill.errors import ModelError
+from kdsweep.distill.eval.metrics import count_params
 from kdsweep.distill.models import (
     build_student, check_vocab, load_scales, load_teacher, load_tokenizer, student_sizes,
 )
-from kdsweep.distill.metrics import count_params
-from kdsweep.distill.demo_teacher import build_aa_tokenizer
+from kdsweep.distill.teacher.demo import build_aa_tokenizer
 
 
 PROTGPT2 = GPT2Config(vocab_size=50257, n_positions=1024, bos_token_id=0, eos_token_id=0)

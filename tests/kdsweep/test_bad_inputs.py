@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdsweep.distill.config import dump_config, load_config
-from kdsweep.distill.teacher_cache import BuildInterrupted, build_teacher_cache, plan_teacher_cache
 from kdsweep.cli import main
+from kdsweep.distill.config import dump_config, load_config
+from kdsweep.distill.teacher.cache import BuildInterrupted, build_teacher_cache, plan_teacher_cache
 from kdsweep.sweeps.cache import cache_train_config, plan_space_cache
 from kdsweep.sweeps.space import load_space
 from tests.fixtures import ray_subprocess_env, write_finished_sweep

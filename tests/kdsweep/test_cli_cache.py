@@ -3,8 +3,8 @@ input: tests/kdsweep/test_bad_inputs.py)."""
 
 import yaml
 
-from kdsweep.distill.teacher_cache import MANIFEST, read_manifest
 from kdsweep.cli import main
+from kdsweep.distill.teacher.cache import MANIFEST, read_manifest
 from kdsweep.sweeps.space import SEARCH_SPACES_DIR
 
 

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from kdsweep.distill.data_report import data_report, format_data_report
 from kdsweep.cli import main
+from kdsweep.distill.run.data_report import data_report, format_data_report
 from tests.fixtures import requires_mmseqs
 
 
@@ -61,8 +61,8 @@ def test_report_of_user_data_as_a_table(homolog_fasta, capsys):
 def test_teacher_exposure_from_sequences_or_ids(homolog_fasta, tmp_path, capsys):
     """A teacher that trained on the hash split's train set plus 3 of its test proteins; the same
     teacher given as an ID list is matched on the FASTA headers (exact matches only)."""
-    from kdsweep.distill.data import read_proteins, split_proteins
-    from kdsweep.distill.splits import SplitSpec
+    from kdsweep.distill.data.batches import read_proteins, split_proteins
+    from kdsweep.distill.data.splits import SplitSpec
 
     seqs = read_proteins(homolog_fasta, "sequence", None).sequences
     split = split_proteins(seqs, SplitSpec("hash"))[0]

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from kdsweep.distill.checkpoint import list_checkpoints
-from kdsweep.distill.rundir import CHECKPOINTS_DIR, eval_rows, read_log
 from kdsweep.cli import main
+from kdsweep.distill.run.checkpoint import list_checkpoints
+from kdsweep.distill.run.rundir import CHECKPOINTS_DIR, eval_rows, read_log
 from tests.fixtures import on_small_disk
 
 # hash split: these runs are about faults, not homology, so they need no `mmseqs`

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from kdsweep.distill.errors import ConfigError
-from kdsweep.distill.teacher_cache import plan_teacher_cache
+from kdsweep.distill.teacher.cache import plan_teacher_cache
 from kdsweep.sweeps.cache import build_resources, cache_root, check_cache_dir, plan_space_cache
 from kdsweep.sweeps.space import load_space
 from tests.fixtures import write_small_space

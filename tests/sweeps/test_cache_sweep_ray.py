@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from kdsweep.distill.rundir import eval_rows
-from kdsweep.distill.teacher_cache import read_manifest
+from kdsweep.distill.run.rundir import eval_rows
+from kdsweep.distill.teacher.cache import read_manifest
 from kdsweep.sweeps.layout import SweepDir
 from kdsweep.sweeps.study import ATTR_TRIAL, open_study
 from tests.fixtures import ray_subprocess_env, run_kdsweep, start_row, write_small_space

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from kdsweep.distill.rundir import is_eval_row, read_log
+from kdsweep.distill.run.rundir import is_eval_row, read_log
 from kdsweep.sweeps.layout import SweepDir
 from kdsweep.sweeps.study import ATTR_STATUS, ATTR_TRIAL, ORPHANED, open_study
 from kdsweep.sweeps.trial import NODE_EVENT

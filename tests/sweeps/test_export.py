@@ -14,7 +14,7 @@ import yaml
 
 from kdsweep.cli import main
 from kdsweep.distill.config import FIELDS, load_config
-from kdsweep.distill.train import run_training
+from kdsweep.distill.run.train import run_training
 from kdsweep.sweeps.export import TEST_ONLY_KEYS
 from kdsweep.sweeps.layout import SweepDir
 from tests.fixtures import tiny_config, write_finished_sweep
@@ -71,7 +71,7 @@ def test_students_load_with_from_pretrained_and_say_where_they_came_from(trained
 
     sd = trained_sweep
     saved = sd.run_dir("t1") / "student"
-    assert set(_modes(saved).values()) == {0o644, 0o755}  # the run's own student (distill.rundir.save_student)
+    assert set(_modes(saved).values()) == {0o644, 0o755}  # the run's own student (distill.run.rundir.save_student)
     assert _modes(saved)["model.safetensors"] == 0o644 and _modes(saved)["student"] == 0o755
 
     assert export(sd, tmp_path / "out", "--students") == 0

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from kdsweep.distill.diskfull import DiskFull
+from kdsweep.distill.files.diskfull import DiskFull
 from kdsweep.sweeps.failfast import FailFast, TrialsFailing, full_disk, signature
 
 TRACE = "Failure # 1 (occurred at 2026-01-01_00-00-00)\nray::ImplicitFunc.train() (pid={pid}, ip=127.0.0.1)\n" \

@@ -21,7 +21,7 @@ import time
 import pytest
 from optuna.trial import TrialState
 
-from kdsweep.distill.rundir import read_log
+from kdsweep.distill.run.rundir import read_log
 from kdsweep.sweeps.layout import SweepDir
 from kdsweep.sweeps.study import ATTR_STATUS, ORPHANED, open_study
 from tests.fixtures import SMALL_SPACE, eval_steps, ray_processes, ray_subprocess_env, write_small_space

@@ -17,7 +17,7 @@ import time
 import psutil
 import pytest
 
-from kdsweep.distill.rundir import eval_rows
+from kdsweep.distill.run.rundir import eval_rows
 from kdsweep.sweeps.layout import SweepDir
 from kdsweep.sweeps.localray import is_loopback
 from tests.fixtures import SMALL_SPACE, ray_subprocess_env, write_small_space

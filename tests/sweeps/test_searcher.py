@@ -9,7 +9,7 @@ import yaml
 from optuna.trial import TrialState
 
 from kdsweep.distill.errors import ConfigError
-from kdsweep.distill.rundir import COMPLETED, RunResult, write_summary
+from kdsweep.distill.run.rundir import COMPLETED, RunResult, write_summary
 from kdsweep.sweeps.layout import SweepDir
 from kdsweep.sweeps.runner import run_sweep
 from kdsweep.sweeps.searcher import StudySearcher, reconcile_with_tune, startup_trials

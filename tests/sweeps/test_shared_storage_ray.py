@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from kdsweep.distill.rundir import read_log
+from kdsweep.distill.run.rundir import read_log
 from kdsweep.sweeps.layout import SweepDir
 from kdsweep.sweeps.trial import NODE_EVENT
 from tests.fixtures import local_cluster, write_small_space

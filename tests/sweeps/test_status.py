@@ -9,9 +9,9 @@ from dataclasses import replace
 import optuna
 import pytest
 
-from kdsweep.distill.errors import ConfigError
-from kdsweep.distill.rundir import RESTARTED, RunLog
 from kdsweep.cli import main
+from kdsweep.distill.errors import ConfigError
+from kdsweep.distill.run.rundir import RESTARTED, RunLog
 from kdsweep.sweeps.layout import SweepDir, open_sweep
 from kdsweep.sweeps.status import format_status, format_sweep_list, list_sweeps, sweep_status
 from kdsweep.sweeps.study import PENDING, TRIAL_STATES
@@ -96,7 +96,7 @@ def test_sweep_list_and_unknown_names(tmp_path, capsys):
 def test_a_trial_restarted_from_step_0_is_counted_as_such(tmp_path):
     sd = write_finished_sweep(tmp_path)
     assert sweep_status(sd)[0][RESTARTED] == 0
-    # t1 was handed a checkpoint that was not on disk (tests/distill/test_train.py writes this row for real)
+    # t1 was handed a checkpoint that was not on disk (tests/distill/run/test_train.py writes this row for real)
     RunLog(sd.run_dir("t1")).append({"event": RESTARTED, "step": 0, "lost_step": 8, "checkpoints": "/efs/x/runs/t1/checkpoints"})
     rows = sweep_status(sd)
     assert rows[0][RESTARTED] == 1

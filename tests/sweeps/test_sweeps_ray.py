@@ -19,12 +19,12 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from kdsweep.distill.rundir import read_log
-from kdsweep.distill.teacher_cache import read_manifest
 from kdsweep.cli import main
+from kdsweep.distill.run.rundir import read_log
+from kdsweep.distill.teacher.cache import read_manifest
 from kdsweep.sweeps.layout import SweepDir
-from kdsweep.sweeps.study import ATTR_STATUS, ORPHANED, open_study
 from kdsweep.sweeps.space import SEARCH_SPACES_DIR
+from kdsweep.sweeps.study import ATTR_STATUS, ORPHANED, open_study
 from kdsweep.sweeps.tracking import CURVES
 from tests.fixtures import (SMALL_SPACE, eval_steps, kill_ray_processes, ray_subprocess_env, resumable_runs,
                             run_kdsweep, start_row, write_small_space)

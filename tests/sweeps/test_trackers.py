@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdsweep.distill.rundir import eval_rows
+from kdsweep.distill.run.rundir import eval_rows
 from kdsweep.sweeps.layout import SweepDir
 from kdsweep.sweeps.space import load_space
 from kdsweep.sweeps.study import best_trial, open_study

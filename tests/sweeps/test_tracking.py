@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import math
 
-from kdsweep.distill.train import run_training
-from kdsweep.distill.rundir import CONFIG_NAME, LOG_NAME, STUDENT_DIR, SUMMARY_NAME
+from kdsweep.distill.run.rundir import CONFIG_NAME, LOG_NAME, STUDENT_DIR, SUMMARY_NAME
+from kdsweep.distill.run.train import run_training
 from kdsweep.sweeps.layout import SweepDir
 from kdsweep.sweeps.study import COMPLETED, DIVERGED, FAILED, STOPPED_EARLY
 from kdsweep.sweeps.tracking import (
