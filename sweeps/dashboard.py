@@ -5,8 +5,8 @@
   127.0.0.1 (one run per trial, `<scale>_<arm>_<n>_<trial id>`: filter by scale or arm);
 * the SSH port-forward line that opens both from another machine: to the head of the
   Ray cluster the sweep joined (`ray_address` in sweep.json), else a generic `user@head`;
-* for a sweep that joined a Ray cluster, its Ray dashboard: token auth is on by default in
-  Ray >= 2.59, so the page needs the token from `~/.ray/auth_token` (never turn auth off).
+* for a sweep that joined a Ray cluster, its Ray dashboard: on a cluster with token auth (`ray start`
+  turns it on where `~/.ray/auth_token` exists; docs/cluster.md) the page needs that token.
   A sweep on an embedded local Ray had no dashboard (kdsweep starts none): no such line.
 
 Quiet by default: the servers' access logs (a line per HTTP request) only with `--verbose`.
@@ -50,8 +50,8 @@ def instructions(sd: SweepDir, port: int, tensorboard_port: int | None) -> str:
     ]
     if sd.meta().ray_address:  # only a cluster has a Ray dashboard to open
         lines += ["Ray dashboard (cluster): `ray dashboard cluster.yaml` forwards it to http://127.0.0.1:8265;",
-                  "                 API calls need: -H \"Authorization: Bearer $(cat ~/.ray/auth_token)\" "
-                  "(token auth stays on)"]
+                  "                 with token auth on, API calls need: -H \"Authorization: Bearer "
+                  "$(cat ~/.ray/auth_token)\""]
     return "\n".join(lines)
 
 
