@@ -59,12 +59,14 @@ class RunLog:
                     self.path.unlink(missing_ok=True)  # nor an empty log the run never wrote a row to
                 raise OSError(e.errno, e.strerror, str(self.path)) from e
 
-    def truncate_after(self, step: int) -> None:
-        """Drop rows with step > `step` (atomic rewrite; nothing to do without a log)."""
+    def truncate_after(self, step: int) -> int:
+        """Drop rows with step > `step` (atomic rewrite; nothing to do without a log). Returns the
+        last step of a training row dropped (0 if none): how far a lost attempt had got."""
         if not self.path.exists():
-            return
-        rows = [r for r in read_log(self.path.parent) if r.get("step", 0) <= step]
-        write_atomic(self.path, "".join(dumps(r) + "\n" for r in rows))
+            return 0
+        rows = read_log(self.path.parent)
+        write_atomic(self.path, "".join(dumps(r) + "\n" for r in rows if r.get("step", 0) <= step))
+        return max((r["step"] for r in rows if r.get("step", 0) > step and "event" not in r), default=0)
 
 
 def read_log(run_dir: str | Path) -> list[dict]:

@@ -53,7 +53,6 @@ from kdsweep.distill.run.rundir import (
     RunResult,
     TrainReport,
     finished_run,
-    read_log,
     save_student,
     write_summary,
 )
@@ -194,8 +193,7 @@ def run_training(
     elif is_main:
         # Starting from step 0: rows an attempt killed before its first checkpoint wrote are
         # about to be produced again; drop them so every step appears once.
-        lost = max((r.get("step", 0) for r in read_log(run_dir) if "event" not in r), default=0)
-        runlog.truncate_after(0)
+        lost = runlog.truncate_after(0)
         if lost > 0:  # an earlier attempt trained to `lost` and left no checkpoint here: say so, never "resumed"
             runlog.append({"event": RESTARTED, "step": 0, "lost_step": lost, "checkpoints": str(ckpt_root)})
         dump_config(cfg, run_dir / CONFIG_NAME)
