@@ -268,7 +268,7 @@ def tokens_per_s(fn, tokens: int, device: torch.device) -> float:
     first = once()
     if first >= LONG_CALL_S:
         return tokens / first
-    return tokens / ((once() + once()) / 2)  # the median of two
+    return tokens / ((once() + once()) / 2)  # the first call (warm-up) dropped, the mean of the next two
 
 
 def process_start_s() -> float:

@@ -73,7 +73,7 @@ def _consistent(est, space):
         assert row.device_s_live - row.device_s_cached == pytest.approx(saved)
         assert row.throughput.live_step < row.throughput.student_step
     speed = est.scales[0].throughput
-    assert 0 < speed.build_train <= speed.build_heldout * 1.5  # the entropies cost, the forward is in both
+    assert speed.build_train > 0 and speed.build_heldout > 0  # (two timings: never compared in a test)
     # The pool's tokens get the forward and the entropies, the held-out proteins the forward alone.
     pool = est.cache_pool_tokens
     assert pool == min(pool, est.scales[0].steps_per_trial * train["batch_size"] * train["block_size"])
@@ -127,6 +127,9 @@ def test_probe_on_the_demo_space():
         t: Throughput = row.throughput
         assert all(math.isfinite(x) and x > 0 for x in (t.student_step, t.teacher, t.eval_forward))
         assert t.source.startswith("probe on cpu (1 threads")  # a demo trial's cpus_per_worker
+        # The cache's train blocks are priced at the forward with the entropies: the same probe as the
+        # live teacher of the demo's uncertainty arms (the held-out proteins at the forward alone).
+        assert t.build_train == t.teacher
 
 
 def test_cli_estimate_json(capsys):
