@@ -124,7 +124,9 @@ def test_mlflow_sweep_and_wandb_replicates(tmp_path, small_fasta, char_teacher):
     # the closing hints name each tracker's UI command
     assert f"mlflow ui --backend-store-uri sqlite:///{sd.mlflow_db}" in swept.stdout
     assert f"wandb sync {sd.wandb}/offline-run-*" in replicated.stdout
-    assert "performance bottleneck" not in swept.stdout + swept.stderr + replicated.stdout + replicated.stderr
+    # Tune's raw slow-callback warning never shows (kdsweep's own one-line rewording may, on a loaded
+    # machine: whether a tracker write is slow is a timing, not something a test may assert).
+    assert "which may be a performance bottleneck" not in swept.stdout + swept.stderr + replicated.stdout + replicated.stderr
 
     # MLflow: one run per trial in the sweep's experiment, named, tagged, with params and the val_ppl curve
     client = MlflowClient(f"sqlite:///{sd.mlflow_db}")
