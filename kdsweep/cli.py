@@ -383,7 +383,7 @@ COMMANDS: dict[str, Command] = {
             help="the teacher's training data (sequence file, ID list .txt, or 'demo'): report how many val/test "
                  "proteins it saw (default: not reported)"),
         arg("--json", action="store_true", help="print JSON instead of a table")]),
-    "demo-teacher": Command(_demo_teacher, "(re)build the bundled CPU demo teacher (about an hour on 2 cores)", [
+    "demo-teacher": Command(_demo_teacher, "(re)build the bundled CPU demo teacher (under an hour on 2 cores)", [
         arg("--out", default=str(Path(distill_package.__file__).resolve().parent / "assets" / "demo-teacher"),
             help="output folder"),
         arg("--steps", type=int, default=None, help="training steps (default: the committed teacher's)")]),

@@ -5,11 +5,10 @@ distills this one instead. It uses a character-level amino-acid tokenizer (a
 real `PreTrainedTokenizerFast`, 27 tokens: `<|endoftext|>` = 0 as bos/eos/unk
 like ProtGPT2, newline, and the 25 IUPAC letters), the same ProtGPT2 text
 format, and the bundled data's default split (the cluster split, method §2), so everything
-downstream runs unchanged. The committed weights predate the cluster split: they were trained
-on the train set of the earlier hash split (docs/demo.md, "Known limitation").
+downstream runs unchanged. It is trained on that split's train set only, so it saw no val or
+test protein of the demo (its teacher exposure is 0; `train_record.json` says which split).
 
-Rebuild (reproducible from the seed; the committed weights came from this command while the
-bundled default was the hash split):
+Rebuild (reproducible from the seed; the committed weights came from this command):
 
     kdsweep demo-teacher --out distill/assets/demo-teacher
 
@@ -42,7 +41,9 @@ EOS = "<|endoftext|>"
 # the training block: positions never trained would make held-out scoring of long proteins
 # (truncated at n_positions) meaningless.
 DEMO_ARCH = {"n_layer": 4, "n_head": 4, "n_embd": 128, "n_positions": 512}
-DEMO_TRAIN = {"steps": 5000, "batch_size": 16, "block_size": 512, "lr": 3e-3, "warmup_steps": 100, "seed": 0}
+# 2000 steps of 16 x 512 tokens: on the hash split 5000 steps bought only 0.02 nats per residue more at 2.5x the
+# time (docs/benchmarks.md, "Demo teacher").
+DEMO_TRAIN = {"steps": 2000, "batch_size": 16, "block_size": 512, "lr": 3e-3, "warmup_steps": 100, "seed": 0}
 
 
 def build_aa_tokenizer() -> PreTrainedTokenizerFast:
