@@ -79,7 +79,7 @@ REPLAY = textwrap.dedent('''
         renderer.update(p)
         if i == 2:
             logging.getLogger("ray.tune.kdsweep_test").warning("%s")
-        time.sleep(0.03)
+        time.sleep(max(0.03, 3.0 / len(states)))  # on screen for 3 s in all: the pane is read every 0.5 s
     renderer.close(states[-1])
     sd = open_sweep(sys.argv[2], sys.argv[3])
     print(format_status(sweep_status(sd), output_width()))
