@@ -167,6 +167,8 @@ class Estimate:
     startup_s: float  # once per sweep: Ray's start, the driver's imports (wall clock, not device time)
     verify_s: float  # once per sweep and node, in parallel: SHA-256 of the teacher cache (wall clock)
     machine: Machine
+    executor: str
+    reuses_processes: bool  # a trial's process runs the next trial: its start is paid once per slot
     notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
 
@@ -486,8 +488,8 @@ def estimate(space: SearchSpace, *, tokens_per_s: list[str] | None = None, devic
     startup = machine.process_s + RAY_START_S + (concurrency * machine.process_s if reuse else 0.0)
     return Estimate(space.name, f"{rt.device.type} ({rt.precision})", concurrency, rows,
                     cache_tokens, blocks * cfg.block_size, cache_bytes, space.cache["dtype"], build_s,
-                    search["early_stopping"], startup, cache_bytes / machine.sha256_bytes_per_s, machine, notes,
-                    time.perf_counter() - started)
+                    search["early_stopping"], startup, cache_bytes / machine.sha256_bytes_per_s, machine,
+                    search["executor"], reuse, notes, time.perf_counter() - started)
 
 
 def duration(seconds: float) -> str:
@@ -538,8 +540,14 @@ def format_estimate(est: Estimate) -> str:
                  f"with a live teacher, {duration(est.wall_s(cached=True))} with the cache")
     lines.append("tokens/s: " + "; ".join(f"{s.scale}: {s.throughput.source}" for s in est.scales))
     first = est.scales[0]
-    lines.append(f"per trial also: {first.overhead_s_per_trial:.0f} s of start-up (set-up {m.setup_s:.0f} s and "
-                 f"process start {m.process_s:.0f} s, measured now; Tune {TUNE_TRIAL_S:g} s), and per report the "
+    # The parts of overhead_s_per_trial, as `estimate` adds them up.
+    parts = [f"set-up {m.setup_s:.0f} s", *([] if est.reuses_processes else [f"process start {m.process_s:.0f} s"]),
+             f"Tune {TUNE_TRIAL_S:g} s",
+             *([f"the {est.executor} executor {EXECUTOR_EXTRA_S[est.executor]:g} s"] if EXECUTOR_EXTRA_S[est.executor] else [])]
+    reused = (f"; trials reuse their process, so its start ({m.process_s:.0f} s) is paid once per concurrent slot"
+              if est.reuses_processes else "")
+    lines.append(f"per trial also: {first.overhead_s_per_trial:.0f} s of start-up ({', '.join(parts)}; set-up and "
+                 f"process start measured now{reused}), and per report the "
                  f"validation of {first.eval_tokens_per_report:,} tokens, a checkpoint "
                  f"({', '.join(f'{s.scale} {size(s.checkpoint_bytes)}' for s in est.scales)}; written at "
                  f"{m.write_bytes_per_s / 1e6:,.0f} MB/s) and Tune's {TUNE_REPORT_S:g} s; "

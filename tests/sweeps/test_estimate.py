@@ -198,6 +198,13 @@ def test_the_bill_prices_start_up_reports_and_verification_and_prints_aligned(mo
                                   + ray_train.machine.setup_s - m.setup_s)
     text = format_estimate(est)
     assert "e+" not in text
+    # the per-trial start-up is printed as the sum of what it adds up
+    assert (f"{est.scales[0].overhead_s_per_trial:.0f} s of start-up (set-up {m.setup_s:.0f} s, Tune "
+            f"{est_mod.TUNE_TRIAL_S:g} s; set-up and process start measured now; trials reuse their process") in text
+    ray_text = format_estimate(ray_train)
+    assert (f"(set-up {ray_train.machine.setup_s:.0f} s, process start {ray_train.machine.process_s:.0f} s, Tune "
+            f"{est_mod.TUNE_TRIAL_S:g} s, the ray_train executor {est_mod.EXECUTOR_EXTRA_S['ray_train']:g} s;") in ray_text
+    assert "reuse" not in ray_text
     table = text.splitlines()[1:5]  # header, two scales, total
     assert len({len(line) for line in table}) == 1  # aligned: every row as wide as the header
     for col in ("trials", "device cached"):
