@@ -167,7 +167,7 @@ class Estimate:
     startup_s: float  # once per sweep: Ray's start, the driver's imports (wall clock, not device time)
     verify_s: float  # once per sweep and node, in parallel: SHA-256 of the teacher cache (wall clock)
     machine: Machine
-    executor: str
+    trial_start_up: tuple[tuple[str, float], ...]  # (part, seconds) that every scale's overhead_s_per_trial adds up
     reuses_processes: bool  # a trial's process runs the next trial: its start is paid once per slot
     notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
@@ -434,6 +434,9 @@ def estimate(space: SearchSpace, *, tokens_per_s: list[str] | None = None, devic
     eval_tokens = sum(min(len(ids), cap) for ids in val.ids)
     concurrency = _concurrency(space, rt.device, devices)
     reuse = reuses_processes(space)
+    executor_s = EXECUTOR_EXTRA_S[search["executor"]]
+    start_up = (("set-up", machine.setup_s), *(() if reuse else (("process start", machine.process_s),)),
+                ("Tune", TUNE_TRIAL_S), *(((f"the {search['executor']} executor", executor_s),) if executor_s else ()))
     rows = []
     for scale in space.scales:
         with torch.device("meta"):
@@ -444,10 +447,8 @@ def estimate(space: SearchSpace, *, tokens_per_s: list[str] | None = None, devic
                                     float(search["reduction_factor"]))
                 if search["early_stopping"] else without_early_stopping(n, steps))
         ckpt = CHECKPOINT_BYTES_PER_PARAM * n_params
-        per_trial = (machine.setup_s + TUNE_TRIAL_S + EXECUTOR_EXTRA_S[search["executor"]]
-                     + (0.0 if reuse else machine.process_s))
         row = ScaleEstimate(scale, studies * n, steps, steps * cfg.batch_size * cfg.block_size, asha, studies,
-                            throughput[scale], eval_tokens, ckpt, per_trial,
+                            throughput[scale], eval_tokens, ckpt, sum(seconds for _, seconds in start_up),
                             ckpt / machine.write_bytes_per_s + TUNE_REPORT_S,
                             checkpoint_bytes_per_trial=ckpt * len(report_steps(steps, cfg.eval_interval)))
         row.trial_steps = studies * asha.expected_steps
@@ -489,7 +490,7 @@ def estimate(space: SearchSpace, *, tokens_per_s: list[str] | None = None, devic
     return Estimate(space.name, f"{rt.device.type} ({rt.precision})", concurrency, rows,
                     cache_tokens, blocks * cfg.block_size, cache_bytes, space.cache["dtype"], build_s,
                     search["early_stopping"], startup, cache_bytes / machine.sha256_bytes_per_s, machine,
-                    search["executor"], reuse, notes, time.perf_counter() - started)
+                    start_up, reuse, notes, time.perf_counter() - started)
 
 
 def duration(seconds: float) -> str:
@@ -540,10 +541,7 @@ def format_estimate(est: Estimate) -> str:
                  f"with a live teacher, {duration(est.wall_s(cached=True))} with the cache")
     lines.append("tokens/s: " + "; ".join(f"{s.scale}: {s.throughput.source}" for s in est.scales))
     first = est.scales[0]
-    # The parts of overhead_s_per_trial, as `estimate` adds them up.
-    parts = [f"set-up {m.setup_s:.0f} s", *([] if est.reuses_processes else [f"process start {m.process_s:.0f} s"]),
-             f"Tune {TUNE_TRIAL_S:g} s",
-             *([f"the {est.executor} executor {EXECUTOR_EXTRA_S[est.executor]:g} s"] if EXECUTOR_EXTRA_S[est.executor] else [])]
+    parts = [f"{part} {seconds:.0f} s" for part, seconds in est.trial_start_up]
     reused = (f"; trials reuse their process, so its start ({m.process_s:.0f} s) is paid once per concurrent slot"
               if est.reuses_processes else "")
     lines.append(f"per trial also: {first.overhead_s_per_trial:.0f} s of start-up ({', '.join(parts)}; set-up and "
